@@ -1,0 +1,6 @@
+//! The `raftkv` binary.
+
+fn main() {
+    eprintln!("raftkv: the node process is not implemented yet");
+    std::process::exit(2);
+}
