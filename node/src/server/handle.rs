@@ -316,10 +316,7 @@ impl NodeHandle {
 
     /// This node's view of itself and the cluster (never forwarded).
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
-        let reply = self
-            .call(
-|reply| Request::Status { reply }, None)
-            .await?;
+        let reply = self.call(|reply| Request::Status { reply }, None).await?;
         match reply {
             Answer::Local(r) => Ok(r),
             Answer::Forwarded(other) => Err(unexpected(&other)),
@@ -437,7 +434,9 @@ enum Answer<T> {
 }
 
 fn unexpected(reply: &ForwardedReply) -> ClientError {
-    ClientError::Internal(format!("the leader answered a forwarded request with {reply:?}"))
+    ClientError::Internal(format!(
+        "the leader answered a forwarded request with {reply:?}"
+    ))
 }
 
 #[cfg(test)]

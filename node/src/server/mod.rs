@@ -3,7 +3,9 @@
 //! client APIs talk to the driver.
 
 mod handle;
+pub mod peer_proto;
 pub mod storage_stub;
+pub mod wire;
 
 pub use handle::{
     ClientError, Consistency, MemberChange, MemberStatus, NewMember, NodeHandle, NodeStatus,

@@ -14,8 +14,16 @@ pub struct Command {
 /// One operation of a write (placeholder for `storage::Op`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Put { key: Bytes, value: Bytes, prev_kv: bool },
-    Delete { key: Bytes, range_end: Option<Bytes>, prev_kv: bool },
+    Put {
+        key: Bytes,
+        value: Bytes,
+        prev_kv: bool,
+    },
+    Delete {
+        key: Bytes,
+        range_end: Option<Bytes>,
+        prev_kv: bool,
+    },
 }
 
 /// What applying a command did (placeholder for `storage::ApplyOutcome`).
