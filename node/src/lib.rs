@@ -10,5 +10,6 @@
 //! - `server` runs the driver loop on tokio and the gRPC transport; `http`
 //!   serves the JSON API, metrics and health; `cli` holds the subcommands.
 
+pub mod metrics;
 pub mod raft;
 pub mod server;
