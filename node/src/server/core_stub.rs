@@ -16,6 +16,7 @@ pub struct Proposal {
     pub term: Term,
 }
 
+#[allow(dead_code)]
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
     #[error("not the leader (leader: {leader:?})")]

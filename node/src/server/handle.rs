@@ -205,6 +205,10 @@ pub(crate) enum Request {
         to: NodeId,
         reply: oneshot::Sender<DriverReply<()>>,
     },
+    /// Stop: hand over leadership if we lead, then end the driver loop.
+    Shutdown {
+        reply: oneshot::Sender<DriverReply<()>>,
+    },
 }
 
 /// Sends requests that the local node cannot serve to the leader. The peer
@@ -348,6 +352,15 @@ impl NodeHandle {
             .await?;
         match reply {
             Answer::Local(()) | Answer::Forwarded(ForwardedReply::Done) => Ok(()),
+            Answer::Forwarded(other) => Err(unexpected(&other)),
+        }
+    }
+
+    /// Stops the driver: a leader first hands leadership to the most
+    /// up-to-date voter. Bounded by the request timeout.
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        match self.call(|reply| Request::Shutdown { reply }, None).await? {
+            Answer::Local(()) => Ok(()),
             Answer::Forwarded(other) => Err(unexpected(&other)),
         }
     }

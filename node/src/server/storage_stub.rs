@@ -51,10 +51,9 @@ impl Command {
                 return Err(LimitError::ValueTooLarge(value.len()));
             }
         }
-        if let Op::Put { key, .. } | Op::Delete { key, .. } = &self.op {
-            if key.is_empty() {
-                return Err(LimitError::EmptyKey);
-            }
+        let (Op::Put { key, .. } | Op::Delete { key, .. }) = &self.op;
+        if key.is_empty() {
+            return Err(LimitError::EmptyKey);
         }
         Ok(())
     }
