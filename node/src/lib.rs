@@ -10,6 +10,8 @@
 //! - `server` runs the driver loop on tokio and the gRPC transport; `http`
 //!   serves the JSON API, metrics and health; `cli` holds the subcommands.
 
+pub mod cli;
+pub mod http;
 pub mod metrics;
 pub mod raft;
 pub mod server;

@@ -1,6 +1,30 @@
-//! The `raftkv` binary.
+//! The `raftkv` binary: parses the command line and runs it (see `cli`).
 
-fn main() {
-    eprintln!("raftkv: the node process is not implemented yet");
-    std::process::exit(2);
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = raftkv::cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAFTKV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("raftkv: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(raftkv::cli::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raftkv: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

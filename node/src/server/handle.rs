@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::{NodeId, Term};
@@ -105,7 +105,7 @@ pub struct ReadResult {
 }
 
 /// One member as the node sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
     pub id: u64,
     pub name: String,
@@ -119,7 +119,7 @@ pub struct MemberStatus {
 }
 
 /// A summary of one node, for `/v1/status`, metrics and `Maintenance.Status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub id: u64,
     pub name: String,
