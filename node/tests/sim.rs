@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Seeds CI runs by default.
-const DEFAULT_SEEDS: u64 = 1000;
+const DEFAULT_SEEDS: u64 = 2000;
 /// Ticks of chaos per seed.
 const CHAOS_TICKS: u64 = 1500;
 
@@ -76,8 +76,12 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
         max_delay: rng.random_range(0..6),
     };
     opts.crash_mid_ready = 0.001;
-    opts.max_message_bytes = [64, 512, 4096][rng.random_range(0..3)];
+    // One-entry messages make followers hold a prefix of what the leader
+    // sent, which the paper's Figure 8 interleaving needs.
+    opts.max_message_bytes = [1, 64, 512, 4096][rng.random_range(0..4)];
     opts.max_inflight = rng.random_range(1..8);
+    // Some seeds are calm, some churn: crashes and restarts per tick.
+    let churn = [0.005, 0.015, 0.04][rng.random_range(0..3)];
     let mut c = Cluster::new(opts);
     let mut next_id = size + 1;
     let mut command = 0u64;
@@ -116,17 +120,22 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
             if let Some(l) = leader {
                 let _ = c.read_index(l, command);
             }
-        } else if roll < 0.345 {
+        } else if roll < 0.33 + churn {
             if up.len() > 1 {
-                let victim = up[rng.random_range(0..up.len())];
+                // Often the leader: that is where the interesting histories
+                // start.
+                let victim = match leader {
+                    Some(l) if rng.random_bool(0.5) => l,
+                    _ => up[rng.random_range(0..up.len())],
+                };
                 c.crash(victim);
             }
-        } else if roll < 0.38 {
+        } else if roll < 0.33 + 3.0 * churn {
             if !down.is_empty() {
                 let id = down[rng.random_range(0..down.len())];
                 c.restart(id);
             }
-        } else if roll < 0.39 {
+        } else if roll < 0.39 + 3.0 * churn {
             // A random split, possibly one-way.
             let ids = c.ids();
             let cut = rng.random_range(1..ids.len());
@@ -140,18 +149,18 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
                     }
                 }
             }
-        } else if roll < 0.405 {
+        } else if roll < 0.405 + 3.0 * churn {
             c.heal();
-        } else if roll < 0.42 {
+        } else if roll < 0.42 + 3.0 * churn {
             if !up.is_empty() {
                 let id = up[rng.random_range(0..up.len())];
                 c.compact(id, rng.random_range(0..20));
             }
-        } else if roll < 0.43 {
+        } else if roll < 0.43 + 3.0 * churn {
             if let Some(l) = leader {
                 membership_step(&mut c, &mut rng, l, &mut next_id, &mut removals);
             }
-        } else if roll < 0.435 {
+        } else if roll < 0.435 + 3.0 * churn {
             if let Some(l) = leader {
                 let voters: Vec<NodeId> = c
                     .node(l)
