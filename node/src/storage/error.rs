@@ -71,6 +71,17 @@ pub enum StoreError {
         index: LogIndex,
         reason: &'static str,
     },
+    /// The caller asked to apply entries that do not follow the applied
+    /// index (a bug in the caller).
+    #[error("{file}: cannot apply entry {got}: the applied index is {applied}")]
+    ApplyGap {
+        file: PathBuf,
+        applied: LogIndex,
+        got: LogIndex,
+    },
+    /// A read request is invalid (e.g. an empty key).
+    #[error("invalid request: {0}")]
+    InvalidRequest(crate::storage::KvError),
     /// `bootstrap` on a store that already holds state.
     #[error("{file}: already holds state; refusing to bootstrap it again")]
     AlreadyBootstrapped { file: PathBuf },

@@ -22,15 +22,23 @@
 //! - `error.rs`: the errors, each naming its file.
 
 mod codec;
+mod command;
 mod error;
+pub mod kv_store;
 mod log_store;
+mod outcome;
 
 pub use codec::{
     decode_entry, decode_hard_state, decode_membership, decode_snapshot_meta, encode_entry,
     encode_hard_state, encode_membership, encode_snapshot_meta,
 };
+pub use command::{
+    Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, RequestId, TxnOp,
+};
 pub use error::{DecodeError, StoreError};
+pub use kv_store::{DURABLE_EVERY_ENTRIES, KV_FILE, KV_FORMAT_VERSION, KvStore, Limits};
 pub use log_store::{Identity, LOG_FILE, LOG_FORMAT_VERSION, LogStore};
+pub use outcome::{ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult};
 
 /// Makes a directory entry (a created or renamed file) durable.
 fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
