@@ -82,6 +82,9 @@ pub enum StoreError {
     /// A read request is invalid (e.g. an empty key).
     #[error("invalid request: {0}")]
     InvalidRequest(crate::storage::KvError),
+    /// A snapshot image could not be read or installed.
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::storage::SnapshotError),
     /// `bootstrap` on a store that already holds state.
     #[error("{file}: already holds state; refusing to bootstrap it again")]
     AlreadyBootstrapped { file: PathBuf },

@@ -27,6 +27,8 @@ mod error;
 pub mod kv_store;
 mod log_store;
 mod outcome;
+mod policy;
+mod snapshot;
 
 pub use codec::{
     decode_entry, decode_hard_state, decode_membership, decode_snapshot_meta, encode_entry,
@@ -39,6 +41,8 @@ pub use error::{DecodeError, StoreError};
 pub use kv_store::{DURABLE_EVERY_ENTRIES, KV_FILE, KV_FORMAT_VERSION, KvStore, Limits};
 pub use log_store::{Identity, LOG_FILE, LOG_FORMAT_VERSION, LogStore};
 pub use outcome::{ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult};
+pub use policy::SnapshotPolicy;
+pub use snapshot::{CHUNK_BYTES, SnapshotError, SnapshotInstaller, SnapshotReader};
 
 /// Makes a directory entry (a created or renamed file) durable.
 fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
