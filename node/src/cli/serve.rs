@@ -16,8 +16,8 @@ use tracing::{error, info, warn};
 use crate::http::{HttpState, router};
 use crate::metrics::Metrics;
 use crate::raft::NodeId;
-use crate::server::storage_stub::{Limits, SnapshotPolicy};
-use crate::server::{Bootstrap, MemberInfo, NodeConfig, normalize_url, start};
+use crate::server::{Bootstrap, MemberInfo, NodeConfig, cluster_id_of_token, normalize_url, start};
+use crate::storage::{Limits, SnapshotPolicy};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -31,9 +31,14 @@ pub struct ServeArgs {
     /// A human-readable name (default: the host name, or node-<id>).
     #[arg(long, env = "RAFTKV_NAME")]
     pub name: Option<String>,
-    /// The cluster id (default: derived from --initial-cluster).
-    #[arg(long, env = "RAFTKV_CLUSTER_ID")]
+    /// The cluster id (default: from --cluster-token, else derived from
+    /// --initial-cluster). Every member of a cluster must agree on it.
+    #[arg(long, env = "RAFTKV_CLUSTER_ID", conflicts_with = "cluster_token")]
     pub cluster_id: Option<u64>,
+    /// A name for the cluster, hashed into the cluster id; lets nodes that
+    /// `--join` later agree on the id without knowing the initial cluster.
+    #[arg(long, env = "RAFTKV_CLUSTER_TOKEN")]
+    pub cluster_token: Option<String>,
     /// Where the node keeps its data.
     #[arg(long, env = "RAFTKV_DATA_DIR", default_value = "raftkv-data")]
     pub data_dir: PathBuf,
@@ -73,9 +78,15 @@ pub struct ServeArgs {
     /// Every client request fails (503) if not done within this time.
     #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
-    /// Compact the log every this many applied entries.
+    /// Compact the log every this many applied entries...
     #[arg(long, env = "RAFTKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
+    /// ...keeping this many entries for followers that are a little behind.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_KEEP_TRAILING", default_value_t = 5_000)]
+    pub snapshot_keep_trailing: u64,
+    /// Most operations in one transaction.
+    #[arg(long, env = "RAFTKV_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
     /// Largest key, in bytes.
     #[arg(long, env = "RAFTKV_MAX_KEY_BYTES", default_value_t = 1536)]
     pub max_key_bytes: usize,
@@ -186,7 +197,9 @@ impl ServeArgs {
         Ok(NodeConfig {
             id: NodeId(id),
             name,
-            cluster_id: self.cluster_id,
+            cluster_id: self
+                .cluster_id
+                .or_else(|| self.cluster_token.as_deref().map(cluster_id_of_token)),
             data_dir: self.data_dir.clone(),
             listen_peer: self.listen_peer,
             bootstrap,
@@ -197,9 +210,11 @@ impl ServeArgs {
             limits: Limits {
                 max_key_bytes: self.max_key_bytes,
                 max_value_bytes: self.max_value_bytes,
+                max_txn_ops: self.max_txn_ops,
             },
             snapshot_policy: SnapshotPolicy {
                 every_entries: self.snapshot_every.max(1),
+                keep_trailing: self.snapshot_keep_trailing,
             },
         })
     }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 use crate::server::Consistency;
-use crate::server::storage_stub::{Command, KeyValue, Op, RangeRequest};
+use crate::storage::{ApplyOutcome, Command, KeyValue, Op, RangeRequest};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ReadParams {
@@ -58,7 +58,7 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 
 #[derive(Serialize)]
 struct PutAnswer {
-    revision: u64,
+    revision: i64,
 }
 
 pub async fn put(
@@ -70,16 +70,16 @@ pub async fn put(
     let res = st
         .handle
         .write(Command {
+            request_id: None,
             op: Op::Put {
-                key: key.into_bytes(),
-                value: value.to_vec(),
+                key: key.into_bytes().into(),
+                value,
                 prev_kv: false,
             },
         })
         .await?;
-    Ok(Json(serde_json::json!(PutAnswer {
-        revision: res.outcome.revision
-    })))
+    let (revision, _) = revision_and_deleted(&res.outcome);
+    Ok(Json(serde_json::json!(PutAnswer { revision })))
 }
 
 pub async fn get(
@@ -90,26 +90,20 @@ pub async fn get(
     let consistency = consistency(&params)?;
     let res = st
         .handle
-        .range(
-            RangeRequest {
-                key: key.clone().into_bytes(),
-                ..Default::default()
-            },
-            consistency,
-        )
+        .range(RangeRequest::key(key.clone().into_bytes()), consistency)
         .await?;
     let Some(kv) = res.range.kvs.into_iter().next() else {
         return Err(ApiError::not_found(format!("key {key:?} does not exist")));
     };
     let mut headers = HeaderMap::new();
-    let mut put = |name: &'static str, v: u64| {
+    let mut put = |name: &'static str, v: i64| {
         headers.insert(name, HeaderValue::from(v));
     };
     put("x-raftkv-create-revision", kv.create_revision);
     put("x-raftkv-mod-revision", kv.mod_revision);
     put("x-raftkv-version", kv.version);
     put("x-raftkv-revision", res.range.revision);
-    put("x-raftkv-term", res.raft_term.get());
+    put("x-raftkv-term", res.raft_term.get() as i64);
     Ok((StatusCode::OK, headers, kv.value).into_response())
 }
 
@@ -120,16 +114,18 @@ pub async fn delete(
     let res = st
         .handle
         .write(Command {
-            op: Op::Delete {
-                key: key.into_bytes(),
-                range_end: None,
+            request_id: None,
+            op: Op::DeleteRange {
+                key: key.into_bytes().into(),
+                range_end: Default::default(),
                 prev_kv: false,
             },
         })
         .await?;
+    let (revision, deleted) = revision_and_deleted(&res.outcome);
     Ok(Json(serde_json::json!({
-        "revision": res.outcome.revision,
-        "deleted": res.outcome.deleted,
+        "revision": revision,
+        "deleted": deleted,
     })))
 }
 
@@ -139,9 +135,9 @@ pub async fn delete(
 pub struct ListedKv {
     pub key: String,
     pub value: String,
-    pub create_revision: u64,
-    pub mod_revision: u64,
-    pub version: u64,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
 }
 
 impl From<KeyValue> for ListedKv {
@@ -162,7 +158,7 @@ pub struct ListAnswer {
     pub kvs: Vec<ListedKv>,
     pub count: u64,
     pub more: bool,
-    pub revision: u64,
+    pub revision: i64,
 }
 
 pub async fn list(
@@ -171,13 +167,22 @@ pub async fn list(
 ) -> Result<Json<ListAnswer>, ApiError> {
     let consistency = consistency(&params)?;
     let prefix = params.prefix.clone().unwrap_or_default().into_bytes();
-    let range_end = prefix_end(&prefix);
+    // etcd's conventions: "\0" as key and range end means every key, and an
+    // empty prefix end means "to the end".
+    let (key, range_end) = if prefix.is_empty() {
+        (vec![0u8], vec![0u8])
+    } else {
+        match prefix_end(&prefix) {
+            end if end.is_empty() => (prefix, vec![0u8]),
+            end => (prefix, end),
+        }
+    };
     let res = st
         .handle
         .range(
             RangeRequest {
-                key: prefix,
-                range_end: Some(range_end),
+                key: key.into(),
+                range_end: range_end.into(),
                 limit: params.limit.unwrap_or(0),
                 ..Default::default()
             },
@@ -190,6 +195,18 @@ pub async fn list(
         revision: res.range.revision,
         kvs: res.range.kvs.into_iter().map(ListedKv::from).collect(),
     }))
+}
+
+/// The revision a write produced and how many keys it deleted.
+pub fn revision_and_deleted(outcome: &ApplyOutcome) -> (i64, u64) {
+    match outcome {
+        ApplyOutcome::Put { revision, .. } => (*revision, 0),
+        ApplyOutcome::Delete {
+            revision, deleted, ..
+        } => (*revision, *deleted),
+        ApplyOutcome::Txn { revision, .. } => (*revision, 0),
+        ApplyOutcome::Rejected(_) => (0, 0),
+    }
 }
 
 #[cfg(test)]

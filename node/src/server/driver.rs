@@ -24,7 +24,7 @@ use crate::raft::{
     ConfChange, ConfChangeError, Entry, LogIndex, Message, MessageBody, NodeId, Ready, RoleState,
     Term,
 };
-use crate::server::core_stub::{ProposeError, RaftNode};
+use crate::raft::{ProposeError, RaftNode};
 use crate::server::handle::{
     DriverReply, LeaderHint, MemberChange, MemberStatus, NodeStatus, ReadResult, Rejection,
     Request, WriteResult,
@@ -33,9 +33,11 @@ use crate::server::member_info::MemberInfo;
 use crate::server::pending::{
     Pending, PendingChange, PendingRead, PendingTransfer, PendingWrite, overwritten,
 };
-use crate::server::storage_stub::{Command, KvStore, Limits, LogStore, SnapshotPolicy};
 use crate::server::transport::Transport;
 use crate::server::{ClientError, Consistency};
+use crate::storage::{
+    ApplyOutcome, CHUNK_BYTES, Command, KvError, KvStore, LogStore, RangeRequest, SnapshotPolicy,
+};
 
 /// How many requests or messages the driver takes per wake-up before it
 /// runs a Ready: large enough to batch, small enough to keep latency low.
@@ -48,7 +50,7 @@ pub struct DriverConfig {
     pub name: String,
     pub cluster_id: u64,
     pub tick: Duration,
-    pub limits: Limits,
+    /// When to compact the log behind the state machine.
     pub snapshot_policy: SnapshotPolicy,
     /// Where received snapshot images are staged until they are installed.
     pub snapshot_dir: PathBuf,
@@ -114,7 +116,6 @@ pub(crate) struct Driver {
     /// Heartbeats sent and not yet answered, for the RTT histogram.
     heartbeat_sent: HashMap<NodeId, Instant>,
     last_leader: Option<NodeId>,
-    last_compacted: LogIndex,
     peers_of: Option<Vec<(NodeId, String)>>,
     shutdown: Option<oneshot::Sender<DriverReply<()>>>,
     loops: u64,
@@ -143,7 +144,6 @@ impl Driver {
         inbound: mpsc::Receiver<Inbound>,
         health: watch::Sender<Health>,
     ) -> Self {
-        let last_compacted = node.status().first_log_index.prev();
         Driver {
             cfg,
             node,
@@ -158,7 +158,6 @@ impl Driver {
             staged_snapshots: BTreeMap::new(),
             heartbeat_sent: HashMap::new(),
             last_leader: None,
-            last_compacted,
             peers_of: None,
             shutdown: None,
             loops: 0,
@@ -273,7 +272,12 @@ impl Driver {
                 req,
                 consistency: Consistency::Linearizable,
                 reply,
-            } => batch.reads.push(PendingRead { req, reply }),
+            } => match self.kv.limits().check_range(&req) {
+                Ok(()) => batch.reads.push(PendingRead { req, reply }),
+                Err(e) => {
+                    let _ = reply.send(Err(kv_error(e).into()));
+                }
+            },
             Request::Status { reply } => {
                 let _ = reply.send(Ok(self.status()));
             }
@@ -284,12 +288,7 @@ impl Driver {
     }
 
     fn check_command(&self, cmd: &Command) -> Result<(), ClientError> {
-        cmd.validate(&self.cfg.limits).map_err(|e| match e {
-            crate::server::storage_stub::LimitError::EmptyKey => {
-                ClientError::InvalidArgument(e.to_string())
-            }
-            other => ClientError::TooLarge(other.to_string()),
-        })
+        self.kv.limits().check_op(&cmd.op).map_err(kv_error)
     }
 
     /// Proposes every write of the batch in one append, and starts one
@@ -337,10 +336,8 @@ impl Driver {
         }
     }
 
-    fn read_local(
-        &self,
-        req: &crate::server::storage_stub::RangeRequest,
-    ) -> Result<ReadResult, ClientError> {
+    fn read_local(&self, req: &RangeRequest) -> Result<ReadResult, ClientError> {
+        self.kv.limits().check_range(req).map_err(kv_error)?;
         let range = self
             .kv
             .range(req)
@@ -543,7 +540,7 @@ impl Driver {
                 store.persist(
                     rd.snapshot.as_ref().map(|s| &s.meta),
                     &rd.entries,
-                    rd.hard_state,
+                    rd.hard_state.as_ref(),
                 )
             })
             .map_err(|e| DriverError::Log(e.to_string()))?;
@@ -615,7 +612,7 @@ impl Driver {
                 return;
             }
         };
-        let meta = reader.meta().clone();
+        let meta = reader.meta();
         let message = Message {
             body: MessageBody::InstallSnapshot(crate::raft::Snapshot {
                 meta,
@@ -626,6 +623,9 @@ impl Driver {
         self.transport.send_snapshot(message, reader);
     }
 
+    /// Installs the staged image the core has accepted: fed chunk by chunk
+    /// into the state machine's installer, which swaps it in only once the
+    /// whole image verified.
     fn install_snapshot(&mut self, meta: &crate::raft::SnapshotMeta) -> Result<(), DriverError> {
         let Some(path) = self.staged_snapshots.remove(&meta.index) else {
             return Err(DriverError::Snapshot(format!(
@@ -633,13 +633,36 @@ impl Driver {
                 meta.index
             )));
         };
-        let kv = &mut self.kv;
-        tokio::task::block_in_place(|| {
+        let kv = &self.kv;
+        let installed = tokio::task::block_in_place(|| {
+            use std::io::Read;
             let mut file = std::fs::File::open(&path)
                 .map_err(|e| DriverError::Snapshot(format!("{}: {e}", path.display())))?;
-            kv.install_snapshot(meta, &mut file)
+            let mut installer = kv
+                .begin_install()
+                .map_err(|e| DriverError::Snapshot(e.to_string()))?;
+            let mut buf = vec![0u8; CHUNK_BYTES];
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .map_err(|e| DriverError::Snapshot(format!("{}: {e}", path.display())))?;
+                if n == 0 {
+                    break;
+                }
+                installer
+                    .write_chunk(&buf[..n])
+                    .map_err(|e| DriverError::Snapshot(e.to_string()))?;
+            }
+            installer
+                .finish()
                 .map_err(|e| DriverError::Snapshot(e.to_string()))
         })?;
+        if installed.index != meta.index || installed.term != meta.term {
+            return Err(DriverError::Snapshot(format!(
+                "the staged image is at {}/{}, the core expected {}/{}",
+                installed.index, installed.term, meta.index, meta.term
+            )));
+        }
         let _ = std::fs::remove_file(&path);
         // Older staged images are useless now.
         let stale: Vec<_> = self
@@ -653,7 +676,6 @@ impl Driver {
             }
         }
         info!(index = %meta.index, term = %meta.term, "installed snapshot");
-        self.last_compacted = meta.index;
         Ok(())
     }
 
@@ -661,17 +683,21 @@ impl Driver {
         if entries.is_empty() {
             return Ok(());
         }
-        let kv = &mut self.kv;
-        let outcomes = tokio::task::block_in_place(|| {
-            entries
-                .iter()
-                .map(|e| kv.apply(e).map(|o| (e.index, e.term, o)))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(|e| DriverError::StateMachine(e.to_string()))?;
-        for (index, term, outcome) in outcomes {
+        let kv = &self.kv;
+        let outcomes: HashMap<LogIndex, ApplyOutcome> =
+            tokio::task::block_in_place(|| kv.apply(entries))
+                .map_err(|e| DriverError::StateMachine(e.to_string()))?
+                .into_iter()
+                .collect();
+        let mut outcomes = outcomes;
+        for e in entries {
+            let (index, term) = (e.index, e.term);
             if let Some(w) = self.pending.take_write(index) {
-                match outcome {
+                match outcomes.remove(&index) {
+                    Some(ApplyOutcome::Rejected(err)) if w.term == term => {
+                        self.metrics.raft_proposals_failed_total.inc();
+                        let _ = w.reply.send(Err(Rejection::Failed(kv_error(err))));
+                    }
                     Some(outcome) if w.term == term => {
                         self.metrics.raft_proposals_committed_total.inc();
                         let _ = w.reply.send(Ok(WriteResult {
@@ -708,7 +734,7 @@ impl Driver {
         if self.pending.reads_awaiting_apply.is_empty() {
             return;
         }
-        let applied = self.kv.applied().index;
+        let applied = self.kv.applied_index();
         let waiting = std::mem::take(&mut self.pending.reads_awaiting_apply);
         for (index, r) in waiting {
             if index <= applied {
@@ -721,16 +747,23 @@ impl Driver {
     }
 
     /// Compacts the log behind the state machine when the policy says so.
+    /// The state machine is made durable first: the log must never be
+    /// compacted past what a restart can recover without it.
     fn maybe_compact(&mut self) -> Result<(), DriverError> {
-        let meta = self.kv.applied().clone();
-        if meta.index.get() < self.last_compacted.get() + self.cfg.snapshot_policy.every_entries {
+        let applied = self.kv.applied_index();
+        let log_snapshot = self.node.storage().snapshot_meta().index;
+        let Some(to) = self.cfg.snapshot_policy.compact_to(applied, log_snapshot) else {
             return Ok(());
-        }
-        let store = self.node.storage_mut();
-        tokio::task::block_in_place(|| store.compact(meta.clone()))
-            .map_err(|e| DriverError::Log(e.to_string()))?;
-        debug!(index = %meta.index, "compacted the log");
-        self.last_compacted = meta.index;
+        };
+        let kv = &self.kv;
+        let log = self.node.storage();
+        tokio::task::block_in_place(|| {
+            kv.sync()
+                .map_err(|e| DriverError::StateMachine(e.to_string()))?;
+            log.compact_to(to)
+                .map_err(|e| DriverError::Log(e.to_string()))
+        })?;
+        debug!(index = %to, "compacted the log");
         Ok(())
     }
 
@@ -817,11 +850,11 @@ impl Driver {
         self.metrics
             .db_size_bytes
             .with_label_values(&["log"])
-            .set(self.node.storage().size_bytes() as i64);
+            .set(file_size(self.node.storage().path()) as i64);
         self.metrics
             .db_size_bytes
             .with_label_values(&["kv"])
-            .set(self.kv.size_bytes() as i64);
+            .set(file_size(self.kv.path()) as i64);
     }
 
     fn status(&self) -> NodeStatus {
@@ -866,10 +899,10 @@ impl Driver {
             applied_index: s.applied_index.get(),
             last_log_index: s.last_log_index.get(),
             first_log_index: s.first_log_index.get(),
-            revision: self.kv.revision(),
+            revision: self.kv.revision().max(0) as u64,
             members,
-            log_db_size_bytes: self.node.storage().size_bytes(),
-            kv_db_size_bytes: self.kv.size_bytes(),
+            log_db_size_bytes: file_size(self.node.storage().path()),
+            kv_db_size_bytes: file_size(self.kv.path()),
         }
     }
 }
@@ -893,5 +926,21 @@ fn member_status(
         client_url: info.client_url.clone(),
         role: role.to_string(),
         match_index,
+    }
+}
+
+fn file_size(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// What a client sees when the state machine refuses a command or read.
+fn kv_error(e: KvError) -> ClientError {
+    match e {
+        KvError::KeyTooLarge { .. }
+        | KvError::ValueTooLarge { .. }
+        | KvError::TooManyTxnOps { .. } => ClientError::TooLarge(e.to_string()),
+        KvError::EmptyKey | KvError::Undecodable(_) | KvError::StaleRequest { .. } => {
+            ClientError::InvalidArgument(e.to_string())
+        }
     }
 }

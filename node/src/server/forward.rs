@@ -1,14 +1,16 @@
 //! Forwarding client requests from a follower to the leader over the peer
 //! protocol's `Forward` RPC, and the encoding of their payloads.
 //!
-//! Payloads (commands, range requests and their results) are JSON inside the
-//! protobuf envelope: they are the state machine's own types, and this keeps
-//! the peer protocol independent of them.
+//! Payloads travel as bytes inside the protobuf envelope, in the state
+//! machine's own encodings (commands as in the log, range requests and
+//! results as their prost form, write outcomes in a small prost mirror
+//! below), which keeps `raft.proto` independent of the KV types.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
+use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
@@ -18,20 +20,146 @@ use crate::server::handle::{
 };
 use crate::server::peer_proto as pb;
 use crate::server::peer_proto::peer_client::PeerClient;
-use crate::server::storage_stub::{ApplyOutcome, RangeResult};
 use crate::server::transport::normalize_url;
 use crate::server::{ClientError, MemberStatus, ReadResult, WriteResult};
+use crate::storage::{ApplyOutcome, Command, KeyValue, RangeRequest, RangeResult, TxnOpResult};
 
-#[derive(Serialize, Deserialize)]
+/// The forwarded form of a [`WriteResult`].
+#[derive(Clone, PartialEq, prost::Message)]
 struct WireWrite {
-    outcome: ApplyOutcome,
+    #[prost(uint64, tag = "1")]
     raft_term: u64,
+    #[prost(int64, tag = "2")]
+    revision: i64,
+    /// 1 = put, 2 = delete, 3 = txn.
+    #[prost(uint32, tag = "3")]
+    kind: u32,
+    #[prost(message, optional, tag = "4")]
+    prev_kv: Option<KeyValue>,
+    #[prost(uint64, tag = "5")]
+    deleted: u64,
+    #[prost(message, repeated, tag = "6")]
+    prev_kvs: Vec<KeyValue>,
+    #[prost(bool, tag = "7")]
+    succeeded: bool,
+    #[prost(message, repeated, tag = "8")]
+    responses: Vec<WireTxnOpResult>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireTxnOpResult {
+    /// 1 = range, 2 = put, 3 = delete.
+    #[prost(uint32, tag = "1")]
+    kind: u32,
+    #[prost(message, optional, tag = "2")]
+    range: Option<RangeResult>,
+    #[prost(message, optional, tag = "3")]
+    prev_kv: Option<KeyValue>,
+    #[prost(uint64, tag = "4")]
+    deleted: u64,
+    #[prost(message, repeated, tag = "5")]
+    prev_kvs: Vec<KeyValue>,
+}
+
+/// The forwarded form of a [`ReadResult`].
+#[derive(Clone, PartialEq, prost::Message)]
 struct WireRead {
-    range: RangeResult,
+    #[prost(uint64, tag = "1")]
     raft_term: u64,
+    #[prost(message, optional, tag = "2")]
+    range: Option<RangeResult>,
+}
+
+fn write_to_wire(w: WriteResult) -> Result<WireWrite, ClientError> {
+    let mut out = WireWrite {
+        raft_term: w.raft_term.get(),
+        ..Default::default()
+    };
+    match w.outcome {
+        ApplyOutcome::Put { revision, prev_kv } => {
+            out.kind = 1;
+            out.revision = revision;
+            out.prev_kv = prev_kv;
+        }
+        ApplyOutcome::Delete {
+            revision,
+            deleted,
+            prev_kvs,
+        } => {
+            out.kind = 2;
+            out.revision = revision;
+            out.deleted = deleted;
+            out.prev_kvs = prev_kvs;
+        }
+        ApplyOutcome::Txn {
+            revision,
+            succeeded,
+            responses,
+        } => {
+            out.kind = 3;
+            out.revision = revision;
+            out.succeeded = succeeded;
+            out.responses = responses
+                .into_iter()
+                .map(|r| match r {
+                    TxnOpResult::Range(range) => WireTxnOpResult {
+                        kind: 1,
+                        range: Some(range),
+                        ..Default::default()
+                    },
+                    TxnOpResult::Put { prev_kv } => WireTxnOpResult {
+                        kind: 2,
+                        prev_kv,
+                        ..Default::default()
+                    },
+                    TxnOpResult::DeleteRange { deleted, prev_kvs } => WireTxnOpResult {
+                        kind: 3,
+                        deleted,
+                        prev_kvs,
+                        ..Default::default()
+                    },
+                })
+                .collect();
+        }
+        ApplyOutcome::Rejected(e) => return Err(ClientError::InvalidArgument(e.to_string())),
+    }
+    Ok(out)
+}
+
+fn write_from_wire(w: WireWrite) -> Result<WriteResult, ClientError> {
+    let outcome = match w.kind {
+        1 => ApplyOutcome::Put {
+            revision: w.revision,
+            prev_kv: w.prev_kv,
+        },
+        2 => ApplyOutcome::Delete {
+            revision: w.revision,
+            deleted: w.deleted,
+            prev_kvs: w.prev_kvs,
+        },
+        3 => ApplyOutcome::Txn {
+            revision: w.revision,
+            succeeded: w.succeeded,
+            responses: w
+                .responses
+                .into_iter()
+                .map(|r| match r.kind {
+                    1 => Ok(TxnOpResult::Range(r.range.unwrap_or_default())),
+                    2 => Ok(TxnOpResult::Put { prev_kv: r.prev_kv }),
+                    3 => Ok(TxnOpResult::DeleteRange {
+                        deleted: r.deleted,
+                        prev_kvs: r.prev_kvs,
+                    }),
+                    k => Err(bad("txn result", format!("unknown kind {k}"))),
+                })
+                .collect::<Result<_, _>>()?,
+        },
+        k => return Err(bad("write result", format!("unknown kind {k}"))),
+    };
+    Ok(WriteResult {
+        outcome,
+        raft_term: Term(w.raft_term),
+    })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -56,8 +184,8 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ClientError> {
 pub(crate) fn encode_request(r: &Forwarded) -> Result<pb::ForwardRequest, ClientError> {
     use pb::forward_request::Request as R;
     let request = match r {
-        Forwarded::Write(cmd) => R::Write(to_json(cmd)?),
-        Forwarded::Read(req) => R::Read(to_json(req)?),
+        Forwarded::Write(cmd) => R::Write(cmd.encode().to_vec()),
+        Forwarded::Read(req) => R::Read(req.encode_to_vec()),
         Forwarded::ChangeMembership(MemberChange::AddLearner(m)) => R::AddLearner(pb::NewMember {
             id: m.id.map_or(0, |i| i.get()),
             name: m.name.clone(),
@@ -85,10 +213,10 @@ pub(crate) fn decode_request(r: pb::ForwardRequest) -> Result<Forwarded, ClientE
     };
     Ok(
         match r.request.ok_or_else(|| bad("request", "empty envelope"))? {
-            R::Write(b) => {
-                Forwarded::Write(serde_json::from_slice(&b).map_err(|e| bad("write", e))?)
+            R::Write(b) => Forwarded::Write(Command::decode(&b).map_err(|e| bad("write", e))?),
+            R::Read(b) => {
+                Forwarded::Read(RangeRequest::decode(b.as_slice()).map_err(|e| bad("read", e))?)
             }
-            R::Read(b) => Forwarded::Read(serde_json::from_slice(&b).map_err(|e| bad("read", e))?),
             R::AddLearner(m) => Forwarded::ChangeMembership(MemberChange::AddLearner(NewMember {
                 id: (m.id != 0).then_some(NodeId(m.id)),
                 name: m.name,
@@ -107,14 +235,14 @@ pub(crate) fn encode_reply(r: Result<ForwardedReply, ClientError>) -> pb::Forwar
     use pb::forward_response::Response as R;
     let response = match r.and_then(|reply| {
         Ok(match reply {
-            ForwardedReply::Write(w) => R::Write(to_json(&WireWrite {
-                outcome: w.outcome,
-                raft_term: w.raft_term.get(),
-            })?),
-            ForwardedReply::Read(r) => R::Read(to_json(&WireRead {
-                range: r.range,
-                raft_term: r.raft_term.get(),
-            })?),
+            ForwardedReply::Write(w) => R::Write(write_to_wire(w)?.encode_to_vec()),
+            ForwardedReply::Read(r) => R::Read(
+                WireRead {
+                    raft_term: r.raft_term.get(),
+                    range: Some(r.range),
+                }
+                .encode_to_vec(),
+            ),
             ForwardedReply::Member(m) => R::Member(to_json(&WireMember {
                 id: m.id,
                 name: m.name,
@@ -143,16 +271,13 @@ pub(crate) fn decode_reply(r: pb::ForwardResponse) -> Result<ForwardedReply, Cli
     match r.response.ok_or_else(|| bad("reply", "empty envelope"))? {
         R::Error(e) => Err(error_from_code(&e.code, e.message)),
         R::Write(b) => {
-            let w: WireWrite = serde_json::from_slice(&b).map_err(|e| bad("write result", e))?;
-            Ok(ForwardedReply::Write(WriteResult {
-                outcome: w.outcome,
-                raft_term: Term(w.raft_term),
-            }))
+            let w = WireWrite::decode(b.as_slice()).map_err(|e| bad("write result", e))?;
+            Ok(ForwardedReply::Write(write_from_wire(w)?))
         }
         R::Read(b) => {
-            let r: WireRead = serde_json::from_slice(&b).map_err(|e| bad("read result", e))?;
+            let r = WireRead::decode(b.as_slice()).map_err(|e| bad("read result", e))?;
             Ok(ForwardedReply::Read(ReadResult {
-                range: r.range,
+                range: r.range.unwrap_or_default(),
                 raft_term: Term(r.raft_term),
             }))
         }
@@ -245,23 +370,21 @@ pub(crate) fn grpc_forwarder() -> Arc<dyn Forwarder> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::storage_stub::{Command, Op, RangeRequest};
+    use crate::storage::Op;
 
     #[test]
     fn requests_and_replies_round_trip() {
         let cmd = Command {
+            request_id: None,
             op: Op::Put {
-                key: b"k".to_vec(),
-                value: b"v".to_vec(),
+                key: bytes::Bytes::from_static(b"k"),
+                value: bytes::Bytes::from_static(b"v"),
                 prev_kv: true,
             },
         };
         let decoded = decode_request(encode_request(&Forwarded::Write(cmd.clone())).unwrap());
         assert!(matches!(decoded, Ok(Forwarded::Write(c)) if c == cmd));
-        let req = RangeRequest {
-            key: b"a".to_vec(),
-            ..Default::default()
-        };
+        let req = RangeRequest::key(&b"a"[..]);
         let decoded = decode_request(encode_request(&Forwarded::Read(req.clone())).unwrap());
         assert!(matches!(decoded, Ok(Forwarded::Read(r)) if r == req));
         let decoded = decode_request(
@@ -276,10 +399,16 @@ mod tests {
         ));
 
         let reply = decode_reply(encode_reply(Ok(ForwardedReply::Write(WriteResult {
-            outcome: ApplyOutcome {
+            outcome: ApplyOutcome::Txn {
                 revision: 5,
-                deleted: 0,
-                prev_kvs: vec![],
+                succeeded: true,
+                responses: vec![
+                    TxnOpResult::Put { prev_kv: None },
+                    TxnOpResult::DeleteRange {
+                        deleted: 1,
+                        prev_kvs: vec![],
+                    },
+                ],
             },
             raft_term: Term(2),
         }))));

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::{NodeId, Term};
-use crate::server::storage_stub::{ApplyOutcome, Command, RangeRequest, RangeResult};
+use crate::storage::{ApplyOutcome, Command, RangeRequest, RangeResult};
 
 /// What a client may see go wrong. Each variant maps to one HTTP status and
 /// one gRPC code (see [`ClientError::http_status`] and the gRPC layer).
@@ -79,7 +79,9 @@ impl ClientError {
     }
 }
 
-/// The result of a committed and applied write.
+/// The result of a committed and applied write. `outcome` is never
+/// `ApplyOutcome::Rejected`: a rejected command is answered as an error
+/// (`InvalidArgument` or `TooLarge`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteResult {
     pub outcome: ApplyOutcome,

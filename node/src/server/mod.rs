@@ -10,7 +10,6 @@
 //! - `member_info.rs`: what a member's configuration context holds;
 //! - `start.rs`: opening storage and starting all of the above.
 
-mod core_stub;
 mod driver;
 mod forward;
 mod handle;
@@ -19,7 +18,6 @@ pub mod peer_proto;
 mod peer_service;
 mod pending;
 mod start;
-pub mod storage_stub;
 mod transport;
 pub mod wire;
 
@@ -29,5 +27,5 @@ pub use handle::{
     ReadResult, WriteResult,
 };
 pub use member_info::MemberInfo;
-pub use start::{Bootstrap, NodeConfig, RunningNode, cluster_id_of, start};
+pub use start::{Bootstrap, NodeConfig, RunningNode, cluster_id_of, cluster_id_of_token, start};
 pub use transport::normalize_url;

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use crate::raft::{LogIndex, NodeId, Term};
 use crate::server::ClientError;
 use crate::server::handle::{DriverReply, MemberStatus, ReadResult, Rejection, WriteResult};
-use crate::server::storage_stub::RangeRequest;
+use crate::storage::RangeRequest;
 
 pub(crate) struct PendingWrite {
     pub term: Term,

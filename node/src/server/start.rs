@@ -13,16 +13,15 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::metrics::Metrics;
-use crate::raft::{Config, LogIndex, Membership, NodeId, RoleState, Storage, Term};
-use crate::server::core_stub::RaftNode;
+use crate::raft::{Config, LogIndex, Membership, NodeId, RaftNode, RoleState, Storage, Term};
 use crate::server::driver::{Driver, DriverConfig, DriverError, Health};
 use crate::server::forward::grpc_forwarder;
 use crate::server::handle::NodeHandle;
 use crate::server::member_info::MemberInfo;
 use crate::server::peer_proto::peer_server::PeerServer;
 use crate::server::peer_service::PeerService;
-use crate::server::storage_stub::{KvStore, Limits, LogStore, SnapshotPolicy};
 use crate::server::transport::Transport;
+use crate::storage::{Identity, KvStore, Limits, LogStore, SnapshotPolicy};
 
 /// Client requests queued for the driver before callers wait.
 const REQUEST_QUEUE: usize = 4096;
@@ -73,9 +72,14 @@ pub fn cluster_id_of(members: &[(NodeId, MemberInfo)]) -> u64 {
         .map(|(id, m)| format!("{id}={}", m.peer_url))
         .collect();
     sorted.sort();
-    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    cluster_id_of_token(&sorted.join(","))
+}
+
+/// A cluster id from a cluster token (FNV-1a: stable across builds and
+/// platforms, unlike std's hasher). Never 0.
+pub fn cluster_id_of_token(token: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in sorted.join(",").bytes() {
+    for b in token.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -89,20 +93,22 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
     }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
-    let mut log = LogStore::open(&cfg.data_dir.join("log"))
-        .with_context(|| format!("cannot open the raft log in {}", cfg.data_dir.display()))?;
-    let kv = KvStore::open(&cfg.data_dir.join("kv"), cfg.limits.clone()).with_context(|| {
-        format!(
-            "cannot open the state machine in {}",
-            cfg.data_dir.display()
-        )
-    })?;
     let cluster_id = match (&cfg.bootstrap, cfg.cluster_id) {
         (_, Some(id)) => id,
         (Bootstrap::Initial(members), None) => cluster_id_of(members),
-        (Bootstrap::Join, None) => 0,
+        (Bootstrap::Join, None) => {
+            bail!("a node started with --join needs --cluster-id or --cluster-token")
+        }
     };
-    if !log.is_initialized() {
+    let log = LogStore::open(
+        &cfg.data_dir,
+        Identity {
+            cluster_id,
+            node_id: cfg.id,
+        },
+    )?;
+    let kv = KvStore::open(&cfg.data_dir, cfg.limits)?;
+    if log.is_new() {
         match &cfg.bootstrap {
             Bootstrap::Initial(members) => {
                 if !members.iter().any(|(id, _)| *id == cfg.id) {
@@ -110,7 +116,7 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
                 }
                 let membership =
                     Membership::with_voters(members.iter().map(|(id, m)| (*id, m.to_context())));
-                log.bootstrap(membership)
+                log.bootstrap(&membership)
                     .context("cannot write the initial configuration")?;
                 info!(members = members.len(), "bootstrapped a new cluster");
             }
@@ -122,7 +128,7 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
         info!("restarting from the stored log; --initial-cluster is ignored");
     }
 
-    let applied = kv.applied().index;
+    let applied = kv.applied_index();
     let mut raft_cfg = Config::new(cfg.id);
     raft_cfg.election_ticks = cfg.election_ticks;
     raft_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
@@ -161,8 +167,7 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
             name: cfg.name.clone(),
             cluster_id,
             tick: cfg.tick,
-            limits: cfg.limits.clone(),
-            snapshot_policy: cfg.snapshot_policy.clone(),
+            snapshot_policy: cfg.snapshot_policy,
             snapshot_dir: snapshot_dir.clone(),
         },
         node,

@@ -18,8 +18,8 @@ use crate::raft::{Message, MessageBody, NodeId};
 use crate::server::driver::Inbound;
 use crate::server::peer_proto as pb;
 use crate::server::peer_proto::peer_client::PeerClient;
-use crate::server::storage_stub::KvSnapshotReader;
 use crate::server::wire;
+use crate::storage::SnapshotReader;
 
 /// Messages queued for one peer before new ones are dropped.
 const PEER_QUEUE: usize = 4096;
@@ -112,7 +112,7 @@ impl Transport {
     }
 
     /// Streams a snapshot image to `m.to` on its own connection.
-    pub(crate) fn send_snapshot(&mut self, m: Message, reader: KvSnapshotReader) {
+    pub(crate) fn send_snapshot(&mut self, m: Message, reader: SnapshotReader) {
         let to = m.to;
         let reports = self.reports.clone();
         let Some(url) = self.peers.get(&to).map(|p| p.url.clone()) else {
@@ -201,11 +201,7 @@ async fn pump(channel: Channel, queue: &mut mpsc::Receiver<pb::Message>) -> Stri
     }
 }
 
-async fn stream_snapshot(
-    url: &str,
-    m: Message,
-    mut reader: KvSnapshotReader,
-) -> Result<u64, String> {
+async fn stream_snapshot(url: &str, m: Message, mut reader: SnapshotReader) -> Result<u64, String> {
     let MessageBody::InstallSnapshot(snapshot) = &m.body else {
         return Err("not an InstallSnapshot message".into());
     };
@@ -230,7 +226,7 @@ async fn stream_snapshot(
             return Ok(());
         }
         let mut total = 0u64;
-        while let Some(data) = reader.next_chunk().map_err(|e| e.to_string())? {
+        while let Some(data) = reader.next_chunk().transpose().map_err(|e| e.to_string())? {
             total += data.len() as u64;
             for piece in data.chunks(SNAPSHOT_CHUNK) {
                 let chunk = pb::SnapshotChunk {
