@@ -350,10 +350,11 @@ impl Cluster {
                     .and_then(|s| s["leader_id"].as_u64());
                 leaders.push(leader);
             }
-            if let Some(Some(first)) = leaders.first() {
-                if leaders.iter().all(|l| *l == Some(*first)) && self.running().contains(first) {
-                    return Ok(*first);
-                }
+            if let Some(Some(first)) = leaders.first()
+                && leaders.iter().all(|l| *l == Some(*first))
+                && self.running().contains(first)
+            {
+                return Ok(*first);
             }
             if Instant::now() > deadline {
                 bail!("no agreed leader within {within:?}: {leaders:?}");
