@@ -373,29 +373,31 @@ impl Cluster {
         self.deliver_due();
     }
 
-    /// Ticks only `id` (others are frozen) until it starts a campaign, then
-    /// runs the whole cluster until some leader exists. Lets scenario tests
-    /// choose who campaigns first.
+    /// Ticks only `id` (the others' clocks stand still, but they receive and
+    /// answer messages) until it is leader, or `max_ticks` pass. Lets a
+    /// scenario choose who campaigns, as the paper's figures do.
     pub fn elect(&mut self, id: NodeId, max_ticks: u64) -> bool {
         for _ in 0..max_ticks {
+            if self
+                .node(id)
+                .is_some_and(|r| r.status().role == RoleState::Leader)
+            {
+                return true;
+            }
+            if self.violation.is_some() {
+                return false;
+            }
             self.now += 1;
             if let Some(r) = self.raft_mut(id) {
                 r.tick();
             }
             self.steps += 1;
             self.process_ready(id);
-            let role = self.node(id).map(|r| r.status().role);
-            if role != Some(RoleState::Follower) {
-                break;
-            }
+            self.check_leaders();
+            self.deliver_due();
         }
-        self.run_until(
-            |c| {
-                c.node(id)
-                    .is_some_and(|r| r.status().role == RoleState::Leader)
-            },
-            max_ticks,
-        )
+        self.node(id)
+            .is_some_and(|r| r.status().role == RoleState::Leader)
     }
 
     fn raft_mut(&mut self, id: NodeId) -> Option<&mut RaftNode<MemStorage>> {
