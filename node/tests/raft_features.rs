@@ -204,6 +204,34 @@ fn a_new_leader_starts_its_term_with_a_noop() {
     assert_eq!(first_of_term.payload, EntryPayload::Noop);
 }
 
+#[test]
+fn a_leader_counts_itself_toward_commit_only_once_its_write_is_durable() {
+    let m = Membership::with_voters([(NodeId(1), Bytes::new())]);
+    let mut config = Config::new(NodeId(1));
+    config.election_ticks = 10;
+    config.heartbeat_ticks = 2;
+    let mut n = RaftNode::new(config, MemStorage::new(m)).unwrap();
+    while n.status().role != RoleState::Leader {
+        n.tick();
+    }
+    drive(&mut n);
+    drive(&mut n);
+    let p = n.propose(Bytes::from_static(b"x")).unwrap();
+    let rd = n.ready();
+    assert!(rd.entries.iter().any(|e| e.index == p.index), "to persist");
+    assert!(
+        rd.committed_entries.iter().all(|e| e.index < p.index),
+        "not committed before it is durable, even by a single voter"
+    );
+    n.storage_mut().append(&rd.entries).unwrap();
+    if let Some(hs) = rd.hard_state {
+        n.storage_mut().set_hard_state(hs);
+    }
+    n.advance();
+    let rd = n.ready();
+    assert!(rd.committed_entries.iter().any(|e| e.index == p.index));
+}
+
 // ----------------------------------------------------------- 4. replication
 
 #[test]

@@ -641,8 +641,29 @@ impl Cluster {
             if !r.has_ready() {
                 return;
             }
-            let rd = r.ready();
+            let mut rd = r.ready();
             let p = self.opts.crash_mid_ready;
+            // Like a fast driver, send what may leave before the write
+            // (a leader's appends and heartbeats) first.
+            let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut rd.messages)
+                .into_iter()
+                .partition(|m| m.can_send_before_persist());
+            rd.messages = late;
+            let mut snapshot_failures = Vec::new();
+            for m in early {
+                let to = m.to;
+                let is_snapshot = matches!(m.body, MessageBody::InstallSnapshot(_));
+                if !self.net.send(m, now, &mut self.rng) && is_snapshot {
+                    // The transport reports a failed snapshot stream.
+                    snapshot_failures.push(to);
+                }
+            }
+            let Some(n) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            let Some(r) = n.raft.as_mut() else {
+                return;
+            };
             if crash_roll < p / 2.0 {
                 // Crash before anything of this Ready is durable.
                 self.crash(id);
@@ -728,20 +749,9 @@ impl Cluster {
                 return;
             }
 
-            // 2. Send.
-            let mut snapshot_failures = Vec::new();
+            // 2. Send what had to wait for the write.
             for m in rd.messages {
-                let to = m.to;
-                let is_snapshot = matches!(m.body, MessageBody::InstallSnapshot(_));
-                let target_known = self.nodes.contains_key(&to);
-                if is_snapshot && !target_known {
-                    snapshot_failures.push(to);
-                    continue;
-                }
-                if !self.net.send(m, now, &mut self.rng) && is_snapshot {
-                    // The transport reports a failed snapshot stream.
-                    snapshot_failures.push(to);
-                }
+                self.net.send(m, now, &mut self.rng);
             }
 
             // 3. Apply.
