@@ -24,6 +24,10 @@ pub struct RaftLog<S> {
     pub committed: LogIndex,
     /// The highest index handed to the driver to apply.
     pub applied: LogIndex,
+    /// The last index known to be durable. A leader counts itself toward a
+    /// quorum only up to here, which is what lets it send appends while
+    /// its own write is still in flight (thesis §10.2.1).
+    pub persisted: LogIndex,
 }
 
 impl<S: Storage> RaftLog<S> {
@@ -42,6 +46,7 @@ impl<S: Storage> RaftLog<S> {
             pending_snapshot: None,
             committed,
             applied,
+            persisted: last,
         })
     }
 
@@ -201,6 +206,7 @@ impl<S: Storage> RaftLog<S> {
             // persists the tail.
             self.unstable_offset = after;
             self.unstable = entries;
+            self.persisted = self.persisted.min(after.prev());
         } else {
             self.unstable
                 .truncate((after.0 - self.unstable_offset.0) as usize);
@@ -236,6 +242,7 @@ impl<S: Storage> RaftLog<S> {
         self.committed = index;
         self.unstable.clear();
         self.unstable_offset = index.next();
+        self.persisted = self.persisted.min(index);
         self.pending_snapshot = Some(snapshot);
     }
 
@@ -260,6 +267,7 @@ impl<S: Storage> RaftLog<S> {
         }
         self.unstable_offset = self.unstable_offset.plus(self.unstable.len() as u64);
         self.unstable.clear();
+        self.persisted = self.last_index();
     }
 
     pub fn has_committed_to_apply(&self) -> bool {

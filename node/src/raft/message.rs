@@ -18,6 +18,24 @@ pub struct Message {
     pub body: MessageBody,
 }
 
+impl Message {
+    /// Whether the driver may send this message before the `Ready` that
+    /// carries it is persisted. A leader's appends, heartbeats, snapshots
+    /// and TimeoutNow promise nothing about its own disk: it counts itself
+    /// toward a commit only once its write is durable (thesis §10.2.1), so
+    /// writing its log in parallel with replicating it is safe. Votes and
+    /// acknowledgements promise durable state and must wait.
+    pub fn can_send_before_persist(&self) -> bool {
+        matches!(
+            self.body,
+            MessageBody::Append(_)
+                | MessageBody::Heartbeat(_)
+                | MessageBody::InstallSnapshot(_)
+                | MessageBody::TimeoutNow
+        )
+    }
+}
+
 /// What a message says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MessageBody {

@@ -398,6 +398,10 @@ impl<S: Storage> RaftNode<S> {
         if let Some(last) = self.handed_to_apply.take() {
             self.log.applied = self.log.applied.max(last);
         }
+        // The leader's own entries now count toward a quorum.
+        if self.role == RoleState::Leader && self.maybe_commit() {
+            self.broadcast_append();
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -892,8 +896,9 @@ impl<S: Storage> RaftNode<S> {
 
     /// Advances the commit index to what a majority holds — but only by
     /// counting replicas of an entry from the current term (paper §5.4.2).
+    /// The leader counts itself only for what it has persisted.
     fn maybe_commit(&mut self) -> bool {
-        let last = self.log.last_index();
+        let last = self.log.persisted;
         let voters: Vec<NodeId> = self.membership.voters().collect();
         let candidate = quorum::committed_index(voters.iter().map(|v| {
             if *v == self.id {

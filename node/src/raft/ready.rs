@@ -8,8 +8,10 @@ use super::types::{Entry, HardState, LogIndex, NodeId, Term};
 ///
 /// 1. persist `snapshot` (if any), then `entries`, then `hard_state`, as one
 ///    durable write (group commit);
-/// 2. send `messages` — only after step 1, because a vote or an append
-///    acknowledgement promises that the state is durable;
+/// 2. send `messages` — after step 1, because a vote or an append
+///    acknowledgement promises that the state is durable. A driver may send
+///    those for which [`Message::can_send_before_persist`] holds (a
+///    leader's appends and heartbeats) while step 1 is still running;
 /// 3. apply `committed_entries` to the state machine, in order;
 /// 4. serve `read_states` once the state machine has applied their index;
 /// 5. call [`RaftNode::advance`](super::RaftNode::advance).

@@ -373,29 +373,31 @@ impl Cluster {
         self.deliver_due();
     }
 
-    /// Ticks only `id` (others are frozen) until it starts a campaign, then
-    /// runs the whole cluster until some leader exists. Lets scenario tests
-    /// choose who campaigns first.
+    /// Ticks only `id` (the others' clocks stand still, but they receive and
+    /// answer messages) until it is leader, or `max_ticks` pass. Lets a
+    /// scenario choose who campaigns, as the paper's figures do.
     pub fn elect(&mut self, id: NodeId, max_ticks: u64) -> bool {
         for _ in 0..max_ticks {
+            if self
+                .node(id)
+                .is_some_and(|r| r.status().role == RoleState::Leader)
+            {
+                return true;
+            }
+            if self.violation.is_some() {
+                return false;
+            }
             self.now += 1;
             if let Some(r) = self.raft_mut(id) {
                 r.tick();
             }
             self.steps += 1;
             self.process_ready(id);
-            let role = self.node(id).map(|r| r.status().role);
-            if role != Some(RoleState::Follower) {
-                break;
-            }
+            self.check_leaders();
+            self.deliver_due();
         }
-        self.run_until(
-            |c| {
-                c.node(id)
-                    .is_some_and(|r| r.status().role == RoleState::Leader)
-            },
-            max_ticks,
-        )
+        self.node(id)
+            .is_some_and(|r| r.status().role == RoleState::Leader)
     }
 
     fn raft_mut(&mut self, id: NodeId) -> Option<&mut RaftNode<MemStorage>> {
@@ -639,8 +641,29 @@ impl Cluster {
             if !r.has_ready() {
                 return;
             }
-            let rd = r.ready();
+            let mut rd = r.ready();
             let p = self.opts.crash_mid_ready;
+            // Like a fast driver, send what may leave before the write
+            // (a leader's appends and heartbeats) first.
+            let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut rd.messages)
+                .into_iter()
+                .partition(|m| m.can_send_before_persist());
+            rd.messages = late;
+            let mut snapshot_failures = Vec::new();
+            for m in early {
+                let to = m.to;
+                let is_snapshot = matches!(m.body, MessageBody::InstallSnapshot(_));
+                if !self.net.send(m, now, &mut self.rng) && is_snapshot {
+                    // The transport reports a failed snapshot stream.
+                    snapshot_failures.push(to);
+                }
+            }
+            let Some(n) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            let Some(r) = n.raft.as_mut() else {
+                return;
+            };
             if crash_roll < p / 2.0 {
                 // Crash before anything of this Ready is durable.
                 self.crash(id);
@@ -726,20 +749,9 @@ impl Cluster {
                 return;
             }
 
-            // 2. Send.
-            let mut snapshot_failures = Vec::new();
+            // 2. Send what had to wait for the write.
             for m in rd.messages {
-                let to = m.to;
-                let is_snapshot = matches!(m.body, MessageBody::InstallSnapshot(_));
-                let target_known = self.nodes.contains_key(&to);
-                if is_snapshot && !target_known {
-                    snapshot_failures.push(to);
-                    continue;
-                }
-                if !self.net.send(m, now, &mut self.rng) && is_snapshot {
-                    // The transport reports a failed snapshot stream.
-                    snapshot_failures.push(to);
-                }
+                self.net.send(m, now, &mut self.rng);
             }
 
             // 3. Apply.
