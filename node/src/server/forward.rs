@@ -351,11 +351,19 @@ impl Forwarder for GrpcForwarder {
                 .forward(encode_request(&request)?)
                 .await
                 .map_err(|s| {
-                    ClientError::Unavailable(format!(
-                        "cannot reach the leader ({}): {}",
-                        leader.id,
-                        s.message()
-                    ))
+                    // A refused connection proves the leader never saw the
+                    // request: report "no leader" so the caller retries
+                    // (with the leader it learns next). Any other failure
+                    // may have happened after the leader acted on it.
+                    if s.code() == tonic::Code::Unavailable && s.message().contains("connect") {
+                        ClientError::NoLeader
+                    } else {
+                        ClientError::Unavailable(format!(
+                            "lost the leader ({}) while it handled the request: {}",
+                            leader.id,
+                            s.message()
+                        ))
+                    }
                 })?;
             decode_reply(reply.into_inner())
         })

@@ -249,6 +249,9 @@ pub struct NodeHandle {
     timeout: Duration,
     requests: mpsc::Sender<Request>,
     forwarder: Option<Arc<dyn Forwarder>>,
+    /// Whether "no leader" is retried until the timeout (see `call`). Off
+    /// when serving a forwarded request: the forwarding node retries.
+    retry: bool,
 }
 
 impl NodeHandle {
@@ -265,6 +268,7 @@ impl NodeHandle {
             timeout,
             requests,
             forwarder,
+            retry: true,
         }
     }
 
@@ -287,7 +291,13 @@ impl NodeHandle {
     pub async fn write(&self, cmd: Command) -> Result<WriteResult, ClientError> {
         let forward = Forwarded::Write(cmd.clone());
         let reply = self
-            .call(|reply| Request::Write { cmd, reply }, Some(forward))
+            .call(
+                |reply| Request::Write {
+                    cmd: cmd.clone(),
+                    reply,
+                },
+                Some(forward),
+            )
             .await?;
         match reply {
             Answer::Local(r) => Ok(r),
@@ -306,7 +316,7 @@ impl NodeHandle {
         let reply = self
             .call(
                 |reply| Request::Read {
-                    req,
+                    req: req.clone(),
                     consistency,
                     reply,
                 },
@@ -371,7 +381,10 @@ impl NodeHandle {
         let forward = Forwarded::ChangeMembership(change.clone());
         let reply = self
             .call(
-                |reply| Request::ChangeMembership { change, reply },
+                |reply| Request::ChangeMembership {
+                    change: change.clone(),
+                    reply,
+                },
                 Some(forward),
             )
             .await?;
@@ -390,6 +403,7 @@ impl NodeHandle {
     ) -> Result<ForwardedReply, ClientError> {
         let local = NodeHandle {
             forwarder: None,
+            retry: false,
             ..self.clone()
         };
         match request {
@@ -411,37 +425,64 @@ impl NodeHandle {
 
     /// Sends one request to the driver and, if it is not the leader and
     /// `forward` is given, forwards it to the leader; all within the timeout.
+    ///
+    /// While there is no leader, or the leader cannot be reached, the
+    /// request is retried until a leader answers or the timeout passes: a
+    /// failover then costs clients latency, not errors. Only failures that
+    /// prove the request was not carried out ([`ClientError::NoLeader`]) are
+    /// retried, so a write is never applied twice.
     async fn call<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<DriverReply<T>>) -> Request,
+        make: impl Fn(oneshot::Sender<DriverReply<T>>) -> Request,
         forward: Option<Forwarded>,
     ) -> Result<Answer<T>, ClientError> {
+        let mut last = ClientError::Timeout;
         let work = async {
-            let (tx, rx) = oneshot::channel();
-            self.requests
-                .send(make(tx))
-                .await
-                .map_err(|_| ClientError::Unavailable("the node is shutting down".into()))?;
-            let answer = rx
-                .await
-                .map_err(|_| ClientError::Unavailable("the node is shutting down".into()))?;
-            match answer {
-                Ok(v) => Ok(Answer::Local(v)),
-                Err(Rejection::Failed(e)) => Err(e),
-                Err(Rejection::NotLeader(None)) => Err(ClientError::NoLeader),
-                Err(Rejection::NotLeader(Some(hint))) => match (&self.forwarder, forward) {
-                    (Some(f), Some(forward)) if hint.id != self.member_id => {
-                        f.forward(hint, forward).await.map(Answer::Forwarded)
+            loop {
+                match self.call_once(&make, forward.clone()).await {
+                    Err(ClientError::NoLeader) if self.retry => {
+                        last = ClientError::NoLeader;
+                        tokio::time::sleep(RETRY_PAUSE).await;
                     }
-                    _ => Err(ClientError::NoLeader),
-                },
+                    other => return other,
+                }
             }
         };
-        tokio::time::timeout(self.timeout, work)
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(last),
+        }
+    }
+
+    async fn call_once<T>(
+        &self,
+        make: &impl Fn(oneshot::Sender<DriverReply<T>>) -> Request,
+        forward: Option<Forwarded>,
+    ) -> Result<Answer<T>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(make(tx))
             .await
-            .unwrap_or(Err(ClientError::Timeout))
+            .map_err(|_| ClientError::Unavailable("the node is shutting down".into()))?;
+        let answer = rx
+            .await
+            .map_err(|_| ClientError::Unavailable("the node is shutting down".into()))?;
+        match answer {
+            Ok(v) => Ok(Answer::Local(v)),
+            Err(Rejection::Failed(e)) => Err(e),
+            Err(Rejection::NotLeader(None)) => Err(ClientError::NoLeader),
+            Err(Rejection::NotLeader(Some(hint))) => match (&self.forwarder, forward) {
+                (Some(f), Some(forward)) if hint.id != self.member_id => {
+                    f.forward(hint, forward).await.map(Answer::Forwarded)
+                }
+                _ => Err(ClientError::NoLeader),
+            },
+        }
     }
 }
+
+/// How long to wait before asking again for a leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
 enum Answer<T> {
     Local(T),
@@ -470,7 +511,7 @@ mod tests {
     #[tokio::test]
     async fn a_follower_without_a_known_leader_answers_no_leader() {
         let (tx, mut rx) = mpsc::channel(4);
-        let h = NodeHandle::new(NodeId(1), 7, Duration::from_secs(5), tx, None);
+        let h = NodeHandle::new(NodeId(1), 7, Duration::from_millis(200), tx, None);
         tokio::spawn(async move {
             while let Some(req) = rx.recv().await {
                 if let Request::TransferLeader { reply, .. } = req {
