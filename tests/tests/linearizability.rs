@@ -2,6 +2,9 @@
 //! killed and restarted; the recorded history must be linearizable, as
 //! judged by porcupine (the Go checker in `tests/linearizability`).
 
+// Test code: a failed unwrap is a failed test, also in helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
