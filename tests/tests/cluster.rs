@@ -410,3 +410,91 @@ fn futures_status(c: &Cluster, id: u64) -> String {
     .join()
     .unwrap_or_default()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_with_an_idempotency_key_is_applied_once() {
+    let c = Cluster::start(3, Options::default()).unwrap();
+    let leader = c.wait_leader(LEADER_WAIT).await.unwrap();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let http = reqwest::Client::new();
+    let put = |node: u64, seq: &str, value: &'static str| {
+        let url = format!("{}/v1/kv/idem", c.http(node).unwrap());
+        let req = http
+            .put(url)
+            .header("x-raftkv-client-id", "77")
+            .header("x-raftkv-sequence", seq.to_string())
+            .body(value);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (s1, first) = put(leader, "1", "a").await;
+    assert_eq!(s1, 200, "{first}");
+    // The "retry" goes through another node and still answers the original.
+    let (s2, again) = put(follower, "1", "a").await;
+    assert_eq!(s2, 200, "{again}");
+    assert_eq!(first["revision"], again["revision"]);
+    let a = c.get(leader, "idem").await.unwrap();
+    assert_eq!(a.status, 200);
+    let (s3, next) = put(leader, "2", "b").await;
+    assert_eq!(s3, 200, "{next}");
+    assert!(next["revision"].as_i64() > first["revision"].as_i64());
+    let (stale, body) = put(leader, "1", "c").await;
+    assert_eq!(
+        stale, 400,
+        "a sequence older than the last applied one: {body}"
+    );
+    let a = c.get(leader, "idem").await.unwrap();
+    assert_eq!(a.raw, b"b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_metrics_describe_each_node() {
+    let c = Cluster::start(3, Options::default()).unwrap();
+    let leader = c.wait_leader(LEADER_WAIT).await.unwrap();
+    assert_eq!(c.put(leader, "m", "1").await.unwrap().status, 200);
+    for id in 1..=3 {
+        let h = c.request(id, Method::GET, "/healthz", None).await.unwrap();
+        assert_eq!(h.status, 200);
+        Cluster::eventually(Duration::from_secs(10), "readyz", || async {
+            let r = c.request(id, Method::GET, "/readyz", None).await.ok()?;
+            (r.status == 200).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    // RTT is measured from heartbeat round trips: wait for a few.
+    let m = Cluster::eventually(Duration::from_secs(10), "RTT samples", || async {
+        let m = metrics_text(&c, leader).await;
+        m.contains("raftkv_network_peer_rtt_seconds_count{peer=")
+            .then_some(m)
+    })
+    .await
+    .unwrap();
+    for needle in [
+        "raftkv_raft_is_leader 1",
+        "raftkv_raft_has_leader 1",
+        "raftkv_raft_peer_match_index{peer=",
+        "raftkv_raft_members{role=\"voter\"} 3",
+        "raftkv_disk_log_fsync_seconds_count",
+        "raftkv_raft_proposals_committed_total 1",
+        "raftkv_db_size_bytes{db=\"kv\"}",
+        "process_resident_memory_bytes",
+        &format!("raftkv_node_info{{cluster=\"4242\",id=\"{leader}\""),
+        "raftkv_http_requests_total{method=\"PUT\",route=\"/v1/kv/{*key}\",status=\"200\"} 1",
+    ] {
+        assert!(m.contains(needle), "leader metrics lack {needle}:\n{m}");
+    }
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let f = metrics_text(&c, follower).await;
+    assert!(f.contains("raftkv_raft_is_leader 0"), "{f}");
+    assert!(f.contains("raftkv_raft_has_leader 1"), "{f}");
+}
+
+async fn metrics_text(c: &Cluster, id: u64) -> String {
+    let a = c.request(id, Method::GET, "/metrics", None).await.unwrap();
+    assert_eq!(a.status, 200);
+    String::from_utf8(a.raw).unwrap()
+}

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 use crate::server::Consistency;
-use crate::storage::{ApplyOutcome, Command, KeyValue, Op, RangeRequest};
+use crate::storage::{ApplyOutcome, Command, KeyValue, Op, RangeRequest, RequestId};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ReadParams {
@@ -72,17 +72,46 @@ struct PutAnswer {
     revision: i64,
 }
 
+/// Headers that make a write idempotent: a retry with the same client id
+/// and sequence number gets the first attempt's answer instead of applying
+/// twice. The sequence must increase per client id.
+pub const CLIENT_ID_HEADER: &str = "x-raftkv-client-id";
+pub const SEQUENCE_HEADER: &str = "x-raftkv-sequence";
+
+fn request_id(headers: &HeaderMap) -> Result<Option<RequestId>, ApiError> {
+    let number = |name: &str| -> Result<Option<u64>, ApiError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .ok_or_else(|| ApiError::bad_request(format!("{name} must be an integer")))
+            })
+            .transpose()
+    };
+    match (number(CLIENT_ID_HEADER)?, number(SEQUENCE_HEADER)?) {
+        (Some(client_id), Some(seq)) => Ok(Some(RequestId { client_id, seq })),
+        (None, None) => Ok(None),
+        _ => Err(ApiError::bad_request(format!(
+            "{CLIENT_ID_HEADER} and {SEQUENCE_HEADER} go together"
+        ))),
+    }
+}
+
 pub async fn put(
     State(st): State<HttpState>,
     key: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = key_of(key)?;
+    let request_id = request_id(&headers)?;
     let value = read_body(body, st.max_body_bytes).await?;
     let res = st
         .handle
         .write(Command {
-            request_id: None,
+            request_id,
             op: Op::Put {
                 key: key.into_bytes().into(),
                 value,
@@ -123,12 +152,14 @@ pub async fn get(
 pub async fn delete(
     State(st): State<HttpState>,
     key: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = key_of(key)?;
+    let request_id = request_id(&headers)?;
     let res = st
         .handle
         .write(Command {
-            request_id: None,
+            request_id,
             op: Op::DeleteRange {
                 key: key.into_bytes().into(),
                 range_end: Default::default(),

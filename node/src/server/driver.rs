@@ -179,6 +179,7 @@ impl Driver {
         let mut tick = tokio::time::interval(self.cfg.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.update_peers();
+        self.publish_sizes();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
