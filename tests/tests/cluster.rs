@@ -1,6 +1,9 @@
 //! End-to-end: real `raftkv serve` processes on loopback, elections, kills,
 //! restarts, snapshots, membership and bad input (issue 4's list).
 
+// Test code: a failed unwrap is a failed test, also in helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use raftkv_e2e::{Cluster, Options};
