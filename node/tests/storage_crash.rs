@@ -4,6 +4,10 @@
 //! point (or lets it hit a file-size limit), reopens the stores and checks
 //! that everything acknowledged is there and nothing else claims to be.
 
+// Test helpers outside #[test] fns may unwrap too (clippy.toml only covers
+// the test fns themselves).
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command as Proc, Stdio};

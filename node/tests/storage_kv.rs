@@ -1,6 +1,10 @@
 //! The state machine against a simple in-memory model (BTreeMap +
 //! revisions), restart, idempotent retries and limits.
 
+// Test helpers outside #[test] fns may unwrap too (clippy.toml only covers
+// the test fns themselves).
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
