@@ -2,7 +2,8 @@
 //! fsync) per batch of 256-byte entries, for several batch sizes, next to a
 //! plain write + fsync loop on the same disk. Entries/s is the criterion
 //! throughput; fsyncs per entry is 1 / batch size by construction (one
-//! durable commit per batch), printed for each group.
+//! durable commit per batch), printed for each group. `log_read_tail`
+//! measures reading the newest entries, as a leader does to replicate.
 
 use std::io::Write;
 use std::time::Duration;
@@ -79,5 +80,39 @@ fn log_append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, log_append);
+/// What the leader pays to read recent entries for replication; decides
+/// whether an in-memory tail cache is worth having.
+fn log_read_tail(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let log = LogStore::open(
+        dir.path(),
+        Identity {
+            cluster_id: 1,
+            node_id: NodeId(1),
+        },
+    )
+    .unwrap_or_else(|e| panic!("open: {e}"));
+    for start in (1..10_000).step_by(1000) {
+        log.persist(None, &entries(start, 1000), None)
+            .unwrap_or_else(|e| panic!("persist: {e}"));
+    }
+    let last = log.last_index().unwrap_or_default();
+    let mut group = c.benchmark_group("log_read_tail");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for n in [1u64, 64] {
+        group.throughput(Throughput::Elements(n));
+        group.bench_with_input(BenchmarkId::new("entries_256B", n), &n, |b, &n| {
+            b.iter(|| {
+                log.entries(LogIndex(last.get() + 1 - n), last.next(), None)
+                    .unwrap_or_else(|e| panic!("read: {e}"))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, log_append, log_read_tail);
 criterion_main!(benches);
