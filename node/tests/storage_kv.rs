@@ -1,6 +1,10 @@
 //! The state machine against a simple in-memory model (BTreeMap +
 //! revisions), restart, idempotent retries and limits.
 
+// Test helpers outside #[test] fns may unwrap too (clippy.toml only covers
+// the test fns themselves).
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -606,4 +610,34 @@ fn a_kv_file_that_is_not_ours_is_refused() {
     std::fs::write(dir.path().join("kv.redb"), b"not a database at all").unwrap();
     let err = KvStore::open(dir.path(), Limits::default()).unwrap_err();
     assert!(err.to_string().contains("kv.redb"), "{err}");
+}
+
+#[test]
+fn an_unknown_kv_format_or_a_corrupt_record_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(KvStore::open(dir.path(), Limits::default()).unwrap());
+    let meta = redb::TableDefinition::<&str, &[u8]>::new("meta");
+    let write_state = |bytes: &[u8]| {
+        let db = redb::Database::open(dir.path().join("kv.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(meta)
+            .unwrap()
+            .insert("state", bytes)
+            .unwrap();
+        txn.commit().unwrap();
+    };
+    // protobuf: format_version = 42
+    write_state(&[0x08, 42]);
+    let err = KvStore::open(dir.path(), Limits::default()).unwrap_err();
+    assert!(err.to_string().contains("kv.redb"), "{err}");
+    assert!(
+        err.to_string().contains("unknown format version 42"),
+        "{err}"
+    );
+    write_state(&[0x0a, 0xff, 0xff]);
+    let err = KvStore::open(dir.path(), Limits::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("kv.redb: stored state is corrupt"),
+        "{err}"
+    );
 }

@@ -1,6 +1,10 @@
 //! The durable log against `MemStorage` as the model, with a reopen after
 //! every step, and the refusals to open a file that is not ours.
 
+// Test helpers outside #[test] fns may unwrap too (clippy.toml only covers
+// the test fns themselves).
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use bytes::Bytes;

@@ -1,5 +1,9 @@
 //! Snapshot round trip and safe installs.
 
+// Test helpers outside #[test] fns may unwrap too (clippy.toml only covers
+// the test fns themselves).
+#![allow(clippy::unwrap_used)]
+
 use bytes::Bytes;
 use raftkv::raft::{Entry, EntryPayload, LogIndex, Membership, NodeId, Term};
 use raftkv::storage::{

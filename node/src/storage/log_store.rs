@@ -244,7 +244,7 @@ impl LogStore {
                         .last()
                         .map_err(db_err(path, "read last entry"))?
                         .map(|(k, _)| k.value());
-                    if !last.is_some_and(|k| k >= first.index.get()) {
+                    if last.is_none_or(|k| k < first.index.get()) {
                         break;
                     }
                     t.pop_last().map_err(db_err(path, "truncate log"))?;
@@ -300,7 +300,7 @@ impl LogStore {
                     .first()
                     .map_err(db_err(path, "read first entry"))?
                     .map(|(k, _)| k.value());
-                if !first.is_some_and(|k| k <= meta.index.get()) {
+                if first.is_none_or(|k| k > meta.index.get()) {
                     break;
                 }
                 t.pop_first().map_err(db_err(path, "compact log"))?;

@@ -11,6 +11,24 @@
 //!   without fsync; see [`kv_store`] for why that is safe and what the node
 //!   must do on restart.
 //!
+//! What the node must do with them:
+//! - on start: `LogStore::open`, `bootstrap` if `is_new` (static clusters),
+//!   `KvStore::open`, then re-apply the committed entries
+//!   `(kv.applied_index(), log.hard_state().commit]` before serving;
+//! - per `Ready`: `log.persist(snapshot meta, entries, hard state)` before
+//!   sending messages or acknowledging anything, then `kv.apply(committed)`;
+//! - to send a snapshot: `kv.snapshot()`, stream `next_chunk()`s, and use
+//!   `reader.meta()` (not the log's base meta) as the snapshot's position;
+//! - to receive one: `begin_install`, `write_chunk`s, `finish()`, and only
+//!   then `log.persist(Some(&meta), ..)`. A crash between the two leaves the
+//!   state machine ahead of the log, which is safe: `apply` skips entries at
+//!   or below its applied index;
+//! - compaction: after `kv.snapshot()` (which makes the state machine
+//!   durable), `SnapshotPolicy::compact_to(meta.index, log base)` and
+//!   `log.compact_to(index)`;
+//! - any `StoreError` from a write: stop accepting writes (the store has
+//!   poisoned itself and returns `StoreError::Failed` from then on).
+//!
 //! Where to find what:
 //! - `codec.rs`: the stored form of the core's values (prost);
 //! - `log_store.rs`: the log ([`raft::Storage`](crate::raft::Storage));

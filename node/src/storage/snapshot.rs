@@ -462,7 +462,9 @@ impl SnapshotInstaller {
         if !self.done || !self.buf.is_empty() {
             return Err(SnapshotError::Incomplete.into());
         }
-        let state = self.state.take().ok_or(SnapshotError::MissingState)?;
+        if self.state.is_none() {
+            return Err(SnapshotError::MissingState.into());
+        }
         let staging = self.staging.clone();
         let db = self.db.take().ok_or(SnapshotError::Incomplete)?;
         let txn = match self.txn.take() {
@@ -491,7 +493,6 @@ impl SnapshotInstaller {
         let db = Database::open(&inner.path).map_err(db_err(&inner.path, "open"))?;
         // The state is re-read from the installed file: what it says wins.
         let loaded = load_state(&db, &inner.path)?;
-        debug_assert_eq!(loaded, state);
         *slot = Arc::new(db);
         *inner.state.write().unwrap_or_else(PoisonError::into_inner) = loaded.clone();
         *durable = loaded.applied_index;
