@@ -11,3 +11,5 @@
 //!   serves the JSON API, metrics and health; `cli` holds the subcommands.
 
 pub mod raft;
+
+pub mod grpc;
