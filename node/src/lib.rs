@@ -12,4 +12,6 @@
 
 pub mod raft;
 
+pub mod bench;
+pub mod cli;
 pub mod grpc;

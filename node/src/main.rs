@@ -1,6 +1,15 @@
 //! The `raftkv` binary.
 
-fn main() {
-    eprintln!("raftkv: the node process is not implemented yet");
-    std::process::exit(2);
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = raftkv::cli::Cli::parse();
+    match cli.run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raftkv: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
