@@ -48,6 +48,8 @@ impl ClientStats {
 enum Done {
     Plain,
     TxnCompareFailed,
+    /// fill: every key has been handed out; the client stops.
+    KeySpaceExhausted,
 }
 
 /// Runs one client until the run's deadline or request budget is reached.
@@ -71,6 +73,9 @@ pub(crate) async fn run_client(
             break;
         }
         let result = issue(&mut kv, &shared, &mut rng).await;
+        if matches!(result, Ok(Done::KeySpaceExhausted)) {
+            break;
+        }
         let end = Instant::now();
         if !measured || shared.deadline.is_some_and(|d| end > d) {
             continue;
@@ -114,6 +119,7 @@ async fn issue(
             }
         }
         Workload::Txn => compare_and_swap(kv, shared, rng).await,
+        Workload::Fill => fill(kv, shared).await,
     }
 }
 
@@ -126,6 +132,19 @@ async fn put(
     let req = PutRequest {
         key: shared.keyspace.key(n as usize),
         value: shared.keyspace.value(n >> 32),
+        ..Default::default()
+    };
+    kv.put(req).await.map(|_| Done::Plain)
+}
+
+async fn fill(kv: &mut KvClient<Channel>, shared: &Shared) -> Result<Done, tonic::Status> {
+    let index = shared.next_key.fetch_add(1, Ordering::Relaxed);
+    if index >= shared.keyspace.len() as u64 {
+        return Ok(Done::KeySpaceExhausted);
+    }
+    let req = PutRequest {
+        key: shared.keyspace.key(index as usize),
+        value: shared.keyspace.value(index),
         ..Default::default()
     };
     kv.put(req).await.map(|_| Done::Plain)

@@ -43,6 +43,9 @@ pub enum Workload {
     },
     /// Compare-and-swap transactions on random keys (see [`client`]).
     Txn,
+    /// Puts every key of the key space exactly once, in order, then stops:
+    /// loads the store before a read workload.
+    Fill,
 }
 
 impl Workload {
@@ -60,6 +63,7 @@ impl Workload {
                 consistency,
             } => format!("mixed-{}-reads-{read_ratio}", c(consistency)),
             Workload::Txn => "txn-cas".into(),
+            Workload::Fill => "fill".into(),
         }
     }
 }

@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     /// Set once every client has finished (ends the progress bar).
     pub finished: AtomicBool,
+    /// fill workload: the next key to put.
+    pub next_key: AtomicU64,
     /// txn workload: the last mod revision seen of each key.
     pub revisions: Vec<AtomicI64>,
 }
@@ -69,6 +71,7 @@ pub async fn run(config: &BenchConfig) -> Result<Summary, BenchError> {
         failed: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         finished: AtomicBool::new(false),
+        next_key: AtomicU64::new(0),
         revisions,
     });
 

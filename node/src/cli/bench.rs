@@ -18,6 +18,8 @@ pub enum WorkloadArg {
     Mixed,
     /// Compare-and-swap transactions on random keys.
     Txn,
+    /// Put every key once, in order, then stop (loads the store for gets).
+    Fill,
 }
 
 /// Read consistency of gets.
@@ -105,8 +107,10 @@ impl BenchArgs {
                 consistency,
             },
             WorkloadArg::Txn => Workload::Txn,
+            WorkloadArg::Fill => Workload::Fill,
         };
         let stop = match (self.requests, self.duration) {
+            _ if workload == Workload::Fill => Stop::Requests(self.keys),
             (Some(n), _) => Stop::Requests(n),
             (None, Some(d)) => Stop::After(d),
             (None, None) => Stop::After(Duration::from_secs(10)),
