@@ -128,7 +128,7 @@ async fn put(
     shared: &Shared,
     rng: &mut XorShift,
 ) -> Result<Done, tonic::Status> {
-    let n = rng.next();
+    let n = rng.next_u64();
     let req = PutRequest {
         key: shared.keyspace.key(n as usize),
         value: shared.keyspace.value(n >> 32),
@@ -157,7 +157,7 @@ async fn get(
     consistency: ReadConsistency,
 ) -> Result<Done, tonic::Status> {
     let req = RangeRequest {
-        key: shared.keyspace.key(rng.next() as usize),
+        key: shared.keyspace.key(rng.next_u64() as usize),
         serializable: consistency == ReadConsistency::Serializable,
         ..Default::default()
     };
@@ -187,7 +187,7 @@ async fn compare_and_swap(
         success: vec![RequestOp {
             request: Some(request_op::Request::RequestPut(PutRequest {
                 key: key.clone(),
-                value: shared.keyspace.value(rng.next()),
+                value: shared.keyspace.value(rng.next_u64()),
                 ..Default::default()
             })),
         }],

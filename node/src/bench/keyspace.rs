@@ -54,7 +54,7 @@ impl KeySpace {
         let values = (0..VALUE_VARIANTS)
             .map(|_| {
                 (0..value_size)
-                    .map(|_| b'a' + (rng.next() % 26) as u8)
+                    .map(|_| b'a' + (rng.next_u64() % 26) as u8)
                     .collect::<Vec<u8>>()
                     .into()
             })
@@ -92,11 +92,15 @@ impl XorShift {
     /// A generator from a seed; a zero seed is replaced (xorshift's one
     /// fixed point).
     pub fn new(seed: u64) -> Self {
-        XorShift(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+        XorShift(if seed == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            seed
+        })
     }
 
     /// The next pseudo-random number.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -107,12 +111,12 @@ impl XorShift {
 
     /// A number in `0..n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 
     /// True with probability `p` (0.0..=1.0).
     pub fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
     }
 }
 

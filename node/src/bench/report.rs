@@ -112,10 +112,7 @@ impl fmt::Display for Summary {
             l.mean_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
         )?;
         match (self.cpu_s, self.cpu_us_per_request) {
-            (Some(s), Some(per)) => writeln!(
-                f,
-                "bench cpu    {s:.2} s ({per:.1} µs per request)"
-            ),
+            (Some(s), Some(per)) => writeln!(f, "bench cpu    {s:.2} s ({per:.1} µs per request)"),
             _ => writeln!(f, "bench cpu    unknown"),
         }
     }
@@ -135,7 +132,10 @@ mod tests {
         assert!((l.p50_ms - 500.0).abs() < 1.0, "{l:?}");
         assert!((l.p99_ms - 990.0).abs() < 1.0, "{l:?}");
         assert!((l.max_ms - 1000.0).abs() < 1.0, "{l:?}");
-        assert_eq!(Latency::from_micros(&Histogram::new(3).unwrap()), Latency::default());
+        assert_eq!(
+            Latency::from_micros(&Histogram::new(3).unwrap()),
+            Latency::default()
+        );
     }
 
     #[test]

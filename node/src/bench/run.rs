@@ -255,6 +255,8 @@ async fn show_progress(shared: Arc<Shared>, stop: Stop, warmup: Duration) {
         } else {
             ""
         };
-        bar.set_message(format!("{phase}{rate:.0} req/s, {done} ok, {failed} errors"));
+        bar.set_message(format!(
+            "{phase}{rate:.0} req/s, {done} ok, {failed} errors"
+        ));
     }
 }

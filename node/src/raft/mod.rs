@@ -36,8 +36,8 @@ mod types;
 pub use config::{Config, ConfigError};
 pub use membership::{ConfChange, ConfChangeError, Member, Membership, Role};
 pub use message::{
-    AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, Message, MessageBody,
-    VoteRequest, VoteResponse,
+    AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, Message, MessageBody, VoteRequest,
+    VoteResponse,
 };
 pub use ready::{ReadState, Ready, RoleState, Status};
 pub use snapshot::{Snapshot, SnapshotMeta};

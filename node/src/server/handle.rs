@@ -1,0 +1,489 @@
+//! [`NodeHandle`]: the one way the client APIs (HTTP, gRPC) talk to a node.
+//!
+//! A handle is a cheap clone of the sending ends of the driver's bounded
+//! request channel. Each call sends one request and waits for its answer with
+//! the request timeout, so a call never hangs: with no leader or no quorum it
+//! fails with [`ClientError::Timeout`] or [`ClientError::NoLeader`] (both 503).
+//! When the local node is not the leader, writes, linearizable reads and
+//! membership changes are forwarded to the leader over the peer transport.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::raft::{NodeId, Term};
+use crate::server::storage_stub::{ApplyOutcome, Command, RangeRequest, RangeResult};
+
+/// What a client may see go wrong. Each variant maps to one HTTP status and
+/// one gRPC code (see [`ClientError::http_status`] and the gRPC layer).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// No leader is known, or the leader cannot be reached (503).
+    #[error("no leader: the cluster has no leader or no quorum right now")]
+    NoLeader,
+    /// The request did not complete within the request timeout (503).
+    #[error("request timed out")]
+    Timeout,
+    /// The request is malformed (400).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A key, value or request exceeds a configured limit (413).
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The named key or member does not exist (404).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Another membership change is still being committed (409).
+    #[error("another membership change is in progress")]
+    MembershipChangeInProgress,
+    /// The request conflicts with the cluster's state, e.g. removing the last
+    /// voter or promoting a voter (409).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// The node is shutting down or overloaded (503).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or a storage failure (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ClientError {
+    /// The HTTP status code for this error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ClientError::InvalidArgument(_) => 400,
+            ClientError::NotFound(_) => 404,
+            ClientError::MembershipChangeInProgress | ClientError::FailedPrecondition(_) => 409,
+            ClientError::TooLarge(_) => 413,
+            ClientError::NoLeader | ClientError::Timeout | ClientError::Unavailable(_) => 503,
+            ClientError::Internal(_) => 500,
+        }
+    }
+
+    /// A short, stable machine-readable code, used in JSON error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::NoLeader => "no_leader",
+            ClientError::Timeout => "timeout",
+            ClientError::InvalidArgument(_) => "invalid_argument",
+            ClientError::TooLarge(_) => "too_large",
+            ClientError::NotFound(_) => "not_found",
+            ClientError::MembershipChangeInProgress => "membership_change_in_progress",
+            ClientError::FailedPrecondition(_) => "failed_precondition",
+            ClientError::Unavailable(_) => "unavailable",
+            ClientError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The result of a committed and applied write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteResult {
+    pub outcome: ApplyOutcome,
+    /// The leader's term when the write committed.
+    pub raft_term: Term,
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began (ReadIndex).
+    #[default]
+    Linearizable,
+    /// Served from the local state machine; may be stale.
+    Serializable,
+}
+
+/// The result of a read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadResult {
+    pub range: RangeResult,
+    pub raft_term: Term,
+}
+
+/// One member as the node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub name: String,
+    pub peer_url: String,
+    pub client_url: String,
+    /// "voter" or "learner".
+    pub role: String,
+    /// How much of the log the leader knows this member holds; only known on
+    /// the leader.
+    pub match_index: Option<u64>,
+}
+
+/// A summary of one node, for `/v1/status`, metrics and `Maintenance.Status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub name: String,
+    pub cluster_id: u64,
+    /// "leader", "follower", "candidate", "pre-candidate" or "learner".
+    pub role: String,
+    pub term: u64,
+    pub leader_id: Option<u64>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    pub first_log_index: u64,
+    /// The state machine's current revision.
+    pub revision: u64,
+    pub members: Vec<MemberStatus>,
+    /// Size in bytes of the Raft log database.
+    pub log_db_size_bytes: u64,
+    /// Size in bytes of the key-value database.
+    pub kv_db_size_bytes: u64,
+}
+
+/// A member to add (always as a learner first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMember {
+    /// `None`: the leader picks an unused id.
+    pub id: Option<NodeId>,
+    pub name: String,
+    pub peer_url: String,
+    pub client_url: String,
+}
+
+/// A membership change, as a request to the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    AddLearner(NewMember),
+    Promote(NodeId),
+    Remove(NodeId),
+}
+
+/// Where a request that the local node cannot serve should go instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LeaderHint {
+    pub id: NodeId,
+    pub peer_url: String,
+}
+
+/// What the driver answers: either a result, or "I am not the leader, ask
+/// this one" (the handle then forwards, once).
+pub(crate) type DriverReply<T> = Result<T, Rejection>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    NotLeader(Option<LeaderHint>),
+    Failed(ClientError),
+}
+
+impl From<ClientError> for Rejection {
+    fn from(e: ClientError) -> Self {
+        Rejection::Failed(e)
+    }
+}
+
+/// A request to the driver task, with the channel its answer goes back on.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Write {
+        cmd: Command,
+        reply: oneshot::Sender<DriverReply<WriteResult>>,
+    },
+    Read {
+        req: RangeRequest,
+        consistency: Consistency,
+        reply: oneshot::Sender<DriverReply<ReadResult>>,
+    },
+    Status {
+        reply: oneshot::Sender<DriverReply<NodeStatus>>,
+    },
+    ChangeMembership {
+        change: MemberChange,
+        reply: oneshot::Sender<DriverReply<MemberStatus>>,
+    },
+    TransferLeader {
+        to: NodeId,
+        reply: oneshot::Sender<DriverReply<()>>,
+    },
+}
+
+/// Sends requests that the local node cannot serve to the leader. The peer
+/// transport implements it; `None` in tests that run a single node.
+pub(crate) trait Forwarder: Send + Sync + std::fmt::Debug {
+    fn forward(
+        &self,
+        leader: LeaderHint,
+        request: Forwarded,
+    ) -> futures::future::BoxFuture<'static, Result<ForwardedReply, ClientError>>;
+}
+
+/// A request forwarded to the leader.
+#[derive(Clone, Debug)]
+pub(crate) enum Forwarded {
+    Write(Command),
+    Read(RangeRequest),
+    ChangeMembership(MemberChange),
+    TransferLeader(NodeId),
+}
+
+/// The leader's answer to a [`Forwarded`] request.
+#[derive(Clone, Debug)]
+pub(crate) enum ForwardedReply {
+    Write(WriteResult),
+    Read(ReadResult),
+    Member(MemberStatus),
+    Done,
+}
+
+/// A cloneable handle to a running node.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    member_id: NodeId,
+    cluster_id: u64,
+    timeout: Duration,
+    requests: mpsc::Sender<Request>,
+    forwarder: Option<Arc<dyn Forwarder>>,
+}
+
+impl NodeHandle {
+    pub(crate) fn new(
+        member_id: NodeId,
+        cluster_id: u64,
+        timeout: Duration,
+        requests: mpsc::Sender<Request>,
+        forwarder: Option<Arc<dyn Forwarder>>,
+    ) -> Self {
+        NodeHandle {
+            member_id,
+            cluster_id,
+            timeout,
+            requests,
+            forwarder,
+        }
+    }
+
+    /// This node's id.
+    pub fn member_id(&self) -> NodeId {
+        self.member_id
+    }
+
+    /// The cluster's id (the same on every member).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// The request timeout every call is bounded by.
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Commits a write through the leader and returns what applying it did.
+    pub async fn write(&self, cmd: Command) -> Result<WriteResult, ClientError> {
+        let forward = Forwarded::Write(cmd.clone());
+        let reply = self
+            .call(|reply| Request::Write { cmd, reply }, Some(forward))
+            .await?;
+        match reply {
+            Answer::Local(r) => Ok(r),
+            Answer::Forwarded(ForwardedReply::Write(r)) => Ok(r),
+            Answer::Forwarded(other) => Err(unexpected(&other)),
+        }
+    }
+
+    /// Reads a key or a range.
+    pub async fn range(
+        &self,
+        req: RangeRequest,
+        consistency: Consistency,
+    ) -> Result<ReadResult, ClientError> {
+        let forward = Forwarded::Read(req.clone());
+        let reply = self
+            .call(
+                |reply| Request::Read {
+                    req,
+                    consistency,
+                    reply,
+                },
+                Some(forward),
+            )
+            .await?;
+        match reply {
+            Answer::Local(r) => Ok(r),
+            Answer::Forwarded(ForwardedReply::Read(r)) => Ok(r),
+            Answer::Forwarded(other) => Err(unexpected(&other)),
+        }
+    }
+
+    /// This node's view of itself and the cluster (never forwarded).
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        let reply = self.call(|reply| Request::Status { reply }, None).await?;
+        match reply {
+            Answer::Local(r) => Ok(r),
+            Answer::Forwarded(other) => Err(unexpected(&other)),
+        }
+    }
+
+    /// Adds a member as a learner. Returns the member as added (with its id).
+    pub async fn add_learner(&self, m: NewMember) -> Result<MemberStatus, ClientError> {
+        self.change_membership(MemberChange::AddLearner(m)).await
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<MemberStatus, ClientError> {
+        self.change_membership(MemberChange::Promote(id)).await
+    }
+
+    /// Removes a member (voter or learner).
+    pub async fn remove(&self, id: NodeId) -> Result<MemberStatus, ClientError> {
+        self.change_membership(MemberChange::Remove(id)).await
+    }
+
+    /// Asks the leader to hand leadership to `to`; returns once `to` leads.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ClientError> {
+        let reply = self
+            .call(
+                |reply| Request::TransferLeader { to, reply },
+                Some(Forwarded::TransferLeader(to)),
+            )
+            .await?;
+        match reply {
+            Answer::Local(()) | Answer::Forwarded(ForwardedReply::Done) => Ok(()),
+            Answer::Forwarded(other) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn change_membership(&self, change: MemberChange) -> Result<MemberStatus, ClientError> {
+        let forward = Forwarded::ChangeMembership(change.clone());
+        let reply = self
+            .call(
+                |reply| Request::ChangeMembership { change, reply },
+                Some(forward),
+            )
+            .await?;
+        match reply {
+            Answer::Local(r) => Ok(r),
+            Answer::Forwarded(ForwardedReply::Member(r)) => Ok(r),
+            Answer::Forwarded(other) => Err(unexpected(&other)),
+        }
+    }
+
+    /// Serves a request that arrived from another node's forwarder: it runs
+    /// locally and is never forwarded again (no forwarding loops).
+    pub(crate) async fn serve_forwarded(
+        &self,
+        request: Forwarded,
+    ) -> Result<ForwardedReply, ClientError> {
+        let local = NodeHandle {
+            forwarder: None,
+            ..self.clone()
+        };
+        match request {
+            Forwarded::Write(cmd) => local.write(cmd).await.map(ForwardedReply::Write),
+            Forwarded::Read(req) => local
+                .range(req, Consistency::Linearizable)
+                .await
+                .map(ForwardedReply::Read),
+            Forwarded::ChangeMembership(change) => local
+                .change_membership(change)
+                .await
+                .map(ForwardedReply::Member),
+            Forwarded::TransferLeader(to) => local
+                .transfer_leader(to)
+                .await
+                .map(|()| ForwardedReply::Done),
+        }
+    }
+
+    /// Sends one request to the driver and, if it is not the leader and
+    /// `forward` is given, forwards it to the leader; all within the timeout.
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<DriverReply<T>>) -> Request,
+        forward: Option<Forwarded>,
+    ) -> Result<Answer<T>, ClientError> {
+        let work = async {
+            let (tx, rx) = oneshot::channel();
+            self.requests
+                .send(make(tx))
+                .await
+                .map_err(|_| ClientError::Unavailable("the node is shutting down".into()))?;
+            let answer = rx
+                .await
+                .map_err(|_| ClientError::Unavailable("the node is shutting down".into()))?;
+            match answer {
+                Ok(v) => Ok(Answer::Local(v)),
+                Err(Rejection::Failed(e)) => Err(e),
+                Err(Rejection::NotLeader(None)) => Err(ClientError::NoLeader),
+                Err(Rejection::NotLeader(Some(hint))) => match (&self.forwarder, forward) {
+                    (Some(f), Some(forward)) if hint.id != self.member_id => {
+                        f.forward(hint, forward).await.map(Answer::Forwarded)
+                    }
+                    _ => Err(ClientError::NoLeader),
+                },
+            }
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or(Err(ClientError::Timeout))
+    }
+}
+
+enum Answer<T> {
+    Local(T),
+    Forwarded(ForwardedReply),
+}
+
+fn unexpected(reply: &ForwardedReply) -> ClientError {
+    ClientError::Internal(format!(
+        "the leader answered a forwarded request with {reply:?}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_nobody_answers_times_out_instead_of_hanging() {
+        let (tx, _rx) = mpsc::channel(4);
+        let h = NodeHandle::new(NodeId(1), 7, Duration::from_millis(50), tx, None);
+        let err = h.status().await.unwrap_err();
+        assert_eq!(err, ClientError::Timeout);
+        assert_eq!(err.http_status(), 503);
+    }
+
+    #[tokio::test]
+    async fn a_follower_without_a_known_leader_answers_no_leader() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let h = NodeHandle::new(NodeId(1), 7, Duration::from_secs(5), tx, None);
+        tokio::spawn(async move {
+            while let Some(req) = rx.recv().await {
+                if let Request::TransferLeader { reply, .. } = req {
+                    let _ = reply.send(Err(Rejection::NotLeader(None)));
+                }
+            }
+        });
+        assert_eq!(
+            h.transfer_leader(NodeId(2)).await,
+            Err(ClientError::NoLeader)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stopped_driver_answers_unavailable() {
+        let (tx, rx) = mpsc::channel(4);
+        drop(rx);
+        let h = NodeHandle::new(NodeId(1), 7, Duration::from_secs(5), tx, None);
+        assert!(matches!(h.status().await, Err(ClientError::Unavailable(_))));
+    }
+
+    #[test]
+    fn errors_map_to_http_statuses() {
+        assert_eq!(ClientError::InvalidArgument("x".into()).http_status(), 400);
+        assert_eq!(ClientError::NotFound("x".into()).http_status(), 404);
+        assert_eq!(ClientError::MembershipChangeInProgress.http_status(), 409);
+        assert_eq!(ClientError::TooLarge("x".into()).http_status(), 413);
+        assert_eq!(ClientError::NoLeader.http_status(), 503);
+        assert_eq!(ClientError::Internal("x".into()).http_status(), 500);
+    }
+}
