@@ -5,7 +5,7 @@
 //! - [`raft`] is the consensus core. It is pure and deterministic: no I/O, no
 //!   clock, no threads. It is *stepped* by a driver and hands back, through
 //!   [`raft::Ready`], what to persist, send and apply.
-//! - `storage` (redb) keeps the Raft log, the hard state and the key-value
+//! - [`storage`] (redb) keeps the Raft log, the hard state and the key-value
 //!   state machine durable.
 //! - `server` runs the driver loop on tokio and the gRPC transport; `http`
 //!   serves the JSON API, metrics and health; `cli` holds the subcommands.
@@ -13,6 +13,8 @@
 pub mod bench;
 pub mod cli;
 pub mod grpc;
+pub mod http;
 pub mod metrics;
 pub mod raft;
 pub mod server;
+pub mod storage;

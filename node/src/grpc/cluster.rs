@@ -6,7 +6,7 @@
 use tonic::{Request, Response, Status};
 
 use super::backend::Backend;
-use super::convert::{header, member, status_from};
+use super::convert::{header, member, status_from, to_i64};
 use super::proto::etcdserverpb::{self as pb, cluster_server::Cluster};
 use crate::raft::NodeId;
 use crate::server::NewMember;
@@ -29,7 +29,7 @@ impl<B: Backend> ClusterService<B> {
             Some(header(
                 self.backend.cluster_id(),
                 self.backend.member_id(),
-                s.revision,
+                to_i64(s.revision),
                 s.term,
             )),
             s.members.iter().map(member).collect(),

@@ -31,22 +31,23 @@ pub fn status_from(err: ClientError) -> Status {
     }
 }
 
-/// A response header. Revisions are u64 inside raftkv and int64 on etcd's
-/// wire; a revision beyond i64::MAX cannot occur in practice and saturates.
+/// A response header.
 pub fn header(
     cluster_id: u64,
     member_id: u64,
-    revision: u64,
+    revision: i64,
     raft_term: u64,
 ) -> pb::ResponseHeader {
     pb::ResponseHeader {
         cluster_id,
         member_id,
-        revision: to_i64(revision),
+        revision,
         raft_term,
     }
 }
 
+/// Counts and sizes are u64 inside raftkv and int64 on etcd's wire; a value
+/// beyond i64::MAX cannot occur in practice and saturates.
 pub fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -54,24 +55,17 @@ pub fn to_i64(v: u64) -> i64 {
 /// A stored key-value record on etcd's wire (raftkv has no leases: 0).
 pub fn key_value(kv: store::KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
-        key: kv.key.into(),
-        value: kv.value.into(),
-        create_revision: to_i64(kv.create_revision),
-        mod_revision: to_i64(kv.mod_revision),
-        version: to_i64(kv.version),
+        key: kv.key,
+        value: kv.value,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
         lease: 0,
     }
 }
 
 fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("raftkv does not implement {what}"))
-}
-
-/// etcd's range encoding, kept as is: an empty `range_end` is the single key
-/// `key`, `"\0"` is every key from `key` on, anything else is the half-open
-/// range `[key, range_end)`.
-fn range_end(range_end: &[u8]) -> Option<Vec<u8>> {
-    (!range_end.is_empty()).then(|| range_end.to_vec())
 }
 
 fn require_key(key: &[u8]) -> Result<(), Status> {
@@ -139,9 +133,11 @@ pub fn range_plan(req: &pb::RangeRequest) -> Result<RangePlan, Status> {
         max_create: req.max_create_revision,
     });
     Ok(RangePlan {
+        // etcd's range encoding is the store's too: an empty `range_end` is
+        // the single key, "\0" every key from `key` on, else [key, range_end).
         read: store::RangeRequest {
-            key: req.key.to_vec(),
-            range_end: range_end(&req.range_end),
+            key: req.key.clone(),
+            range_end: req.range_end.clone(),
             // With post-processing the limit applies after it.
             limit: if post.is_some() { 0 } else { limit },
             count_only: req.count_only,
@@ -155,8 +151,7 @@ pub fn range_plan(req: &pb::RangeRequest) -> Result<RangePlan, Status> {
 /// Refuses a read at a revision other than the current one: raftkv keeps
 /// only the latest version of each key, which is what etcd calls having
 /// compacted everything before the current revision.
-pub fn check_revision(asked: i64, current: u64) -> Result<(), Status> {
-    let current = to_i64(current);
+pub fn check_revision(asked: i64, current: i64) -> Result<(), Status> {
     if asked == 0 || asked == current {
         Ok(())
     } else if asked > current {
@@ -214,8 +209,14 @@ pub fn range_response(result: store::RangeResult, post: Option<&PostProcess>) ->
     }
 }
 
-/// A Put as a state-machine command.
-pub fn put_command(req: pb::PutRequest) -> Result<Command, Status> {
+fn command(op: Op) -> Command {
+    Command {
+        request_id: None,
+        op,
+    }
+}
+
+fn check_put(req: &pb::PutRequest) -> Result<(), Status> {
     require_key(&req.key)?;
     if req.lease != 0 {
         return Err(unimplemented("leases"));
@@ -223,25 +224,177 @@ pub fn put_command(req: pb::PutRequest) -> Result<Command, Status> {
     if req.ignore_value || req.ignore_lease {
         return Err(unimplemented("ignore_value / ignore_lease"));
     }
-    Ok(Command {
-        op: Op::Put {
-            key: req.key.to_vec(),
-            value: req.value.to_vec(),
-            prev_kv: req.prev_kv,
-        },
-    })
+    Ok(())
+}
+
+/// A Put as a state-machine command.
+pub fn put_command(req: pb::PutRequest) -> Result<Command, Status> {
+    check_put(&req)?;
+    Ok(command(Op::Put {
+        key: req.key,
+        value: req.value,
+        prev_kv: req.prev_kv,
+    }))
 }
 
 /// A DeleteRange as a state-machine command.
 pub fn delete_command(req: pb::DeleteRangeRequest) -> Result<Command, Status> {
     require_key(&req.key)?;
-    Ok(Command {
-        op: Op::Delete {
-            key: req.key.to_vec(),
-            range_end: range_end(&req.range_end),
-            prev_kv: req.prev_kv,
-        },
+    Ok(command(Op::DeleteRange {
+        key: req.key,
+        range_end: req.range_end,
+        prev_kv: req.prev_kv,
+    }))
+}
+
+/// A Txn as one state-machine command: the compares and both branches are
+/// applied atomically at one revision.
+pub fn txn_command(req: pb::TxnRequest) -> Result<Command, Status> {
+    let compares = req
+        .compare
+        .into_iter()
+        .map(compare)
+        .collect::<Result<_, _>>()?;
+    let success = req
+        .success
+        .into_iter()
+        .map(txn_op)
+        .collect::<Result<_, _>>()?;
+    let failure = req
+        .failure
+        .into_iter()
+        .map(txn_op)
+        .collect::<Result<_, _>>()?;
+    Ok(command(Op::Txn {
+        compares,
+        success,
+        failure,
+    }))
+}
+
+fn compare(c: pb::Compare) -> Result<store::Compare, Status> {
+    use pb::compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
+    require_key(&c.key)?;
+    let result = match R::try_from(c.result) {
+        Ok(R::Equal) => store::CompareResult::Equal,
+        Ok(R::Greater) => store::CompareResult::Greater,
+        Ok(R::Less) => store::CompareResult::Less,
+        Ok(R::NotEqual) => store::CompareResult::NotEqual,
+        Err(_) => {
+            return Err(Status::invalid_argument(
+                "etcdserver: invalid compare result",
+            ));
+        }
+    };
+    // The target names which operand counts; a missing operand is etcd's
+    // zero value.
+    let int = |u: &Option<U>| match u {
+        Some(U::Version(v) | U::CreateRevision(v) | U::ModRevision(v) | U::Lease(v)) => *v,
+        _ => 0,
+    };
+    let target = match T::try_from(c.target) {
+        Ok(T::Version) => store::CompareTarget::Version(int(&c.target_union)),
+        Ok(T::Create) => store::CompareTarget::CreateRevision(int(&c.target_union)),
+        Ok(T::Mod) => store::CompareTarget::ModRevision(int(&c.target_union)),
+        Ok(T::Value) => store::CompareTarget::Value(match c.target_union {
+            Some(U::Value(v)) => v,
+            _ => bytes::Bytes::new(),
+        }),
+        Ok(T::Lease) => return Err(unimplemented("leases (compare on lease)")),
+        Err(_) => {
+            return Err(Status::invalid_argument(
+                "etcdserver: invalid compare target",
+            ));
+        }
+    };
+    Ok(store::Compare {
+        key: c.key,
+        range_end: c.range_end,
+        target,
+        result,
     })
+}
+
+fn txn_op(op: pb::RequestOp) -> Result<store::TxnOp, Status> {
+    use pb::request_op::Request;
+    match op.request {
+        Some(Request::RequestRange(r)) => {
+            let plan = range_plan(&r)?;
+            if plan.post.is_some() || plan.at_revision != 0 {
+                return Err(unimplemented(
+                    "sorting, revision filters or historical revisions inside a Txn",
+                ));
+            }
+            Ok(store::TxnOp::Range(plan.read))
+        }
+        Some(Request::RequestPut(p)) => {
+            check_put(&p)?;
+            Ok(store::TxnOp::Put {
+                key: p.key,
+                value: p.value,
+                prev_kv: p.prev_kv,
+            })
+        }
+        Some(Request::RequestDeleteRange(d)) => {
+            require_key(&d.key)?;
+            Ok(store::TxnOp::DeleteRange {
+                key: d.key,
+                range_end: d.range_end,
+                prev_kv: d.prev_kv,
+            })
+        }
+        Some(Request::RequestTxn(_)) => Err(unimplemented("nested transactions")),
+        None => Err(Status::invalid_argument(
+            "etcdserver: empty request op in Txn",
+        )),
+    }
+}
+
+/// The responses of a Txn branch on etcd's wire.
+pub fn txn_responses(
+    results: Vec<store::TxnOpResult>,
+    header: &pb::ResponseHeader,
+) -> Vec<pb::ResponseOp> {
+    use pb::response_op::Response;
+    results
+        .into_iter()
+        .map(|r| pb::ResponseOp {
+            response: Some(match r {
+                store::TxnOpResult::Range(range) => {
+                    let mut resp = range_response(range, None);
+                    resp.header = Some(*header);
+                    Response::ResponseRange(resp)
+                }
+                store::TxnOpResult::Put { prev_kv } => Response::ResponsePut(pb::PutResponse {
+                    header: Some(*header),
+                    prev_kv: prev_kv.map(key_value),
+                }),
+                store::TxnOpResult::DeleteRange { deleted, prev_kvs } => {
+                    Response::ResponseDeleteRange(pb::DeleteRangeResponse {
+                        header: Some(*header),
+                        deleted: to_i64(deleted),
+                        prev_kvs: prev_kvs.into_iter().map(key_value).collect(),
+                    })
+                }
+            }),
+        })
+        .collect()
+}
+
+/// A command the state machine refused, as etcd would answer it.
+pub fn rejected(err: &store::KvError) -> Status {
+    use store::KvError as E;
+    match err {
+        E::EmptyKey => Status::invalid_argument("etcdserver: key is not provided"),
+        E::KeyTooLarge { .. } | E::ValueTooLarge { .. } => {
+            Status::invalid_argument(format!("etcdserver: request is too large: {err}"))
+        }
+        E::TooManyTxnOps { .. } => Status::invalid_argument(format!(
+            "etcdserver: too many operations in txn request: {err}"
+        )),
+        E::StaleRequest { .. } => Status::failed_precondition(err.to_string()),
+        E::Undecodable(_) => Status::internal(err.to_string()),
+    }
 }
 
 /// A member on etcd's wire. A member that has not published a client URL
@@ -267,7 +420,7 @@ pub fn member(m: &MemberStatus) -> pb::Member {
 pub fn status_response(s: &NodeStatus, member_id: u64) -> pb::StatusResponse {
     let db = s.log_db_size_bytes.saturating_add(s.kv_db_size_bytes);
     pb::StatusResponse {
-        header: Some(header(s.cluster_id, member_id, s.revision, s.term)),
+        header: Some(header(s.cluster_id, member_id, to_i64(s.revision), s.term)),
         version: env!("CARGO_PKG_VERSION").to_string(),
         db_size: to_i64(db),
         leader: s.leader_id.unwrap_or(0),
@@ -292,7 +445,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(single.read.range_end, None);
+        assert!(single.read.range_end.is_empty());
         let from = range_plan(&pb::RangeRequest {
             key: Bytes::from_static(b"a"),
             range_end: Bytes::from_static(b"\0"),
@@ -300,7 +453,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(from.read.range_end, Some(vec![0]));
+        assert_eq!(&from.read.range_end[..], b"\0");
         assert_eq!(from.read.limit, 5);
         assert!(from.post.is_none());
     }
@@ -319,8 +472,8 @@ mod tests {
         let result = store::RangeResult {
             kvs: (1..=4)
                 .map(|r| store::KeyValue {
-                    key: vec![b'a', b'0' + r as u8],
-                    value: vec![],
+                    key: Bytes::from(vec![b'a', b'0' + r as u8]),
+                    value: Bytes::new(),
                     create_revision: r,
                     mod_revision: r,
                     version: 1,

@@ -1,33 +1,34 @@
-//! An in-memory [`Backend`] for the service tests: a single-node key-value
-//! store with etcd's revision rules and a member list, so the services'
-//! translation can be checked over real gRPC without a cluster.
+//! A single-node [`Backend`] for the service tests: the real state machine
+//! ([`KvStore`] in a temp dir) without Raft, plus a member list, so the
+//! services' translation is checked over real gRPC without a cluster.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use crate::raft::{NodeId, Term};
+use crate::raft::{Entry, EntryPayload, LogIndex, NodeId, Term};
 use crate::server::{
     ClientError, Consistency, MemberStatus, NewMember, NodeStatus, ReadResult, WriteResult,
 };
+use crate::storage::{KvStore, Limits};
 
 use super::backend::Backend;
-use super::store::{ApplyOutcome, Command, KeyValue, Op, RangeRequest, RangeResult};
+use super::store::{Command, RangeRequest};
 
 pub const CLUSTER_ID: u64 = 0xc1;
 pub const MEMBER_ID: u64 = 1;
 pub const TERM: u64 = 3;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
-    kvs: BTreeMap<Vec<u8>, KeyValue>,
-    revision: u64,
+    kv: KvStore,
+    _dir: tempfile::TempDir,
+    next_index: u64,
     members: Vec<MemberStatus>,
     /// When set, every call fails with this error.
     failing: Option<ClientError>,
     last_consistency: Option<Consistency>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FakeBackend {
     state: Arc<Mutex<State>>,
 }
@@ -45,9 +46,18 @@ fn voter(id: u64) -> MemberStatus {
 
 impl FakeBackend {
     pub fn new() -> Self {
-        let b = FakeBackend::default();
-        b.state.lock().unwrap().members = vec![voter(1), voter(2), voter(3)];
-        b
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(dir.path(), Limits::default()).unwrap();
+        FakeBackend {
+            state: Arc::new(Mutex::new(State {
+                kv,
+                _dir: dir,
+                next_index: 1,
+                members: vec![voter(1), voter(2), voter(3)],
+                failing: None,
+                last_consistency: None,
+            })),
+        }
     }
 
     pub fn fail_with(&self, err: Option<ClientError>) {
@@ -66,23 +76,6 @@ impl FakeBackend {
     }
 }
 
-/// etcd's range encoding over an ordered map.
-fn in_range(key: &[u8], from: &[u8], end: &Option<Vec<u8>>) -> bool {
-    match end.as_deref() {
-        None => key == from,
-        Some([0]) => key >= from,
-        Some(end) => key >= from && key < end,
-    }
-}
-
-fn matching(s: &State, from: &[u8], end: &Option<Vec<u8>>) -> Vec<KeyValue> {
-    s.kvs
-        .values()
-        .filter(|kv| in_range(&kv.key, from, end))
-        .cloned()
-        .collect()
-}
-
 impl Backend for FakeBackend {
     fn member_id(&self) -> u64 {
         MEMBER_ID
@@ -94,52 +87,14 @@ impl Backend for FakeBackend {
     async fn write(&self, cmd: Command) -> Result<WriteResult, ClientError> {
         self.check()?;
         let mut s = self.state.lock().unwrap();
-        let outcome = match cmd.op {
-            Op::Put {
-                key,
-                value,
-                prev_kv,
-            } => {
-                s.revision += 1;
-                let rev = s.revision;
-                let prev = s.kvs.get(&key).cloned();
-                let kv = KeyValue {
-                    key: key.clone(),
-                    value,
-                    create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
-                    mod_revision: rev,
-                    version: prev.as_ref().map_or(1, |p| p.version + 1),
-                };
-                s.kvs.insert(key, kv);
-                ApplyOutcome {
-                    revision: rev,
-                    deleted: 0,
-                    prev_kvs: if prev_kv {
-                        prev.into_iter().collect()
-                    } else {
-                        vec![]
-                    },
-                }
-            }
-            Op::Delete {
-                key,
-                range_end,
-                prev_kv,
-            } => {
-                let gone = matching(&s, &key, &range_end);
-                for kv in &gone {
-                    s.kvs.remove(&kv.key);
-                }
-                if !gone.is_empty() {
-                    s.revision += 1;
-                }
-                ApplyOutcome {
-                    revision: s.revision,
-                    deleted: gone.len() as u64,
-                    prev_kvs: if prev_kv { gone } else { vec![] },
-                }
-            }
+        let index = LogIndex(s.next_index);
+        s.next_index += 1;
+        let entry = Entry {
+            term: Term(TERM),
+            index,
+            payload: EntryPayload::Command(cmd.encode()),
         };
+        let (_, outcome) = s.kv.apply(&[entry]).unwrap().pop().unwrap();
         Ok(WriteResult {
             outcome,
             raft_term: Term(TERM),
@@ -154,26 +109,11 @@ impl Backend for FakeBackend {
         self.check()?;
         let mut s = self.state.lock().unwrap();
         s.last_consistency = Some(consistency);
-        let mut kvs = matching(&s, &req.key, &req.range_end);
-        let count = kvs.len() as u64;
-        let mut more = false;
-        if req.limit > 0 && kvs.len() as u64 > req.limit {
-            kvs.truncate(req.limit as usize);
-            more = true;
-        }
-        if req.keys_only {
-            kvs.iter_mut().for_each(|kv| kv.value.clear());
-        }
-        if req.count_only {
-            kvs.clear();
-        }
+        s.kv.limits()
+            .check_range(&req)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         Ok(ReadResult {
-            range: RangeResult {
-                kvs,
-                count,
-                more,
-                revision: s.revision,
-            },
+            range: s.kv.range(&req).unwrap(),
             raft_term: Term(TERM),
         })
     }
@@ -192,7 +132,7 @@ impl Backend for FakeBackend {
             applied_index: 41,
             last_log_index: 42,
             first_log_index: 1,
-            revision: s.revision,
+            revision: s.kv.revision() as u64,
             members: s.members.clone(),
             log_db_size_bytes: 1000,
             kv_db_size_bytes: 24,

@@ -6,9 +6,10 @@ use tonic::{Request, Response, Status};
 use super::backend::Backend;
 use super::convert::{
     check_revision, delete_command, header, key_value, put_command, range_plan, range_response,
-    status_from,
+    rejected, status_from, to_i64, txn_command, txn_responses,
 };
 use super::proto::etcdserverpb::{self as pb, kv_server::Kv};
+use super::store::ApplyOutcome;
 use crate::server::Consistency;
 
 /// The KV service over a node.
@@ -22,7 +23,7 @@ impl<B: Backend> KvService<B> {
         KvService { backend }
     }
 
-    fn header(&self, revision: u64, raft_term: u64) -> Option<pb::ResponseHeader> {
+    fn header(&self, revision: i64, raft_term: u64) -> Option<pb::ResponseHeader> {
         Some(header(
             self.backend.cluster_id(),
             self.backend.member_id(),
@@ -63,11 +64,13 @@ impl<B: Backend> Kv for KvService<B> {
     ) -> Result<Response<pb::PutResponse>, Status> {
         let cmd = put_command(request.into_inner())?;
         let written = self.backend.write(cmd).await.map_err(status_from)?;
-        let outcome = written.outcome;
-        Ok(Response::new(pb::PutResponse {
-            header: self.header(outcome.revision, written.raft_term.0),
-            prev_kv: outcome.prev_kvs.into_iter().next().map(key_value),
-        }))
+        match written.outcome {
+            ApplyOutcome::Put { revision, prev_kv } => Ok(Response::new(pb::PutResponse {
+                header: self.header(revision, written.raft_term.0),
+                prev_kv: prev_kv.map(key_value),
+            })),
+            other => Err(unexpected("Put", &other)),
+        }
     }
 
     async fn delete_range(
@@ -76,23 +79,48 @@ impl<B: Backend> Kv for KvService<B> {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let cmd = delete_command(request.into_inner())?;
         let written = self.backend.write(cmd).await.map_err(status_from)?;
-        let outcome = written.outcome;
-        Ok(Response::new(pb::DeleteRangeResponse {
-            header: self.header(outcome.revision, written.raft_term.0),
-            deleted: super::convert::to_i64(outcome.deleted),
-            prev_kvs: outcome.prev_kvs.into_iter().map(key_value).collect(),
-        }))
+        match written.outcome {
+            ApplyOutcome::Delete {
+                revision,
+                deleted,
+                prev_kvs,
+            } => Ok(Response::new(pb::DeleteRangeResponse {
+                header: self.header(revision, written.raft_term.0),
+                deleted: to_i64(deleted),
+                prev_kvs: prev_kvs.into_iter().map(key_value).collect(),
+            })),
+            other => Err(unexpected("DeleteRange", &other)),
+        }
     }
 
+    /// A Txn is one command through the log, even when it only reads, so
+    /// its compares and reads are linearizable like etcd's.
     async fn txn(
         &self,
-        _request: Request<pb::TxnRequest>,
+        request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
-        // The state machine's transaction command is not merged yet; until
-        // it is, a Txn must not half-succeed as a sequence of writes.
-        Err(Status::unimplemented(
-            "raftkv does not implement Txn yet (waiting for the state machine's transactions)",
-        ))
+        let cmd = txn_command(request.into_inner())?;
+        let written = self.backend.write(cmd).await.map_err(status_from)?;
+        match written.outcome {
+            ApplyOutcome::Txn {
+                revision,
+                succeeded,
+                responses,
+            } => {
+                let header = header(
+                    self.backend.cluster_id(),
+                    self.backend.member_id(),
+                    revision,
+                    written.raft_term.0,
+                );
+                Ok(Response::new(pb::TxnResponse {
+                    header: Some(header),
+                    succeeded,
+                    responses: txn_responses(responses, &header),
+                }))
+            }
+            other => Err(unexpected("Txn", &other)),
+        }
     }
 
     /// raftkv keeps only the latest version of every key: all history before
@@ -105,13 +133,23 @@ impl<B: Backend> Kv for KvService<B> {
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let req = request.into_inner();
         let status = self.backend.status().await.map_err(status_from)?;
-        if req.revision > super::convert::to_i64(status.revision) {
+        let current = to_i64(status.revision);
+        if req.revision > current {
             return Err(Status::out_of_range(
                 "etcdserver: mvcc: required revision is a future revision",
             ));
         }
         Ok(Response::new(pb::CompactionResponse {
-            header: self.header(status.revision, status.term),
+            header: self.header(current, status.term),
         }))
+    }
+}
+
+/// The node answers a rejected command with an error, so a rejection here
+/// is still answered correctly; any other mismatch is a bug.
+fn unexpected(call: &str, outcome: &ApplyOutcome) -> Status {
+    match outcome {
+        ApplyOutcome::Rejected(err) => rejected(err),
+        other => Status::internal(format!("{call} was answered with {other:?}")),
     }
 }

@@ -1,7 +1,7 @@
-//! The state machine's request and result types, as the gRPC layer sees
-//! them. One re-export so that the services follow the storage module's
-//! vocabulary from a single place (today the node's stand-in for it).
+//! The state machine's request and result types, as the gRPC layer uses
+//! them (one import point for the services).
 
-pub use crate::server::storage_stub::{
-    ApplyOutcome, Command, KeyValue, Op, RangeRequest, RangeResult,
+pub use crate::storage::{
+    ApplyOutcome, Command, Compare, CompareResult, CompareTarget, KeyValue, KvError, Op,
+    RangeRequest, RangeResult, TxnOp, TxnOpResult,
 };

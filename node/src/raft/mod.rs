@@ -26,12 +26,20 @@
 //!   `ready.rs`, `config.rs`: the vocabulary the rest is written in.
 
 mod config;
+mod inflights;
+mod log;
 mod membership;
 mod message;
+mod node;
+mod progress;
+mod quorum;
+mod read_only;
 mod ready;
 mod snapshot;
 mod storage;
 mod types;
+
+pub mod harness;
 
 pub use config::{Config, ConfigError};
 pub use membership::{ConfChange, ConfChangeError, Member, Membership, Role};
@@ -39,6 +47,7 @@ pub use message::{
     AppendRequest, AppendResponse, Heartbeat, HeartbeatResponse, Message, MessageBody, VoteRequest,
     VoteResponse,
 };
+pub use node::{PeerProgress, Proposal, ProposeError, RaftError, RaftNode};
 pub use ready::{ReadState, Ready, RoleState, Status};
 pub use snapshot::{Snapshot, SnapshotMeta};
 pub use storage::{InitialState, MemStorage, Storage, StorageError};

@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::{NodeId, Term};
-use crate::server::storage_stub::{ApplyOutcome, Command, RangeRequest, RangeResult};
+use crate::storage::{ApplyOutcome, Command, RangeRequest, RangeResult};
 
 /// What a client may see go wrong. Each variant maps to one HTTP status and
 /// one gRPC code (see [`ClientError::http_status`] and the gRPC layer).
@@ -79,7 +79,9 @@ impl ClientError {
     }
 }
 
-/// The result of a committed and applied write.
+/// The result of a committed and applied write. `outcome` is never
+/// `ApplyOutcome::Rejected`: a rejected command is answered as an error
+/// (`InvalidArgument` or `TooLarge`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteResult {
     pub outcome: ApplyOutcome,
@@ -105,7 +107,7 @@ pub struct ReadResult {
 }
 
 /// One member as the node sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
     pub id: u64,
     pub name: String,
@@ -119,7 +121,7 @@ pub struct MemberStatus {
 }
 
 /// A summary of one node, for `/v1/status`, metrics and `Maintenance.Status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub id: u64,
     pub name: String,
@@ -203,6 +205,10 @@ pub(crate) enum Request {
     },
     TransferLeader {
         to: NodeId,
+        reply: oneshot::Sender<DriverReply<()>>,
+    },
+    /// Stop: hand over leadership if we lead, then end the driver loop.
+    Shutdown {
         reply: oneshot::Sender<DriverReply<()>>,
     },
 }
@@ -348,6 +354,15 @@ impl NodeHandle {
             .await?;
         match reply {
             Answer::Local(()) | Answer::Forwarded(ForwardedReply::Done) => Ok(()),
+            Answer::Forwarded(other) => Err(unexpected(&other)),
+        }
+    }
+
+    /// Stops the driver: a leader first hands leadership to the most
+    /// up-to-date voter. Bounded by the request timeout.
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        match self.call(|reply| Request::Shutdown { reply }, None).await? {
+            Answer::Local(()) => Ok(()),
             Answer::Forwarded(other) => Err(unexpected(&other)),
         }
     }

@@ -1,13 +1,31 @@
 //! The node's runtime: the driver task that owns the consensus core and the
 //! state machine, the peer transport, and [`NodeHandle`], through which the
 //! client APIs talk to the driver.
+//!
+//! - `driver.rs`: the loop (step → ready → persist → send → apply → answer);
+//! - `pending.rs`: client requests waiting for their answer;
+//! - `transport.rs` / `peer_service.rs`: the peer protocol, out and in;
+//! - `forward.rs`: followers forwarding client requests to the leader;
+//! - `wire.rs`: core messages ⇄ protobuf;
+//! - `member_info.rs`: what a member's configuration context holds;
+//! - `start.rs`: opening storage and starting all of the above.
 
+mod driver;
+mod forward;
 mod handle;
+mod member_info;
 pub mod peer_proto;
-pub mod storage_stub;
+mod peer_service;
+mod pending;
+mod start;
+mod transport;
 pub mod wire;
 
+pub use driver::{DriverConfig, DriverError, Health};
 pub use handle::{
     ClientError, Consistency, MemberChange, MemberStatus, NewMember, NodeHandle, NodeStatus,
     ReadResult, WriteResult,
 };
+pub use member_info::MemberInfo;
+pub use start::{Bootstrap, NodeConfig, RunningNode, cluster_id_of, cluster_id_of_token, start};
+pub use transport::normalize_url;

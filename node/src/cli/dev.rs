@@ -1,0 +1,281 @@
+//! `raftkv dev`: a local cluster of real `raftkv serve` processes on
+//! loopback, for trying raftkv out. Node `i` (from 1) listens on the base
+//! ports plus an offset; data persists in `--data-dir` across runs unless
+//! `--fresh`. Ctrl-C (or SIGTERM) stops every node gracefully.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tokio::process::{Child, Command};
+
+use crate::server::NodeStatus;
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// How many nodes.
+    #[arg(long, env = "RAFTKV_DEV_NODES", default_value_t = 3)]
+    pub nodes: u64,
+    /// Where the nodes keep their data (one sub-directory each) and logs.
+    #[arg(long, env = "RAFTKV_DEV_DATA_DIR", default_value = "raftkv-dev")]
+    pub data_dir: PathBuf,
+    /// Delete the data directory first.
+    #[arg(long, env = "RAFTKV_DEV_FRESH")]
+    pub fresh: bool,
+    /// Client (gRPC) port of node 1; node i uses this + 10·(i-1).
+    #[arg(long, env = "RAFTKV_DEV_CLIENT_PORT", default_value_t = 2379)]
+    pub client_port: u16,
+    /// Peer port of node 1; node i uses this + 10·(i-1).
+    #[arg(long, env = "RAFTKV_DEV_PEER_PORT", default_value_t = 2380)]
+    pub peer_port: u16,
+    /// HTTP port of node 1; node i uses this + (i-1).
+    #[arg(long, env = "RAFTKV_DEV_HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u16,
+}
+
+/// The addresses of one dev node.
+#[derive(Debug, Clone)]
+pub struct DevNode {
+    pub id: u64,
+    pub client: String,
+    pub peer: String,
+    pub http: String,
+}
+
+pub fn layout(args: &DevArgs) -> anyhow::Result<Vec<DevNode>> {
+    if args.nodes == 0 || args.nodes > 9 {
+        bail!("--nodes must be between 1 and 9");
+    }
+    let port = |base: u16, step: u64, i: u64| -> anyhow::Result<u16> {
+        u16::try_from(u64::from(base) + step * (i - 1)).context("port out of range")
+    };
+    (1..=args.nodes)
+        .map(|i| {
+            Ok(DevNode {
+                id: i,
+                client: format!("127.0.0.1:{}", port(args.client_port, 10, i)?),
+                peer: format!("127.0.0.1:{}", port(args.peer_port, 10, i)?),
+                http: format!("127.0.0.1:{}", port(args.http_port, 1, i)?),
+            })
+        })
+        .collect()
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let nodes = layout(&args)?;
+    if args.fresh && args.data_dir.exists() {
+        std::fs::remove_dir_all(&args.data_dir)
+            .with_context(|| format!("cannot delete {}", args.data_dir.display()))?;
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let exe = std::env::current_exe().context("cannot find the raftkv executable")?;
+    let initial: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{}=http://{}", n.id, n.peer))
+        .collect();
+    let initial = initial.join(",");
+
+    let mut children: Vec<(u64, Child)> = Vec::new();
+    for n in &nodes {
+        let dir = args.data_dir.join(format!("node-{}", n.id));
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("raftkv.log"))
+            .with_context(|| format!("cannot open the log file in {}", dir.display()))?;
+        let mut cmd = Command::new(&exe);
+        // The nodes are configured by flags only; the caller's RAFTKV_*
+        // variables (say, RAFTKV_ID) must not leak into them.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("RAFTKV_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("serve")
+            .args(["--id", &n.id.to_string()])
+            .args(["--name", &format!("node-{}", n.id)])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen-client", &n.client])
+            .args(["--listen-peer", &n.peer])
+            .args(["--listen-http", &n.http])
+            .args(["--advertise-client", &format!("http://{}", n.client)])
+            .args(["--initial-cluster", &initial])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start node {}", n.id))?;
+        children.push((n.id, child));
+    }
+
+    println!(
+        "raftkv dev cluster: {} nodes, data in {}",
+        nodes.len(),
+        args.data_dir.display()
+    );
+    println!();
+    println!(
+        "  {:<4} {:<22} {:<22} {:<22}",
+        "ID", "HTTP", "CLIENT (gRPC)", "PEER"
+    );
+    for n in &nodes {
+        println!(
+            "  {:<4} {:<22} {:<22} {:<22}",
+            n.id,
+            format!("http://{}", n.http),
+            n.client,
+            n.peer
+        );
+    }
+    println!();
+    let http_endpoints: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
+
+    tokio::select! {
+        res = wait_for_leader(&http_endpoints, Duration::from_secs(30)) => match res {
+            Ok(s) => println!("leader: node {} (term {})", s.leader_id.unwrap_or(0), s.term),
+            Err(e) => println!("no leader yet: {e} (see the node logs in {})", args.data_dir.display()),
+        },
+        _ = tokio::signal::ctrl_c() => {
+            stop_all(&mut children).await;
+            return Ok(());
+        }
+    }
+    let first = &nodes[0];
+    println!();
+    println!("try:");
+    println!(
+        "  curl -X PUT --data-binary hello http://{}/v1/kv/greeting",
+        first.http
+    );
+    println!("  curl http://{}/v1/kv/greeting", first.http);
+    println!(
+        "  raftkv kv get greeting --endpoints {}",
+        http_endpoints.join(",")
+    );
+    println!(
+        "  raftkv cluster status --endpoints {}",
+        http_endpoints.join(",")
+    );
+    println!("  etcdctl --endpoints {} put foo bar", first.client);
+    println!();
+    println!(
+        "Ctrl-C stops the cluster; node logs are in {}/node-*/raftkv.log",
+        args.data_dir.display()
+    );
+
+    let exited = async {
+        loop {
+            for (id, child) in children.iter_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return (*id, status);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {
+            println!("stopping…");
+        }
+        (id, status) = exited => {
+            println!("node {id} exited ({status}); stopping the others");
+        }
+    }
+    stop_all(&mut children).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Asks every node to stop (SIGTERM), waits, then kills what is left.
+async fn stop_all(children: &mut [(u64, Child)]) {
+    for (_, child) in children.iter() {
+        if let Some(pid) = child.id() {
+            // A terminal's Ctrl-C already reached the nodes; this covers
+            // SIGTERM to `dev` and nodes started without a terminal.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (id, child) in children.iter_mut() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                println!("node {id} did not stop in time; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+    println!("all nodes stopped");
+}
+
+/// Polls the nodes until one of them reports a leader.
+pub async fn wait_for_leader(endpoints: &[String], within: Duration) -> anyhow::Result<NodeStatus> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()?;
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        for ep in endpoints {
+            if let Ok(resp) = client.get(format!("{ep}/v1/status")).send().await {
+                if let Ok(s) = resp.json::<NodeStatus>().await {
+                    if s.leader_id.is_some() {
+                        return Ok(s);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no leader within {within:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_get_distinct_ports() {
+        let args = DevArgs {
+            nodes: 3,
+            data_dir: PathBuf::from("d"),
+            fresh: false,
+            client_port: 2379,
+            peer_port: 2380,
+            http_port: 8080,
+        };
+        let l = layout(&args).unwrap();
+        let mut all: Vec<&String> = l
+            .iter()
+            .flat_map(|n| [&n.client, &n.peer, &n.http])
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 9);
+        assert_eq!(l[2].http, "127.0.0.1:8082");
+        assert_eq!(l[1].peer, "127.0.0.1:2390");
+    }
+}

@@ -1,0 +1,380 @@
+//! `raftkv serve`: run one node until SIGTERM/SIGINT.
+//!
+//! Shutdown is graceful: stop taking HTTP requests, hand leadership to
+//! another voter if we lead, let the driver finish, exit 0. A second signal
+//! exits at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tracing::{error, info, warn};
+
+use crate::http::{HttpState, router};
+use crate::metrics::Metrics;
+use crate::raft::NodeId;
+use crate::server::{Bootstrap, MemberInfo, NodeConfig, cluster_id_of_token, normalize_url, start};
+use crate::storage::{Limits, SnapshotPolicy};
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long, env = "RAFTKV_ID", required_unless_present = "id_from_ordinal")]
+    pub id: Option<u64>,
+    /// Take the id from the host name `<name>-<ordinal>` (a StatefulSet
+    /// pod): id = ordinal + 1.
+    #[arg(long, env = "RAFTKV_ID_FROM_ORDINAL", conflicts_with = "id")]
+    pub id_from_ordinal: bool,
+    /// A human-readable name (default: the host name, or node-<id>).
+    #[arg(long, env = "RAFTKV_NAME")]
+    pub name: Option<String>,
+    /// The cluster id (default: from --cluster-token, else derived from
+    /// --initial-cluster). Every member of a cluster must agree on it.
+    #[arg(long, env = "RAFTKV_CLUSTER_ID", conflicts_with = "cluster_token")]
+    pub cluster_id: Option<u64>,
+    /// A name for the cluster, hashed into the cluster id; lets nodes that
+    /// `--join` later agree on the id without knowing the initial cluster.
+    #[arg(long, env = "RAFTKV_CLUSTER_TOKEN")]
+    pub cluster_token: Option<String>,
+    /// Where the node keeps its data.
+    #[arg(long, env = "RAFTKV_DATA_DIR", default_value = "raftkv-data")]
+    pub data_dir: PathBuf,
+    /// Address of the etcd-compatible gRPC client API.
+    #[arg(long, env = "RAFTKV_LISTEN_CLIENT", default_value = "127.0.0.1:2379")]
+    pub listen_client: SocketAddr,
+    /// Address of the peer (Raft) gRPC endpoint.
+    #[arg(long, env = "RAFTKV_LISTEN_PEER", default_value = "127.0.0.1:2380")]
+    pub listen_peer: SocketAddr,
+    /// Address of the HTTP API, metrics and probes.
+    #[arg(long, env = "RAFTKV_LISTEN_HTTP", default_value = "127.0.0.1:8080")]
+    pub listen_http: SocketAddr,
+    /// The peer URL other nodes use to reach this one (default: from
+    /// --listen-peer).
+    #[arg(long, env = "RAFTKV_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+    /// The client URL clients use to reach this one (default: from
+    /// --listen-client).
+    #[arg(long, env = "RAFTKV_ADVERTISE_CLIENT")]
+    pub advertise_client: Option<String>,
+    /// Bootstrap a new cluster: `1=http://host1:2380,2=http://host2:2380,...`;
+    /// every listed node is a voter. Ignored when the data dir holds a log.
+    #[arg(long, env = "RAFTKV_INITIAL_CLUSTER", conflicts_with = "join")]
+    pub initial_cluster: Option<String>,
+    /// Start empty and wait to be added to an existing cluster.
+    #[arg(long, env = "RAFTKV_JOIN")]
+    pub join: bool,
+    /// Length of one Raft tick.
+    #[arg(long, env = "RAFTKV_TICK_MS", default_value_t = 10)]
+    pub tick_ms: u64,
+    /// Election timeout (randomized between this and twice this).
+    #[arg(long, env = "RAFTKV_ELECTION_TIMEOUT_MS", default_value_t = 1000)]
+    pub election_timeout_ms: u64,
+    /// Leader heartbeat interval.
+    #[arg(long, env = "RAFTKV_HEARTBEAT_INTERVAL_MS", default_value_t = 100)]
+    pub heartbeat_interval_ms: u64,
+    /// Every client request fails (503) if not done within this time.
+    #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+    /// Compact the log every this many applied entries...
+    #[arg(long, env = "RAFTKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    /// ...keeping this many entries for followers that are a little behind.
+    #[arg(long, env = "RAFTKV_SNAPSHOT_KEEP_TRAILING", default_value_t = 5_000)]
+    pub snapshot_keep_trailing: u64,
+    /// Most operations in one transaction.
+    #[arg(long, env = "RAFTKV_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Largest key, in bytes.
+    #[arg(long, env = "RAFTKV_MAX_KEY_BYTES", default_value_t = 1536)]
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    #[arg(long, env = "RAFTKV_MAX_VALUE_BYTES", default_value_t = 1536 * 1024)]
+    pub max_value_bytes: usize,
+}
+
+/// Parses `1=http://a:2380,2=b:2380`.
+pub fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(NodeId, MemberInfo)>> {
+    let mut out: Vec<(NodeId, MemberInfo)> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, url) = part
+            .split_once('=')
+            .with_context(|| format!("--initial-cluster entry {part:?} is not id=peer_url"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("--initial-cluster: {id:?} is not a node id"))?;
+        if id == 0 {
+            bail!("--initial-cluster: node id 0 is reserved");
+        }
+        if out.iter().any(|(i, _)| i.get() == id) {
+            bail!("--initial-cluster lists node {id} twice");
+        }
+        // Every node must derive the same configuration, so nothing that
+        // differs per node (like its own name) goes in here.
+        out.push((
+            NodeId(id),
+            MemberInfo {
+                name: format!("node-{id}"),
+                peer_url: normalize_url(url.trim()),
+                client_url: String::new(),
+            },
+        ));
+    }
+    if out.is_empty() {
+        bail!("--initial-cluster is empty");
+    }
+    Ok(out)
+}
+
+/// `name-3` → 4.
+pub fn id_from_hostname(hostname: &str) -> anyhow::Result<u64> {
+    let ordinal = hostname
+        .rsplit_once('-')
+        .map(|(_, n)| n)
+        .with_context(|| format!("host name {hostname:?} is not <name>-<ordinal>"))?;
+    let n: u64 = ordinal
+        .parse()
+        .with_context(|| format!("host name {hostname:?} does not end in an ordinal"))?;
+    Ok(n + 1)
+}
+
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+}
+
+impl ServeArgs {
+    pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
+        let id = match (self.id, self.id_from_ordinal) {
+            (Some(id), _) => id,
+            (None, true) => id_from_hostname(
+                &hostname().context("--id-from-ordinal needs the host name (HOSTNAME)")?,
+            )?,
+            (None, false) => bail!("--id is required"),
+        };
+        if id == 0 {
+            bail!("--id must be a positive integer");
+        }
+        let bootstrap = match (&self.initial_cluster, self.join) {
+            (Some(s), false) => Bootstrap::Initial(parse_initial_cluster(s)?),
+            (None, true) => Bootstrap::Join,
+            (None, false) => {
+                // A single node on its own: a one-member cluster.
+                Bootstrap::Initial(vec![(
+                    NodeId(id),
+                    MemberInfo {
+                        name: format!("node-{id}"),
+                        peer_url: self.advertise_peer_url(),
+                        client_url: String::new(),
+                    },
+                )])
+            }
+            (Some(_), true) => bail!("--initial-cluster and --join exclude each other"),
+        };
+        if self.tick_ms == 0 {
+            bail!("--tick-ms must be positive");
+        }
+        let election_ticks = (self.election_timeout_ms / self.tick_ms).max(2) as u32;
+        let heartbeat_ticks = (self.heartbeat_interval_ms / self.tick_ms).max(1) as u32;
+        if heartbeat_ticks >= election_ticks {
+            bail!("--heartbeat-interval-ms must be well below --election-timeout-ms");
+        }
+        let name = self
+            .name
+            .clone()
+            .or_else(|| self.id_from_ordinal.then(hostname).flatten())
+            .unwrap_or_else(|| format!("node-{id}"));
+        Ok(NodeConfig {
+            id: NodeId(id),
+            name,
+            cluster_id: self
+                .cluster_id
+                .or_else(|| self.cluster_token.as_deref().map(cluster_id_of_token)),
+            data_dir: self.data_dir.clone(),
+            listen_peer: self.listen_peer,
+            bootstrap,
+            tick: Duration::from_millis(self.tick_ms),
+            election_ticks,
+            heartbeat_ticks,
+            request_timeout: Duration::from_millis(self.request_timeout_ms.max(1)),
+            limits: Limits {
+                max_key_bytes: self.max_key_bytes,
+                max_value_bytes: self.max_value_bytes,
+                max_txn_ops: self.max_txn_ops,
+            },
+            snapshot_policy: SnapshotPolicy {
+                every_entries: self.snapshot_every.max(1),
+                keep_trailing: self.snapshot_keep_trailing,
+            },
+        })
+    }
+
+    fn advertise_peer_url(&self) -> String {
+        self.advertise_peer
+            .clone()
+            .map(|u| normalize_url(&u))
+            .unwrap_or_else(|| format!("http://{}", self.listen_peer))
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = args.node_config()?;
+    let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
+    let node = start(cfg.clone(), metrics.clone()).await?;
+    let state = HttpState {
+        handle: node.handle.clone(),
+        health: node.health.clone(),
+        metrics: metrics.clone(),
+        max_body_bytes: cfg.limits.max_value_bytes + 1,
+    };
+    let http = tokio::net::TcpListener::bind(args.listen_http)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", args.listen_http))?;
+    info!(
+        id = %cfg.id,
+        http = %args.listen_http,
+        peer = %args.listen_peer,
+        client = %args.listen_client,
+        "raftkv node serving"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, router(state))
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    let mut driver = node.driver;
+    tokio::select! {
+        _ = shutdown_signal() => {
+            info!("signal received: shutting down (a second signal exits at once)");
+            tokio::spawn(async {
+                shutdown_signal().await;
+                warn!("second signal: exiting now");
+                std::process::exit(130);
+            });
+            let _ = stop_tx.send(true);
+            if let Err(e) = node.handle.shutdown().await {
+                warn!(error = %e, "leadership hand-over did not finish");
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut driver).await;
+            info!("stopped");
+            Ok(())
+        }
+        res = &mut driver => {
+            let _ = stop_tx.send(true);
+            match res {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => {
+                    error!(error = %e, "the driver stopped");
+                    Err(e.into())
+                }
+                Err(e) => Err(anyhow::anyhow!("the driver task failed: {e}")),
+            }
+        }
+        res = node.peer_server => {
+            bail!("the peer server stopped: {res:?}")
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_garbage() {
+        let m = parse_initial_cluster("1=127.0.0.1:2380, 2=http://h:2390").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].1.peer_url, "http://127.0.0.1:2380");
+        assert_eq!(m[1].1.peer_url, "http://h:2390");
+        assert!(parse_initial_cluster("1=a,1=b").is_err());
+        assert!(parse_initial_cluster("0=a").is_err());
+        assert!(parse_initial_cluster("x=a").is_err());
+        assert!(parse_initial_cluster("").is_err());
+    }
+
+    #[test]
+    fn statefulset_ordinals_become_ids() {
+        assert_eq!(id_from_hostname("raftkv-0").unwrap(), 1);
+        assert_eq!(id_from_hostname("my-cluster-4").unwrap(), 5);
+        assert!(id_from_hostname("raftkv").is_err());
+        assert!(id_from_hostname("raftkv-x").is_err());
+    }
+
+    #[test]
+    fn serve_flags_become_a_node_config() {
+        let cli = Cli::try_parse_from([
+            "raftkv",
+            "serve",
+            "--id",
+            "2",
+            "--initial-cluster",
+            "1=127.0.0.1:2380,2=127.0.0.1:2390",
+            "--election-timeout-ms",
+            "500",
+            "--heartbeat-interval-ms",
+            "50",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let cfg = args.node_config().unwrap();
+        assert_eq!(cfg.id, NodeId(2));
+        assert_eq!(cfg.election_ticks, 50);
+        assert_eq!(cfg.heartbeat_ticks, 5);
+        assert!(matches!(cfg.bootstrap, Bootstrap::Initial(ref m) if m.len() == 2));
+        assert!(
+            Cli::try_parse_from([
+                "raftkv",
+                "serve",
+                "--id",
+                "1",
+                "--join",
+                "--initial-cluster",
+                "1=a"
+            ])
+            .is_err()
+        );
+    }
+}

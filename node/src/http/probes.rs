@@ -1,0 +1,55 @@
+//! What orchestrators and Prometheus poll: `/metrics`, `/healthz` (the
+//! process and its driver loop are alive) and `/readyz` (the node knows a
+//! leader and has applied what is committed, within a small gap).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+use crate::http::HttpState;
+
+/// The driver ticks every few milliseconds; a loop this late is stuck.
+const LOOP_STALE: Duration = Duration::from_secs(3);
+/// How far applied may trail commit for the node to count as caught up.
+const READY_APPLY_GAP: u64 = 100;
+
+pub async fn metrics(State(st): State<HttpState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+}
+
+pub async fn healthz(State(st): State<HttpState>) -> impl IntoResponse {
+    let h = st.health.borrow().clone();
+    if h.last_loop.elapsed() > LOOP_STALE {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "driver loop is not responding\n",
+        );
+    }
+    (StatusCode::OK, "ok\n")
+}
+
+pub async fn readyz(State(st): State<HttpState>) -> impl IntoResponse {
+    let h = st.health.borrow().clone();
+    if h.last_loop.elapsed() > LOOP_STALE {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "driver loop is not responding\n".to_string(),
+        );
+    }
+    if h.leader.is_none() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no leader\n".to_string());
+    }
+    let gap = h.commit_index.get().saturating_sub(h.applied_index.get());
+    if gap > READY_APPLY_GAP {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("catching up: {gap} committed entries not applied yet\n"),
+        );
+    }
+    (StatusCode::OK, "ready\n".to_string())
+}

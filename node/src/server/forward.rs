@@ -1,0 +1,445 @@
+//! Forwarding client requests from a follower to the leader over the peer
+//! protocol's `Forward` RPC, and the encoding of their payloads.
+//!
+//! Payloads travel as bytes inside the protobuf envelope, in the state
+//! machine's own encodings (commands as in the log, range requests and
+//! results as their prost form, write outcomes in a small prost mirror
+//! below), which keeps `raft.proto` independent of the KV types.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::raft::{NodeId, Term};
+use crate::server::handle::{
+    Forwarded, ForwardedReply, Forwarder, LeaderHint, MemberChange, NewMember,
+};
+use crate::server::peer_proto as pb;
+use crate::server::peer_proto::peer_client::PeerClient;
+use crate::server::transport::normalize_url;
+use crate::server::{ClientError, MemberStatus, ReadResult, WriteResult};
+use crate::storage::{ApplyOutcome, Command, KeyValue, RangeRequest, RangeResult, TxnOpResult};
+
+/// The forwarded form of a [`WriteResult`].
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireWrite {
+    #[prost(uint64, tag = "1")]
+    raft_term: u64,
+    #[prost(int64, tag = "2")]
+    revision: i64,
+    /// 1 = put, 2 = delete, 3 = txn.
+    #[prost(uint32, tag = "3")]
+    kind: u32,
+    #[prost(message, optional, tag = "4")]
+    prev_kv: Option<KeyValue>,
+    #[prost(uint64, tag = "5")]
+    deleted: u64,
+    #[prost(message, repeated, tag = "6")]
+    prev_kvs: Vec<KeyValue>,
+    #[prost(bool, tag = "7")]
+    succeeded: bool,
+    #[prost(message, repeated, tag = "8")]
+    responses: Vec<WireTxnOpResult>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireTxnOpResult {
+    /// 1 = range, 2 = put, 3 = delete.
+    #[prost(uint32, tag = "1")]
+    kind: u32,
+    #[prost(message, optional, tag = "2")]
+    range: Option<RangeResult>,
+    #[prost(message, optional, tag = "3")]
+    prev_kv: Option<KeyValue>,
+    #[prost(uint64, tag = "4")]
+    deleted: u64,
+    #[prost(message, repeated, tag = "5")]
+    prev_kvs: Vec<KeyValue>,
+}
+
+/// The forwarded form of a [`ReadResult`].
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireRead {
+    #[prost(uint64, tag = "1")]
+    raft_term: u64,
+    #[prost(message, optional, tag = "2")]
+    range: Option<RangeResult>,
+}
+
+fn write_to_wire(w: WriteResult) -> Result<WireWrite, ClientError> {
+    let mut out = WireWrite {
+        raft_term: w.raft_term.get(),
+        ..Default::default()
+    };
+    match w.outcome {
+        ApplyOutcome::Put { revision, prev_kv } => {
+            out.kind = 1;
+            out.revision = revision;
+            out.prev_kv = prev_kv;
+        }
+        ApplyOutcome::Delete {
+            revision,
+            deleted,
+            prev_kvs,
+        } => {
+            out.kind = 2;
+            out.revision = revision;
+            out.deleted = deleted;
+            out.prev_kvs = prev_kvs;
+        }
+        ApplyOutcome::Txn {
+            revision,
+            succeeded,
+            responses,
+        } => {
+            out.kind = 3;
+            out.revision = revision;
+            out.succeeded = succeeded;
+            out.responses = responses
+                .into_iter()
+                .map(|r| match r {
+                    TxnOpResult::Range(range) => WireTxnOpResult {
+                        kind: 1,
+                        range: Some(range),
+                        ..Default::default()
+                    },
+                    TxnOpResult::Put { prev_kv } => WireTxnOpResult {
+                        kind: 2,
+                        prev_kv,
+                        ..Default::default()
+                    },
+                    TxnOpResult::DeleteRange { deleted, prev_kvs } => WireTxnOpResult {
+                        kind: 3,
+                        deleted,
+                        prev_kvs,
+                        ..Default::default()
+                    },
+                })
+                .collect();
+        }
+        ApplyOutcome::Rejected(e) => return Err(ClientError::InvalidArgument(e.to_string())),
+    }
+    Ok(out)
+}
+
+fn write_from_wire(w: WireWrite) -> Result<WriteResult, ClientError> {
+    let outcome = match w.kind {
+        1 => ApplyOutcome::Put {
+            revision: w.revision,
+            prev_kv: w.prev_kv,
+        },
+        2 => ApplyOutcome::Delete {
+            revision: w.revision,
+            deleted: w.deleted,
+            prev_kvs: w.prev_kvs,
+        },
+        3 => ApplyOutcome::Txn {
+            revision: w.revision,
+            succeeded: w.succeeded,
+            responses: w
+                .responses
+                .into_iter()
+                .map(|r| match r.kind {
+                    1 => Ok(TxnOpResult::Range(r.range.unwrap_or_default())),
+                    2 => Ok(TxnOpResult::Put { prev_kv: r.prev_kv }),
+                    3 => Ok(TxnOpResult::DeleteRange {
+                        deleted: r.deleted,
+                        prev_kvs: r.prev_kvs,
+                    }),
+                    k => Err(bad("txn result", format!("unknown kind {k}"))),
+                })
+                .collect::<Result<_, _>>()?,
+        },
+        k => return Err(bad("write result", format!("unknown kind {k}"))),
+    };
+    Ok(WriteResult {
+        outcome,
+        raft_term: Term(w.raft_term),
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireMember {
+    id: u64,
+    name: String,
+    peer_url: String,
+    client_url: String,
+    role: String,
+    match_index: Option<u64>,
+}
+
+fn bad(what: &str, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Internal(format!("malformed forwarded {what}: {e}"))
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(v).map_err(|e| ClientError::Internal(e.to_string()))
+}
+
+/// Encodes a forwarded request.
+pub(crate) fn encode_request(r: &Forwarded) -> Result<pb::ForwardRequest, ClientError> {
+    use pb::forward_request::Request as R;
+    let request = match r {
+        Forwarded::Write(cmd) => R::Write(cmd.encode().to_vec()),
+        Forwarded::Read(req) => R::Read(req.encode_to_vec()),
+        Forwarded::ChangeMembership(MemberChange::AddLearner(m)) => R::AddLearner(pb::NewMember {
+            id: m.id.map_or(0, |i| i.get()),
+            name: m.name.clone(),
+            peer_url: m.peer_url.clone(),
+            client_url: m.client_url.clone(),
+        }),
+        Forwarded::ChangeMembership(MemberChange::Promote(id)) => R::Promote(id.get()),
+        Forwarded::ChangeMembership(MemberChange::Remove(id)) => R::Remove(id.get()),
+        Forwarded::TransferLeader(id) => R::TransferLeader(id.get()),
+    };
+    Ok(pb::ForwardRequest {
+        request: Some(request),
+    })
+}
+
+/// Decodes a forwarded request that came from the network.
+pub(crate) fn decode_request(r: pb::ForwardRequest) -> Result<Forwarded, ClientError> {
+    use pb::forward_request::Request as R;
+    let nonzero = |id: u64| {
+        if id == 0 {
+            Err(ClientError::InvalidArgument("member id 0".into()))
+        } else {
+            Ok(NodeId(id))
+        }
+    };
+    Ok(
+        match r.request.ok_or_else(|| bad("request", "empty envelope"))? {
+            R::Write(b) => Forwarded::Write(Command::decode(&b).map_err(|e| bad("write", e))?),
+            R::Read(b) => {
+                Forwarded::Read(RangeRequest::decode(b.as_slice()).map_err(|e| bad("read", e))?)
+            }
+            R::AddLearner(m) => Forwarded::ChangeMembership(MemberChange::AddLearner(NewMember {
+                id: (m.id != 0).then_some(NodeId(m.id)),
+                name: m.name,
+                peer_url: m.peer_url,
+                client_url: m.client_url,
+            })),
+            R::Promote(id) => Forwarded::ChangeMembership(MemberChange::Promote(nonzero(id)?)),
+            R::Remove(id) => Forwarded::ChangeMembership(MemberChange::Remove(nonzero(id)?)),
+            R::TransferLeader(id) => Forwarded::TransferLeader(nonzero(id)?),
+        },
+    )
+}
+
+/// Encodes the leader's answer (or error).
+pub(crate) fn encode_reply(r: Result<ForwardedReply, ClientError>) -> pb::ForwardResponse {
+    use pb::forward_response::Response as R;
+    let response = match r.and_then(|reply| {
+        Ok(match reply {
+            ForwardedReply::Write(w) => R::Write(write_to_wire(w)?.encode_to_vec()),
+            ForwardedReply::Read(r) => R::Read(
+                WireRead {
+                    raft_term: r.raft_term.get(),
+                    range: Some(r.range),
+                }
+                .encode_to_vec(),
+            ),
+            ForwardedReply::Member(m) => R::Member(to_json(&WireMember {
+                id: m.id,
+                name: m.name,
+                peer_url: m.peer_url,
+                client_url: m.client_url,
+                role: m.role,
+                match_index: m.match_index,
+            })?),
+            ForwardedReply::Done => R::Done(pb::Empty {}),
+        })
+    }) {
+        Ok(r) => r,
+        Err(e) => R::Error(pb::ForwardError {
+            code: e.code().to_string(),
+            message: e.to_string(),
+        }),
+    };
+    pb::ForwardResponse {
+        response: Some(response),
+    }
+}
+
+/// Decodes the leader's answer.
+pub(crate) fn decode_reply(r: pb::ForwardResponse) -> Result<ForwardedReply, ClientError> {
+    use pb::forward_response::Response as R;
+    match r.response.ok_or_else(|| bad("reply", "empty envelope"))? {
+        R::Error(e) => Err(error_from_code(&e.code, e.message)),
+        R::Write(b) => {
+            let w = WireWrite::decode(b.as_slice()).map_err(|e| bad("write result", e))?;
+            Ok(ForwardedReply::Write(write_from_wire(w)?))
+        }
+        R::Read(b) => {
+            let r = WireRead::decode(b.as_slice()).map_err(|e| bad("read result", e))?;
+            Ok(ForwardedReply::Read(ReadResult {
+                range: r.range.unwrap_or_default(),
+                raft_term: Term(r.raft_term),
+            }))
+        }
+        R::Member(b) => {
+            let m: WireMember = serde_json::from_slice(&b).map_err(|e| bad("member", e))?;
+            Ok(ForwardedReply::Member(MemberStatus {
+                id: m.id,
+                name: m.name,
+                peer_url: m.peer_url,
+                client_url: m.client_url,
+                role: m.role,
+                match_index: m.match_index,
+            }))
+        }
+        R::Done(_) => Ok(ForwardedReply::Done),
+    }
+}
+
+/// Rebuilds a [`ClientError`] from its code and message (the message
+/// already says what went wrong; it is kept as the detail).
+fn error_from_code(code: &str, message: String) -> ClientError {
+    match code {
+        "no_leader" => ClientError::NoLeader,
+        "timeout" => ClientError::Timeout,
+        "invalid_argument" => ClientError::InvalidArgument(message),
+        "too_large" => ClientError::TooLarge(message),
+        "not_found" => ClientError::NotFound(message),
+        "membership_change_in_progress" => ClientError::MembershipChangeInProgress,
+        "failed_precondition" => ClientError::FailedPrecondition(message),
+        "unavailable" => ClientError::Unavailable(message),
+        _ => ClientError::Internal(message),
+    }
+}
+
+/// The [`Forwarder`] that talks to the leader's peer endpoint, keeping one
+/// lazily connected channel per leader URL.
+#[derive(Debug, Default)]
+pub(crate) struct GrpcForwarder {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl GrpcForwarder {
+    fn channel(&self, url: &str) -> Result<Channel, ClientError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| ClientError::Internal("forwarder lock poisoned".into()))?;
+        if let Some(c) = channels.get(url) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(normalize_url(url))
+            .map_err(|e| ClientError::Internal(format!("bad leader URL {url}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(url.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl Forwarder for GrpcForwarder {
+    fn forward(
+        &self,
+        leader: LeaderHint,
+        request: Forwarded,
+    ) -> BoxFuture<'static, Result<ForwardedReply, ClientError>> {
+        let channel = self.channel(&leader.peer_url);
+        Box::pin(async move {
+            let mut client = PeerClient::new(channel?);
+            let reply = client
+                .forward(encode_request(&request)?)
+                .await
+                .map_err(|s| {
+                    ClientError::Unavailable(format!(
+                        "cannot reach the leader ({}): {}",
+                        leader.id,
+                        s.message()
+                    ))
+                })?;
+            decode_reply(reply.into_inner())
+        })
+    }
+}
+
+/// Shared form for the handle.
+pub(crate) fn grpc_forwarder() -> Arc<dyn Forwarder> {
+    Arc::new(GrpcForwarder::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Op;
+
+    #[test]
+    fn requests_and_replies_round_trip() {
+        let cmd = Command {
+            request_id: None,
+            op: Op::Put {
+                key: bytes::Bytes::from_static(b"k"),
+                value: bytes::Bytes::from_static(b"v"),
+                prev_kv: true,
+            },
+        };
+        let decoded = decode_request(encode_request(&Forwarded::Write(cmd.clone())).unwrap());
+        assert!(matches!(decoded, Ok(Forwarded::Write(c)) if c == cmd));
+        let req = RangeRequest::key(&b"a"[..]);
+        let decoded = decode_request(encode_request(&Forwarded::Read(req.clone())).unwrap());
+        assert!(matches!(decoded, Ok(Forwarded::Read(r)) if r == req));
+        let decoded = decode_request(
+            encode_request(&Forwarded::ChangeMembership(MemberChange::Remove(NodeId(
+                3,
+            ))))
+            .unwrap(),
+        );
+        assert!(matches!(
+            decoded,
+            Ok(Forwarded::ChangeMembership(MemberChange::Remove(NodeId(3))))
+        ));
+
+        let reply = decode_reply(encode_reply(Ok(ForwardedReply::Write(WriteResult {
+            outcome: ApplyOutcome::Txn {
+                revision: 5,
+                succeeded: true,
+                responses: vec![
+                    TxnOpResult::Put { prev_kv: None },
+                    TxnOpResult::DeleteRange {
+                        deleted: 1,
+                        prev_kvs: vec![],
+                    },
+                ],
+            },
+            raft_term: Term(2),
+        }))));
+        assert!(
+            matches!(reply, Ok(ForwardedReply::Write(w)) if w.outcome.revision == 5 && w.raft_term == Term(2))
+        );
+    }
+
+    #[test]
+    fn errors_keep_their_kind_across_the_wire() {
+        for e in [
+            ClientError::NoLeader,
+            ClientError::MembershipChangeInProgress,
+            ClientError::TooLarge("value".into()),
+            ClientError::NotFound("member 9".into()),
+        ] {
+            let back = decode_reply(encode_reply(Err(e.clone()))).unwrap_err();
+            assert_eq!(back.code(), e.code());
+        }
+    }
+
+    #[test]
+    fn garbage_payloads_are_errors_not_panics() {
+        let r = pb::ForwardRequest {
+            request: Some(pb::forward_request::Request::Write(b"\xff\x00".to_vec())),
+        };
+        assert!(decode_request(r).is_err());
+        assert!(decode_request(pb::ForwardRequest { request: None }).is_err());
+        let r = pb::ForwardRequest {
+            request: Some(pb::forward_request::Request::Promote(0)),
+        };
+        assert!(decode_request(r).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! The inbound side of the peer protocol: the tonic service other nodes
+//! call. Messages go to the driver's inbound channel (awaiting a full
+//! channel is back-pressure on the sending peer); snapshot images are staged
+//! to a file and handed to the driver only once complete; forwarded client
+//! requests run through the local [`NodeHandle`].
+
+use std::path::PathBuf;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::warn;
+
+use crate::raft::{Message, MessageBody, NodeId, Snapshot, Term};
+use crate::server::driver::Inbound;
+use crate::server::forward;
+use crate::server::peer_proto as pb;
+use crate::server::{NodeHandle, wire};
+
+#[derive(Debug)]
+pub(crate) struct PeerService {
+    pub id: NodeId,
+    pub inbound: mpsc::Sender<Inbound>,
+    pub snapshot_dir: PathBuf,
+    pub handle: NodeHandle,
+}
+
+fn driver_gone() -> Status {
+    Status::unavailable("the node is shutting down")
+}
+
+#[tonic::async_trait]
+impl pb::peer_server::Peer for PeerService {
+    async fn send(
+        &self,
+        request: Request<Streaming<pb::Message>>,
+    ) -> Result<Response<pb::SendSummary>, Status> {
+        let mut stream = request.into_inner();
+        let mut received = 0u64;
+        while let Some(m) = stream.message().await? {
+            let m =
+                wire::message_from_pb(m).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            received += 1;
+            if m.to != self.id {
+                continue;
+            }
+            self.inbound
+                .send(Inbound::Message(m))
+                .await
+                .map_err(|_| driver_gone())?;
+        }
+        Ok(Response::new(pb::SendSummary { received }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::SnapshotAck>, Status> {
+        use pb::snapshot_chunk::Chunk;
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::SnapshotChunk {
+                chunk: Some(Chunk::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a snapshot stream starts with its header",
+                ));
+            }
+        };
+        let meta = wire::meta_from_pb(
+            header
+                .meta
+                .ok_or_else(|| Status::invalid_argument("snapshot header without meta"))?,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if header.to != self.id.get() || header.from == 0 {
+            return Err(Status::invalid_argument(
+                "snapshot addressed to another node",
+            ));
+        }
+        tokio::fs::create_dir_all(&self.snapshot_dir)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let path = self.snapshot_dir.join(format!(
+            "incoming-{}-{}-{}.snap",
+            header.from, meta.index, meta.term
+        ));
+        let result = stage(&mut stream, &path).await;
+        let bytes = match result {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                warn!(from = header.from, error = %e, "discarding incomplete snapshot");
+                return Err(e);
+            }
+        };
+        let message = Message {
+            from: NodeId(header.from),
+            to: self.id,
+            term: Term(header.term),
+            body: MessageBody::InstallSnapshot(Snapshot {
+                meta,
+                data: bytes::Bytes::new(),
+            }),
+        };
+        self.inbound
+            .send(Inbound::SnapshotReceived {
+                message,
+                staged: path,
+            })
+            .await
+            .map_err(|_| driver_gone())?;
+        Ok(Response::new(pb::SnapshotAck { bytes }))
+    }
+
+    async fn forward(
+        &self,
+        request: Request<pb::ForwardRequest>,
+    ) -> Result<Response<pb::ForwardResponse>, Status> {
+        let reply = match forward::decode_request(request.into_inner()) {
+            Ok(req) => self.handle.serve_forwarded(req).await,
+            Err(e) => Err(e),
+        };
+        Ok(Response::new(forward::encode_reply(reply)))
+    }
+}
+
+/// Writes the data chunks to `path` (fsynced) and checks the end marker.
+async fn stage(stream: &mut Streaming<pb::SnapshotChunk>, path: &PathBuf) -> Result<u64, Status> {
+    use pb::snapshot_chunk::Chunk;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let mut written = 0u64;
+    loop {
+        match stream.message().await? {
+            Some(pb::SnapshotChunk {
+                chunk: Some(Chunk::Data(d)),
+            }) => {
+                file.write_all(&d)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                written += d.len() as u64;
+            }
+            Some(pb::SnapshotChunk {
+                chunk: Some(Chunk::End(end)),
+            }) => {
+                if end.bytes != written {
+                    return Err(Status::data_loss(format!(
+                        "snapshot: sender says {} bytes, received {written}",
+                        end.bytes
+                    )));
+                }
+                file.sync_all()
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                return Ok(written);
+            }
+            Some(_) => return Err(Status::invalid_argument("unexpected snapshot chunk")),
+            None => {
+                return Err(Status::data_loss(
+                    "snapshot stream ended before its end marker",
+                ));
+            }
+        }
+    }
+}

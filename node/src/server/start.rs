@@ -1,0 +1,214 @@
+//! Starting a node: open (or create) its data directory, bootstrap a new
+//! cluster's configuration or wait to be added, restore the core at the
+//! state machine's applied index, and spawn the driver and the peer server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::metrics::Metrics;
+use crate::raft::{Config, LogIndex, Membership, NodeId, RaftNode, RoleState, Storage, Term};
+use crate::server::driver::{Driver, DriverConfig, DriverError, Health};
+use crate::server::forward::grpc_forwarder;
+use crate::server::handle::NodeHandle;
+use crate::server::member_info::MemberInfo;
+use crate::server::peer_proto::peer_server::PeerServer;
+use crate::server::peer_service::PeerService;
+use crate::server::transport::Transport;
+use crate::storage::{Identity, KvStore, Limits, LogStore, SnapshotPolicy};
+
+/// Client requests queued for the driver before callers wait.
+const REQUEST_QUEUE: usize = 4096;
+/// Peer messages queued for the driver before peers wait.
+const INBOUND_QUEUE: usize = 4096;
+
+/// How a brand-new node gets its first configuration.
+#[derive(Clone, Debug)]
+pub enum Bootstrap {
+    /// A static cluster: every listed node is a voter.
+    Initial(Vec<(NodeId, MemberInfo)>),
+    /// Start empty and wait to be added by an existing cluster.
+    Join,
+}
+
+/// Everything needed to run one node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub name: String,
+    /// `None`: derived from the initial cluster.
+    pub cluster_id: Option<u64>,
+    pub data_dir: PathBuf,
+    pub listen_peer: SocketAddr,
+    pub bootstrap: Bootstrap,
+    pub tick: Duration,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    pub request_timeout: Duration,
+    pub limits: Limits,
+    pub snapshot_policy: SnapshotPolicy,
+}
+
+/// A started node.
+#[derive(Debug)]
+pub struct RunningNode {
+    pub handle: NodeHandle,
+    pub health: watch::Receiver<Health>,
+    pub metrics: Arc<Metrics>,
+    pub driver: JoinHandle<Result<(), DriverError>>,
+    pub peer_server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// A cluster id every member computes alike from the initial cluster.
+pub fn cluster_id_of(members: &[(NodeId, MemberInfo)]) -> u64 {
+    let mut sorted: Vec<_> = members
+        .iter()
+        .map(|(id, m)| format!("{id}={}", m.peer_url))
+        .collect();
+    sorted.sort();
+    cluster_id_of_token(&sorted.join(","))
+}
+
+/// A cluster id from a cluster token (FNV-1a: stable across builds and
+/// platforms, unlike std's hasher). Never 0.
+pub fn cluster_id_of_token(token: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in token.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+/// Opens storage and starts the driver and the peer server.
+pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<RunningNode> {
+    if cfg.id.get() == 0 {
+        bail!("the node id must not be 0");
+    }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let cluster_id = match (&cfg.bootstrap, cfg.cluster_id) {
+        (_, Some(id)) => id,
+        (Bootstrap::Initial(members), None) => cluster_id_of(members),
+        (Bootstrap::Join, None) => {
+            bail!("a node started with --join needs --cluster-id or --cluster-token")
+        }
+    };
+    let log = LogStore::open(
+        &cfg.data_dir,
+        Identity {
+            cluster_id,
+            node_id: cfg.id,
+        },
+    )?;
+    let kv = KvStore::open(&cfg.data_dir, cfg.limits)?;
+    if log.is_new() {
+        match &cfg.bootstrap {
+            Bootstrap::Initial(members) => {
+                if !members.iter().any(|(id, _)| *id == cfg.id) {
+                    bail!("--initial-cluster does not list this node's id {}", cfg.id);
+                }
+                let membership =
+                    Membership::with_voters(members.iter().map(|(id, m)| (*id, m.to_context())));
+                log.bootstrap(&membership)
+                    .context("cannot write the initial configuration")?;
+                info!(members = members.len(), "bootstrapped a new cluster");
+            }
+            Bootstrap::Join => {
+                info!("starting empty; waiting to be added to a cluster");
+            }
+        }
+    } else {
+        info!("restarting from the stored log; --initial-cluster is ignored");
+    }
+
+    let applied = kv.applied_index();
+    let mut raft_cfg = Config::new(cfg.id);
+    raft_cfg.election_ticks = cfg.election_ticks;
+    raft_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
+    raft_cfg.seed = cfg.id.get() ^ u64::from(std::process::id()) ^ nanos();
+    let node = RaftNode::with_applied(raft_cfg, log, applied)
+        .map_err(|e| anyhow::anyhow!("cannot start the consensus core: {e}"))?;
+    let first = node.storage().first_index().unwrap_or(LogIndex(1));
+    info!(id = %cfg.id, applied = %applied, first_log_index = %first, "node starting");
+
+    let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
+    let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (health_tx, health_rx) = watch::channel(Health {
+        last_loop: Instant::now(),
+        leader: None,
+        commit_index: LogIndex::ZERO,
+        applied_index: applied,
+        role: RoleState::Follower,
+        term: Term::ZERO,
+    });
+    metrics
+        .node_info
+        .with_label_values(&[&cfg.id.to_string(), &cfg.name, &cluster_id.to_string()])
+        .set(1);
+
+    let handle = NodeHandle::new(
+        cfg.id,
+        cluster_id,
+        cfg.request_timeout,
+        req_tx,
+        Some(grpc_forwarder()),
+    );
+    let snapshot_dir = cfg.data_dir.join("snapshots");
+    let driver = Driver::new(
+        DriverConfig {
+            id: cfg.id,
+            name: cfg.name.clone(),
+            cluster_id,
+            tick: cfg.tick,
+            snapshot_policy: cfg.snapshot_policy,
+            snapshot_dir: snapshot_dir.clone(),
+        },
+        node,
+        kv,
+        Transport::new(in_tx.clone()),
+        metrics.clone(),
+        req_rx,
+        in_rx,
+        health_tx,
+    );
+    let driver = tokio::spawn(driver.run());
+
+    let service = PeerService {
+        id: cfg.id,
+        inbound: in_tx,
+        snapshot_dir,
+        handle: handle.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen_peer)
+        .await
+        .with_context(|| format!("cannot listen for peers on {}", cfg.listen_peer))?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let peer_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(PeerServer::new(service).max_decoding_message_size(64 << 20))
+            .serve_with_incoming(incoming),
+    );
+
+    Ok(RunningNode {
+        handle,
+        health: health_rx,
+        metrics,
+        driver,
+        peer_server,
+    })
+}
+
+fn nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,531 @@
+//! The commands clients propose through the log, and their encoding.
+//!
+//! A command is what a [`raft::EntryPayload::Command`](crate::raft::EntryPayload)
+//! carries. The semantics follow etcd's v3 KV API (put, delete range,
+//! transaction with compares), so that the node can serve that API directly.
+//! The encoding is protobuf (prost derive); the public types below are plain
+//! Rust enums and are converted to and from private wire structs, so that an
+//! invalid combination (a put without a key field, say) cannot be expressed
+//! in the public API.
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::error::DecodeError;
+
+/// A client-chosen idempotency key: a command that carries one and was
+/// already applied is answered with its original outcome instead of being
+/// applied again. `seq` must increase per `client_id`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
+pub struct RequestId {
+    #[prost(uint64, tag = "1")]
+    pub client_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+}
+
+/// One command for the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub request_id: Option<RequestId>,
+    pub op: Op,
+}
+
+/// What a command does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Sets `key` to `value`; with `prev_kv`, returns the previous pair.
+    Put {
+        key: Bytes,
+        value: Bytes,
+        prev_kv: bool,
+    },
+    /// Deletes the keys of a range (etcd `range_end` semantics, see
+    /// [`RangeRequest`]); with `prev_kv`, returns the deleted pairs.
+    DeleteRange {
+        key: Bytes,
+        range_end: Bytes,
+        prev_kv: bool,
+    },
+    /// If every compare holds, runs `success`, otherwise `failure`;
+    /// atomically, as one revision.
+    Txn {
+        compares: Vec<Compare>,
+        success: Vec<TxnOp>,
+        failure: Vec<TxnOp>,
+    },
+}
+
+/// A condition of a transaction. Over a range (non-empty `range_end`), every
+/// key in it must satisfy the condition. A missing key has version, create
+/// and mod revision 0, and every value comparison on it is false.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compare {
+    pub key: Bytes,
+    pub range_end: Bytes,
+    pub target: CompareTarget,
+    pub result: CompareResult,
+}
+
+/// What a compare looks at, and the operand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompareTarget {
+    Value(Bytes),
+    Version(i64),
+    CreateRevision(i64),
+    ModRevision(i64),
+}
+
+/// How the stored attribute must relate to the operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareResult {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+/// One operation of a transaction branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOp {
+    Range(RangeRequest),
+    Put {
+        key: Bytes,
+        value: Bytes,
+        prev_kv: bool,
+    },
+    DeleteRange {
+        key: Bytes,
+        range_end: Bytes,
+        prev_kv: bool,
+    },
+}
+
+/// A read of a key or a range of keys.
+///
+/// `range_end` follows etcd: empty means just `key`; `"\0"` means every key
+/// `>= key`; otherwise the half-open interval `[key, range_end)`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RangeRequest {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub key: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub range_end: Bytes,
+    /// At most this many pairs (0 = no limit).
+    #[prost(uint64, tag = "3")]
+    pub limit: u64,
+    /// Return keys and metadata without values.
+    #[prost(bool, tag = "4")]
+    pub keys_only: bool,
+    /// Return only the count.
+    #[prost(bool, tag = "5")]
+    pub count_only: bool,
+}
+
+impl RangeRequest {
+    /// A request for one key.
+    pub fn key(key: impl Into<Bytes>) -> Self {
+        RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        }
+    }
+}
+
+// ---- wire form -------------------------------------------------------------
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireCommand {
+    #[prost(message, optional, tag = "1")]
+    request_id: Option<RequestId>,
+    #[prost(oneof = "WireOp", tags = "2, 3, 4")]
+    op: Option<WireOp>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum WireOp {
+    #[prost(message, tag = "2")]
+    Put(WirePut),
+    #[prost(message, tag = "3")]
+    Delete(WireDelete),
+    #[prost(message, tag = "4")]
+    Txn(WireTxn),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WirePut {
+    #[prost(bytes = "bytes", tag = "1")]
+    key: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: Bytes,
+    #[prost(bool, tag = "3")]
+    prev_kv: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireDelete {
+    #[prost(bytes = "bytes", tag = "1")]
+    key: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    range_end: Bytes,
+    #[prost(bool, tag = "3")]
+    prev_kv: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireTxn {
+    #[prost(message, repeated, tag = "1")]
+    compares: Vec<WireCompare>,
+    #[prost(message, repeated, tag = "2")]
+    success: Vec<WireTxnOp>,
+    #[prost(message, repeated, tag = "3")]
+    failure: Vec<WireTxnOp>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireCompare {
+    #[prost(bytes = "bytes", tag = "1")]
+    key: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    range_end: Bytes,
+    /// 0 equal, 1 greater, 2 less, 3 not equal.
+    #[prost(uint32, tag = "3")]
+    result: u32,
+    #[prost(oneof = "WireTarget", tags = "4, 5, 6, 7")]
+    target: Option<WireTarget>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum WireTarget {
+    #[prost(bytes = "bytes", tag = "4")]
+    Value(Bytes),
+    #[prost(int64, tag = "5")]
+    Version(i64),
+    #[prost(int64, tag = "6")]
+    CreateRevision(i64),
+    #[prost(int64, tag = "7")]
+    ModRevision(i64),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireTxnOp {
+    #[prost(oneof = "WireTxnOpKind", tags = "1, 2, 3")]
+    op: Option<WireTxnOpKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum WireTxnOpKind {
+    #[prost(message, tag = "1")]
+    Range(RangeRequest),
+    #[prost(message, tag = "2")]
+    Put(WirePut),
+    #[prost(message, tag = "3")]
+    Delete(WireDelete),
+}
+
+const WHAT: &str = "command";
+
+impl Command {
+    /// The protobuf encoding of this command.
+    pub fn encode(&self) -> Bytes {
+        let op = match &self.op {
+            Op::Put {
+                key,
+                value,
+                prev_kv,
+            } => WireOp::Put(WirePut {
+                key: key.clone(),
+                value: value.clone(),
+                prev_kv: *prev_kv,
+            }),
+            Op::DeleteRange {
+                key,
+                range_end,
+                prev_kv,
+            } => WireOp::Delete(WireDelete {
+                key: key.clone(),
+                range_end: range_end.clone(),
+                prev_kv: *prev_kv,
+            }),
+            Op::Txn {
+                compares,
+                success,
+                failure,
+            } => WireOp::Txn(WireTxn {
+                compares: compares.iter().map(compare_to_wire).collect(),
+                success: success.iter().map(txn_op_to_wire).collect(),
+                failure: failure.iter().map(txn_op_to_wire).collect(),
+            }),
+        };
+        Bytes::from(
+            WireCommand {
+                request_id: self.request_id,
+                op: Some(op),
+            }
+            .encode_to_vec(),
+        )
+    }
+
+    /// Decodes a command; every malformed input is an error, never a panic.
+    pub fn decode(buf: &[u8]) -> Result<Command, DecodeError> {
+        let w =
+            WireCommand::decode(buf).map_err(|source| DecodeError::Prost { what: WHAT, source })?;
+        let op = match w.op {
+            Some(WireOp::Put(p)) => Op::Put {
+                key: p.key,
+                value: p.value,
+                prev_kv: p.prev_kv,
+            },
+            Some(WireOp::Delete(d)) => Op::DeleteRange {
+                key: d.key,
+                range_end: d.range_end,
+                prev_kv: d.prev_kv,
+            },
+            Some(WireOp::Txn(t)) => Op::Txn {
+                compares: t
+                    .compares
+                    .into_iter()
+                    .map(compare_from_wire)
+                    .collect::<Result<_, _>>()?,
+                success: t
+                    .success
+                    .into_iter()
+                    .map(txn_op_from_wire)
+                    .collect::<Result<_, _>>()?,
+                failure: t
+                    .failure
+                    .into_iter()
+                    .map(txn_op_from_wire)
+                    .collect::<Result<_, _>>()?,
+            },
+            None => {
+                return Err(DecodeError::Missing {
+                    what: WHAT,
+                    field: "op",
+                });
+            }
+        };
+        Ok(Command {
+            request_id: w.request_id,
+            op,
+        })
+    }
+}
+
+fn compare_to_wire(c: &Compare) -> WireCompare {
+    WireCompare {
+        key: c.key.clone(),
+        range_end: c.range_end.clone(),
+        result: match c.result {
+            CompareResult::Equal => 0,
+            CompareResult::Greater => 1,
+            CompareResult::Less => 2,
+            CompareResult::NotEqual => 3,
+        },
+        target: Some(match &c.target {
+            CompareTarget::Value(v) => WireTarget::Value(v.clone()),
+            CompareTarget::Version(v) => WireTarget::Version(*v),
+            CompareTarget::CreateRevision(v) => WireTarget::CreateRevision(*v),
+            CompareTarget::ModRevision(v) => WireTarget::ModRevision(*v),
+        }),
+    }
+}
+
+fn compare_from_wire(w: WireCompare) -> Result<Compare, DecodeError> {
+    let result = match w.result {
+        0 => CompareResult::Equal,
+        1 => CompareResult::Greater,
+        2 => CompareResult::Less,
+        3 => CompareResult::NotEqual,
+        other => {
+            return Err(DecodeError::Invalid {
+                what: WHAT,
+                field: "compare result",
+                value: i64::from(other),
+            });
+        }
+    };
+    let target = match w.target {
+        Some(WireTarget::Value(v)) => CompareTarget::Value(v),
+        Some(WireTarget::Version(v)) => CompareTarget::Version(v),
+        Some(WireTarget::CreateRevision(v)) => CompareTarget::CreateRevision(v),
+        Some(WireTarget::ModRevision(v)) => CompareTarget::ModRevision(v),
+        None => {
+            return Err(DecodeError::Missing {
+                what: WHAT,
+                field: "compare target",
+            });
+        }
+    };
+    Ok(Compare {
+        key: w.key,
+        range_end: w.range_end,
+        target,
+        result,
+    })
+}
+
+fn txn_op_to_wire(op: &TxnOp) -> WireTxnOp {
+    let op = match op {
+        TxnOp::Range(r) => WireTxnOpKind::Range(r.clone()),
+        TxnOp::Put {
+            key,
+            value,
+            prev_kv,
+        } => WireTxnOpKind::Put(WirePut {
+            key: key.clone(),
+            value: value.clone(),
+            prev_kv: *prev_kv,
+        }),
+        TxnOp::DeleteRange {
+            key,
+            range_end,
+            prev_kv,
+        } => WireTxnOpKind::Delete(WireDelete {
+            key: key.clone(),
+            range_end: range_end.clone(),
+            prev_kv: *prev_kv,
+        }),
+    };
+    WireTxnOp { op: Some(op) }
+}
+
+fn txn_op_from_wire(w: WireTxnOp) -> Result<TxnOp, DecodeError> {
+    Ok(match w.op {
+        Some(WireTxnOpKind::Range(r)) => TxnOp::Range(r),
+        Some(WireTxnOpKind::Put(p)) => TxnOp::Put {
+            key: p.key,
+            value: p.value,
+            prev_kv: p.prev_kv,
+        },
+        Some(WireTxnOpKind::Delete(d)) => TxnOp::DeleteRange {
+            key: d.key,
+            range_end: d.range_end,
+            prev_kv: d.prev_kv,
+        },
+        None => {
+            return Err(DecodeError::Missing {
+                what: WHAT,
+                field: "txn op",
+            });
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn every_kind_of_command_round_trips() {
+        let cmds = [
+            Command {
+                request_id: Some(RequestId {
+                    client_id: 7,
+                    seq: 3,
+                }),
+                op: Op::Put {
+                    key: b("k"),
+                    value: b("v"),
+                    prev_kv: true,
+                },
+            },
+            Command {
+                request_id: None,
+                op: Op::DeleteRange {
+                    key: b("a"),
+                    range_end: b("\0"),
+                    prev_kv: false,
+                },
+            },
+            Command {
+                request_id: None,
+                op: Op::Txn {
+                    compares: vec![
+                        Compare {
+                            key: b("k"),
+                            range_end: Bytes::new(),
+                            target: CompareTarget::Value(b("v")),
+                            result: CompareResult::NotEqual,
+                        },
+                        Compare {
+                            key: b("a"),
+                            range_end: b("z"),
+                            target: CompareTarget::ModRevision(-4),
+                            result: CompareResult::Less,
+                        },
+                        Compare {
+                            key: b("k"),
+                            range_end: Bytes::new(),
+                            target: CompareTarget::CreateRevision(0),
+                            result: CompareResult::Equal,
+                        },
+                        Compare {
+                            key: b("k"),
+                            range_end: Bytes::new(),
+                            target: CompareTarget::Version(2),
+                            result: CompareResult::Greater,
+                        },
+                    ],
+                    success: vec![
+                        TxnOp::Range(RangeRequest {
+                            key: b("a"),
+                            range_end: b("b"),
+                            limit: 3,
+                            keys_only: true,
+                            count_only: false,
+                        }),
+                        TxnOp::Put {
+                            key: b("x"),
+                            value: Bytes::new(),
+                            prev_kv: false,
+                        },
+                    ],
+                    failure: vec![TxnOp::DeleteRange {
+                        key: b("x"),
+                        range_end: Bytes::new(),
+                        prev_kv: true,
+                    }],
+                },
+            },
+        ];
+        for c in cmds {
+            assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn malformed_commands_are_typed_errors() {
+        assert!(matches!(
+            Command::decode(&[]),
+            Err(DecodeError::Missing { field: "op", .. })
+        ));
+        assert!(matches!(
+            Command::decode(&[0x12, 0xff]),
+            Err(DecodeError::Prost { .. })
+        ));
+        let bad = WireCommand {
+            request_id: None,
+            op: Some(WireOp::Txn(WireTxn {
+                compares: vec![WireCompare {
+                    result: 9,
+                    target: Some(WireTarget::Version(1)),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec();
+        assert!(matches!(
+            Command::decode(&bad),
+            Err(DecodeError::Invalid {
+                field: "compare result",
+                ..
+            })
+        ));
+    }
+}

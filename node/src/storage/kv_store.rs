@@ -1,0 +1,855 @@
+//! The key-value state machine: etcd-style revisions over redb (`kv.redb`).
+//!
+//! Every key carries `create_revision`, `mod_revision` and `version`; the
+//! store has one global `revision`, bumped once per command that writes
+//! (a put always writes; a delete or a transaction only if it changed a
+//! key). Alongside the keys, the same file holds the applied index and term,
+//! the membership as of the applied index, the revision, and the last
+//! outcome per client (idempotent retries). All of it changes in ONE write
+//! transaction per [`KvStore::apply`] batch, so the applied index always
+//! describes exactly the state stored with it.
+//!
+//! Durability choice: apply commits with `Durability::None` (no fsync), and
+//! every [`DURABLE_EVERY_ENTRIES`] applied entries, on every
+//! [`KvStore::snapshot`] and on [`KvStore::sync`] with
+//! `Durability::Immediate`. After a crash the file comes back at its last
+//! durable commit: a consistent but older state whose `applied_index` is
+//! reliable. The node must then re-apply the committed log entries
+//! `(applied_index, commit]`; [`KvStore::apply`] skips entries it has already
+//! applied, so replaying a little too much is harmless. The log must never
+//! be compacted past the state machine's durable applied index, which is why
+//! `snapshot` (whose meta the node compacts up to) makes the state durable
+//! first.
+//!
+//! Idempotent retries: per `client_id` the store keeps only the last applied
+//! `(seq, outcome)`. A retry of that `seq` gets the stored outcome; an older
+//! `seq` is rejected as stale. The table grows by one small record per
+//! distinct client id and is never pruned (clients are expected to reuse a
+//! stable id; pruning idle clients is future work).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use bytes::Bytes;
+use prost::Message;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+};
+
+use super::codec;
+use super::command::{Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, TxnOp};
+use super::error::{DecodeError, StoreError, corrupt, db_err};
+use super::outcome::{
+    ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult, decode_client_record,
+    encode_client_record,
+};
+use crate::raft::{Entry, EntryPayload, LogIndex, Membership, SnapshotMeta, Term};
+
+/// The file name of the state machine inside the data directory.
+pub const KV_FILE: &str = "kv.redb";
+/// Where a snapshot being installed is built before it replaces `kv.redb`.
+pub const KV_STAGING_FILE: &str = "kv.redb.staging";
+/// The on-disk format this build writes and reads.
+pub const KV_FORMAT_VERSION: u64 = 1;
+/// How many applied entries may be held by non-durable commits at most.
+pub const DURABLE_EVERY_ENTRIES: u64 = 1024;
+
+pub(crate) const KV: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("kv");
+pub(crate) const CLIENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("clients");
+pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const KEY_STATE: &str = "state";
+
+/// Size limits, checked when a command is applied (so that every replica
+/// rejects the same commands) and usable by the node to refuse early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 1536,
+            max_value_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+impl Limits {
+    fn key(&self, key: &[u8]) -> Result<(), KvError> {
+        if key.is_empty() {
+            return Err(KvError::EmptyKey);
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(KvError::KeyTooLarge {
+                size: key.len(),
+                max: self.max_key_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn range(&self, key: &[u8], range_end: &[u8]) -> Result<(), KvError> {
+        self.key(key)?;
+        if range_end.len() > self.max_key_bytes {
+            return Err(KvError::KeyTooLarge {
+                size: range_end.len(),
+                max: self.max_key_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn value(&self, value: &[u8]) -> Result<(), KvError> {
+        if value.len() > self.max_value_bytes {
+            return Err(KvError::ValueTooLarge {
+                size: value.len(),
+                max: self.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a range read.
+    pub fn check_range(&self, req: &RangeRequest) -> Result<(), KvError> {
+        self.range(&req.key, &req.range_end)
+    }
+
+    /// Checks every key, value and the size of a command.
+    pub fn check_op(&self, op: &Op) -> Result<(), KvError> {
+        match op {
+            Op::Put { key, value, .. } => {
+                self.key(key)?;
+                self.value(value)
+            }
+            Op::DeleteRange { key, range_end, .. } => self.range(key, range_end),
+            Op::Txn {
+                compares,
+                success,
+                failure,
+            } => {
+                let count = compares.len() + success.len().max(failure.len());
+                if count > self.max_txn_ops {
+                    return Err(KvError::TooManyTxnOps {
+                        count,
+                        max: self.max_txn_ops,
+                    });
+                }
+                for c in compares {
+                    self.range(&c.key, &c.range_end)?;
+                    if let CompareTarget::Value(v) = &c.target {
+                        self.value(v)?;
+                    }
+                }
+                for op in success.iter().chain(failure) {
+                    match op {
+                        TxnOp::Range(r) => self.check_range(r)?,
+                        TxnOp::Put { key, value, .. } => {
+                            self.key(key)?;
+                            self.value(value)?;
+                        }
+                        TxnOp::DeleteRange { key, range_end, .. } => self.range(key, range_end)?,
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The value of a key as stored (the key is the table key).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StoredValue {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub value: Bytes,
+    #[prost(int64, tag = "2")]
+    pub create_revision: i64,
+    #[prost(int64, tag = "3")]
+    pub mod_revision: i64,
+    #[prost(int64, tag = "4")]
+    pub version: i64,
+}
+
+/// The state record, stored under [`KEY_STATE`] and at the head of a
+/// snapshot image.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StoredState {
+    #[prost(uint64, tag = "1")]
+    pub format_version: u64,
+    #[prost(uint64, tag = "2")]
+    pub applied_index: u64,
+    #[prost(uint64, tag = "3")]
+    pub applied_term: u64,
+    #[prost(int64, tag = "4")]
+    pub revision: i64,
+    #[prost(bytes = "vec", tag = "5")]
+    pub membership: Vec<u8>,
+}
+
+/// What the state machine is at, decoded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KvState {
+    pub applied_index: LogIndex,
+    pub applied_term: Term,
+    pub revision: i64,
+    pub membership: Membership,
+}
+
+impl KvState {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        StoredState {
+            format_version: KV_FORMAT_VERSION,
+            applied_index: self.applied_index.get(),
+            applied_term: self.applied_term.get(),
+            revision: self.revision,
+            membership: codec::encode_membership(&self.membership),
+        }
+        .encode_to_vec()
+    }
+
+    /// Decodes a state record; `Ok(Err(version))` for an unknown format.
+    pub(crate) fn decode(buf: &[u8]) -> Result<Result<KvState, u64>, DecodeError> {
+        let s = StoredState::decode(buf).map_err(|source| DecodeError::Prost {
+            what: "state machine state",
+            source,
+        })?;
+        if s.format_version != KV_FORMAT_VERSION {
+            return Ok(Err(s.format_version));
+        }
+        Ok(Ok(KvState {
+            applied_index: LogIndex(s.applied_index),
+            applied_term: Term(s.applied_term),
+            revision: s.revision,
+            membership: codec::decode_membership(&s.membership)?,
+        }))
+    }
+
+    pub(crate) fn meta(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            index: self.applied_index,
+            term: self.applied_term,
+            membership: self.membership.clone(),
+        }
+    }
+}
+
+/// The key-value state machine. Cheap to clone; clones share one database.
+#[derive(Clone, Debug)]
+pub struct KvStore {
+    pub(crate) inner: Arc<KvInner>,
+}
+
+pub(crate) struct KvInner {
+    pub dir: PathBuf,
+    pub path: PathBuf,
+    pub limits: Limits,
+    /// Replaced as a whole when a snapshot is installed.
+    pub db: RwLock<Arc<Database>>,
+    pub state: RwLock<KvState>,
+    /// Serialises writers (apply, sync, install). Holds the applied index
+    /// of the last durable commit.
+    pub writer: Mutex<LogIndex>,
+    pub failed: Mutex<Option<String>>,
+}
+
+impl fmt::Debug for KvInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvStore")
+            .field("path", &self.path)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvStore {
+    /// Opens (or creates) `kv.redb` in `dir`. A snapshot install that did
+    /// not finish (a leftover staging file) is discarded: it never replaced
+    /// the state machine.
+    pub fn open(dir: &Path, limits: Limits) -> Result<KvStore, StoreError> {
+        let staging = dir.join(KV_STAGING_FILE);
+        if staging.exists() {
+            std::fs::remove_file(&staging).map_err(|source| StoreError::Io {
+                file: staging.clone(),
+                op: "remove unfinished snapshot install",
+                source,
+            })?;
+        }
+        let path = dir.join(KV_FILE);
+        let db = if path.exists() {
+            Database::open(&path).map_err(db_err(&path, "open"))?
+        } else {
+            let db = Database::create(&path).map_err(db_err(&path, "create"))?;
+            init_tables(&db, &path, &KvState::default())?;
+            super::sync_dir(dir)?;
+            db
+        };
+        let state = load_state(&db, &path)?;
+        let durable = state.applied_index;
+        Ok(KvStore {
+            inner: Arc::new(KvInner {
+                dir: dir.to_path_buf(),
+                path,
+                limits,
+                db: RwLock::new(Arc::new(db)),
+                state: RwLock::new(state),
+                writer: Mutex::new(durable),
+                failed: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The limits commands are checked against.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// The index of the last applied entry.
+    pub fn applied_index(&self) -> LogIndex {
+        self.state().applied_index
+    }
+
+    /// The term of the last applied entry.
+    pub fn applied_term(&self) -> Term {
+        self.state().applied_term
+    }
+
+    /// The current global revision.
+    pub fn revision(&self) -> i64 {
+        self.state().revision
+    }
+
+    /// The membership as of the applied index.
+    pub fn membership(&self) -> Membership {
+        self.state().membership
+    }
+
+    pub(crate) fn state(&self) -> KvState {
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn db(&self) -> Arc<Database> {
+        self.inner
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn lock_writer(&self) -> std::sync::MutexGuard<'_, LogIndex> {
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn check_failed(&self) -> Result<(), StoreError> {
+        let failed = self
+            .inner
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match failed.as_ref() {
+            Some(first) => Err(StoreError::Failed {
+                file: self.inner.path.clone(),
+                first: first.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn poison(&self, e: &StoreError) {
+        let mut failed = self
+            .inner
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if failed.is_none() {
+            *failed = Some(e.to_string());
+        }
+    }
+
+    /// Applies a batch of committed entries in ONE write transaction and
+    /// returns the outcome of each command entry. Entries at or below the
+    /// applied index are skipped (a replay after restart); a gap is an error.
+    pub fn apply(&self, entries: &[Entry]) -> Result<Vec<(LogIndex, ApplyOutcome)>, StoreError> {
+        self.check_failed()?;
+        let mut durable = self.lock_writer();
+        let mut state = self.state();
+        let entries: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.index > state.applied_index)
+            .collect();
+        let Some(first) = entries.first() else {
+            return Ok(Vec::new());
+        };
+        if first.index != state.applied_index.next()
+            || entries.windows(2).any(|w| w[1].index != w[0].index.next())
+        {
+            return Err(StoreError::ApplyGap {
+                file: self.inner.path.clone(),
+                applied: state.applied_index,
+                got: first.index,
+            });
+        }
+        let path = self.inner.path.as_path();
+        let db = self.db();
+        let last = entries.last().map_or(state.applied_index, |e| e.index);
+        let make_durable = last.get().saturating_sub(durable.get()) >= DURABLE_EVERY_ENTRIES;
+        let result = (|| {
+            let mut txn = db.begin_write().map_err(db_err(path, "begin write"))?;
+            if !make_durable {
+                txn.set_durability(Durability::None)
+                    .map_err(|e| db_err(path, "set durability")(redb::Error::from(e)))?;
+            }
+            let mut outcomes = Vec::new();
+            {
+                let mut exec = Exec::open(&txn, path, self.inner.limits)?;
+                for e in &entries {
+                    match &e.payload {
+                        EntryPayload::Noop => {}
+                        EntryPayload::Membership(m) => state.membership = m.clone(),
+                        EntryPayload::Command(data) => {
+                            let outcome = exec.apply_command(data, &mut state.revision)?;
+                            outcomes.push((e.index, outcome));
+                        }
+                    }
+                    state.applied_index = e.index;
+                    state.applied_term = e.term;
+                }
+                exec.meta
+                    .insert(KEY_STATE, state.encode().as_slice())
+                    .map_err(db_err(path, "write state"))?;
+            }
+            txn.commit().map_err(db_err(path, "commit"))?;
+            Ok(outcomes)
+        })();
+        match result {
+            Ok(outcomes) => {
+                if make_durable {
+                    *durable = state.applied_index;
+                }
+                *self
+                    .inner
+                    .state
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = state;
+                Ok(outcomes)
+            }
+            Err(e) => {
+                self.poison(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes everything applied so far durable (one fsync).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.check_failed()?;
+        let mut durable = self.lock_writer();
+        self.sync_locked(&mut durable)
+    }
+
+    pub(crate) fn sync_locked(&self, durable: &mut LogIndex) -> Result<(), StoreError> {
+        let applied = self.applied_index();
+        if *durable == applied {
+            return Ok(());
+        }
+        let path = self.inner.path.as_path();
+        let result = (|| {
+            let db = self.db();
+            let txn = db.begin_write().map_err(db_err(path, "begin write"))?;
+            txn.commit().map_err(db_err(path, "commit"))
+        })();
+        match result {
+            Ok(()) => {
+                *durable = applied;
+                Ok(())
+            }
+            Err(e) => {
+                self.poison(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The value of one key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        let path = self.inner.path.as_path();
+        let txn = self.db().begin_read().map_err(db_err(path, "begin read"))?;
+        let t = txn.open_table(KV).map_err(db_err(path, "open kv"))?;
+        let v = t.get(key).map_err(db_err(path, "read key"))?;
+        v.map(|v| decode_kv(path, key, v.value())).transpose()
+    }
+
+    /// A range read at the current revision.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResult, StoreError> {
+        self.inner
+            .limits
+            .check_range(req)
+            .map_err(StoreError::InvalidRequest)?;
+        let path = self.inner.path.as_path();
+        let db = self.db();
+        let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
+        let t = txn.open_table(KV).map_err(db_err(path, "open kv"))?;
+        let meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+        // The revision from the same read transaction as the keys.
+        let state = meta
+            .get(KEY_STATE)
+            .map_err(db_err(path, "read state"))?
+            .map(|v| KvState::decode(v.value()))
+            .transpose()
+            .map_err(corrupt(path, "state"))?
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        range(&t, path, req, state.revision)
+    }
+}
+
+fn init_tables(db: &Database, path: &Path, state: &KvState) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(db_err(path, "begin write"))?;
+    {
+        txn.open_table(KV).map_err(db_err(path, "create tables"))?;
+        txn.open_table(CLIENTS)
+            .map_err(db_err(path, "create tables"))?;
+        let mut meta = txn
+            .open_table(META)
+            .map_err(db_err(path, "create tables"))?;
+        meta.insert(KEY_STATE, state.encode().as_slice())
+            .map_err(db_err(path, "write state"))?;
+    }
+    txn.commit().map_err(db_err(path, "commit"))
+}
+
+pub(crate) fn load_state(db: &Database, path: &Path) -> Result<KvState, StoreError> {
+    let not_a_store = || StoreError::NotAStore {
+        file: path.to_path_buf(),
+        kind: "key-value",
+        missing: "state record",
+    };
+    let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Err(not_a_store()),
+        Err(e) => return Err(db_err(path, "open meta")(e)),
+    };
+    let v = meta
+        .get(KEY_STATE)
+        .map_err(db_err(path, "read state"))?
+        .ok_or_else(not_a_store)?;
+    match KvState::decode(v.value()).map_err(corrupt(path, "state"))? {
+        Ok(state) => Ok(state),
+        Err(found) => Err(StoreError::UnknownFormat {
+            file: path.to_path_buf(),
+            found,
+            supported: KV_FORMAT_VERSION,
+        }),
+    }
+}
+
+fn decode_kv(path: &Path, key: &[u8], buf: &[u8]) -> Result<KeyValue, StoreError> {
+    let v = StoredValue::decode(buf)
+        .map_err(|source| DecodeError::Prost {
+            what: "key value",
+            source,
+        })
+        .map_err(corrupt(path, "key value"))?;
+    Ok(KeyValue {
+        key: Bytes::copy_from_slice(key),
+        value: v.value,
+        create_revision: v.create_revision,
+        mod_revision: v.mod_revision,
+        version: v.version,
+    })
+}
+
+/// Calls `f` for every stored pair in the etcd range `[key, range_end)`.
+fn for_each_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    t: &T,
+    path: &Path,
+    key: &[u8],
+    range_end: &[u8],
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    if range_end.is_empty() {
+        if let Some(v) = t.get(key).map_err(db_err(path, "read key"))? {
+            f(key, v.value())?;
+        }
+        return Ok(());
+    }
+    let iter = if range_end == [0] {
+        t.range::<&[u8]>(key..)
+    } else if range_end <= key {
+        return Ok(());
+    } else {
+        t.range::<&[u8]>(key..range_end)
+    }
+    .map_err(db_err(path, "read range"))?;
+    for item in iter {
+        let (k, v) = item.map_err(db_err(path, "read range"))?;
+        f(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
+fn range<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    t: &T,
+    path: &Path,
+    req: &RangeRequest,
+    revision: i64,
+) -> Result<RangeResult, StoreError> {
+    let mut out = RangeResult {
+        revision,
+        ..Default::default()
+    };
+    for_each_in(t, path, &req.key, &req.range_end, |k, v| {
+        out.count += 1;
+        if req.count_only || (req.limit != 0 && out.kvs.len() as u64 >= req.limit) {
+            return Ok(());
+        }
+        let mut kv = decode_kv(path, k, v)?;
+        if req.keys_only {
+            kv.value = Bytes::new();
+        }
+        out.kvs.push(kv);
+        Ok(())
+    })?;
+    out.more = !req.count_only && req.limit != 0 && out.count > req.limit;
+    Ok(out)
+}
+
+fn compare_holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
+    use std::cmp::Ordering;
+    let ord = match &c.target {
+        CompareTarget::Value(v) => match kv {
+            Some(kv) => kv.value.as_ref().cmp(v.as_ref()),
+            None => return false,
+        },
+        CompareTarget::Version(n) => kv.map_or(0, |kv| kv.version).cmp(n),
+        CompareTarget::CreateRevision(n) => kv.map_or(0, |kv| kv.create_revision).cmp(n),
+        CompareTarget::ModRevision(n) => kv.map_or(0, |kv| kv.mod_revision).cmp(n),
+    };
+    match c.result {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+    }
+}
+
+/// The tables of one apply transaction and the operations on them.
+struct Exec<'t> {
+    kv: Table<'t, &'static [u8], &'static [u8]>,
+    clients: Table<'t, u64, &'static [u8]>,
+    meta: Table<'t, &'static str, &'static [u8]>,
+    path: &'t Path,
+    limits: Limits,
+}
+
+impl<'t> Exec<'t> {
+    fn open(txn: &'t WriteTransaction, path: &'t Path, limits: Limits) -> Result<Self, StoreError> {
+        Ok(Exec {
+            kv: txn.open_table(KV).map_err(db_err(path, "open kv"))?,
+            clients: txn
+                .open_table(CLIENTS)
+                .map_err(db_err(path, "open clients"))?,
+            meta: txn.open_table(META).map_err(db_err(path, "open meta"))?,
+            path,
+            limits,
+        })
+    }
+
+    fn apply_command(
+        &mut self,
+        data: &[u8],
+        revision: &mut i64,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let cmd = match Command::decode(data) {
+            Ok(c) => c,
+            Err(e) => return Ok(ApplyOutcome::Rejected(KvError::Undecodable(e.to_string()))),
+        };
+        if let Some(rid) = cmd.request_id {
+            let last = self
+                .clients
+                .get(rid.client_id)
+                .map_err(db_err(self.path, "read client"))?
+                .map(|v| decode_client_record(v.value()))
+                .transpose()
+                .map_err(corrupt(self.path, "client outcome"))?;
+            if let Some((last_seq, outcome)) = last {
+                if rid.seq == last_seq {
+                    return Ok(outcome);
+                }
+                if rid.seq < last_seq {
+                    return Ok(ApplyOutcome::Rejected(KvError::StaleRequest {
+                        client_id: rid.client_id,
+                        seq: rid.seq,
+                        last_seq,
+                    }));
+                }
+            }
+        }
+        if let Err(e) = self.limits.check_op(&cmd.op) {
+            return Ok(ApplyOutcome::Rejected(e));
+        }
+        let outcome = self.execute(cmd.op, revision)?;
+        if let Some(rid) = cmd.request_id {
+            if let Some(record) = encode_client_record(rid.seq, &outcome) {
+                self.clients
+                    .insert(rid.client_id, record.as_slice())
+                    .map_err(db_err(self.path, "write client"))?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn execute(&mut self, op: Op, revision: &mut i64) -> Result<ApplyOutcome, StoreError> {
+        let next = *revision + 1;
+        Ok(match op {
+            Op::Put {
+                key,
+                value,
+                prev_kv,
+            } => {
+                let prev = self.put(&key, value, next)?;
+                *revision = next;
+                ApplyOutcome::Put {
+                    revision: next,
+                    prev_kv: prev.filter(|_| prev_kv),
+                }
+            }
+            Op::DeleteRange {
+                key,
+                range_end,
+                prev_kv,
+            } => {
+                let prev = self.delete_range(&key, &range_end)?;
+                if !prev.is_empty() {
+                    *revision = next;
+                }
+                ApplyOutcome::Delete {
+                    revision: *revision,
+                    deleted: prev.len() as u64,
+                    prev_kvs: if prev_kv { prev } else { Vec::new() },
+                }
+            }
+            Op::Txn {
+                compares,
+                success,
+                failure,
+            } => {
+                let mut succeeded = true;
+                for c in &compares {
+                    if !self.compare(c)? {
+                        succeeded = false;
+                        break;
+                    }
+                }
+                let ops = if succeeded { success } else { failure };
+                let mut wrote = false;
+                let mut responses = Vec::with_capacity(ops.len());
+                for op in ops {
+                    responses.push(match op {
+                        TxnOp::Range(r) => TxnOpResult::Range(range(&self.kv, self.path, &r, 0)?),
+                        TxnOp::Put {
+                            key,
+                            value,
+                            prev_kv,
+                        } => {
+                            let prev = self.put(&key, value, next)?;
+                            wrote = true;
+                            TxnOpResult::Put {
+                                prev_kv: prev.filter(|_| prev_kv),
+                            }
+                        }
+                        TxnOp::DeleteRange {
+                            key,
+                            range_end,
+                            prev_kv,
+                        } => {
+                            let prev = self.delete_range(&key, &range_end)?;
+                            wrote |= !prev.is_empty();
+                            TxnOpResult::DeleteRange {
+                                deleted: prev.len() as u64,
+                                prev_kvs: if prev_kv { prev } else { Vec::new() },
+                            }
+                        }
+                    });
+                }
+                if wrote {
+                    *revision = next;
+                }
+                // Reads inside the transaction report the revision the
+                // transaction as a whole produced.
+                for r in &mut responses {
+                    if let TxnOpResult::Range(r) = r {
+                        r.revision = *revision;
+                    }
+                }
+                ApplyOutcome::Txn {
+                    revision: *revision,
+                    succeeded,
+                    responses,
+                }
+            }
+        })
+    }
+
+    fn compare(&self, c: &Compare) -> Result<bool, StoreError> {
+        let mut any = false;
+        let mut all = true;
+        for_each_in(&self.kv, self.path, &c.key, &c.range_end, |k, v| {
+            any = true;
+            if all {
+                all = compare_holds(Some(&decode_kv(self.path, k, v)?), c);
+            }
+            Ok(())
+        })?;
+        Ok(if any { all } else { compare_holds(None, c) })
+    }
+
+    fn put(&mut self, key: &[u8], value: Bytes, rev: i64) -> Result<Option<KeyValue>, StoreError> {
+        let prev = self
+            .kv
+            .get(key)
+            .map_err(db_err(self.path, "read key"))?
+            .map(|v| decode_kv(self.path, key, v.value()))
+            .transpose()?;
+        let stored = StoredValue {
+            value,
+            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+            mod_revision: rev,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+        };
+        self.kv
+            .insert(key, stored.encode_to_vec().as_slice())
+            .map_err(db_err(self.path, "write key"))?;
+        Ok(prev)
+    }
+
+    fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let mut prev = Vec::new();
+        for_each_in(&self.kv, self.path, key, range_end, |k, v| {
+            prev.push(decode_kv(self.path, k, v)?);
+            Ok(())
+        })?;
+        for kv in &prev {
+            self.kv
+                .remove(kv.key.as_ref())
+                .map_err(db_err(self.path, "delete key"))?;
+        }
+        Ok(prev)
+    }
+}

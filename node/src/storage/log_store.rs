@@ -1,0 +1,680 @@
+//! The durable Raft log: entries, hard state and the base snapshot meta, in
+//! one redb file (`raft-log.redb`) in the data directory.
+//!
+//! Durability: every write ([`LogStore::persist`], [`LogStore::compact`],
+//! [`LogStore::bootstrap`]) is ONE redb write transaction committed with
+//! `Durability::Immediate` (fsync before `commit` returns). The driver
+//! persists everything one `Ready` hands it with a single `persist` call, so
+//! a batch of entries costs one fsync (group commit), and nothing the driver
+//! acknowledges afterwards can be lost.
+//!
+//! Opening an existing file: redb repairs its allocator state after an
+//! unclean shutdown (walking the file and checking every page checksum).
+//! Because every commit here is durable before it is acknowledged, that
+//! repair never drops an acknowledged commit: at worst it falls back from a
+//! half-written commit slot, whose commit never returned. The repair is
+//! reported by [`LogStore::recovered_after_crash`] so the node can log it. A
+//! file redb cannot open (truncated, corrupt, not a database) is refused with
+//! an error naming the file; nothing is ever discarded to make it open.
+//!
+//! A write that fails (disk full, I/O error) poisons the store: every later
+//! write returns [`StoreError::Failed`], so the node stops accepting writes
+//! instead of running on with an unknown on-disk state.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+
+use super::codec::{self, StoredIdentity};
+use super::error::{StoreError, corrupt, db_err};
+use crate::raft::{
+    Entry, EntryPayload, HardState, InitialState, LogIndex, Membership, NodeId, Snapshot,
+    SnapshotMeta, Storage, StorageError, Term,
+};
+
+/// The file name of the log inside the data directory.
+pub const LOG_FILE: &str = "raft-log.redb";
+
+/// The on-disk format this build writes and reads.
+pub const LOG_FORMAT_VERSION: u64 = 1;
+
+const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+
+const KEY_IDENTITY: &str = "identity";
+const KEY_HARD_STATE: &str = "hard_state";
+const KEY_SNAPSHOT: &str = "snapshot_meta";
+
+/// Which cluster and node a data directory belongs to. Checked on every open
+/// so that a volume mounted on the wrong pod is refused instead of joining
+/// the wrong cluster under the wrong name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub cluster_id: u64,
+    pub node_id: NodeId,
+}
+
+/// The durable Raft log. Cheap to clone; all clones share one database.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    db: Database,
+    /// What is on disk, kept in memory so that bounds checks and
+    /// `initial_state` need no read transaction. Updated only after a commit
+    /// returned.
+    state: RwLock<Cached>,
+    /// Serialises writers so that the cache is updated in commit order.
+    write: Mutex<()>,
+    /// The first write failure, after which writes are refused.
+    failed: Mutex<Option<String>>,
+    recovered: bool,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogStore")
+            .field("path", &self.path)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Cached {
+    hard_state: HardState,
+    snapshot: SnapshotMeta,
+    last_index: LogIndex,
+    /// Whether anything (bootstrap, hard state, entries, snapshot) is stored.
+    has_state: bool,
+}
+
+impl LogStore {
+    /// Opens (or creates) `raft-log.redb` in `dir`, refusing a file that
+    /// belongs to another cluster or node, has an unknown format version, or
+    /// cannot be read.
+    pub fn open(dir: &Path, identity: Identity) -> Result<LogStore, StoreError> {
+        let path = dir.join(LOG_FILE);
+        let exists = path.try_exists().map_err(|source| StoreError::Io {
+            file: path.clone(),
+            op: "stat",
+            source,
+        })?;
+        let recovered = Arc::new(AtomicBool::new(false));
+        let db = if exists {
+            let flag = recovered.clone();
+            Database::builder()
+                .set_repair_callback(move |_| flag.store(true, Ordering::Relaxed))
+                .open(&path)
+                .map_err(db_err(&path, "open"))?
+        } else {
+            let db = Database::create(&path).map_err(db_err(&path, "create"))?;
+            let txn = db.begin_write().map_err(db_err(&path, "begin write"))?;
+            {
+                let mut meta = txn
+                    .open_table(META)
+                    .map_err(db_err(&path, "create tables"))?;
+                txn.open_table(ENTRIES)
+                    .map_err(db_err(&path, "create tables"))?;
+                let id = codec::encode_identity(&StoredIdentity {
+                    format_version: LOG_FORMAT_VERSION,
+                    cluster_id: identity.cluster_id,
+                    node_id: identity.node_id.get(),
+                });
+                meta.insert(KEY_IDENTITY, id.as_slice())
+                    .map_err(db_err(&path, "write identity"))?;
+            }
+            txn.commit().map_err(db_err(&path, "commit"))?;
+            super::sync_dir(dir)?;
+            db
+        };
+        let state = load(&db, &path, identity)?;
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                path,
+                db,
+                state: RwLock::new(state),
+                write: Mutex::new(()),
+                failed: Mutex::new(None),
+                recovered: recovered.load(Ordering::Relaxed),
+            }),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Whether redb had to recover the file after an unclean shutdown when it
+    /// was opened (no acknowledged data is lost by that; see the module doc).
+    pub fn recovered_after_crash(&self) -> bool {
+        self.inner.recovered
+    }
+
+    /// Whether nothing at all has been stored yet (a brand-new node).
+    pub fn is_new(&self) -> bool {
+        !self.cached().has_state
+    }
+
+    /// Records the bootstrap configuration as the snapshot meta at index 0,
+    /// term 0 (the same starting point as `MemStorage::new`).
+    pub fn bootstrap(&self, membership: &Membership) -> Result<(), StoreError> {
+        let _w = self.lock_writes();
+        if !self.is_new() {
+            return Err(StoreError::AlreadyBootstrapped {
+                file: self.inner.path.clone(),
+            });
+        }
+        let meta = SnapshotMeta {
+            index: LogIndex::ZERO,
+            term: Term::ZERO,
+            membership: membership.clone(),
+        };
+        let mut next = self.cached();
+        self.write("bootstrap", |txn, path| {
+            let mut t = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+            t.insert(KEY_SNAPSHOT, codec::encode_snapshot_meta(&meta).as_slice())
+                .map_err(db_err(path, "write snapshot meta"))?;
+            Ok(())
+        })?;
+        next.snapshot = meta;
+        next.has_state = true;
+        self.set_cached(next);
+        Ok(())
+    }
+
+    /// Persists what one `Ready` hands the driver, in ONE durable write
+    /// transaction: a received snapshot's meta (which discards the whole
+    /// log), then `entries` (replacing every stored entry at or after
+    /// `entries[0].index`), then the hard state.
+    pub fn persist(
+        &self,
+        snapshot: Option<&SnapshotMeta>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StoreError> {
+        if snapshot.is_none() && entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        let _w = self.lock_writes();
+        let mut next = self.cached();
+        if let Some(meta) = snapshot {
+            next.snapshot = meta.clone();
+            next.last_index = meta.index;
+            next.hard_state.commit = next.hard_state.commit.max(meta.index);
+            next.hard_state.term = next.hard_state.term.max(meta.term);
+        }
+        if let Some(first) = entries.first() {
+            self.check_append(&next, entries, first.index)?;
+            next.last_index = entries.last().map_or(next.last_index, |e| e.index);
+        }
+        if let Some(hs) = hard_state {
+            next.hard_state = *hs;
+        }
+        next.has_state = true;
+        let hs_changed = snapshot.is_some() || hard_state.is_some();
+        self.write("persist", |txn, path| {
+            if let Some(meta) = snapshot {
+                // Dropping the table is cheaper than deleting the entries one
+                // by one, and happens in the same transaction.
+                txn.delete_table(ENTRIES)
+                    .map_err(db_err(path, "discard log"))?;
+                let mut t = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+                t.insert(KEY_SNAPSHOT, codec::encode_snapshot_meta(meta).as_slice())
+                    .map_err(db_err(path, "write snapshot meta"))?;
+            }
+            let mut t = txn
+                .open_table(ENTRIES)
+                .map_err(db_err(path, "open entries"))?;
+            if let Some(first) = entries.first() {
+                // Remove a conflicting suffix. Usually empty or short, so
+                // popping from the end is cheapest.
+                loop {
+                    let last = t
+                        .last()
+                        .map_err(db_err(path, "read last entry"))?
+                        .map(|(k, _)| k.value());
+                    if !last.is_some_and(|k| k >= first.index.get()) {
+                        break;
+                    }
+                    t.pop_last().map_err(db_err(path, "truncate log"))?;
+                }
+                for e in entries {
+                    t.insert(e.index.get(), codec::encode_entry(e).as_slice())
+                        .map_err(db_err(path, "append entries"))?;
+                }
+            }
+            if hs_changed {
+                let mut m = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+                m.insert(
+                    KEY_HARD_STATE,
+                    codec::encode_hard_state(&next.hard_state).as_slice(),
+                )
+                .map_err(db_err(path, "write hard state"))?;
+            }
+            Ok(())
+        })?;
+        self.set_cached(next);
+        Ok(())
+    }
+
+    /// Records a snapshot taken locally at `meta.index` (which must be a
+    /// committed entry of the log, with term `meta.term`) and deletes the
+    /// entries it covers.
+    pub fn compact(&self, meta: SnapshotMeta) -> Result<(), StoreError> {
+        let _w = self.lock_writes();
+        let mut next = self.cached();
+        let invalid = |reason| StoreError::InvalidAppend {
+            file: self.inner.path.clone(),
+            index: meta.index,
+            reason,
+        };
+        if meta.index <= next.snapshot.index {
+            return Err(invalid("compaction index is already compacted"));
+        }
+        if meta.index > next.last_index {
+            return Err(invalid("compaction index is past the end of the log"));
+        }
+        if meta.index > next.hard_state.commit {
+            return Err(invalid("compaction index is not committed"));
+        }
+        if self.read_term(meta.index)? != meta.term {
+            return Err(invalid("compaction term differs from the entry's term"));
+        }
+        self.write("compact", |txn, path| {
+            let mut t = txn
+                .open_table(ENTRIES)
+                .map_err(db_err(path, "open entries"))?;
+            loop {
+                let first = t
+                    .first()
+                    .map_err(db_err(path, "read first entry"))?
+                    .map(|(k, _)| k.value());
+                if !first.is_some_and(|k| k <= meta.index.get()) {
+                    break;
+                }
+                t.pop_first().map_err(db_err(path, "compact log"))?;
+            }
+            let mut m = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+            m.insert(KEY_SNAPSHOT, codec::encode_snapshot_meta(&meta).as_slice())
+                .map_err(db_err(path, "write snapshot meta"))?;
+            Ok(())
+        })?;
+        next.snapshot = meta;
+        self.set_cached(next);
+        Ok(())
+    }
+
+    /// Compacts the log up to `index`, computing the term and the membership
+    /// in force there from the log itself. Used with [`SnapshotPolicy`] to
+    /// keep a trailing window of entries behind the state machine snapshot.
+    ///
+    /// [`SnapshotPolicy`]: super::SnapshotPolicy
+    pub fn compact_to(&self, index: LogIndex) -> Result<(), StoreError> {
+        let term = self.read_term(index)?;
+        let membership = self.membership_at(index)?;
+        self.compact(SnapshotMeta {
+            index,
+            term,
+            membership,
+        })
+    }
+
+    /// The configuration in force at `index`: the last membership entry at or
+    /// before it, or the base snapshot's configuration.
+    pub fn membership_at(&self, index: LogIndex) -> Result<Membership, StoreError> {
+        let cached = self.cached();
+        let path = &self.inner.path;
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(db_err(path, "begin read"))?;
+        let t = txn
+            .open_table(ENTRIES)
+            .map_err(db_err(path, "open entries"))?;
+        let range = t
+            .range(cached.snapshot.index.next().get()..=index.get())
+            .map_err(db_err(path, "read entries"))?;
+        for item in range.rev() {
+            let (_, v) = item.map_err(db_err(path, "read entries"))?;
+            let e = codec::decode_entry(v.value()).map_err(corrupt(path, "log entry"))?;
+            if let EntryPayload::Membership(m) = e.payload {
+                return Ok(m);
+            }
+        }
+        Ok(cached.snapshot.membership)
+    }
+
+    /// The stored hard state.
+    pub fn hard_state(&self) -> HardState {
+        self.cached().hard_state
+    }
+
+    /// The stored base snapshot meta.
+    pub fn snapshot_meta(&self) -> SnapshotMeta {
+        self.cached().snapshot
+    }
+
+    fn cached(&self) -> Cached {
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_cached(&self, next: Cached) {
+        *self
+            .inner
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = next;
+    }
+
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn check_append(
+        &self,
+        state: &Cached,
+        entries: &[Entry],
+        first: LogIndex,
+    ) -> Result<(), StoreError> {
+        let invalid = |reason| StoreError::InvalidAppend {
+            file: self.inner.path.clone(),
+            index: first,
+            reason,
+        };
+        if first <= state.snapshot.index {
+            return Err(invalid("index is compacted"));
+        }
+        if first > state.last_index.next() {
+            return Err(invalid("would leave a gap after the last entry"));
+        }
+        if entries.windows(2).any(|w| w[1].index != w[0].index.next()) {
+            return Err(invalid("entries are not contiguous"));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in one durable write transaction; any failure poisons the
+    /// store (see the module doc).
+    fn write(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&WriteTransaction, &Path) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let path = &self.inner.path;
+        {
+            let failed = self
+                .inner
+                .failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(first) = failed.as_ref() {
+                return Err(StoreError::Failed {
+                    file: path.clone(),
+                    first: first.clone(),
+                });
+            }
+        }
+        let result = (|| {
+            let txn = self.inner.db.begin_write().map_err(db_err(path, op))?;
+            f(&txn, path)?;
+            txn.commit().map_err(db_err(path, "commit"))
+        })();
+        if let Err(e) = &result {
+            *self
+                .inner
+                .failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+        }
+        result
+    }
+
+    fn read_term(&self, index: LogIndex) -> Result<Term, StoreError> {
+        let path = &self.inner.path;
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(db_err(path, "begin read"))?;
+        let t = txn
+            .open_table(ENTRIES)
+            .map_err(db_err(path, "open entries"))?;
+        let v = t.get(index.get()).map_err(db_err(path, "read entry"))?;
+        match v {
+            Some(v) => Ok(codec::decode_entry(v.value())
+                .map_err(corrupt(path, "log entry"))?
+                .term),
+            None => Err(StoreError::InvalidAppend {
+                file: path.clone(),
+                index,
+                reason: "no such entry",
+            }),
+        }
+    }
+
+    fn read_entries(
+        &self,
+        lo: LogIndex,
+        hi: LogIndex,
+        max_bytes: Option<usize>,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let path = &self.inner.path;
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(db_err(path, "begin read"))?;
+        let t = txn
+            .open_table(ENTRIES)
+            .map_err(db_err(path, "open entries"))?;
+        let mut out = Vec::new();
+        let mut size = 0usize;
+        for item in t
+            .range(lo.get()..hi.get())
+            .map_err(db_err(path, "read entries"))?
+        {
+            let (_, v) = item.map_err(db_err(path, "read entries"))?;
+            let e = codec::decode_entry(v.value()).map_err(corrupt(path, "log entry"))?;
+            size += e.approximate_size();
+            if let Some(max) = max_bytes {
+                if !out.is_empty() && size > max {
+                    break;
+                }
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
+fn io_err(e: StoreError) -> StorageError {
+    StorageError::Io(e.to_string())
+}
+
+impl Storage for LogStore {
+    fn initial_state(&self) -> Result<InitialState, StorageError> {
+        let c = self.cached();
+        Ok(InitialState {
+            hard_state: c.hard_state,
+            membership: c.snapshot.membership,
+        })
+    }
+
+    fn entries(
+        &self,
+        lo: LogIndex,
+        hi: LogIndex,
+        max_bytes: Option<usize>,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let c = self.cached();
+        if lo <= c.snapshot.index {
+            return Err(StorageError::Compacted(lo));
+        }
+        if hi > c.last_index.next() {
+            return Err(StorageError::Unavailable(hi));
+        }
+        if hi <= lo {
+            return Ok(Vec::new());
+        }
+        let out = self.read_entries(lo, hi, max_bytes).map_err(io_err)?;
+        // A concurrent compaction or truncation may have removed entries
+        // between the bounds check and the read: answer as if the read had
+        // come after it.
+        let complete = out.first().is_some_and(|e| e.index == lo)
+            && out.windows(2).all(|w| w[1].index == w[0].index.next())
+            && (max_bytes.is_some() || out.len() as u64 == hi.get() - lo.get());
+        if !complete {
+            let c = self.cached();
+            if lo <= c.snapshot.index {
+                return Err(StorageError::Compacted(lo));
+            }
+            return Err(StorageError::Unavailable(lo));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, index: LogIndex) -> Result<Term, StorageError> {
+        let c = self.cached();
+        if index == c.snapshot.index {
+            return Ok(c.snapshot.term);
+        }
+        if index < c.snapshot.index {
+            return Err(StorageError::Compacted(index));
+        }
+        if index > c.last_index {
+            return Err(StorageError::Unavailable(index));
+        }
+        self.read_term(index).map_err(|e| match e {
+            StoreError::InvalidAppend { .. } => {
+                if index <= self.cached().snapshot.index {
+                    StorageError::Compacted(index)
+                } else {
+                    StorageError::Unavailable(index)
+                }
+            }
+            other => io_err(other),
+        })
+    }
+
+    fn first_index(&self) -> Result<LogIndex, StorageError> {
+        Ok(self.cached().snapshot.index.next())
+    }
+
+    fn last_index(&self) -> Result<LogIndex, StorageError> {
+        Ok(self.cached().last_index)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        Ok(Snapshot {
+            meta: self.cached().snapshot,
+            data: bytes::Bytes::new(),
+        })
+    }
+}
+
+/// Reads and checks what an opened file holds.
+fn load(db: &Database, path: &Path, identity: Identity) -> Result<Cached, StoreError> {
+    let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
+    let not_a_store = |missing| StoreError::NotAStore {
+        file: path.to_path_buf(),
+        kind: "log",
+        missing,
+    };
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Err(not_a_store("meta table")),
+        Err(e) => return Err(db_err(path, "open meta")(e)),
+    };
+    let id = meta
+        .get(KEY_IDENTITY)
+        .map_err(db_err(path, "read identity"))?
+        .ok_or_else(|| not_a_store("identity record"))?;
+    let id = codec::decode_identity(id.value()).map_err(corrupt(path, "identity"))?;
+    if id.format_version != LOG_FORMAT_VERSION {
+        return Err(StoreError::UnknownFormat {
+            file: path.to_path_buf(),
+            found: id.format_version,
+            supported: LOG_FORMAT_VERSION,
+        });
+    }
+    if id.cluster_id != identity.cluster_id {
+        return Err(StoreError::WrongCluster {
+            file: path.to_path_buf(),
+            expected: identity.cluster_id,
+            found: id.cluster_id,
+        });
+    }
+    if id.node_id != identity.node_id.get() {
+        return Err(StoreError::WrongNode {
+            file: path.to_path_buf(),
+            expected: identity.node_id,
+            found: NodeId(id.node_id),
+        });
+    }
+    let mut state = Cached::default();
+    if let Some(v) = meta
+        .get(KEY_HARD_STATE)
+        .map_err(db_err(path, "read hard state"))?
+    {
+        state.hard_state =
+            codec::decode_hard_state(v.value()).map_err(corrupt(path, "hard state"))?;
+        state.has_state = true;
+    }
+    if let Some(v) = meta
+        .get(KEY_SNAPSHOT)
+        .map_err(db_err(path, "read snapshot meta"))?
+    {
+        state.snapshot =
+            codec::decode_snapshot_meta(v.value()).map_err(corrupt(path, "snapshot meta"))?;
+        state.has_state = true;
+    }
+    state.last_index = state.snapshot.index;
+    let entries = match txn.open_table(ENTRIES) {
+        Ok(t) => Some(t),
+        // A received snapshot drops the table; the next append recreates it.
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(db_err(path, "open entries")(e)),
+    };
+    if let Some(t) = entries {
+        let first = t.first().map_err(db_err(path, "read first entry"))?;
+        let last = t.last().map_err(db_err(path, "read last entry"))?;
+        if let (Some((first, _)), Some((last, _))) = (first, last) {
+            let (first, last) = (first.value(), last.value());
+            let len = t.len().map_err(db_err(path, "count entries"))?;
+            // The log must continue its base snapshot without a gap.
+            if first != state.snapshot.index.get() + 1 || last - first + 1 != len {
+                return Err(StoreError::Corrupt {
+                    file: path.to_path_buf(),
+                    what: "log",
+                    source: super::error::DecodeError::Invalid {
+                        what: "log",
+                        field: "first entry index (not contiguous with the snapshot)",
+                        value: first as i64,
+                    },
+                });
+            }
+            state.last_index = LogIndex(last);
+            state.has_state = true;
+        }
+    }
+    Ok(state)
+}

@@ -1,0 +1,56 @@
+//! Durable storage on redb: the Raft log and the key-value state machine.
+//!
+//! Two files live in a node's data directory:
+//!
+//! - `raft-log.redb` ([`LogStore`]): entries, hard state and the base
+//!   snapshot meta. Every write is durable (fsync) before it returns, and one
+//!   `Ready` is one transaction (group commit).
+//! - `kv.redb` ([`KvStore`]): the key-value state machine with etcd-style
+//!   revisions, the applied index and the membership as of that index, and
+//!   the last outcome per client for idempotent retries. Applying commits
+//!   without fsync; see [`kv_store`] for why that is safe and what the node
+//!   must do on restart.
+//!
+//! Where to find what:
+//! - `codec.rs`: the stored form of the core's values (prost);
+//! - `log_store.rs`: the log ([`raft::Storage`](crate::raft::Storage));
+//! - `command.rs`: the commands clients propose and their encoding;
+//! - `outcome.rs`: what applying a command produces;
+//! - `kv_store.rs`: the state machine (apply, reads);
+//! - `snapshot.rs`: streaming a state machine image out and installing one;
+//! - `policy.rs`: when to snapshot and how far to compact;
+//! - `error.rs`: the errors, each naming its file.
+
+mod codec;
+mod command;
+mod error;
+pub mod kv_store;
+mod log_store;
+mod outcome;
+mod policy;
+mod snapshot;
+
+pub use codec::{
+    decode_entry, decode_hard_state, decode_membership, decode_snapshot_meta, encode_entry,
+    encode_hard_state, encode_membership, encode_snapshot_meta,
+};
+pub use command::{
+    Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, RequestId, TxnOp,
+};
+pub use error::{DecodeError, StoreError};
+pub use kv_store::{DURABLE_EVERY_ENTRIES, KV_FILE, KV_FORMAT_VERSION, KvStore, Limits};
+pub use log_store::{Identity, LOG_FILE, LOG_FORMAT_VERSION, LogStore};
+pub use outcome::{ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult};
+pub use policy::SnapshotPolicy;
+pub use snapshot::{CHUNK_BYTES, SnapshotError, SnapshotInstaller, SnapshotReader};
+
+/// Makes a directory entry (a created or renamed file) durable.
+fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::Io {
+            file: dir.to_path_buf(),
+            op: "sync directory",
+            source,
+        })
+}

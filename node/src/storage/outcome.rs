@@ -1,0 +1,319 @@
+//! What applying a command produces, and the stored form of an outcome
+//! (kept per client so that a retried command gets its original answer).
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::error::DecodeError;
+
+/// A key with its value and etcd-style metadata.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct KeyValue {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub key: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
+    /// The revision of the put that created the key (since its last delete).
+    #[prost(int64, tag = "3")]
+    pub create_revision: i64,
+    /// The revision of the last put to the key.
+    #[prost(int64, tag = "4")]
+    pub mod_revision: i64,
+    /// How many puts since creation (1 after the first).
+    #[prost(int64, tag = "5")]
+    pub version: i64,
+}
+
+/// The answer to a [`RangeRequest`](super::RangeRequest).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RangeResult {
+    #[prost(message, repeated, tag = "1")]
+    pub kvs: Vec<KeyValue>,
+    /// How many keys the range holds (regardless of `limit`).
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+    /// Whether `limit` cut the answer short.
+    #[prost(bool, tag = "3")]
+    pub more: bool,
+    /// The store revision the answer reflects.
+    #[prost(int64, tag = "4")]
+    pub revision: i64,
+}
+
+/// The result of one operation of a transaction branch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnOpResult {
+    Range(RangeResult),
+    Put {
+        prev_kv: Option<KeyValue>,
+    },
+    DeleteRange {
+        deleted: u64,
+        prev_kvs: Vec<KeyValue>,
+    },
+}
+
+/// Why a command was rejected. Rejection is deterministic (it depends only
+/// on the command and the limits), so every replica rejects the same
+/// commands and the log keeps moving.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    #[error("key must not be empty")]
+    EmptyKey,
+    #[error("key of {size} bytes exceeds the limit of {max}")]
+    KeyTooLarge { size: usize, max: usize },
+    #[error("value of {size} bytes exceeds the limit of {max}")]
+    ValueTooLarge { size: usize, max: usize },
+    #[error("transaction of {count} operations exceeds the limit of {max}")]
+    TooManyTxnOps { count: usize, max: usize },
+    #[error("undecodable command: {0}")]
+    Undecodable(String),
+    #[error(
+        "request {seq} of client {client_id} is older than its last applied request {last_seq}"
+    )]
+    StaleRequest {
+        client_id: u64,
+        seq: u64,
+        last_seq: u64,
+    },
+}
+
+/// What applying one command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Put {
+        revision: i64,
+        prev_kv: Option<KeyValue>,
+    },
+    Delete {
+        revision: i64,
+        deleted: u64,
+        prev_kvs: Vec<KeyValue>,
+    },
+    Txn {
+        revision: i64,
+        succeeded: bool,
+        responses: Vec<TxnOpResult>,
+    },
+    Rejected(KvError),
+}
+
+// ---- stored form (only accepted outcomes are stored) ------------------------
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredOutcome {
+    #[prost(int64, tag = "1")]
+    revision: i64,
+    #[prost(oneof = "StoredKind", tags = "2, 3, 4")]
+    kind: Option<StoredKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum StoredKind {
+    #[prost(message, tag = "2")]
+    Put(StoredPut),
+    #[prost(message, tag = "3")]
+    Delete(StoredDelete),
+    #[prost(message, tag = "4")]
+    Txn(StoredTxn),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredPut {
+    #[prost(message, optional, tag = "1")]
+    prev_kv: Option<KeyValue>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredDelete {
+    #[prost(uint64, tag = "1")]
+    deleted: u64,
+    #[prost(message, repeated, tag = "2")]
+    prev_kvs: Vec<KeyValue>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredTxn {
+    #[prost(bool, tag = "1")]
+    succeeded: bool,
+    #[prost(message, repeated, tag = "2")]
+    responses: Vec<StoredTxnOpResult>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredTxnOpResult {
+    #[prost(oneof = "StoredOpKind", tags = "1, 2, 3")]
+    kind: Option<StoredOpKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum StoredOpKind {
+    #[prost(message, tag = "1")]
+    Range(RangeResult),
+    #[prost(message, tag = "2")]
+    Put(StoredPut),
+    #[prost(message, tag = "3")]
+    Delete(StoredDelete),
+}
+
+/// The last applied request of a client and its outcome.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredClient {
+    #[prost(uint64, tag = "1")]
+    seq: u64,
+    #[prost(message, optional, tag = "2")]
+    outcome: Option<StoredOutcome>,
+}
+
+const WHAT: &str = "client outcome";
+
+/// Encodes the outcome of request `seq` for the per-client table. `None` for
+/// a rejection, which is not remembered (a retry is rejected again).
+pub(crate) fn encode_client_record(seq: u64, outcome: &ApplyOutcome) -> Option<Vec<u8>> {
+    let (revision, kind) = match outcome {
+        ApplyOutcome::Put { revision, prev_kv } => (
+            *revision,
+            StoredKind::Put(StoredPut {
+                prev_kv: prev_kv.clone(),
+            }),
+        ),
+        ApplyOutcome::Delete {
+            revision,
+            deleted,
+            prev_kvs,
+        } => (
+            *revision,
+            StoredKind::Delete(StoredDelete {
+                deleted: *deleted,
+                prev_kvs: prev_kvs.clone(),
+            }),
+        ),
+        ApplyOutcome::Txn {
+            revision,
+            succeeded,
+            responses,
+        } => (
+            *revision,
+            StoredKind::Txn(StoredTxn {
+                succeeded: *succeeded,
+                responses: responses
+                    .iter()
+                    .map(|r| StoredTxnOpResult {
+                        kind: Some(match r {
+                            TxnOpResult::Range(r) => StoredOpKind::Range(r.clone()),
+                            TxnOpResult::Put { prev_kv } => StoredOpKind::Put(StoredPut {
+                                prev_kv: prev_kv.clone(),
+                            }),
+                            TxnOpResult::DeleteRange { deleted, prev_kvs } => {
+                                StoredOpKind::Delete(StoredDelete {
+                                    deleted: *deleted,
+                                    prev_kvs: prev_kvs.clone(),
+                                })
+                            }
+                        }),
+                    })
+                    .collect(),
+            }),
+        ),
+        ApplyOutcome::Rejected(_) => return None,
+    };
+    Some(
+        StoredClient {
+            seq,
+            outcome: Some(StoredOutcome {
+                revision,
+                kind: Some(kind),
+            }),
+        }
+        .encode_to_vec(),
+    )
+}
+
+/// Decodes a per-client record into (seq, outcome).
+pub(crate) fn decode_client_record(buf: &[u8]) -> Result<(u64, ApplyOutcome), DecodeError> {
+    let missing = |field| DecodeError::Missing { what: WHAT, field };
+    let c =
+        StoredClient::decode(buf).map_err(|source| DecodeError::Prost { what: WHAT, source })?;
+    let o = c.outcome.ok_or_else(|| missing("outcome"))?;
+    let outcome = match o.kind.ok_or_else(|| missing("kind"))? {
+        StoredKind::Put(p) => ApplyOutcome::Put {
+            revision: o.revision,
+            prev_kv: p.prev_kv,
+        },
+        StoredKind::Delete(d) => ApplyOutcome::Delete {
+            revision: o.revision,
+            deleted: d.deleted,
+            prev_kvs: d.prev_kvs,
+        },
+        StoredKind::Txn(t) => ApplyOutcome::Txn {
+            revision: o.revision,
+            succeeded: t.succeeded,
+            responses: t
+                .responses
+                .into_iter()
+                .map(|r| match r.kind.ok_or_else(|| missing("txn op result"))? {
+                    StoredOpKind::Range(r) => Ok(TxnOpResult::Range(r)),
+                    StoredOpKind::Put(p) => Ok(TxnOpResult::Put { prev_kv: p.prev_kv }),
+                    StoredOpKind::Delete(d) => Ok(TxnOpResult::DeleteRange {
+                        deleted: d.deleted,
+                        prev_kvs: d.prev_kvs,
+                    }),
+                })
+                .collect::<Result<_, DecodeError>>()?,
+        },
+    };
+    Ok((c.seq, outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str) -> KeyValue {
+        KeyValue {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+        }
+    }
+
+    #[test]
+    fn accepted_outcomes_round_trip_and_rejections_are_not_stored() {
+        let outcomes = [
+            ApplyOutcome::Put {
+                revision: 4,
+                prev_kv: Some(kv("a")),
+            },
+            ApplyOutcome::Delete {
+                revision: 5,
+                deleted: 2,
+                prev_kvs: vec![kv("a"), kv("b")],
+            },
+            ApplyOutcome::Txn {
+                revision: 6,
+                succeeded: false,
+                responses: vec![
+                    TxnOpResult::Range(RangeResult {
+                        kvs: vec![kv("c")],
+                        count: 4,
+                        more: true,
+                        revision: 6,
+                    }),
+                    TxnOpResult::Put { prev_kv: None },
+                    TxnOpResult::DeleteRange {
+                        deleted: 0,
+                        prev_kvs: vec![],
+                    },
+                ],
+            },
+        ];
+        for o in outcomes {
+            let buf = encode_client_record(9, &o).unwrap();
+            assert_eq!(decode_client_record(&buf).unwrap(), (9, o));
+        }
+        assert!(encode_client_record(1, &ApplyOutcome::Rejected(KvError::EmptyKey)).is_none());
+        assert!(decode_client_record(&[0xff]).is_err());
+    }
+}

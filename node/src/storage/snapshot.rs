@@ -1,0 +1,512 @@
+//! State machine images: streamed out of a consistent redb read transaction
+//! and installed through a staging database that replaces `kv.redb` only
+//! once complete and verified.
+//!
+//! Image format (self-describing, little endian):
+//!
+//! ```text
+//! magic "RKVSNAP1"
+//! frame*   = len: u32 | kind: u8 | payload (len bytes)
+//!   kind 1 = state record (applied index/term, revision, membership), first
+//!   kind 2 = one key (prost: key, stored value)
+//!   kind 3 = one client's last outcome (prost: client id, record)
+//!   kind 4 = trailer (prost: frame count, crc32 of every byte before it), last
+//! ```
+//!
+//! Writes continue while an image is read: redb's read transaction pins the
+//! view it started with. Memory is bounded by one chunk plus one record.
+//! Installing never touches `kv.redb` until the trailer's checksum and frame
+//! count match; the swap is a rename, so a crash leaves either the old file
+//! or the new one, and a leftover staging file is deleted on open.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError};
+
+use bytes::Bytes;
+use prost::Message;
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
+
+use super::error::{StoreError, db_err};
+use super::kv_store::{
+    CLIENTS, KEY_STATE, KV, KV_STAGING_FILE, KvState, KvStore, META, load_state,
+};
+use crate::raft::SnapshotMeta;
+
+const MAGIC: &[u8; 8] = b"RKVSNAP1";
+const KIND_STATE: u8 = 1;
+const KIND_KV: u8 = 2;
+const KIND_CLIENT: u8 = 3;
+const KIND_TRAILER: u8 = 4;
+/// The size a chunk grows to before it is handed out.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// The largest frame an installer accepts (a key + value at the default
+/// limits is far below this); bounds memory on malformed input.
+const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// How much an installer writes per staging transaction.
+const STAGING_TXN_BYTES: usize = 8 * 1024 * 1024;
+
+/// Why an image could not be read or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("image does not start with the snapshot magic")]
+    BadMagic,
+    #[error("frame of {0} bytes exceeds the limit")]
+    FrameTooLarge(usize),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("malformed {what} frame: {source}")]
+    Malformed {
+        what: &'static str,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("image does not start with a state record")]
+    MissingState,
+    #[error("image format version {0} is unknown")]
+    UnknownFormat(u64),
+    #[error("checksum mismatch (image says {expected:#010x}, received {actual:#010x})")]
+    Checksum { expected: u32, actual: u32 },
+    #[error("frame count mismatch (image says {expected}, received {actual})")]
+    FrameCount { expected: u64, actual: u64 },
+    #[error("data after the trailer")]
+    TrailingData,
+    #[error("image is incomplete (no trailer received)")]
+    Incomplete,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct KvFrame {
+    #[prost(bytes = "bytes", tag = "1")]
+    key: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClientFrame {
+    #[prost(uint64, tag = "1")]
+    client_id: u64,
+    #[prost(bytes = "bytes", tag = "2")]
+    record: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Trailer {
+    #[prost(uint64, tag = "1")]
+    frames: u64,
+    #[prost(uint32, tag = "2")]
+    crc32: u32,
+}
+
+fn push_frame(buf: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.push(kind);
+    buf.extend_from_slice(payload);
+}
+
+enum Phase {
+    Kvs(redb::Range<'static, &'static [u8], &'static [u8]>),
+    Clients(redb::Range<'static, u64, &'static [u8]>),
+    Trailer,
+    Done,
+}
+
+/// A consistent image of the state machine, read in bounded chunks.
+pub struct SnapshotReader {
+    file: PathBuf,
+    meta: SnapshotMeta,
+    _txn: ReadTransaction,
+    phase: Phase,
+    pending: Vec<u8>,
+    crc: crc32fast::Hasher,
+    frames: u64,
+}
+
+impl fmt::Debug for SnapshotReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotReader")
+            .field("meta", &self.meta)
+            .field("frames", &self.frames)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotReader {
+    /// The applied index, term and membership of the image (read in the
+    /// same transaction as its keys).
+    pub fn meta(&self) -> SnapshotMeta {
+        self.meta.clone()
+    }
+
+    /// The next chunk of the image (at most about [`CHUNK_BYTES`] plus one
+    /// record), or `None` once the whole image was returned.
+    pub fn next_chunk(&mut self) -> Option<Result<Bytes, StoreError>> {
+        match self.fill() {
+            Ok(()) if self.pending.is_empty() => None,
+            Ok(()) => {
+                let chunk = std::mem::take(&mut self.pending);
+                Some(Ok(Bytes::from(chunk)))
+            }
+            Err(e) => {
+                self.phase = Phase::Done;
+                Some(Err(e))
+            }
+        }
+    }
+
+    fn frame(&mut self, kind: u8, payload: &[u8]) {
+        let start = self.pending.len();
+        push_frame(&mut self.pending, kind, payload);
+        self.crc.update(&self.pending[start..]);
+        self.frames += 1;
+    }
+
+    fn fill(&mut self) -> Result<(), StoreError> {
+        let file = self.file.clone();
+        while self.pending.len() < CHUNK_BYTES {
+            match &mut self.phase {
+                Phase::Kvs(iter) => match iter.next() {
+                    Some(item) => {
+                        let (k, v) = item.map_err(db_err(&file, "read snapshot"))?;
+                        let frame = KvFrame {
+                            key: Bytes::copy_from_slice(k.value()),
+                            value: Bytes::copy_from_slice(v.value()),
+                        }
+                        .encode_to_vec();
+                        self.frame(KIND_KV, &frame);
+                    }
+                    None => {
+                        let txn = &self._txn;
+                        let clients = txn
+                            .open_table(CLIENTS)
+                            .map_err(db_err(&file, "open clients"))?;
+                        let range = clients
+                            .range::<u64>(..)
+                            .map_err(db_err(&file, "read snapshot"))?;
+                        self.phase = Phase::Clients(range);
+                    }
+                },
+                Phase::Clients(iter) => match iter.next() {
+                    Some(item) => {
+                        let (k, v) = item.map_err(db_err(&file, "read snapshot"))?;
+                        let frame = ClientFrame {
+                            client_id: k.value(),
+                            record: Bytes::copy_from_slice(v.value()),
+                        }
+                        .encode_to_vec();
+                        self.frame(KIND_CLIENT, &frame);
+                    }
+                    None => self.phase = Phase::Trailer,
+                },
+                Phase::Trailer => {
+                    let trailer = Trailer {
+                        frames: self.frames,
+                        crc32: self.crc.clone().finalize(),
+                    }
+                    .encode_to_vec();
+                    push_frame(&mut self.pending, KIND_TRAILER, &trailer);
+                    self.phase = Phase::Done;
+                }
+                Phase::Done => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Receives an image chunk by chunk into a staging database.
+pub struct SnapshotInstaller {
+    store: KvStore,
+    staging: PathBuf,
+    db: Option<Database>,
+    txn: Option<WriteTransaction>,
+    txn_bytes: usize,
+    buf: Vec<u8>,
+    magic_seen: bool,
+    state: Option<KvState>,
+    crc: crc32fast::Hasher,
+    frames: u64,
+    done: bool,
+}
+
+impl fmt::Debug for SnapshotInstaller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotInstaller")
+            .field("staging", &self.staging)
+            .field("frames", &self.frames)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvStore {
+    /// A consistent image of the state machine as of now. Everything applied
+    /// so far is made durable first, so the log may be compacted up to
+    /// `reader.meta().index`.
+    pub fn snapshot(&self) -> Result<SnapshotReader, StoreError> {
+        self.check_failed()?;
+        let path = self.inner.path.clone();
+        let txn = {
+            let mut durable = self.lock_writer();
+            self.sync_locked(&mut durable)?;
+            self.db()
+                .begin_read()
+                .map_err(db_err(&path, "begin read"))?
+        };
+        let state = {
+            let meta = txn.open_table(META).map_err(db_err(&path, "open meta"))?;
+            let v = meta
+                .get(KEY_STATE)
+                .map_err(db_err(&path, "read state"))?
+                .ok_or_else(|| StoreError::NotAStore {
+                    file: path.clone(),
+                    kind: "key-value",
+                    missing: "state record",
+                })?;
+            v.value().to_vec()
+        };
+        let decoded = match KvState::decode(&state) {
+            Ok(Ok(s)) => s,
+            Ok(Err(found)) => {
+                return Err(StoreError::UnknownFormat {
+                    file: path,
+                    found,
+                    supported: super::KV_FORMAT_VERSION,
+                });
+            }
+            Err(source) => {
+                return Err(StoreError::Corrupt {
+                    file: path,
+                    what: "state",
+                    source,
+                });
+            }
+        };
+        let kvs = txn
+            .open_table(KV)
+            .map_err(db_err(&path, "open kv"))?
+            .range::<&[u8]>(..)
+            .map_err(db_err(&path, "read snapshot"))?;
+        let mut reader = SnapshotReader {
+            file: path,
+            meta: decoded.meta(),
+            _txn: txn,
+            phase: Phase::Kvs(kvs),
+            pending: Vec::with_capacity(CHUNK_BYTES + 4096),
+            crc: crc32fast::Hasher::new(),
+            frames: 0,
+        };
+        reader.pending.extend_from_slice(MAGIC);
+        reader.crc.update(MAGIC);
+        reader.frame(KIND_STATE, &state);
+        Ok(reader)
+    }
+
+    /// Starts receiving an image. Nothing changes until
+    /// [`SnapshotInstaller::finish`] verified the whole image.
+    pub fn begin_install(&self) -> Result<SnapshotInstaller, StoreError> {
+        self.check_failed()?;
+        let staging = self.inner.dir.join(KV_STAGING_FILE);
+        if staging.exists() {
+            std::fs::remove_file(&staging).map_err(|source| StoreError::Io {
+                file: staging.clone(),
+                op: "remove old staging file",
+                source,
+            })?;
+        }
+        let db = Database::create(&staging).map_err(db_err(&staging, "create"))?;
+        Ok(SnapshotInstaller {
+            store: self.clone(),
+            staging,
+            db: Some(db),
+            txn: None,
+            txn_bytes: 0,
+            buf: Vec::new(),
+            magic_seen: false,
+            state: None,
+            crc: crc32fast::Hasher::new(),
+            frames: 0,
+            done: false,
+        })
+    }
+}
+
+impl SnapshotInstaller {
+    /// Feeds the next chunk of the image (chunks may split frames anywhere).
+    pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        if self.done && !chunk.is_empty() {
+            return Err(SnapshotError::TrailingData.into());
+        }
+        self.buf.extend_from_slice(chunk);
+        if !self.magic_seen {
+            if self.buf.len() < MAGIC.len() {
+                return Ok(());
+            }
+            if &self.buf[..MAGIC.len()] != MAGIC {
+                return Err(SnapshotError::BadMagic.into());
+            }
+            self.crc.update(MAGIC);
+            self.buf.drain(..MAGIC.len());
+            self.magic_seen = true;
+        }
+        let mut at = 0;
+        while self.buf.len() - at >= 5 {
+            let mut len = [0u8; 4];
+            len.copy_from_slice(&self.buf[at..at + 4]);
+            let len = u32::from_le_bytes(len) as usize;
+            if len > MAX_FRAME {
+                return Err(SnapshotError::FrameTooLarge(len).into());
+            }
+            if self.buf.len() - at < 5 + len {
+                break;
+            }
+            let kind = self.buf[at + 4];
+            let frame = self.buf[at..at + 5 + len].to_vec();
+            self.handle(kind, &frame[..], &frame[5..])?;
+            at += 5 + len;
+            if self.done && at < self.buf.len() {
+                return Err(SnapshotError::TrailingData.into());
+            }
+        }
+        self.buf.drain(..at);
+        Ok(())
+    }
+
+    fn handle(&mut self, kind: u8, frame: &[u8], payload: &[u8]) -> Result<(), StoreError> {
+        let staging = self.staging.clone();
+        let malformed = |what| move |source| SnapshotError::Malformed { what, source };
+        if kind == KIND_TRAILER {
+            let t = Trailer::decode(payload).map_err(malformed("trailer"))?;
+            let actual = self.crc.clone().finalize();
+            if t.crc32 != actual {
+                return Err(SnapshotError::Checksum {
+                    expected: t.crc32,
+                    actual,
+                }
+                .into());
+            }
+            if t.frames != self.frames {
+                return Err(SnapshotError::FrameCount {
+                    expected: t.frames,
+                    actual: self.frames,
+                }
+                .into());
+            }
+            self.done = true;
+            return Ok(());
+        }
+        self.crc.update(frame);
+        self.frames += 1;
+        if self.state.is_none() && kind != KIND_STATE {
+            return Err(SnapshotError::MissingState.into());
+        }
+        let txn = match self.txn.take() {
+            Some(t) => t,
+            None => {
+                let db = self.db.as_ref().ok_or(SnapshotError::Incomplete)?;
+                let mut t = db.begin_write().map_err(db_err(&staging, "begin write"))?;
+                t.set_durability(Durability::None)
+                    .map_err(|e| db_err(&staging, "set durability")(redb::Error::from(e)))?;
+                t
+            }
+        };
+        match kind {
+            KIND_STATE => {
+                let state = match KvState::decode(payload) {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(v)) => return Err(SnapshotError::UnknownFormat(v).into()),
+                    Err(e) => {
+                        return Err(StoreError::Corrupt {
+                            file: staging,
+                            what: "snapshot state",
+                            source: e,
+                        });
+                    }
+                };
+                let mut meta = txn.open_table(META).map_err(db_err(&staging, "write"))?;
+                meta.insert(KEY_STATE, payload)
+                    .map_err(db_err(&staging, "write"))?;
+                drop(meta);
+                txn.open_table(KV).map_err(db_err(&staging, "write"))?;
+                txn.open_table(CLIENTS).map_err(db_err(&staging, "write"))?;
+                self.state = Some(state);
+            }
+            KIND_KV => {
+                let f = KvFrame::decode(payload).map_err(malformed("key"))?;
+                let mut t = txn.open_table(KV).map_err(db_err(&staging, "write"))?;
+                t.insert(f.key.as_ref(), f.value.as_ref())
+                    .map_err(db_err(&staging, "write"))?;
+            }
+            KIND_CLIENT => {
+                let f = ClientFrame::decode(payload).map_err(malformed("client"))?;
+                let mut t = txn.open_table(CLIENTS).map_err(db_err(&staging, "write"))?;
+                t.insert(f.client_id, f.record.as_ref())
+                    .map_err(db_err(&staging, "write"))?;
+            }
+            other => return Err(SnapshotError::UnknownKind(other).into()),
+        }
+        self.txn_bytes += frame.len();
+        if self.txn_bytes >= STAGING_TXN_BYTES {
+            txn.commit().map_err(db_err(&staging, "commit"))?;
+            self.txn_bytes = 0;
+        } else {
+            self.txn = Some(txn);
+        }
+        Ok(())
+    }
+
+    /// Verifies that the whole image arrived intact, makes it durable and
+    /// swaps it in for the current state machine. Returns the image's meta.
+    pub fn finish(mut self) -> Result<SnapshotMeta, StoreError> {
+        if !self.done || !self.buf.is_empty() {
+            return Err(SnapshotError::Incomplete.into());
+        }
+        let state = self.state.take().ok_or(SnapshotError::MissingState)?;
+        let staging = self.staging.clone();
+        let db = self.db.take().ok_or(SnapshotError::Incomplete)?;
+        let txn = match self.txn.take() {
+            Some(mut t) => {
+                t.set_durability(Durability::Immediate)
+                    .map_err(|e| db_err(&staging, "set durability")(redb::Error::from(e)))?;
+                t
+            }
+            None => db.begin_write().map_err(db_err(&staging, "begin write"))?,
+        };
+        txn.commit().map_err(db_err(&staging, "commit"))?;
+        db.close().map_err(db_err(&staging, "close"))?;
+
+        let store = self.store.clone();
+        let inner = &store.inner;
+        let mut durable = store.lock_writer();
+        // Hold the database slot while swapping so that no reader opens the
+        // old file after the rename.
+        let mut slot = inner.db.write().unwrap_or_else(PoisonError::into_inner);
+        std::fs::rename(&staging, &inner.path).map_err(|source| StoreError::Io {
+            file: inner.path.clone(),
+            op: "replace with installed snapshot",
+            source,
+        })?;
+        super::sync_dir(&inner.dir)?;
+        let db = Database::open(&inner.path).map_err(db_err(&inner.path, "open"))?;
+        // The state is re-read from the installed file: what it says wins.
+        let loaded = load_state(&db, &inner.path)?;
+        debug_assert_eq!(loaded, state);
+        *slot = Arc::new(db);
+        *inner.state.write().unwrap_or_else(PoisonError::into_inner) = loaded.clone();
+        *durable = loaded.applied_index;
+        Ok(loaded.meta())
+    }
+}
+
+impl Drop for SnapshotInstaller {
+    fn drop(&mut self) {
+        // An abandoned install leaves the current state machine untouched;
+        // the staging file is removed (or, after a crash, on the next open).
+        if self.db.is_some() {
+            self.txn.take();
+            self.db.take();
+            let _ = std::fs::remove_file(&self.staging);
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Crash and disk-full tests. Each test re-executes its own test binary as a
+//! child writer (selected by an environment variable), which prints every
+//! acknowledged log index; the parent kills it with SIGKILL at a random
+//! point (or lets it hit a file-size limit), reopens the stores and checks
+//! that everything acknowledged is there and nothing else claims to be.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command as Proc, Stdio};
+
+use bytes::Bytes;
+use raftkv::raft::{Entry, EntryPayload, HardState, LogIndex, NodeId, Storage, Term};
+use raftkv::storage::{Command, Identity, KvStore, Limits, LogStore, Op};
+use rand::{Rng, SeedableRng};
+
+const CRASH_CHILD: &str = "RAFTKV_TEST_CRASH_CHILD_DIR";
+const FULL_CHILD: &str = "RAFTKV_TEST_DISK_FULL_CHILD_DIR";
+const ID: Identity = Identity {
+    cluster_id: 77,
+    node_id: NodeId(1),
+};
+
+fn entry(i: u64, value_len: usize) -> Entry {
+    Entry {
+        term: Term(1),
+        index: LogIndex(i),
+        payload: EntryPayload::Command(
+            Command {
+                request_id: None,
+                op: Op::Put {
+                    key: Bytes::from(format!("k{}", i % 50)),
+                    value: Bytes::from(format!("{i}:{}", "v".repeat(value_len))),
+                    prev_kv: false,
+                },
+            }
+            .encode(),
+        ),
+    }
+}
+
+/// The child: appends batches to the log (durably, then acknowledges) and
+/// applies committed entries to the state machine, forever.
+fn crash_child(dir: &Path) {
+    let log = LogStore::open(dir, ID).unwrap();
+    let kv = KvStore::open(dir, Limits::default()).unwrap();
+    // Catch the state machine up first, as the node does on restart.
+    let commit = log.hard_state().commit;
+    let behind = log
+        .entries(kv.applied_index().next(), commit.next(), None)
+        .unwrap();
+    kv.apply(&behind).unwrap();
+    let mut out = std::io::stdout().lock();
+    loop {
+        let last = log.last_index().unwrap().get();
+        let n = 1 + last % 7;
+        let entries: Vec<_> = (last + 1..=last + n).map(|i| entry(i, 100)).collect();
+        let hs = HardState {
+            term: Term(1),
+            vote: Some(NodeId(1)),
+            commit: LogIndex(last + n),
+        };
+        log.persist(None, &entries, Some(&hs)).unwrap();
+        writeln!(out, "ack {}", last + n).unwrap();
+        out.flush().unwrap();
+        kv.apply(&entries).unwrap();
+    }
+}
+
+fn spawn_self(
+    test: &str,
+    env: &str,
+    dir: &Path,
+    shell_prefix: Option<&str>,
+) -> std::process::Child {
+    let exe = std::env::current_exe().unwrap();
+    let args = ["--exact", test, "--nocapture", "--test-threads=1"];
+    let mut cmd = match shell_prefix {
+        None => {
+            let mut c = Proc::new(&exe);
+            c.args(args);
+            c
+        }
+        Some(prefix) => {
+            let mut c = Proc::new("/bin/sh");
+            c.arg("-c")
+                .arg(format!("{prefix}; exec \"$0\" \"$@\""))
+                .arg(&exe)
+                .args(args);
+            c
+        }
+    };
+    cmd.env(env, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn acks(line: &str) -> Option<u64> {
+    line.strip_prefix("ack ")
+        .and_then(|n| n.trim().parse().ok())
+}
+
+#[test]
+fn acknowledged_entries_survive_sigkill_and_the_state_machine_catches_up() {
+    if let Some(dir) = std::env::var_os(CRASH_CHILD) {
+        crash_child(Path::new(&dir));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = LogStore::open(dir.path(), ID).unwrap();
+        log.bootstrap(&raftkv::raft::Membership::with_voters([(
+            NodeId(1),
+            Bytes::new(),
+        )]))
+        .unwrap();
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5eed);
+    let mut max_acked = 0;
+    for round in 0..6 {
+        let mut child = spawn_self(
+            "acknowledged_entries_survive_sigkill_and_the_state_machine_catches_up",
+            CRASH_CHILD,
+            dir.path(),
+            None,
+        );
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let wait_for = rng.random_range(1..60);
+        let mut seen = 0;
+        for line in lines.by_ref() {
+            if let Some(n) = acks(&line.unwrap()) {
+                max_acked = max_acked.max(n);
+                seen += 1;
+                if seen >= wait_for {
+                    break;
+                }
+            }
+        }
+        assert!(seen >= wait_for, "child of round {round} stopped early");
+        child.kill().unwrap();
+        // Acknowledgements printed before the kill count too.
+        for line in lines {
+            if let Some(n) = acks(&line.unwrap()) {
+                max_acked = max_acked.max(n);
+            }
+        }
+        child.wait().unwrap();
+
+        let log = LogStore::open(dir.path(), ID).unwrap();
+        let commit = log.hard_state().commit;
+        // Everything acknowledged is there; at most the one batch in flight
+        // at the kill is there unacknowledged, and it is whole.
+        assert!(
+            commit.get() >= max_acked,
+            "round {round}: lost acknowledged entries"
+        );
+        assert_eq!(log.last_index().unwrap(), commit, "round {round}");
+        let entries = log.entries(LogIndex(1), commit.next(), None).unwrap();
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(*e, entry(i as u64 + 1, 100), "round {round}");
+        }
+        max_acked = commit.get();
+
+        // The state machine is consistent at its (possibly older) applied
+        // index, and catches up from the log.
+        let kv = KvStore::open(dir.path(), Limits::default()).unwrap();
+        let applied = kv.applied_index();
+        assert!(applied <= commit, "round {round}: applied past the log");
+        assert_eq!(kv.revision(), applied.get() as i64, "round {round}");
+        kv.apply(&entries).unwrap();
+        assert_eq!(kv.applied_index(), commit);
+        for i in commit.get().saturating_sub(49).max(1)..=commit.get() {
+            let got = kv.get(format!("k{}", i % 50).as_bytes()).unwrap().unwrap();
+            assert_eq!(got.mod_revision, i as i64);
+        }
+    }
+    assert!(max_acked > 6);
+}
+
+fn disk_full_child(dir: &Path) {
+    let log = LogStore::open(dir, ID).unwrap();
+    let mut out = std::io::stdout().lock();
+    for i in 1.. {
+        match log.persist(None, &[entry(i, 4000)], None) {
+            Ok(()) => writeln!(out, "ack {i}").unwrap(),
+            Err(e) => {
+                writeln!(out, "error: {e}").unwrap();
+                let again = log.persist(None, &[entry(i, 10)], None).unwrap_err();
+                writeln!(out, "then: {again}").unwrap();
+                return;
+            }
+        }
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn a_failed_write_is_a_typed_error_stops_writes_and_loses_nothing_acknowledged() {
+    if let Some(dir) = std::env::var_os(FULL_CHILD) {
+        disk_full_child(Path::new(&dir));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The file-size limit makes writes fail with EFBIG; the ignored SIGXFSZ
+    // keeps the child alive to report it (the disposition survives exec).
+    let child = spawn_self(
+        "a_failed_write_is_a_typed_error_stops_writes_and_loses_nothing_acknowledged",
+        FULL_CHILD,
+        dir.path(),
+        Some("ulimit -f 8192; trap '' XFSZ"),
+    );
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let max_acked = text.lines().filter_map(acks).max().unwrap_or(0);
+    let error = text
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("child did not report a write error:\n{text}"));
+    assert!(error.contains("raft-log.redb"), "{error}");
+    let then = text.lines().find(|l| l.starts_with("then: ")).unwrap();
+    assert!(then.contains("refusing further writes"), "{then}");
+    assert!(max_acked > 10, "{text}");
+
+    let log = LogStore::open(dir.path(), ID).unwrap();
+    assert!(log.last_index().unwrap().get() >= max_acked);
+    let entries = log
+        .entries(LogIndex(1), LogIndex(max_acked + 1), None)
+        .unwrap();
+    assert_eq!(entries.len() as u64, max_acked);
+    assert_eq!(entries.last().unwrap(), &entry(max_acked, 4000));
+}

@@ -1,0 +1,355 @@
+//! The durable log against `MemStorage` as the model, with a reopen after
+//! every step, and the refusals to open a file that is not ours.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use raftkv::raft::{
+    Entry, EntryPayload, HardState, LogIndex, MemStorage, Membership, NodeId, Snapshot,
+    SnapshotMeta, Storage, StorageError, Term,
+};
+use raftkv::storage::{Identity, LOG_FILE, LogStore, StoreError};
+
+const ID: Identity = Identity {
+    cluster_id: 0xc1,
+    node_id: NodeId(1),
+};
+
+fn voters(n: u64) -> Membership {
+    Membership::with_voters((1..=n).map(|i| (NodeId(i), Bytes::from(format!("n{i}")))))
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    let payload = match index % 7 {
+        0 => EntryPayload::Noop,
+        3 => EntryPayload::Membership(voters(index % 4 + 1)),
+        _ => EntryPayload::Command(Bytes::from(format!("cmd {index} of term {term}"))),
+    };
+    Entry {
+        term: Term(term),
+        index: LogIndex(index),
+        payload,
+    }
+}
+
+/// Every question the core may ask gets the same answer from both.
+fn assert_same(store: &LogStore, model: &MemStorage) {
+    assert_eq!(
+        store.initial_state().unwrap(),
+        model.initial_state().unwrap()
+    );
+    let first = model.first_index().unwrap();
+    let last = model.last_index().unwrap();
+    assert_eq!(store.first_index().unwrap(), first);
+    assert_eq!(store.last_index().unwrap(), last);
+    assert_eq!(store.snapshot().unwrap(), model.snapshot().unwrap());
+    for i in first.prev().get().saturating_sub(1)..=last.get() + 1 {
+        assert_eq!(
+            store.term(LogIndex(i)),
+            model.term(LogIndex(i)),
+            "term({i})"
+        );
+    }
+    assert_eq!(
+        store.entries(first, last.next(), None),
+        model.entries(first, last.next(), None)
+    );
+    assert_eq!(
+        store.entries(first, last.next(), Some(100)),
+        model.entries(first, last.next(), Some(100))
+    );
+    if first.get() > 1 {
+        assert_eq!(
+            store.entries(first.prev(), last.next(), None),
+            Err(StorageError::Compacted(first.prev()))
+        );
+    }
+    assert_eq!(
+        store.entries(first, last.plus(2), None),
+        Err(StorageError::Unavailable(last.plus(2)))
+    );
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// Append `n` entries of `term` starting `back` entries before the end.
+    Append {
+        back: u64,
+        n: u64,
+        term: u64,
+    },
+    Commit,
+    /// Compact at `frac` of the way through the committed part of the log.
+    Compact {
+        frac: f64,
+    },
+    /// Install a received snapshot `ahead` entries past the last index.
+    Snapshot {
+        ahead: u64,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0u64..4, 0u64..6, 0u64..3).prop_map(|(back, n, term)| Step::Append { back, n, term }),
+        2 => Just(Step::Commit),
+        1 => (0.0f64..1.0).prop_map(|frac| Step::Compact { frac }),
+        1 => (0u64..5).prop_map(|ahead| Step::Snapshot { ahead }),
+    ]
+}
+
+fn run(dir: &Path, steps: &[Step]) {
+    let mut store = LogStore::open(dir, ID).unwrap();
+    assert!(store.is_new());
+    store.bootstrap(&voters(3)).unwrap();
+    let mut model = MemStorage::new(voters(3));
+    let mut term = 1;
+    for s in steps {
+        match *s {
+            Step::Append {
+                back,
+                n,
+                term: bump,
+            } => {
+                term += bump;
+                let first = model.first_index().unwrap();
+                let start = model
+                    .last_index()
+                    .unwrap()
+                    .next()
+                    .get()
+                    .saturating_sub(back);
+                let start = start.max(first.get());
+                let entries: Vec<_> = (start..start + n).map(|i| entry(i, term)).collect();
+                model.append(&entries).unwrap();
+                // Commit must never exceed what is stored.
+                let mut hs = model.hard_state();
+                hs.term = Term(term);
+                hs.commit = hs.commit.min(model.last_index().unwrap());
+                hs.vote = Some(NodeId(term % 3 + 1));
+                model.set_hard_state(hs);
+                store.persist(None, &entries, Some(&hs)).unwrap();
+            }
+            Step::Commit => {
+                let mut hs = model.hard_state();
+                hs.commit = model.last_index().unwrap();
+                model.set_hard_state(hs);
+                store.persist(None, &[], Some(&hs)).unwrap();
+            }
+            Step::Compact { frac } => {
+                let base = model.first_index().unwrap().prev().get();
+                let commit = model.hard_state().commit.get();
+                if commit > base {
+                    let at = LogIndex(base + 1 + ((commit - base - 1) as f64 * frac) as u64);
+                    let membership = store.membership_at(at).unwrap();
+                    model.compact(at, membership, Bytes::new()).unwrap();
+                    store.compact_to(at).unwrap();
+                }
+            }
+            Step::Snapshot { ahead } => {
+                term += 1;
+                let meta = SnapshotMeta {
+                    index: model.last_index().unwrap().plus(ahead),
+                    term: Term(term),
+                    membership: voters(ahead % 3 + 1),
+                };
+                model.apply_snapshot(Snapshot {
+                    meta: meta.clone(),
+                    data: Bytes::new(),
+                });
+                store.persist(Some(&meta), &[], None).unwrap();
+            }
+        }
+        assert_same(&store, &model);
+        drop(store);
+        store = LogStore::open(dir, ID).unwrap();
+        assert!(!store.recovered_after_crash());
+        assert_same(&store, &model);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn the_log_matches_mem_storage_after_every_step_and_reopen(
+        steps in prop::collection::vec(step(), 1..30)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        run(dir.path(), &steps);
+    }
+}
+
+#[test]
+fn the_membership_in_force_at_an_index_comes_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), ID).unwrap();
+    store.bootstrap(&voters(1)).unwrap();
+    let entries: Vec<_> = (1..=5).map(|i| entry(i, 1)).collect(); // index 3 is a membership entry
+    store.persist(None, &entries, None).unwrap();
+    assert_eq!(store.membership_at(LogIndex(2)).unwrap(), voters(1));
+    assert_eq!(store.membership_at(LogIndex(5)).unwrap(), voters(4));
+}
+
+#[test]
+fn a_snapshot_entries_and_hard_state_are_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), ID).unwrap();
+    store.bootstrap(&voters(3)).unwrap();
+    store
+        .persist(None, &[entry(1, 1), entry(2, 1)], None)
+        .unwrap();
+    let meta = SnapshotMeta {
+        index: LogIndex(10),
+        term: Term(2),
+        membership: voters(2),
+    };
+    let hs = HardState {
+        term: Term(3),
+        vote: Some(NodeId(2)),
+        commit: LogIndex(11),
+    };
+    store
+        .persist(Some(&meta), &[entry(11, 3), entry(12, 3)], Some(&hs))
+        .unwrap();
+    drop(store);
+    let store = LogStore::open(dir.path(), ID).unwrap();
+    assert_eq!(store.first_index().unwrap(), LogIndex(11));
+    assert_eq!(store.last_index().unwrap(), LogIndex(12));
+    assert_eq!(store.term(LogIndex(10)).unwrap(), Term(2));
+    assert_eq!(store.hard_state(), hs);
+    assert_eq!(store.initial_state().unwrap().membership, voters(2));
+}
+
+#[test]
+fn appends_that_would_break_the_log_are_refused_without_poisoning() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), ID).unwrap();
+    store.persist(None, &[entry(1, 1)], None).unwrap();
+    let gap = store.persist(None, &[entry(3, 1)], None).unwrap_err();
+    assert!(matches!(gap, StoreError::InvalidAppend { .. }), "{gap}");
+    let holes = store
+        .persist(None, &[entry(2, 1), entry(4, 1)], None)
+        .unwrap_err();
+    assert!(matches!(holes, StoreError::InvalidAppend { .. }), "{holes}");
+    store.persist(None, &[entry(2, 1)], None).unwrap();
+    assert_eq!(store.last_index().unwrap(), LogIndex(2));
+    let uncommitted = store.compact_to(LogIndex(2)).unwrap_err();
+    assert!(
+        uncommitted.to_string().contains("not committed"),
+        "{uncommitted}"
+    );
+}
+
+#[test]
+fn bootstrapping_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), ID).unwrap();
+    store.bootstrap(&voters(3)).unwrap();
+    assert!(matches!(
+        store.bootstrap(&voters(3)),
+        Err(StoreError::AlreadyBootstrapped { .. })
+    ));
+}
+
+fn open_err(dir: &Path, id: Identity) -> String {
+    let err = LogStore::open(dir, id).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(LOG_FILE),
+        "error does not name the file: {msg}"
+    );
+    msg
+}
+
+#[test]
+fn a_data_dir_of_another_cluster_or_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    LogStore::open(dir.path(), ID)
+        .unwrap()
+        .bootstrap(&voters(3))
+        .unwrap();
+    let msg = open_err(
+        dir.path(),
+        Identity {
+            cluster_id: 0xc2,
+            ..ID
+        },
+    );
+    assert!(msg.contains("cluster 0xc1"), "{msg}");
+    let msg = open_err(
+        dir.path(),
+        Identity {
+            node_id: NodeId(2),
+            ..ID
+        },
+    );
+    assert!(msg.contains("node 1"), "{msg}");
+    // The refusals changed nothing.
+    assert_eq!(
+        LogStore::open(dir.path(), ID)
+            .unwrap()
+            .initial_state()
+            .unwrap()
+            .membership,
+        voters(3)
+    );
+}
+
+#[test]
+fn an_unknown_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(LogStore::open(dir.path(), ID).unwrap());
+    {
+        let db = redb::Database::open(dir.path().join(LOG_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+                .unwrap();
+            // protobuf: format_version = 99, cluster_id = 0xc1, node_id = 1
+            meta.insert("identity", [0x08, 99, 0x10, 0xc1, 0x01, 0x18, 1].as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let msg = open_err(dir.path(), ID);
+    assert!(msg.contains("unknown format version 99"), "{msg}");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(LOG_FILE), vec![0x5a; 64 * 1024]).unwrap();
+    open_err(dir.path(), ID);
+    // Still there, untouched: nothing is "repaired" away.
+    assert_eq!(
+        std::fs::read(dir.path().join(LOG_FILE)).unwrap(),
+        vec![0x5a; 64 * 1024]
+    );
+}
+
+#[test]
+fn a_truncated_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = LogStore::open(dir.path(), ID).unwrap();
+        store.bootstrap(&voters(3)).unwrap();
+        let entries: Vec<_> = (1..=2000).map(|i| entry(i, 1)).collect();
+        store.persist(None, &entries, None).unwrap();
+    }
+    let path = dir.path().join(LOG_FILE);
+    let len = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len / 3).unwrap();
+    drop(f);
+    open_err(dir.path(), ID);
+}
+
+#[test]
+fn an_empty_redb_file_is_not_a_log_store() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(redb::Database::create(dir.path().join(LOG_FILE)).unwrap());
+    let msg = open_err(dir.path(), ID);
+    assert!(msg.contains("not a raftkv log store"), "{msg}");
+}

@@ -1,0 +1,200 @@
+//! Snapshot round trip and safe installs.
+
+use bytes::Bytes;
+use raftkv::raft::{Entry, EntryPayload, LogIndex, Membership, NodeId, Term};
+use raftkv::storage::{
+    ApplyOutcome, Command, KvStore, Limits, Op, RangeRequest, RangeResult, RequestId, StoreError,
+};
+
+fn put(i: u64, key: &str, value_len: usize) -> Entry {
+    Entry {
+        term: Term(3),
+        index: LogIndex(i),
+        payload: EntryPayload::Command(
+            Command {
+                request_id: Some(RequestId {
+                    client_id: i % 5,
+                    seq: i,
+                }),
+                op: Op::Put {
+                    key: Bytes::from(key.to_string()),
+                    value: Bytes::from(vec![(i % 251) as u8; value_len]),
+                    prev_kv: false,
+                },
+            }
+            .encode(),
+        ),
+    }
+}
+
+fn everything(store: &KvStore) -> RangeResult {
+    store
+        .range(&RangeRequest {
+            key: Bytes::from_static(b"\0"),
+            range_end: Bytes::from_static(b"\0"),
+            ..Default::default()
+        })
+        .unwrap()
+}
+
+/// A store with ~3 MiB of data, so the image spans several chunks.
+fn filled(dir: &std::path::Path) -> KvStore {
+    let store = KvStore::open(dir, Limits::default()).unwrap();
+    let mut entries: Vec<_> = (1..=600)
+        .map(|i| put(i, &format!("key{:04}", i % 400), 5000))
+        .collect();
+    entries.push(Entry {
+        term: Term(3),
+        index: LogIndex(601),
+        payload: EntryPayload::Membership(Membership::with_voters([(NodeId(4), Bytes::new())])),
+    });
+    store.apply(&entries).unwrap();
+    store
+}
+
+fn image(store: &KvStore) -> (raftkv::raft::SnapshotMeta, Vec<Bytes>) {
+    let mut reader = store.snapshot().unwrap();
+    let mut chunks = vec![];
+    while let Some(c) = reader.next_chunk() {
+        let c = c.unwrap();
+        assert!(c.len() <= raftkv::storage::CHUNK_BYTES + 16 * 1024);
+        chunks.push(c);
+    }
+    (reader.meta(), chunks)
+}
+
+#[test]
+fn an_image_streamed_and_installed_on_a_fresh_store_is_identical() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = filled(src_dir.path());
+    let (meta, chunks) = image(&src);
+    assert!(chunks.len() >= 2, "{} chunks", chunks.len());
+    assert_eq!(meta.index, LogIndex(601));
+    assert_eq!(meta.term, Term(3));
+
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = KvStore::open(dst_dir.path(), Limits::default()).unwrap();
+    let mut installer = dst.begin_install().unwrap();
+    // Feed in odd-sized pieces so frames straddle chunk boundaries.
+    let all: Vec<u8> = chunks.concat();
+    for piece in all.chunks(77_777) {
+        installer.write_chunk(piece).unwrap();
+    }
+    assert_eq!(installer.finish().unwrap(), meta);
+    assert_eq!(everything(&dst), everything(&src));
+    assert_eq!(dst.revision(), src.revision());
+    assert_eq!(dst.applied_index(), LogIndex(601));
+    assert_eq!(dst.membership(), src.membership());
+    // The per-client outcomes came along: a retry is answered, not re-applied.
+    let retry = dst
+        .apply(&[Entry {
+            index: LogIndex(602),
+            ..put(600, "key0200", 1)
+        }])
+        .unwrap();
+    assert!(
+        matches!(retry[0].1, ApplyOutcome::Put { revision: 600, .. }),
+        "{:?}",
+        retry[0].1
+    );
+    assert_eq!(dst.revision(), src.revision());
+    // And it survives a reopen.
+    drop(dst);
+    let dst = KvStore::open(dst_dir.path(), Limits::default()).unwrap();
+    assert_eq!(everything(&dst).kvs, everything(&src).kvs);
+}
+
+#[test]
+fn writes_continue_while_an_image_is_read_and_do_not_leak_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = filled(dir.path());
+    let before = everything(&store);
+    let mut reader = store.snapshot().unwrap();
+    let first = reader.next_chunk().unwrap().unwrap();
+    store.apply(&[put(602, "zzz-late", 10)]).unwrap();
+    let mut chunks = vec![first];
+    while let Some(c) = reader.next_chunk() {
+        chunks.push(c.unwrap());
+    }
+    let other = tempfile::tempdir().unwrap();
+    let dst = KvStore::open(other.path(), Limits::default()).unwrap();
+    let mut inst = dst.begin_install().unwrap();
+    for c in &chunks {
+        inst.write_chunk(c).unwrap();
+    }
+    inst.finish().unwrap();
+    assert_eq!(everything(&dst).kvs, before.kvs);
+    assert!(store.get(b"zzz-late").unwrap().is_some());
+}
+
+fn assert_untouched(store: &KvStore, before: &RangeResult) {
+    assert_eq!(&everything(store), before);
+    assert_eq!(store.applied_index(), LogIndex(2));
+}
+
+fn small(dir: &std::path::Path) -> (KvStore, RangeResult) {
+    let store = KvStore::open(dir, Limits::default()).unwrap();
+    store
+        .apply(&[put(1, "mine", 3), put(2, "mine2", 3)])
+        .unwrap();
+    let before = everything(&store);
+    (store, before)
+}
+
+#[test]
+fn a_half_received_or_corrupt_image_never_replaces_good_data() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (_meta, chunks) = image(&filled(src_dir.path()));
+    let all: Vec<u8> = chunks.concat();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, before) = small(dir.path());
+
+    // Half an image, then finish: refused.
+    let mut inst = store.begin_install().unwrap();
+    inst.write_chunk(&all[..all.len() / 2]).unwrap();
+    let err = inst.finish().unwrap_err();
+    assert!(err.to_string().contains("incomplete"), "{err}");
+    assert_untouched(&store, &before);
+
+    // One flipped byte: the checksum catches it.
+    let mut bad = all.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x01;
+    let mut inst = store.begin_install().unwrap();
+    let err = inst
+        .write_chunk(&bad)
+        .and_then(|()| inst.finish().map(|_| ()))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Snapshot(_)), "{err}");
+    assert_untouched(&store, &before);
+
+    // Not an image at all.
+    let mut inst = store.begin_install().unwrap();
+    assert!(inst.write_chunk(b"definitely not").is_err());
+    drop(inst);
+    assert_untouched(&store, &before);
+    assert!(!dir.path().join("kv.redb.staging").exists());
+}
+
+#[test]
+fn a_crash_during_install_leaves_the_old_data_and_the_next_open_cleans_up() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let (_meta, chunks) = image(&filled(src_dir.path()));
+    let dir = tempfile::tempdir().unwrap();
+    let (store, before) = small(dir.path());
+    drop(store);
+    // What a crash mid-install leaves behind: a partial staging database
+    // next to the untouched kv.redb.
+    let staging = dir.path().join("kv.redb.staging");
+    {
+        let store = KvStore::open(dir.path(), Limits::default()).unwrap();
+        let mut inst = store.begin_install().unwrap();
+        inst.write_chunk(&chunks[0]).unwrap();
+        std::fs::copy(&staging, dir.path().join("partial")).unwrap();
+    }
+    std::fs::rename(dir.path().join("partial"), &staging).unwrap();
+    let store = KvStore::open(dir.path(), Limits::default()).unwrap();
+    assert!(!staging.exists());
+    assert_untouched(&store, &before);
+}
