@@ -14,16 +14,17 @@ pub struct ClientArgs {
     /// HTTP endpoints of the cluster's nodes, comma separated.
     #[arg(
         long,
+        global = true,
         env = "RAFTKV_ENDPOINTS",
         value_delimiter = ',',
         default_value = "http://127.0.0.1:8080"
     )]
     pub endpoints: Vec<String>,
     /// Output format.
-    #[arg(long, short = 'o', env = "RAFTKV_OUTPUT", value_enum, default_value_t = Output::Table)]
+    #[arg(long, short = 'o', global = true, env = "RAFTKV_OUTPUT", value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// Give up on a request after this long.
-    #[arg(long, env = "RAFTKV_CLIENT_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, global = true, env = "RAFTKV_CLIENT_TIMEOUT_MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
 }
 

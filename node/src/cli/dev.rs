@@ -170,22 +170,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         args.data_dir.display()
     );
 
-    let exited = async {
-        loop {
-            for (id, child) in children.iter_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return (*id, status);
+    // A node that dies (say, killed to watch a failover) is reported and
+    // the rest keep running; only a signal stops the cluster.
+    let mut reported = std::collections::HashSet::new();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => {
+                println!("stopping…");
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                for (id, child) in children.iter_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        if reported.insert(*id) {
+                            println!("node {id} exited ({status}); the others keep running");
+                        }
+                    }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
-    tokio::select! {
-        _ = shutdown_signal() => {
-            println!("stopping…");
-        }
-        (id, status) = exited => {
-            println!("node {id} exited ({status}); stopping the others");
         }
     }
     stop_all(&mut children).await;

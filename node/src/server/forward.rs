@@ -412,9 +412,18 @@ mod tests {
             },
             raft_term: Term(2),
         }))));
-        assert!(
-            matches!(reply, Ok(ForwardedReply::Write(w)) if w.outcome.revision == 5 && w.raft_term == Term(2))
-        );
+        let Ok(ForwardedReply::Write(w)) = reply else {
+            panic!("not a write reply: {reply:?}")
+        };
+        assert_eq!(w.raft_term, Term(2));
+        assert!(matches!(
+            w.outcome,
+            ApplyOutcome::Txn {
+                revision: 5,
+                succeeded: true,
+                ref responses
+            } if responses.len() == 2
+        ));
     }
 
     #[test]
