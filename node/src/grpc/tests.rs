@@ -453,6 +453,31 @@ async fn members_are_added_as_learners_promoted_and_removed() {
     r.shutdown().await;
 }
 
+/// Runs etcdctl with `input` on its standard input (interactive `txn`).
+async fn etcdctl_stdin(endpoint: &str, args: &[&str], input: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("etcdctl must be installed (.ci/install installs etcd-client)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The real `etcdctl` (Debian's etcd-client, installed by .ci/install)
 /// against the services: the wire format is etcd's, byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,6 +521,17 @@ async fn the_real_etcdctl_works_against_the_services() {
         r.backend.last_consistency(),
         Some(Consistency::Serializable)
     );
+    let txn = etcdctl_stdin(
+        &endpoint,
+        &["txn"],
+        "value(\"/app/a\") = \"1\"\n\nput /app/a won\n\nput /app/a lost\n\n",
+    )
+    .await;
+    assert_eq!(txn, "SUCCESS\n\nOK\n", "{txn}");
+    assert_eq!(
+        etcdctl(&["get", "/app/a", "--print-value-only"]).await,
+        "won\n"
+    );
     assert_eq!(etcdctl(&["del", "--prefix", "/app/"]).await.trim(), "2");
     assert_eq!(etcdctl(&["get", "--prefix", "/app/"]).await, "");
     let members = etcdctl(&["member", "list"]).await;
@@ -528,5 +564,113 @@ async fn the_real_etcdctl_works_against_the_services() {
     let members = etcdctl(&["member", "list"]).await;
     assert_eq!(members.lines().count(), 3, "{members}");
     assert!(!members.contains("true"), "{members}");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_txn_runs_the_branch_its_compares_choose() {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use pb::request_op::Request;
+    use pb::response_op::Response;
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    put(&mut kv, "acct", "10").await;
+    let cas = |expected: &str, new: &str| pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Value as i32,
+            key: b("acct"),
+            target_union: Some(TargetUnion::Value(b(expected))),
+            ..Default::default()
+        }],
+        success: vec![pb::RequestOp {
+            request: Some(Request::RequestPut(pb::PutRequest {
+                key: b("acct"),
+                value: b(new),
+                prev_kv: true,
+                ..Default::default()
+            })),
+        }],
+        failure: vec![pb::RequestOp {
+            request: Some(Request::RequestRange(get("acct"))),
+        }],
+    };
+    let won = kv.txn(cas("10", "20")).await.unwrap().into_inner();
+    assert!(won.succeeded);
+    assert_eq!(won.header.unwrap().revision, 2);
+    match &won.responses[0].response {
+        Some(Response::ResponsePut(p)) => assert_eq!(&p.prev_kv.as_ref().unwrap().value[..], b"10"),
+        other => panic!("{other:?}"),
+    }
+    let lost = kv.txn(cas("10", "30")).await.unwrap().into_inner();
+    assert!(!lost.succeeded);
+    match &lost.responses[0].response {
+        Some(Response::ResponseRange(g)) => assert_eq!(&g.kvs[0].value[..], b"20"),
+        other => panic!("{other:?}"),
+    }
+
+    // Compares on version, create and mod revision.
+    let on = |target: CompareTarget, result: CompareResult, union: TargetUnion| pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: result as i32,
+            target: target as i32,
+            key: b("acct"),
+            target_union: Some(union),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    for (req, expect) in [
+        (
+            on(
+                CompareTarget::Version,
+                CompareResult::Equal,
+                TargetUnion::Version(2),
+            ),
+            true,
+        ),
+        (
+            on(
+                CompareTarget::Create,
+                CompareResult::Equal,
+                TargetUnion::CreateRevision(1),
+            ),
+            true,
+        ),
+        (
+            on(
+                CompareTarget::Mod,
+                CompareResult::Greater,
+                TargetUnion::ModRevision(2),
+            ),
+            false,
+        ),
+        (
+            on(
+                CompareTarget::Mod,
+                CompareResult::Less,
+                TargetUnion::ModRevision(3),
+            ),
+            true,
+        ),
+        (
+            on(
+                CompareTarget::Version,
+                CompareResult::NotEqual,
+                TargetUnion::Version(2),
+            ),
+            false,
+        ),
+    ] {
+        let got = kv.txn(req.clone()).await.unwrap().into_inner();
+        assert_eq!(got.succeeded, expect, "{req:?}");
+    }
+
+    let lease = on(
+        CompareTarget::Lease,
+        CompareResult::Equal,
+        TargetUnion::Lease(0),
+    );
+    assert_eq!(kv.txn(lease).await.unwrap_err().code(), Code::Unimplemented);
     r.shutdown().await;
 }
