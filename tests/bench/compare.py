@@ -194,7 +194,7 @@ def race(name, start, tool, opts, workdir):
         wait_ready(tool, cluster, 60)
         cpu0 = cluster.cpu()
         t0 = time.monotonic()
-        fill = bench(tool, cluster.endpoints, ["fill"], min(100, max(opts.clients)), None, None,
+        fill = bench(tool, cluster.endpoints, ["fill"], min(1000, max(opts.clients)), None, None,
                      opts.keys, opts.value_size)
         print(f"{name}: loaded {fill['requests']} keys in {time.monotonic() - t0:.1f}s "
               f"({fill['errors']} errors)", file=sys.stderr)

@@ -260,3 +260,128 @@ async fn show_progress(shared: Arc<Shared>, stop: Stop, warmup: Duration) {
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::ReadConsistency;
+    use crate::grpc::fake_backend::FakeBackend;
+    use crate::grpc::proto::etcdserverpb::RangeRequest;
+
+    async fn server() -> (String, FakeBackend, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let backend = FakeBackend::new();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::grpc::serve_with_shutdown(
+            listener,
+            backend.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        (addr, backend, stop)
+    }
+
+    fn config(endpoint: &str, workload: Workload, stop: Stop) -> BenchConfig {
+        BenchConfig {
+            workload,
+            endpoints: vec![endpoint.to_string()],
+            clients: 4,
+            conns: 2,
+            stop,
+            warmup: Duration::ZERO,
+            keys: 50,
+            key_size: 8,
+            value_size: 16,
+            progress: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn fill_puts_every_key_exactly_once() {
+        let (addr, _backend, _stop) = server().await;
+        let s = run(&config(&addr, Workload::Fill, Stop::Requests(50)))
+            .await
+            .unwrap();
+        assert_eq!((s.requests, s.errors), (50, 0));
+        let mut kv = KvClient::connect(format!("http://{addr}")).await.unwrap();
+        let all = kv
+            .range(RangeRequest {
+                key: bytes::Bytes::from_static(b"k"),
+                range_end: bytes::Bytes::from_static(b"l"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(all.count, 50);
+        // One revision per put: no key was written twice.
+        assert_eq!(all.header.unwrap().revision, 50);
+    }
+
+    #[tokio::test]
+    async fn a_request_budget_is_met_exactly_and_latencies_are_recorded() {
+        let (addr, _backend, _stop) = server().await;
+        for workload in [
+            Workload::Put,
+            Workload::Get(ReadConsistency::Serializable),
+            Workload::Mixed {
+                read_ratio: 0.5,
+                consistency: ReadConsistency::Linearizable,
+            },
+            Workload::Txn,
+        ] {
+            let s = run(&config(&addr, workload, Stop::Requests(200)))
+                .await
+                .unwrap();
+            assert_eq!((s.requests, s.errors), (200, 0), "{workload:?}");
+            assert!(s.latency.max_ms > 0.0 && s.latency.p50_ms <= s.latency.max_ms);
+            assert!(s.throughput > 0.0);
+            assert!(s.cpu_us_per_request.is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timed_run_counts_only_the_measured_period() {
+        let (addr, _backend, _stop) = server().await;
+        let mut c = config(
+            &addr,
+            Workload::Put,
+            Stop::After(Duration::from_millis(300)),
+        );
+        c.warmup = Duration::from_millis(100);
+        let s = run(&c).await.unwrap();
+        assert!((s.elapsed_s - 0.3).abs() < 1e-6, "{}", s.elapsed_s);
+        assert!(s.requests > 0);
+    }
+
+    #[tokio::test]
+    async fn failed_requests_are_counted_by_code_and_not_as_throughput() {
+        let (addr, backend, _stop) = server().await;
+        backend.fail_with(Some(crate::server::ClientError::NoLeader));
+        let s = run(&config(&addr, Workload::Put, Stop::Requests(20)))
+            .await
+            .unwrap();
+        assert_eq!((s.requests, s.errors), (0, 20));
+        assert_eq!(s.errors_by_code.get("Unavailable"), Some(&20));
+        assert_eq!(s.throughput, 0.0);
+    }
+
+    #[tokio::test]
+    async fn nonsense_configurations_are_refused() {
+        let bad = |c: BenchConfig| async move { run(&c).await.unwrap_err() };
+        let mut c = config("127.0.0.1:1", Workload::Put, Stop::Requests(1));
+        c.clients = 0;
+        assert!(matches!(bad(c).await, BenchError::Config(_)));
+        let c = config(
+            "127.0.0.1:1",
+            Workload::Mixed {
+                read_ratio: 1.5,
+                consistency: ReadConsistency::Linearizable,
+            },
+            Stop::Requests(1),
+        );
+        assert!(matches!(bad(c).await, BenchError::Config(_)));
+    }
+}

@@ -19,7 +19,7 @@ pub mod proto;
 pub mod store;
 
 #[cfg(test)]
-mod fake_backend;
+pub(crate) mod fake_backend;
 #[cfg(test)]
 mod tests;
 
