@@ -68,6 +68,7 @@ class Cluster:
     def __init__(self, name, workdir):
         self.name = name
         self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
         self.procs = []
         self.endpoints = []
 

@@ -27,9 +27,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
-use tonic::transport::server::Router;
+use tonic::transport::server::{Router, TcpIncoming};
 
 pub use backend::Backend;
 
@@ -61,10 +60,15 @@ pub fn serve(
 
 /// Serves the client API on an already bound listener until `shutdown`
 /// completes, then finishes the requests in flight.
+///
+/// TCP_NODELAY is set on every accepted connection here because tonic
+/// ignores its builder's `tcp_nodelay` for a listener it did not bind; without
+/// it a small response can wait ~40 ms for the peer's delayed ACK (Nagle).
 pub fn serve_with_shutdown<B: Backend>(
     listener: TcpListener,
     backend: B,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> impl Future<Output = Result<(), tonic::transport::Error>> {
-    router(backend).serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    router(backend).serve_with_incoming_shutdown(incoming, shutdown)
 }
