@@ -1,2 +1,404 @@
 //! Support code for raftkv's end-to-end tests: starting, stopping and
 //! talking to real `raftkv` processes on loopback.
+//!
+//! [`Cluster`] starts N `raftkv serve` processes on free loopback ports, each
+//! with its own temporary data directory, and kills every process it started
+//! (by its child handle) when dropped. The binary is `$RAFTKV_BIN` if set,
+//! otherwise the workspace's `raftkv` built once per test run with the
+//! running cargo.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// The `raftkv` binary under test.
+pub fn raftkv_bin() -> anyhow::Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| locate_or_build().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn locate_or_build() -> anyhow::Result<PathBuf> {
+    if let Ok(bin) = std::env::var("RAFTKV_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    // target/<profile>/deps/<test exe> → target/<profile>/raftkv
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("cannot locate the target directory")?
+        .to_path_buf();
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "raftkv", "--bin", "raftkv"]);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("cannot run cargo to build raftkv")?;
+    if !status.success() {
+        bail!("building raftkv failed");
+    }
+    let bin = profile_dir.join("raftkv");
+    if !bin.exists() {
+        bail!("raftkv was built but is not at {}", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A free loopback port (bound once and released; good enough on loopback).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Tunables of a test cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub election_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub request_timeout_ms: u64,
+    pub snapshot_every: u64,
+    pub snapshot_keep_trailing: u64,
+    pub max_value_bytes: usize,
+    pub max_key_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            election_timeout_ms: 500,
+            heartbeat_interval_ms: 50,
+            request_timeout_ms: 3000,
+            snapshot_every: 10_000,
+            snapshot_keep_trailing: 5_000,
+            max_value_bytes: 64 * 1024,
+            max_key_bytes: 256,
+        }
+    }
+}
+
+/// One node of a test cluster.
+#[derive(Debug)]
+pub struct Node {
+    pub id: u64,
+    pub http_port: u16,
+    pub peer_port: u16,
+    pub client_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A cluster of real processes.
+#[derive(Debug)]
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub opts: Options,
+    initial: String,
+    cluster_id: u64,
+    _dir: tempfile::TempDir,
+    bin: PathBuf,
+    http: reqwest::Client,
+}
+
+/// An HTTP answer: status and JSON body (or the raw body as a string).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub raw: Vec<u8>,
+}
+
+impl Cluster {
+    /// Starts `n` voters (ids 1..=n) bootstrapped as one cluster.
+    pub fn start(n: u64, opts: Options) -> anyhow::Result<Cluster> {
+        let bin = raftkv_bin()?;
+        let dir = tempfile::tempdir()?;
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            nodes.push(Node {
+                id,
+                http_port: free_port()?,
+                peer_port: free_port()?,
+                client_port: free_port()?,
+                data_dir: dir.path().join(format!("node-{id}")),
+                log: dir.path().join(format!("node-{id}.log")),
+                child: None,
+            });
+        }
+        let initial = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            nodes,
+            opts,
+            initial,
+            cluster_id: 4242,
+            _dir: dir,
+            bin,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()?,
+        };
+        for id in 1..=n {
+            c.spawn(id, false)?;
+        }
+        Ok(c)
+    }
+
+    fn node(&self, id: u64) -> anyhow::Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .with_context(|| format!("no node {id}"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> anyhow::Result<&mut Node> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .with_context(|| format!("no node {id}"))
+    }
+
+    fn spawn(&mut self, id: u64, join: bool) -> anyhow::Result<()> {
+        let opts = self.opts.clone();
+        let initial = self.initial.clone();
+        let cluster_id = self.cluster_id;
+        let bin = self.bin.clone();
+        let node = self.node_mut(id)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--listen-http", &format!("127.0.0.1:{}", node.http_port)])
+            .args(["--listen-peer", &format!("127.0.0.1:{}", node.peer_port)])
+            .args([
+                "--listen-client",
+                &format!("127.0.0.1:{}", node.client_port),
+            ])
+            .args(["--cluster-id", &cluster_id.to_string()])
+            .args([
+                "--election-timeout-ms",
+                &opts.election_timeout_ms.to_string(),
+            ])
+            .args([
+                "--heartbeat-interval-ms",
+                &opts.heartbeat_interval_ms.to_string(),
+            ])
+            .args(["--request-timeout-ms", &opts.request_timeout_ms.to_string()])
+            .args(["--snapshot-every", &opts.snapshot_every.to_string()])
+            .args([
+                "--snapshot-keep-trailing",
+                &opts.snapshot_keep_trailing.to_string(),
+            ])
+            .args(["--max-value-bytes", &opts.max_value_bytes.to_string()])
+            .args(["--max-key-bytes", &opts.max_key_bytes.to_string()])
+            .env("RAFTKV_LOG", "info,raftkv::server::transport=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if join {
+            cmd.arg("--join");
+        } else {
+            cmd.args(["--initial-cluster", &initial]);
+        }
+        node.child = Some(cmd.spawn().context("cannot start raftkv")?);
+        Ok(())
+    }
+
+    /// Adds a node process (not yet a member) that starts with `--join`.
+    pub fn start_joining(&mut self, id: u64) -> anyhow::Result<&Node> {
+        let dir = self._dir.path().to_path_buf();
+        self.nodes.push(Node {
+            id,
+            http_port: free_port()?,
+            peer_port: free_port()?,
+            client_port: free_port()?,
+            data_dir: dir.join(format!("node-{id}")),
+            log: dir.join(format!("node-{id}.log")),
+            child: None,
+        });
+        self.spawn(id, true)?;
+        self.node(id)
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.node_mut(id)?;
+        if let Some(mut child) = node.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a killed node again with its data directory.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.node(id)?.is_running() {
+            bail!("node {id} is running");
+        }
+        self.spawn(id, false)
+    }
+
+    pub fn http(&self, id: u64) -> anyhow::Result<String> {
+        Ok(self.node(id)?.http())
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub async fn request(
+        &self,
+        id: u64,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Answer> {
+        let url = format!("{}{}", self.http(id)?, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let raw = resp.bytes().await?.to_vec();
+        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Ok(Answer { status, body, raw })
+    }
+
+    pub async fn put(&self, id: u64, key: &str, value: &str) -> anyhow::Result<Answer> {
+        self.request(
+            id,
+            reqwest::Method::PUT,
+            &format!("/v1/kv/{key}"),
+            Some(value.as_bytes().to_vec()),
+        )
+        .await
+    }
+
+    /// Linearizable read; `None` if absent.
+    pub async fn get(&self, id: u64, key: &str) -> anyhow::Result<Answer> {
+        self.request(id, reqwest::Method::GET, &format!("/v1/kv/{key}"), None)
+            .await
+    }
+
+    pub async fn get_serializable(&self, id: u64, key: &str) -> anyhow::Result<Answer> {
+        self.request(
+            id,
+            reqwest::Method::GET,
+            &format!("/v1/kv/{key}?consistency=serializable"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn status(&self, id: u64) -> anyhow::Result<Value> {
+        let a = self
+            .request(id, reqwest::Method::GET, "/v1/status", None)
+            .await?;
+        if a.status != 200 {
+            bail!("status of node {id}: HTTP {}", a.status);
+        }
+        Ok(a.body)
+    }
+
+    /// Waits until every running node agrees on one leader; returns it.
+    pub async fn wait_leader(&self, within: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut leaders = Vec::new();
+            for id in self.running() {
+                let leader = self
+                    .status(id)
+                    .await
+                    .ok()
+                    .and_then(|s| s["leader_id"].as_u64());
+                leaders.push(leader);
+            }
+            if let Some(Some(first)) = leaders.first()
+                && leaders.iter().all(|l| *l == Some(*first))
+                && self.running().contains(first)
+            {
+                return Ok(*first);
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader within {within:?}: {leaders:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls `f` until it returns `Some` or `within` passes.
+    pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = f().await {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {within:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of a node's log, for failure messages.
+    pub fn log_tail(&self, id: u64) -> String {
+        let Ok(node) = self.node(id) else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut child) = n.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

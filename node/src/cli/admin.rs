@@ -110,7 +110,10 @@ pub async fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
                                 s.commit_index.to_string(),
                                 s.applied_index.to_string(),
                             ],
-                            Err(e) => vec![ep.clone(), "-".into(), format!("unreachable: {e}")],
+                            Err(e) => {
+                                eprintln!("{ep}: {e}");
+                                vec![ep.clone(), "-".into(), "-".into(), "unreachable".into()]
+                            }
                         })
                         .collect();
                     print_table(

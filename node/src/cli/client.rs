@@ -24,7 +24,12 @@ pub struct ClientArgs {
     #[arg(long, short = 'o', global = true, env = "RAFTKV_OUTPUT", value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// Give up on a request after this long.
-    #[arg(long, global = true, env = "RAFTKV_CLIENT_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTKV_CLIENT_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub timeout_ms: u64,
 }
 

@@ -202,6 +202,7 @@ impl ServeArgs {
                 .or_else(|| self.cluster_token.as_deref().map(cluster_id_of_token)),
             data_dir: self.data_dir.clone(),
             listen_peer: self.listen_peer,
+            advertise_peer: self.advertise_peer_url(),
             bootstrap,
             tick: Duration::from_millis(self.tick_ms),
             election_ticks,

@@ -6,6 +6,7 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -47,6 +48,16 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     Vec::new()
 }
 
+/// The key from the path; a path that does not decode (say, `%FF`, which
+/// is not UTF-8) is a 400 with a JSON error like every other.
+fn key_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    match path {
+        Ok(Path(key)) if key.is_empty() => Err(ApiError::bad_request("the key must not be empty")),
+        Ok(Path(key)) => Ok(key),
+        Err(e) => Err(ApiError::bad_request(format!("invalid key: {e}"))),
+    }
+}
+
 /// Reads the body, answering 413 if it is larger than `limit`.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|_| {
@@ -63,9 +74,10 @@ struct PutAnswer {
 
 pub async fn put(
     State(st): State<HttpState>,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = key_of(key)?;
     let value = read_body(body, st.max_body_bytes).await?;
     let res = st
         .handle
@@ -84,9 +96,10 @@ pub async fn put(
 
 pub async fn get(
     State(st): State<HttpState>,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
     Query(params): Query<ReadParams>,
 ) -> Result<Response, ApiError> {
+    let key = key_of(key)?;
     let consistency = consistency(&params)?;
     let res = st
         .handle
@@ -109,8 +122,9 @@ pub async fn get(
 
 pub async fn delete(
     State(st): State<HttpState>,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = key_of(key)?;
     let res = st
         .handle
         .write(Command {

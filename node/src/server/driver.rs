@@ -73,6 +73,11 @@ pub(crate) enum Inbound {
     },
     /// A peer could not be reached (stream broken or queue full).
     Unreachable(NodeId),
+    /// A peer opened a message stream and said where it can be reached.
+    PeerUrl {
+        id: NodeId,
+        url: String,
+    },
 }
 
 /// A cheap view of the driver for health checks and readiness.
@@ -121,6 +126,9 @@ pub(crate) struct Driver {
     loops: u64,
     /// Peers a message to which was dropped during the current Ready.
     unreachable: Vec<NodeId>,
+    /// Where peers that are not (yet) in our configuration said they are:
+    /// a joining node answers the leader before it knows the configuration.
+    peer_hints: HashMap<NodeId, String>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -162,6 +170,7 @@ impl Driver {
             shutdown: None,
             loops: 0,
             unreachable: Vec::new(),
+            peer_hints: HashMap::new(),
         }
     }
 
@@ -245,6 +254,9 @@ impl Driver {
             }
             Inbound::SnapshotSent { to, ok } => self.node.report_snapshot(to, ok),
             Inbound::Unreachable(to) => self.node.report_unreachable(to),
+            Inbound::PeerUrl { id, url } => {
+                self.peer_hints.insert(id, url);
+            }
         }
         Ok(())
     }
@@ -799,13 +811,18 @@ impl Driver {
     /// Keeps one outbound stream per member (other than us) of the
     /// configuration in force.
     fn update_peers(&mut self) {
-        let peers: Vec<(NodeId, String)> = self
-            .node
-            .membership()
+        let membership = self.node.membership();
+        let mut peers: Vec<(NodeId, String)> = membership
             .members()
             .filter(|(id, _)| *id != self.cfg.id)
             .map(|(id, m)| (id, MemberInfo::from_context(&m.context).peer_url))
             .collect();
+        for (id, url) in &self.peer_hints {
+            if *id != self.cfg.id && !membership.contains(*id) {
+                peers.push((*id, url.clone()));
+            }
+        }
+        peers.sort();
         if self.peers_of.as_ref() != Some(&peers) {
             self.transport.set_peers(&peers);
             self.peers_of = Some(peers);

@@ -15,6 +15,7 @@ use crate::raft::{Message, MessageBody, NodeId, Snapshot, Term};
 use crate::server::driver::Inbound;
 use crate::server::forward;
 use crate::server::peer_proto as pb;
+use crate::server::transport::PEER_URL_HEADER;
 use crate::server::{NodeHandle, wire};
 
 #[derive(Debug)]
@@ -35,6 +36,11 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         request: Request<Streaming<pb::Message>>,
     ) -> Result<Response<pb::SendSummary>, Status> {
+        let sender_url = request
+            .metadata()
+            .get(PEER_URL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
         let mut stream = request.into_inner();
         let mut received = 0u64;
         while let Some(m) = stream.message().await? {
@@ -43,6 +49,15 @@ impl pb::peer_server::Peer for PeerService {
             received += 1;
             if m.to != self.id {
                 continue;
+            }
+            if let Some(url) = sender_url.as_ref().filter(|_| received == 1) {
+                self.inbound
+                    .send(Inbound::PeerUrl {
+                        id: m.from,
+                        url: url.clone(),
+                    })
+                    .await
+                    .map_err(|_| driver_gone())?;
             }
             self.inbound
                 .send(Inbound::Message(m))

@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub cluster_id: Option<u64>,
     pub data_dir: PathBuf,
     pub listen_peer: SocketAddr,
+    /// The peer URL other nodes reach this one at.
+    pub advertise_peer: String,
     pub bootstrap: Bootstrap,
     pub tick: Duration,
     pub election_ticks: u32,
@@ -172,7 +174,7 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
         },
         node,
         kv,
-        Transport::new(in_tx.clone()),
+        Transport::new(in_tx.clone(), cfg.advertise_peer.clone()),
         metrics.clone(),
         req_rx,
         in_rx,

@@ -23,6 +23,10 @@ use crate::storage::SnapshotReader;
 
 /// Messages queued for one peer before new ones are dropped.
 const PEER_QUEUE: usize = 4096;
+/// gRPC metadata on every message stream: the sender's advertised peer URL,
+/// so that a node that does not know the sender yet (one that is joining and
+/// has no configuration) can answer it.
+pub(crate) const PEER_URL_HEADER: &str = "x-raftkv-peer-url";
 /// Bytes per snapshot chunk.
 pub const SNAPSHOT_CHUNK: usize = 256 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -41,6 +45,8 @@ pub(crate) struct Transport {
     /// snapshot transfers report their end.
     reports: mpsc::Sender<Inbound>,
     peers: HashMap<NodeId, Peer>,
+    /// Our own advertised peer URL, sent with every stream.
+    self_url: String,
 }
 
 impl std::fmt::Debug for Transport {
@@ -69,10 +75,11 @@ fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
 }
 
 impl Transport {
-    pub(crate) fn new(reports: mpsc::Sender<Inbound>) -> Self {
+    pub(crate) fn new(reports: mpsc::Sender<Inbound>, self_url: String) -> Self {
         Transport {
             reports,
             peers: HashMap::new(),
+            self_url,
         }
     }
 
@@ -90,7 +97,13 @@ impl Transport {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            let task = tokio::spawn(run_peer(*id, url.clone(), rx, self.reports.clone()));
+            let task = tokio::spawn(run_peer(
+                *id,
+                url.clone(),
+                self.self_url.clone(),
+                rx,
+                self.reports.clone(),
+            ));
             self.peers.insert(
                 *id,
                 Peer {
@@ -148,6 +161,7 @@ impl Drop for Transport {
 async fn run_peer(
     to: NodeId,
     url: String,
+    self_url: String,
     mut queue: mpsc::Receiver<pb::Message>,
     reports: mpsc::Sender<Inbound>,
 ) {
@@ -160,7 +174,7 @@ async fn run_peer(
         match connected {
             Ok(channel) => {
                 backoff = BACKOFF_MIN;
-                let err = pump(channel, &mut queue).await;
+                let err = pump(channel, &self_url, &mut queue).await;
                 debug!(to = %to, error = %err, "peer stream ended");
             }
             Err(e) => debug!(to = %to, url = %url, error = %e, "cannot connect to peer"),
@@ -178,10 +192,14 @@ async fn run_peer(
 
 /// Forwards queued messages over one client stream until the stream or the
 /// queue ends; returns why it ended.
-async fn pump(channel: Channel, queue: &mut mpsc::Receiver<pb::Message>) -> String {
+async fn pump(channel: Channel, self_url: &str, queue: &mut mpsc::Receiver<pb::Message>) -> String {
     let mut client = PeerClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::Message>(256);
-    let call = client.send(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(self_url) {
+        request.metadata_mut().insert(PEER_URL_HEADER, v);
+    }
+    let call = client.send(request);
     tokio::pin!(call);
     loop {
         tokio::select! {
