@@ -10,7 +10,9 @@
 //! - `server` runs the driver loop on tokio and the gRPC transport; `http`
 //!   serves the JSON API, metrics and health; `cli` holds the subcommands.
 
+pub mod bench;
 pub mod cli;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod raft;

@@ -4,11 +4,13 @@
 //! - `dev`: run a local cluster of real `serve` processes;
 //! - `kv`, `cluster`, `member`, `leader`: a client of the HTTP API
 //!   (`client.rs` holds the HTTP plumbing and output formatting shared by
-//!   them).
+//!   them);
+//! - `bench`: a load generator over etcd's v3 gRPC API.
 //!
 //! Every flag has a `RAFTKV_*` environment variable equivalent.
 
 mod admin;
+pub mod bench;
 mod client;
 mod dev;
 mod kv;
@@ -41,8 +43,8 @@ pub enum Command {
     Member(admin::MemberArgs),
     /// Leadership.
     Leader(admin::LeaderArgs),
-    // Further subcommands (e.g. `bench`) are added here, each in its own
-    // file under cli/, and dispatched in `run` below.
+    /// Load-test raftkv or etcd over etcd's v3 gRPC API.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command line.
@@ -54,6 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(args) => admin::run_cluster(args).await,
         Command::Member(args) => admin::run_member(args).await,
         Command::Leader(args) => admin::run_leader(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

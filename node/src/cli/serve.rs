@@ -248,7 +248,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         client = %args.listen_client,
         "raftkv node serving"
     );
+    let client = tokio::net::TcpListener::bind(args.listen_client)
+        .await
+        .with_context(|| format!("cannot listen for gRPC clients on {}", args.listen_client))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut grpc_stop = stop_rx.clone();
+    let grpc_task = tokio::spawn(crate::grpc::serve_with_shutdown(
+        client,
+        node.handle.clone(),
+        async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        },
+    ));
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(http, router(state))
@@ -272,6 +283,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 warn!(error = %e, "leadership hand-over did not finish");
             }
             let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut driver).await;
             info!("stopped");
             Ok(())

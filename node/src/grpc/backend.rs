@@ -1,0 +1,72 @@
+//! [`Backend`]: what the gRPC services need from a node. [`NodeHandle`] is
+//! the real one; tests put an in-memory store behind the same services to
+//! check the wire translation without a cluster.
+
+use std::future::Future;
+
+use crate::raft::NodeId;
+use crate::server::{
+    ClientError, Consistency, MemberStatus, NewMember, NodeHandle, NodeStatus, ReadResult,
+    WriteResult,
+};
+
+use super::store::{Command, RangeRequest};
+
+/// The node calls the etcd services are translated into.
+pub trait Backend: Clone + Send + Sync + 'static {
+    /// This member's id (response headers).
+    fn member_id(&self) -> u64;
+    /// The cluster's id (response headers).
+    fn cluster_id(&self) -> u64;
+    /// Commits a write and returns what applying it did.
+    fn write(&self, cmd: Command) -> impl Future<Output = Result<WriteResult, ClientError>> + Send;
+    /// Reads a key or a range.
+    fn range(
+        &self,
+        req: RangeRequest,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<ReadResult, ClientError>> + Send;
+    /// This node's view of itself and the cluster.
+    fn status(&self) -> impl Future<Output = Result<NodeStatus, ClientError>> + Send;
+    /// Adds a learner.
+    fn add_learner(
+        &self,
+        member: NewMember,
+    ) -> impl Future<Output = Result<MemberStatus, ClientError>> + Send;
+    /// Makes a learner a voter.
+    fn promote(&self, id: NodeId)
+    -> impl Future<Output = Result<MemberStatus, ClientError>> + Send;
+    /// Removes a member.
+    fn remove(&self, id: NodeId) -> impl Future<Output = Result<MemberStatus, ClientError>> + Send;
+}
+
+impl Backend for NodeHandle {
+    fn member_id(&self) -> u64 {
+        NodeHandle::member_id(self).0
+    }
+    fn cluster_id(&self) -> u64 {
+        NodeHandle::cluster_id(self)
+    }
+    async fn write(&self, cmd: Command) -> Result<WriteResult, ClientError> {
+        NodeHandle::write(self, cmd).await
+    }
+    async fn range(
+        &self,
+        req: RangeRequest,
+        consistency: Consistency,
+    ) -> Result<ReadResult, ClientError> {
+        NodeHandle::range(self, req, consistency).await
+    }
+    async fn status(&self) -> Result<NodeStatus, ClientError> {
+        NodeHandle::status(self).await
+    }
+    async fn add_learner(&self, member: NewMember) -> Result<MemberStatus, ClientError> {
+        NodeHandle::add_learner(self, member).await
+    }
+    async fn promote(&self, id: NodeId) -> Result<MemberStatus, ClientError> {
+        NodeHandle::promote(self, id).await
+    }
+    async fn remove(&self, id: NodeId) -> Result<MemberStatus, ClientError> {
+        NodeHandle::remove(self, id).await
+    }
+}

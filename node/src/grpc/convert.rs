@@ -1,0 +1,520 @@
+//! Translation between etcd's wire messages and the node's types: requests
+//! into state-machine commands and reads, results into etcd responses, node
+//! errors into gRPC status codes. Pure functions, so every rule here is unit
+//! tested without a server.
+
+use tonic::Status;
+
+use super::proto::etcdserverpb::{self as pb, range_request::SortOrder, range_request::SortTarget};
+use super::proto::mvccpb;
+use super::store::{self, Command, Op};
+use crate::server::{ClientError, MemberStatus, NodeStatus};
+
+/// etcd's status for a node error. Messages keep etcd's `etcdserver:` prefix
+/// where etcd clients recognise the error by it (no leader, timeouts).
+pub fn status_from(err: ClientError) -> Status {
+    match err {
+        ClientError::NoLeader => Status::unavailable("etcdserver: no leader"),
+        ClientError::Timeout => Status::unavailable("etcdserver: request timed out"),
+        ClientError::Unavailable(m) => Status::unavailable(m),
+        ClientError::InvalidArgument(m) => Status::invalid_argument(m),
+        // etcd answers an oversized request with InvalidArgument.
+        ClientError::TooLarge(m) => {
+            Status::invalid_argument(format!("etcdserver: request is too large: {m}"))
+        }
+        ClientError::NotFound(m) => Status::not_found(m),
+        ClientError::MembershipChangeInProgress => Status::failed_precondition(
+            "etcdserver: another membership change is in progress; retry when it has committed",
+        ),
+        ClientError::FailedPrecondition(m) => Status::failed_precondition(m),
+        ClientError::Internal(m) => Status::internal(m),
+    }
+}
+
+/// A response header.
+pub fn header(
+    cluster_id: u64,
+    member_id: u64,
+    revision: i64,
+    raft_term: u64,
+) -> pb::ResponseHeader {
+    pb::ResponseHeader {
+        cluster_id,
+        member_id,
+        revision,
+        raft_term,
+    }
+}
+
+/// Counts and sizes are u64 inside raftkv and int64 on etcd's wire; a value
+/// beyond i64::MAX cannot occur in practice and saturates.
+pub fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored key-value record on etcd's wire (raftkv has no leases: 0).
+pub fn key_value(kv: store::KeyValue) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: kv.key,
+        value: kv.value,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        lease: 0,
+    }
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("raftkv does not implement {what}"))
+}
+
+fn require_key(key: &[u8]) -> Result<(), Status> {
+    if key.is_empty() {
+        return Err(Status::invalid_argument("etcdserver: key is not provided"));
+    }
+    Ok(())
+}
+
+/// What a Range needs beyond the state machine's read: sorting and
+/// revision filters are applied by the service on the full result, then the
+/// limit, as etcd itself does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangePlan {
+    pub read: store::RangeRequest,
+    /// The revision the client asked to read at (0: current).
+    pub at_revision: i64,
+    pub post: Option<PostProcess>,
+}
+
+/// Sorting, filters and the limit, applied after the read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostProcess {
+    order: SortOrder,
+    target: SortTarget,
+    limit: usize,
+    min_mod: i64,
+    max_mod: i64,
+    min_create: i64,
+    max_create: i64,
+}
+
+/// Plans a Range: the read to do and what to do with its result.
+pub fn range_plan(req: &pb::RangeRequest) -> Result<RangePlan, Status> {
+    require_key(&req.key)?;
+    if req.limit < 0 {
+        return Err(Status::invalid_argument(
+            "etcdserver: limit must not be negative",
+        ));
+    }
+    if req.revision < 0 {
+        return Err(Status::invalid_argument(
+            "etcdserver: revision must not be negative",
+        ));
+    }
+    let order = SortOrder::try_from(req.sort_order)
+        .map_err(|_| Status::invalid_argument("etcdserver: invalid sort option"))?;
+    let target = SortTarget::try_from(req.sort_target)
+        .map_err(|_| Status::invalid_argument("etcdserver: invalid sort option"))?;
+    // Ascending by key is the store's own order.
+    let sorted =
+        !(order == SortOrder::None || (order == SortOrder::Ascend && target == SortTarget::Key));
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    let limit = u64::try_from(req.limit).unwrap_or(0);
+    let post = (sorted || filtered).then(|| PostProcess {
+        order,
+        target,
+        limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        min_mod: req.min_mod_revision,
+        max_mod: req.max_mod_revision,
+        min_create: req.min_create_revision,
+        max_create: req.max_create_revision,
+    });
+    Ok(RangePlan {
+        // etcd's range encoding is the store's too: an empty `range_end` is
+        // the single key, "\0" every key from `key` on, else [key, range_end).
+        read: store::RangeRequest {
+            key: req.key.clone(),
+            range_end: req.range_end.clone(),
+            // With post-processing the limit applies after it.
+            limit: if post.is_some() { 0 } else { limit },
+            count_only: req.count_only,
+            keys_only: req.keys_only,
+        },
+        at_revision: req.revision,
+        post,
+    })
+}
+
+/// Refuses a read at a revision other than the current one: raftkv keeps
+/// only the latest version of each key, which is what etcd calls having
+/// compacted everything before the current revision.
+pub fn check_revision(asked: i64, current: i64) -> Result<(), Status> {
+    if asked == 0 || asked == current {
+        Ok(())
+    } else if asked > current {
+        Err(Status::out_of_range(
+            "etcdserver: mvcc: required revision is a future revision",
+        ))
+    } else {
+        Err(Status::out_of_range(format!(
+            "etcdserver: mvcc: required revision has been compacted (raftkv keeps no history; the current revision is {current})"
+        )))
+    }
+}
+
+/// Builds a Range response body (without header) from a read's result.
+pub fn range_response(result: store::RangeResult, post: Option<&PostProcess>) -> pb::RangeResponse {
+    let count = to_i64(result.count);
+    let mut kvs: Vec<mvccpb::KeyValue> = result.kvs.into_iter().map(key_value).collect();
+    let mut more = result.more;
+    if let Some(p) = post {
+        kvs.retain(|kv| {
+            (p.min_mod == 0 || kv.mod_revision >= p.min_mod)
+                && (p.max_mod == 0 || kv.mod_revision <= p.max_mod)
+                && (p.min_create == 0 || kv.create_revision >= p.min_create)
+                && (p.max_create == 0 || kv.create_revision <= p.max_create)
+        });
+        let order = if p.order == SortOrder::None {
+            SortOrder::Ascend
+        } else {
+            p.order
+        };
+        kvs.sort_by(|a, b| {
+            let o = match p.target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            };
+            if order == SortOrder::Descend {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+        if p.limit > 0 && kvs.len() > p.limit {
+            kvs.truncate(p.limit);
+            more = true;
+        }
+    }
+    pb::RangeResponse {
+        header: None,
+        kvs,
+        more,
+        count,
+    }
+}
+
+fn command(op: Op) -> Command {
+    Command {
+        request_id: None,
+        op,
+    }
+}
+
+fn check_put(req: &pb::PutRequest) -> Result<(), Status> {
+    require_key(&req.key)?;
+    if req.lease != 0 {
+        return Err(unimplemented("leases"));
+    }
+    if req.ignore_value || req.ignore_lease {
+        return Err(unimplemented("ignore_value / ignore_lease"));
+    }
+    Ok(())
+}
+
+/// A Put as a state-machine command.
+pub fn put_command(req: pb::PutRequest) -> Result<Command, Status> {
+    check_put(&req)?;
+    Ok(command(Op::Put {
+        key: req.key,
+        value: req.value,
+        prev_kv: req.prev_kv,
+    }))
+}
+
+/// A DeleteRange as a state-machine command.
+pub fn delete_command(req: pb::DeleteRangeRequest) -> Result<Command, Status> {
+    require_key(&req.key)?;
+    Ok(command(Op::DeleteRange {
+        key: req.key,
+        range_end: req.range_end,
+        prev_kv: req.prev_kv,
+    }))
+}
+
+/// A Txn as one state-machine command: the compares and both branches are
+/// applied atomically at one revision.
+pub fn txn_command(req: pb::TxnRequest) -> Result<Command, Status> {
+    let compares = req
+        .compare
+        .into_iter()
+        .map(compare)
+        .collect::<Result<_, _>>()?;
+    let success = req
+        .success
+        .into_iter()
+        .map(txn_op)
+        .collect::<Result<_, _>>()?;
+    let failure = req
+        .failure
+        .into_iter()
+        .map(txn_op)
+        .collect::<Result<_, _>>()?;
+    Ok(command(Op::Txn {
+        compares,
+        success,
+        failure,
+    }))
+}
+
+fn compare(c: pb::Compare) -> Result<store::Compare, Status> {
+    use pb::compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
+    require_key(&c.key)?;
+    let result = match R::try_from(c.result) {
+        Ok(R::Equal) => store::CompareResult::Equal,
+        Ok(R::Greater) => store::CompareResult::Greater,
+        Ok(R::Less) => store::CompareResult::Less,
+        Ok(R::NotEqual) => store::CompareResult::NotEqual,
+        Err(_) => {
+            return Err(Status::invalid_argument(
+                "etcdserver: invalid compare result",
+            ));
+        }
+    };
+    // The target names which operand counts; a missing operand is etcd's
+    // zero value.
+    let int = |u: &Option<U>| match u {
+        Some(U::Version(v) | U::CreateRevision(v) | U::ModRevision(v) | U::Lease(v)) => *v,
+        _ => 0,
+    };
+    let target = match T::try_from(c.target) {
+        Ok(T::Version) => store::CompareTarget::Version(int(&c.target_union)),
+        Ok(T::Create) => store::CompareTarget::CreateRevision(int(&c.target_union)),
+        Ok(T::Mod) => store::CompareTarget::ModRevision(int(&c.target_union)),
+        Ok(T::Value) => store::CompareTarget::Value(match c.target_union {
+            Some(U::Value(v)) => v,
+            _ => bytes::Bytes::new(),
+        }),
+        Ok(T::Lease) => return Err(unimplemented("leases (compare on lease)")),
+        Err(_) => {
+            return Err(Status::invalid_argument(
+                "etcdserver: invalid compare target",
+            ));
+        }
+    };
+    Ok(store::Compare {
+        key: c.key,
+        range_end: c.range_end,
+        target,
+        result,
+    })
+}
+
+fn txn_op(op: pb::RequestOp) -> Result<store::TxnOp, Status> {
+    use pb::request_op::Request;
+    match op.request {
+        Some(Request::RequestRange(r)) => {
+            let plan = range_plan(&r)?;
+            if plan.post.is_some() || plan.at_revision != 0 {
+                return Err(unimplemented(
+                    "sorting, revision filters or historical revisions inside a Txn",
+                ));
+            }
+            Ok(store::TxnOp::Range(plan.read))
+        }
+        Some(Request::RequestPut(p)) => {
+            check_put(&p)?;
+            Ok(store::TxnOp::Put {
+                key: p.key,
+                value: p.value,
+                prev_kv: p.prev_kv,
+            })
+        }
+        Some(Request::RequestDeleteRange(d)) => {
+            require_key(&d.key)?;
+            Ok(store::TxnOp::DeleteRange {
+                key: d.key,
+                range_end: d.range_end,
+                prev_kv: d.prev_kv,
+            })
+        }
+        Some(Request::RequestTxn(_)) => Err(unimplemented("nested transactions")),
+        None => Err(Status::invalid_argument(
+            "etcdserver: empty request op in Txn",
+        )),
+    }
+}
+
+/// The responses of a Txn branch on etcd's wire.
+pub fn txn_responses(
+    results: Vec<store::TxnOpResult>,
+    header: &pb::ResponseHeader,
+) -> Vec<pb::ResponseOp> {
+    use pb::response_op::Response;
+    results
+        .into_iter()
+        .map(|r| pb::ResponseOp {
+            response: Some(match r {
+                store::TxnOpResult::Range(range) => {
+                    let mut resp = range_response(range, None);
+                    resp.header = Some(*header);
+                    Response::ResponseRange(resp)
+                }
+                store::TxnOpResult::Put { prev_kv } => Response::ResponsePut(pb::PutResponse {
+                    header: Some(*header),
+                    prev_kv: prev_kv.map(key_value),
+                }),
+                store::TxnOpResult::DeleteRange { deleted, prev_kvs } => {
+                    Response::ResponseDeleteRange(pb::DeleteRangeResponse {
+                        header: Some(*header),
+                        deleted: to_i64(deleted),
+                        prev_kvs: prev_kvs.into_iter().map(key_value).collect(),
+                    })
+                }
+            }),
+        })
+        .collect()
+}
+
+/// A command the state machine refused, as etcd would answer it.
+pub fn rejected(err: &store::KvError) -> Status {
+    use store::KvError as E;
+    match err {
+        E::EmptyKey => Status::invalid_argument("etcdserver: key is not provided"),
+        E::KeyTooLarge { .. } | E::ValueTooLarge { .. } => {
+            Status::invalid_argument(format!("etcdserver: request is too large: {err}"))
+        }
+        E::TooManyTxnOps { .. } => Status::invalid_argument(format!(
+            "etcdserver: too many operations in txn request: {err}"
+        )),
+        E::StaleRequest { .. } => Status::failed_precondition(err.to_string()),
+        E::Undecodable(_) => Status::internal(err.to_string()),
+    }
+}
+
+/// A member on etcd's wire. A member that has not published a client URL
+/// yet has none listed (as in etcd).
+pub fn member(m: &MemberStatus) -> pb::Member {
+    let urls = |u: &str| {
+        if u.is_empty() {
+            Vec::new()
+        } else {
+            vec![u.to_string()]
+        }
+    };
+    pb::Member {
+        id: m.id,
+        name: m.name.clone(),
+        peer_ur_ls: urls(&m.peer_url),
+        client_ur_ls: urls(&m.client_url),
+        is_learner: m.role == "learner",
+    }
+}
+
+/// Maintenance.Status from the node's status.
+pub fn status_response(s: &NodeStatus, member_id: u64) -> pb::StatusResponse {
+    let db = s.log_db_size_bytes.saturating_add(s.kv_db_size_bytes);
+    pb::StatusResponse {
+        header: Some(header(s.cluster_id, member_id, to_i64(s.revision), s.term)),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        db_size: to_i64(db),
+        leader: s.leader_id.unwrap_or(0),
+        raft_index: s.commit_index,
+        raft_term: s.term,
+        raft_applied_index: s.applied_index,
+        errors: Vec::new(),
+        db_size_in_use: to_i64(db),
+        is_learner: s.role == "learner",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn etcd_range_encoding_passes_through_unchanged() {
+        let single = range_plan(&pb::RangeRequest {
+            key: Bytes::from_static(b"a"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(single.read.range_end.is_empty());
+        let from = range_plan(&pb::RangeRequest {
+            key: Bytes::from_static(b"a"),
+            range_end: Bytes::from_static(b"\0"),
+            limit: 5,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(&from.read.range_end[..], b"\0");
+        assert_eq!(from.read.limit, 5);
+        assert!(from.post.is_none());
+    }
+
+    #[test]
+    fn sorting_or_filtering_moves_the_limit_after_the_read() {
+        let plan = range_plan(&pb::RangeRequest {
+            key: Bytes::from_static(b"a"),
+            range_end: Bytes::from_static(b"b"),
+            limit: 2,
+            min_mod_revision: 3,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(plan.read.limit, 0);
+        let result = store::RangeResult {
+            kvs: (1..=4)
+                .map(|r| store::KeyValue {
+                    key: Bytes::from(vec![b'a', b'0' + r as u8]),
+                    value: Bytes::new(),
+                    create_revision: r,
+                    mod_revision: r,
+                    version: 1,
+                })
+                .collect(),
+            count: 4,
+            more: false,
+            revision: 4,
+        };
+        let resp = range_response(result, plan.post.as_ref());
+        let mods: Vec<i64> = resp.kvs.iter().map(|kv| kv.mod_revision).collect();
+        assert_eq!(mods, vec![3, 4]);
+        assert_eq!(resp.count, 4);
+    }
+
+    #[test]
+    fn only_the_current_revision_can_be_read() {
+        assert!(check_revision(0, 7).is_ok());
+        assert!(check_revision(7, 7).is_ok());
+        assert_eq!(
+            check_revision(6, 7).unwrap_err().code(),
+            tonic::Code::OutOfRange
+        );
+        assert_eq!(
+            check_revision(8, 7).unwrap_err().code(),
+            tonic::Code::OutOfRange
+        );
+    }
+
+    #[test]
+    fn a_member_without_a_client_url_lists_none() {
+        let m = member(&MemberStatus {
+            id: 9,
+            name: String::new(),
+            peer_url: "http://h:2380".into(),
+            client_url: String::new(),
+            role: "learner".into(),
+            match_index: None,
+        });
+        assert_eq!(m.peer_ur_ls, vec!["http://h:2380"]);
+        assert!(m.client_ur_ls.is_empty());
+        assert!(m.is_learner);
+    }
+}

@@ -1,0 +1,185 @@
+//! A single-node [`Backend`] for the service tests: the real state machine
+//! ([`KvStore`] in a temp dir) without Raft, plus a member list, so the
+//! services' translation is checked over real gRPC without a cluster.
+
+use std::sync::{Arc, Mutex};
+
+use crate::raft::{Entry, EntryPayload, LogIndex, NodeId, Term};
+use crate::server::{
+    ClientError, Consistency, MemberStatus, NewMember, NodeStatus, ReadResult, WriteResult,
+};
+use crate::storage::{KvStore, Limits};
+
+use super::backend::Backend;
+use super::store::{Command, RangeRequest};
+
+pub const CLUSTER_ID: u64 = 0xc1;
+pub const MEMBER_ID: u64 = 1;
+pub const TERM: u64 = 3;
+
+#[derive(Debug)]
+struct State {
+    kv: KvStore,
+    _dir: tempfile::TempDir,
+    next_index: u64,
+    members: Vec<MemberStatus>,
+    /// When set, every call fails with this error.
+    failing: Option<ClientError>,
+    last_consistency: Option<Consistency>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeBackend {
+    state: Arc<Mutex<State>>,
+}
+
+fn voter(id: u64) -> MemberStatus {
+    MemberStatus {
+        id,
+        name: format!("n{id}"),
+        peer_url: format!("http://127.0.0.1:{}", 2380 + id),
+        client_url: format!("http://127.0.0.1:{}", 2379 + id),
+        role: "voter".into(),
+        match_index: None,
+    }
+}
+
+impl FakeBackend {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(dir.path(), Limits::default()).unwrap();
+        FakeBackend {
+            state: Arc::new(Mutex::new(State {
+                kv,
+                _dir: dir,
+                next_index: 1,
+                members: vec![voter(1), voter(2), voter(3)],
+                failing: None,
+                last_consistency: None,
+            })),
+        }
+    }
+
+    pub fn fail_with(&self, err: Option<ClientError>) {
+        self.state.lock().unwrap().failing = err;
+    }
+
+    pub fn last_consistency(&self) -> Option<Consistency> {
+        self.state.lock().unwrap().last_consistency
+    }
+
+    fn check(&self) -> Result<(), ClientError> {
+        match &self.state.lock().unwrap().failing {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Backend for FakeBackend {
+    fn member_id(&self) -> u64 {
+        MEMBER_ID
+    }
+    fn cluster_id(&self) -> u64 {
+        CLUSTER_ID
+    }
+
+    async fn write(&self, cmd: Command) -> Result<WriteResult, ClientError> {
+        self.check()?;
+        let mut s = self.state.lock().unwrap();
+        let index = LogIndex(s.next_index);
+        s.next_index += 1;
+        let entry = Entry {
+            term: Term(TERM),
+            index,
+            payload: EntryPayload::Command(cmd.encode()),
+        };
+        let (_, outcome) = s.kv.apply(&[entry]).unwrap().pop().unwrap();
+        Ok(WriteResult {
+            outcome,
+            raft_term: Term(TERM),
+        })
+    }
+
+    async fn range(
+        &self,
+        req: RangeRequest,
+        consistency: Consistency,
+    ) -> Result<ReadResult, ClientError> {
+        self.check()?;
+        let mut s = self.state.lock().unwrap();
+        s.last_consistency = Some(consistency);
+        s.kv.limits()
+            .check_range(&req)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        Ok(ReadResult {
+            range: s.kv.range(&req).unwrap(),
+            raft_term: Term(TERM),
+        })
+    }
+
+    async fn status(&self) -> Result<NodeStatus, ClientError> {
+        self.check()?;
+        let s = self.state.lock().unwrap();
+        Ok(NodeStatus {
+            id: MEMBER_ID,
+            name: "n1".into(),
+            cluster_id: CLUSTER_ID,
+            role: "leader".into(),
+            term: TERM,
+            leader_id: Some(MEMBER_ID),
+            commit_index: 42,
+            applied_index: 41,
+            last_log_index: 42,
+            first_log_index: 1,
+            revision: s.kv.revision() as u64,
+            members: s.members.clone(),
+            log_db_size_bytes: 1000,
+            kv_db_size_bytes: 24,
+        })
+    }
+
+    async fn add_learner(&self, m: NewMember) -> Result<MemberStatus, ClientError> {
+        self.check()?;
+        let mut s = self.state.lock().unwrap();
+        let id = s.members.iter().map(|m| m.id).max().unwrap_or(0) + 1;
+        let added = MemberStatus {
+            id,
+            name: m.name,
+            peer_url: m.peer_url,
+            client_url: m.client_url,
+            role: "learner".into(),
+            match_index: None,
+        };
+        s.members.push(added.clone());
+        Ok(added)
+    }
+
+    async fn promote(&self, id: NodeId) -> Result<MemberStatus, ClientError> {
+        self.check()?;
+        let mut s = self.state.lock().unwrap();
+        let m = s
+            .members
+            .iter_mut()
+            .find(|m| m.id == id.0)
+            .ok_or_else(|| ClientError::NotFound("etcdserver: member not found".into()))?;
+        if m.role != "learner" {
+            return Err(ClientError::FailedPrecondition(
+                "etcdserver: can only promote a learner member".into(),
+            ));
+        }
+        m.role = "voter".into();
+        Ok(m.clone())
+    }
+
+    async fn remove(&self, id: NodeId) -> Result<MemberStatus, ClientError> {
+        self.check()?;
+        let mut s = self.state.lock().unwrap();
+        let pos = s
+            .members
+            .iter()
+            .position(|m| m.id == id.0)
+            .ok_or_else(|| ClientError::NotFound("etcdserver: member not found".into()))?;
+        Ok(s.members.remove(pos))
+    }
+}

@@ -1,0 +1,74 @@
+//! raftkv's client gRPC API, wire-compatible with etcd's v3 API so that
+//! `etcdctl` and etcd's client libraries work unchanged.
+//!
+//! - [`proto`]: the types generated from `proto/etcd`;
+//! - [`convert`]: etcd requests into node calls and results back, errors into
+//!   gRPC codes;
+//! - [`kv`], [`maintenance`], [`cluster`]: the tonic services;
+//! - [`backend`]: what the services need from a node ([`NodeHandle`]).
+//!
+//! Watch, Lease, Auth and the rest of Maintenance are not served: their
+//! calls are answered UNIMPLEMENTED, never with a made-up success.
+
+pub mod backend;
+pub mod cluster;
+pub mod convert;
+pub mod kv;
+pub mod maintenance;
+pub mod proto;
+pub mod store;
+
+#[cfg(test)]
+pub(crate) mod fake_backend;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::{Router, TcpIncoming};
+
+pub use backend::Backend;
+
+use proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+};
+
+use crate::server::NodeHandle;
+
+/// The client API's services over one backend, ready to serve.
+pub fn router<B: Backend>(backend: B) -> Router {
+    Server::builder()
+        .tcp_nodelay(true)
+        .add_service(KvServer::new(kv::KvService::new(backend.clone())))
+        .add_service(MaintenanceServer::new(
+            maintenance::MaintenanceService::new(backend.clone()),
+        ))
+        .add_service(ClusterServer::new(cluster::ClusterService::new(backend)))
+}
+
+/// Serves the client API on `addr` until the future is dropped (the
+/// `raftkv serve` client port, 2379 by default).
+pub fn serve(
+    addr: SocketAddr,
+    handle: NodeHandle,
+) -> impl Future<Output = Result<(), tonic::transport::Error>> {
+    router(handle).serve(addr)
+}
+
+/// Serves the client API on an already bound listener until `shutdown`
+/// completes, then finishes the requests in flight.
+///
+/// TCP_NODELAY is set on every accepted connection here because tonic
+/// ignores its builder's `tcp_nodelay` for a listener it did not bind; without
+/// it a small response can wait ~40 ms for the peer's delayed ACK (Nagle).
+pub fn serve_with_shutdown<B: Backend>(
+    listener: TcpListener,
+    backend: B,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = Result<(), tonic::transport::Error>> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    router(backend).serve_with_incoming_shutdown(incoming, shutdown)
+}

@@ -1,0 +1,7 @@
+//! The state machine's request and result types, as the gRPC layer uses
+//! them (one import point for the services).
+
+pub use crate::storage::{
+    ApplyOutcome, Command, Compare, CompareResult, CompareTarget, KeyValue, KvError, Op,
+    RangeRequest, RangeResult, TxnOp, TxnOpResult,
+};

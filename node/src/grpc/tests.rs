@@ -1,0 +1,676 @@
+//! The client API over real gRPC: each test starts the services on a
+//! loopback port in front of [`FakeBackend`] and talks to them with etcd's
+//! client stubs (and, in one test, with the real `etcdctl`).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use super::fake_backend::{CLUSTER_ID, FakeBackend, MEMBER_ID, TERM};
+use super::proto::etcdserverpb::{
+    self as pb, cluster_client::ClusterClient, kv_client::KvClient,
+    maintenance_client::MaintenanceClient, range_request::SortOrder, range_request::SortTarget,
+};
+use crate::server::{ClientError, Consistency};
+
+struct Running {
+    addr: SocketAddr,
+    backend: FakeBackend,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    async fn start() -> Running {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let backend = FakeBackend::new();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(super::serve_with_shutdown(
+            listener,
+            backend.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Running {
+            addr,
+            backend,
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.channel().await)
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.server.await.unwrap().unwrap();
+    }
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+async fn put(kv: &mut KvClient<Channel>, key: &str, value: &str) -> pb::PutResponse {
+    kv.put(pb::PutRequest {
+        key: b(key),
+        value: b(value),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+fn get(key: &str) -> pb::RangeRequest {
+    pb::RangeRequest {
+        key: b(key),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_put_is_read_back_with_etcd_metadata_and_headers() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    let first = put(&mut kv, "a", "1").await;
+    let h = first.header.unwrap();
+    assert_eq!(
+        (h.cluster_id, h.member_id, h.revision, h.raft_term),
+        (CLUSTER_ID, MEMBER_ID, 1, TERM)
+    );
+    put(&mut kv, "a", "2").await;
+
+    let got = kv.range(get("a")).await.unwrap().into_inner();
+    assert_eq!(got.count, 1);
+    let a = &got.kvs[0];
+    assert_eq!((&a.key[..], &a.value[..]), (&b"a"[..], &b"2"[..]));
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 2, 2));
+    assert_eq!(got.header.unwrap().revision, 2);
+    assert_eq!(
+        r.backend.last_consistency(),
+        Some(Consistency::Linearizable)
+    );
+
+    let missing = kv.range(get("b")).await.unwrap().into_inner();
+    assert_eq!((missing.count, missing.kvs.len()), (0, 0));
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_serializable_range_is_served_as_a_local_read() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    kv.range(pb::RangeRequest {
+        serializable: true,
+        ..get("a")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        r.backend.last_consistency(),
+        Some(Consistency::Serializable)
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn prefix_ranges_honour_limit_keys_only_and_count_only() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    for k in ["p/1", "p/2", "p/3", "q"] {
+        put(&mut kv, k, "v").await;
+    }
+    // etcdctl get --prefix p/ sends range_end = "p0".
+    let prefix = |limit| pb::RangeRequest {
+        key: b("p/"),
+        range_end: b("p0"),
+        limit,
+        ..Default::default()
+    };
+    let all = kv.range(prefix(0)).await.unwrap().into_inner();
+    assert_eq!(all.kvs.len(), 3);
+    assert!(!all.more);
+    let two = kv.range(prefix(2)).await.unwrap().into_inner();
+    assert_eq!((two.kvs.len(), two.count, two.more), (2, 3, true));
+
+    let keys = kv
+        .range(pb::RangeRequest {
+            keys_only: true,
+            ..prefix(0)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(keys.kvs.iter().all(|kv| kv.value.is_empty()));
+    let count = kv
+        .range(pb::RangeRequest {
+            count_only: true,
+            ..prefix(0)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((count.count, count.kvs.len()), (3, 0));
+
+    // "\0" as range_end: every key from `key` on.
+    let from_p2 = kv
+        .range(pb::RangeRequest {
+            key: b("p/2"),
+            range_end: Bytes::from_static(b"\0"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let keys: Vec<_> = from_p2.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, vec![b("p/2"), b("p/3"), b("q")]);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_descending_sort_applies_before_the_limit() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    for k in ["k1", "k2", "k3"] {
+        put(&mut kv, k, "v").await;
+    }
+    let resp = kv
+        .range(pb::RangeRequest {
+            key: b("k"),
+            range_end: b("l"),
+            limit: 2,
+            sort_order: SortOrder::Descend as i32,
+            sort_target: SortTarget::Key as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let keys: Vec<_> = resp.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, vec![b("k3"), b("k2")]);
+    assert!(resp.more);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn reads_at_an_old_or_future_revision_are_refused_not_answered_wrongly() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    put(&mut kv, "a", "1").await;
+    put(&mut kv, "a", "2").await;
+    let at = |revision| pb::RangeRequest {
+        revision,
+        ..get("a")
+    };
+    assert_eq!(kv.range(at(2)).await.unwrap().into_inner().kvs.len(), 1);
+    let old = kv.range(at(1)).await.unwrap_err();
+    assert_eq!(old.code(), Code::OutOfRange);
+    assert!(old.message().contains("compacted"), "{}", old.message());
+    let future = kv.range(at(9)).await.unwrap_err();
+    assert_eq!(future.code(), Code::OutOfRange);
+    assert!(future.message().contains("future"), "{}", future.message());
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn put_and_delete_return_previous_values_when_asked() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    put(&mut kv, "d/1", "old").await;
+    put(&mut kv, "d/2", "x").await;
+    let replaced = kv
+        .put(pb::PutRequest {
+            key: b("d/1"),
+            value: b("new"),
+            prev_kv: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(&replaced.prev_kv.unwrap().value[..], b"old");
+
+    let deleted = kv
+        .delete_range(pb::DeleteRangeRequest {
+            key: b("d/"),
+            range_end: b("d0"),
+            prev_kv: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.deleted, 2);
+    assert_eq!(deleted.prev_kvs.len(), 2);
+    assert_eq!(deleted.header.unwrap().revision, 4);
+    let nothing = kv
+        .delete_range(pb::DeleteRangeRequest {
+            key: b("d/1"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(nothing.deleted, 0);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn what_raftkv_does_not_implement_answers_unimplemented() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    let leased = kv
+        .put(pb::PutRequest {
+            key: b("a"),
+            lease: 7,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(leased.code(), Code::Unimplemented);
+    let mut cluster = ClusterClient::new(r.channel().await);
+    let update = cluster
+        .member_update(pb::MemberUpdateRequest {
+            id: 2,
+            peer_ur_ls: vec!["http://x:1".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(update.code(), Code::Unimplemented);
+    // Nothing was written by the refused put.
+    assert_eq!(kv.range(get("a")).await.unwrap().into_inner().count, 0);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_invalid_arguments() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    let empty = kv.range(get("")).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    let negative = kv
+        .range(pb::RangeRequest {
+            limit: -1,
+            ..get("a")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(negative.code(), Code::InvalidArgument);
+    let no_key = kv.put(pb::PutRequest::default()).await.unwrap_err();
+    assert_eq!(no_key.code(), Code::InvalidArgument);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn node_errors_become_the_codes_etcd_clients_expect() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    let cases = [
+        (ClientError::NoLeader, Code::Unavailable),
+        (ClientError::Timeout, Code::Unavailable),
+        (ClientError::TooLarge("value".into()), Code::InvalidArgument),
+        (ClientError::NotFound("x".into()), Code::NotFound),
+        (
+            ClientError::MembershipChangeInProgress,
+            Code::FailedPrecondition,
+        ),
+        (ClientError::Internal("x".into()), Code::Internal),
+    ];
+    for (err, code) in cases {
+        r.backend.fail_with(Some(err.clone()));
+        let got = kv.range(get("a")).await.unwrap_err();
+        assert_eq!(got.code(), code, "{err:?}");
+    }
+    r.backend.fail_with(Some(ClientError::NoLeader));
+    let e = kv
+        .put(pb::PutRequest {
+            key: b("a"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.message(), "etcdserver: no leader");
+    r.backend.fail_with(None);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn compact_is_a_no_op_up_to_the_current_revision_and_refused_beyond() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    put(&mut kv, "a", "1").await;
+    put(&mut kv, "a", "2").await;
+    let ok = kv
+        .compact(pb::CompactionRequest {
+            revision: 2,
+            physical: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.header.unwrap().revision, 2);
+    let future = kv
+        .compact(pb::CompactionRequest {
+            revision: 3,
+            physical: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(future.code(), Code::OutOfRange);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_reports_the_nodes_raft_position() {
+    let r = Running::start().await;
+    let mut m = MaintenanceClient::new(r.channel().await);
+    let s = m.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(s.header.unwrap().member_id, MEMBER_ID);
+    assert_eq!(
+        (s.leader, s.raft_term, s.raft_index, s.raft_applied_index),
+        (MEMBER_ID, TERM, 42, 41)
+    );
+    assert_eq!(s.db_size, 1024);
+    assert!(!s.is_learner);
+    assert!(!s.version.is_empty());
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn members_are_added_as_learners_promoted_and_removed() {
+    let r = Running::start().await;
+    let mut c = ClusterClient::new(r.channel().await);
+    let list = c
+        .member_list(pb::MemberListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.members.len(), 3);
+    assert_eq!(list.members[0].peer_ur_ls, vec!["http://127.0.0.1:2381"]);
+
+    let voter = c
+        .member_add(pb::MemberAddRequest {
+            peer_ur_ls: vec!["http://127.0.0.1:2390".into()],
+            is_learner: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(voter.code(), Code::FailedPrecondition);
+    assert!(voter.message().contains("learner"));
+
+    let added = c
+        .member_add(pb::MemberAddRequest {
+            peer_ur_ls: vec!["http://127.0.0.1:2390".into()],
+            is_learner: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let new = added.member.unwrap();
+    assert!(new.is_learner);
+    assert!(new.client_ur_ls.is_empty());
+    assert_eq!(added.members.len(), 4);
+
+    let promoted = c
+        .member_promote(pb::MemberPromoteRequest { id: new.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(promoted.members.iter().all(|m| !m.is_learner));
+    let again = c
+        .member_promote(pb::MemberPromoteRequest { id: new.id })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    let removed = c
+        .member_remove(pb::MemberRemoveRequest { id: 2 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(removed.members.len(), 3);
+    assert!(removed.members.iter().all(|m| m.id != 2));
+    let unknown = c
+        .member_remove(pb::MemberRemoveRequest { id: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    r.shutdown().await;
+}
+
+/// Runs etcdctl with `input` on its standard input (interactive `txn`).
+async fn etcdctl_stdin(endpoint: &str, args: &[&str], input: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("etcdctl must be installed (.ci/install installs etcd-client)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The real `etcdctl` (Debian's etcd-client, installed by .ci/install)
+/// against the services: the wire format is etcd's, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_etcdctl_works_against_the_services() {
+    let r = Running::start().await;
+    let endpoint = r.addr.to_string();
+    let etcdctl = |args: &'static [&'static str]| {
+        let endpoint = endpoint.clone();
+        async move {
+            let out = tokio::process::Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg("--endpoints")
+                .arg(&endpoint)
+                .arg("--dial-timeout=5s")
+                .arg("--command-timeout=5s")
+                .args(args)
+                .output()
+                .await
+                .expect("etcdctl must be installed (.ci/install installs etcd-client)");
+            assert!(
+                out.status.success(),
+                "etcdctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    assert_eq!(etcdctl(&["put", "/app/a", "1"]).await.trim(), "OK");
+    etcdctl(&["put", "/app/b", "2"]).await;
+    etcdctl(&["put", "/other", "3"]).await;
+    assert_eq!(etcdctl(&["get", "/app/a"]).await, "/app/a\n1\n");
+    assert_eq!(
+        etcdctl(&["get", "--prefix", "/app/"]).await,
+        "/app/a\n1\n/app/b\n2\n"
+    );
+    assert_eq!(
+        etcdctl(&["get", "--consistency=s", "/other"]).await,
+        "/other\n3\n"
+    );
+    assert_eq!(
+        r.backend.last_consistency(),
+        Some(Consistency::Serializable)
+    );
+    let txn = etcdctl_stdin(
+        &endpoint,
+        &["txn"],
+        "value(\"/app/a\") = \"1\"\n\nput /app/a won\n\nput /app/a lost\n\n",
+    )
+    .await;
+    assert_eq!(txn, "SUCCESS\n\nOK\n", "{txn}");
+    assert_eq!(
+        etcdctl(&["get", "/app/a", "--print-value-only"]).await,
+        "won\n"
+    );
+    assert_eq!(etcdctl(&["del", "--prefix", "/app/"]).await.trim(), "2");
+    assert_eq!(etcdctl(&["get", "--prefix", "/app/"]).await, "");
+    let members = etcdctl(&["member", "list"]).await;
+    assert_eq!(members.lines().count(), 3, "{members}");
+    assert!(members.contains("http://127.0.0.1:2381"), "{members}");
+    let status = etcdctl(&["endpoint", "status", "-w", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v[0]["Status"]["raftTerm"], TERM);
+    assert_eq!(v[0]["Status"]["leader"], MEMBER_ID);
+
+    let added = etcdctl(&[
+        "member",
+        "add",
+        "n4",
+        "--peer-urls",
+        "http://127.0.0.1:2390",
+        "--learner",
+    ])
+    .await;
+    assert!(added.contains(" 4 added to cluster"), "{added}");
+    assert!(added.contains("n4=http://127.0.0.1:2390"), "{added}");
+    assert!(
+        etcdctl(&["member", "list"]).await.contains("true"),
+        "the new member is a learner"
+    );
+    let promoted = etcdctl(&["member", "promote", "4"]).await;
+    assert!(promoted.contains("promoted"), "{promoted}");
+    let removed = etcdctl(&["member", "remove", "2"]).await;
+    assert!(removed.contains("removed"), "{removed}");
+    let members = etcdctl(&["member", "list"]).await;
+    assert_eq!(members.lines().count(), 3, "{members}");
+    assert!(!members.contains("true"), "{members}");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_txn_runs_the_branch_its_compares_choose() {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use pb::request_op::Request;
+    use pb::response_op::Response;
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    put(&mut kv, "acct", "10").await;
+    let cas = |expected: &str, new: &str| pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Value as i32,
+            key: b("acct"),
+            target_union: Some(TargetUnion::Value(b(expected))),
+            ..Default::default()
+        }],
+        success: vec![pb::RequestOp {
+            request: Some(Request::RequestPut(pb::PutRequest {
+                key: b("acct"),
+                value: b(new),
+                prev_kv: true,
+                ..Default::default()
+            })),
+        }],
+        failure: vec![pb::RequestOp {
+            request: Some(Request::RequestRange(get("acct"))),
+        }],
+    };
+    let won = kv.txn(cas("10", "20")).await.unwrap().into_inner();
+    assert!(won.succeeded);
+    assert_eq!(won.header.unwrap().revision, 2);
+    match &won.responses[0].response {
+        Some(Response::ResponsePut(p)) => assert_eq!(&p.prev_kv.as_ref().unwrap().value[..], b"10"),
+        other => panic!("{other:?}"),
+    }
+    let lost = kv.txn(cas("10", "30")).await.unwrap().into_inner();
+    assert!(!lost.succeeded);
+    match &lost.responses[0].response {
+        Some(Response::ResponseRange(g)) => assert_eq!(&g.kvs[0].value[..], b"20"),
+        other => panic!("{other:?}"),
+    }
+
+    // Compares on version, create and mod revision.
+    let on = |target: CompareTarget, result: CompareResult, union: TargetUnion| pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: result as i32,
+            target: target as i32,
+            key: b("acct"),
+            target_union: Some(union),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    for (req, expect) in [
+        (
+            on(
+                CompareTarget::Version,
+                CompareResult::Equal,
+                TargetUnion::Version(2),
+            ),
+            true,
+        ),
+        (
+            on(
+                CompareTarget::Create,
+                CompareResult::Equal,
+                TargetUnion::CreateRevision(1),
+            ),
+            true,
+        ),
+        (
+            on(
+                CompareTarget::Mod,
+                CompareResult::Greater,
+                TargetUnion::ModRevision(2),
+            ),
+            false,
+        ),
+        (
+            on(
+                CompareTarget::Mod,
+                CompareResult::Less,
+                TargetUnion::ModRevision(3),
+            ),
+            true,
+        ),
+        (
+            on(
+                CompareTarget::Version,
+                CompareResult::NotEqual,
+                TargetUnion::Version(2),
+            ),
+            false,
+        ),
+    ] {
+        let got = kv.txn(req.clone()).await.unwrap().into_inner();
+        assert_eq!(got.succeeded, expect, "{req:?}");
+    }
+
+    let lease = on(
+        CompareTarget::Lease,
+        CompareResult::Equal,
+        TargetUnion::Lease(0),
+    );
+    assert_eq!(kv.txn(lease).await.unwrap_err().code(), Code::Unimplemented);
+    r.shutdown().await;
+}

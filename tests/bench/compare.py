@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""Races raftkv against etcd on one machine, in one run, with one client.
+
+Starts a 3-member etcd cluster on loopback (default settings, fsync on), runs
+the workloads with `raftkv bench`, stops it; then does the same with a 3-node
+raftkv cluster. The clusters never run at the same time, so neither steals
+CPU from the other's measurement. Prints one table: throughput and p50/p99
+for both, the raftkv/etcd ratios, and the CPU seconds each cluster's
+processes used during each row (from /proc/<pid>/stat).
+
+    tests/bench/compare.py --raftkv target/release/raftkv            # full race
+    tests/bench/compare.py --raftkv target/release/raftkv --smoke    # CI smoke
+    tests/bench/compare.py --raftkv target/release/raftkv --only etcd
+
+The bench tool is the `raftkv` binary itself (`raftkv bench`), so the etcd
+half runs even before raftkv's server does. Exit status: 0 when every row of
+every cluster that ran completed requests, 1 otherwise.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# (row name, bench workload arguments)
+WORKLOADS = [
+    ("put", ["put"]),
+    ("get linearizable", ["get", "--consistency", "linearizable"]),
+    ("get serializable", ["get", "--consistency", "serializable"]),
+]
+
+
+def free_ports(n):
+    """n distinct loopback ports that are free right now."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a live process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name (field 2) may hold spaces: split after it.
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class Cluster:
+    """A set of server processes started by this script and stopped by PID."""
+
+    def __init__(self, name, workdir):
+        self.name = name
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.procs = []
+        self.endpoints = []
+
+    def spawn(self, args, log_name):
+        log = open(os.path.join(self.workdir, log_name), "wb")
+        self.procs.append(
+            subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        )
+
+    def cpu(self):
+        return sum(cpu_seconds(p.pid) for p in self.procs)
+
+    def check_alive(self):
+        for p in self.procs:
+            if p.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name}: a server exited with status {p.returncode}; logs in {self.workdir}"
+                )
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def start_etcd(etcd, workdir):
+    c = Cluster("etcd", workdir)
+    ports = free_ports(6)
+    peers = [f"http://127.0.0.1:{p}" for p in ports[:3]]
+    clients = [f"http://127.0.0.1:{p}" for p in ports[3:]]
+    initial = ",".join(f"m{i}={peers[i]}" for i in range(3))
+    for i in range(3):
+        c.spawn(
+            [
+                etcd,
+                "--name", f"m{i}",
+                "--data-dir", os.path.join(workdir, f"m{i}"),
+                "--listen-peer-urls", peers[i],
+                "--initial-advertise-peer-urls", peers[i],
+                "--listen-client-urls", clients[i],
+                "--advertise-client-urls", clients[i],
+                "--initial-cluster", initial,
+                "--initial-cluster-state", "new",
+                "--initial-cluster-token", "raftkv-compare",
+            ],
+            f"m{i}.log",
+        )
+    c.endpoints = [u.removeprefix("http://") for u in clients]
+    return c
+
+
+def start_raftkv(raftkv, workdir):
+    c = Cluster("raftkv", workdir)
+    ports = free_ports(9)
+    peer, client, http = ports[:3], ports[3:6], ports[6:]
+    initial = ",".join(f"{i + 1}=127.0.0.1:{peer[i]}" for i in range(3))
+    for i in range(3):
+        c.spawn(
+            [
+                raftkv, "serve",
+                "--id", str(i + 1),
+                "--data-dir", os.path.join(workdir, f"n{i + 1}"),
+                "--listen-client", f"127.0.0.1:{client[i]}",
+                "--listen-peer", f"127.0.0.1:{peer[i]}",
+                "--listen-http", f"127.0.0.1:{http[i]}",
+                "--initial-cluster", initial,
+            ],
+            f"n{i + 1}.log",
+        )
+    c.endpoints = [f"127.0.0.1:{p}" for p in client]
+    return c
+
+
+def bench(tool, endpoints, args, clients, duration, warmup, keys, value_size):
+    conns = max(1, min(clients // 10, 100))
+    cmd = [
+        tool, "bench", *args,
+        "--endpoints", ",".join(endpoints),
+        "--clients", str(clients),
+        "--conns", str(conns),
+        "--keys", str(keys),
+        "--value-size", str(value_size),
+        "--output", "json",
+        "--no-progress",
+    ]
+    if duration is not None:
+        cmd += ["--duration", duration, "--warmup", warmup]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def wait_ready(tool, cluster, timeout):
+    """Polls with single puts through every endpoint until each succeeds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        cluster.check_alive()
+        try:
+            for ep in cluster.endpoints:
+                r = bench(tool, [ep], ["put", "--requests", "1"], 1, None, None, 1, 8)
+                if r["requests"] != 1:
+                    raise RuntimeError(f"{ep}: {r['errors_by_code']}")
+            return
+        except (RuntimeError, json.JSONDecodeError, subprocess.TimeoutExpired) as e:
+            last = e
+            time.sleep(0.2)
+    raise RuntimeError(f"{cluster.name} did not become ready in {timeout}s: {last}")
+
+
+def race(name, start, tool, opts, workdir):
+    """Starts one cluster, runs every row against it, stops it."""
+    cluster = start(os.path.join(workdir, name))
+    rows = {}
+    try:
+        wait_ready(tool, cluster, 60)
+        cpu0 = cluster.cpu()
+        t0 = time.monotonic()
+        fill = bench(tool, cluster.endpoints, ["fill"], min(1000, max(opts.clients)), None, None,
+                     opts.keys, opts.value_size)
+        print(f"{name}: loaded {fill['requests']} keys in {time.monotonic() - t0:.1f}s "
+              f"({fill['errors']} errors)", file=sys.stderr)
+        for wname, wargs in WORKLOADS:
+            for clients in opts.clients:
+                cluster.check_alive()
+                before = cluster.cpu()
+                r = bench(tool, cluster.endpoints, wargs, clients, opts.duration, opts.warmup,
+                          opts.keys, opts.value_size)
+                r["cluster_cpu_s"] = cluster.cpu() - before
+                rows[(wname, clients)] = r
+                print(f"{name}: {wname:<17} {clients:>5} clients: {r['throughput']:9.1f} req/s "
+                      f"p99 {r['latency']['p99_ms']:.1f} ms, {r['errors']} errors",
+                      file=sys.stderr)
+        total_cpu = cluster.cpu() - cpu0
+    finally:
+        cluster.stop()
+    return rows, total_cpu
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if b else "-"
+
+
+def table(opts, results):
+    etcd, raftkv = results.get("etcd"), results.get("raftkv")
+    head = (f"{'workload':<17} {'clients':>7} | {'etcd req/s':>10} {'p50 ms':>7} {'p99 ms':>8} "
+            f"{'cpu s':>6} | {'raftkv req/s':>12} {'p50 ms':>7} {'p99 ms':>8} {'cpu s':>6} | "
+            f"{'thr x':>6} {'p99 /':>6}")
+    lines = [head, "-" * len(head)]
+
+    def cols(r, width):
+        if r is None:
+            return f"{'n/a':>{width}} {'':>7} {'':>8} {'':>6}"
+        return (f"{r['throughput']:>{width}.1f} {r['latency']['p50_ms']:>7.2f} "
+                f"{r['latency']['p99_ms']:>8.2f} {r['cluster_cpu_s']:>6.1f}")
+
+    for wname, _ in WORKLOADS:
+        for clients in opts.clients:
+            e = etcd[0].get((wname, clients)) if etcd else None
+            k = raftkv[0].get((wname, clients)) if raftkv else None
+            thr = ratio(k["throughput"], e["throughput"]) if e and k else "-"
+            p99 = ratio(e["latency"]["p99_ms"], k["latency"]["p99_ms"]) if e and k else "-"
+            lines.append(f"{wname:<17} {clients:>7} | {cols(e, 10)} | {cols(k, 12)} | "
+                         f"{thr:>6} {p99:>6}")
+    lines.append("")
+    lines.append("thr x: raftkv throughput / etcd's.  p99 /: etcd p99 / raftkv p99 (higher is better "
+                 "for raftkv).  cpu s: CPU seconds the cluster's 3 processes used during the row.")
+    for name in ("etcd", "raftkv"):
+        if name in results:
+            lines.append(f"{name}: {results[name][1]:.1f} CPU seconds over the whole race "
+                         "(loading included)")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--raftkv", required=True, help="the raftkv binary (bench tool and server)")
+    p.add_argument("--etcd", default="etcd", help="the etcd server binary")
+    p.add_argument("--only", choices=["etcd", "raftkv"], help="race one cluster only")
+    p.add_argument("--smoke", action="store_true", help="a few seconds per row (CI)")
+    p.add_argument("--clients", default="1,100,1000")
+    p.add_argument("--duration", help="per row (default 10s; smoke 2s)")
+    p.add_argument("--warmup", help="per row (default 2s; smoke 0.5s)")
+    p.add_argument("--keys", type=int, help="key space (default 100000; smoke 1000)")
+    p.add_argument("--value-size", type=int, default=256)
+    p.add_argument("--json", help="also write all results to this file")
+    opts = p.parse_args()
+    opts.clients = [int(c) for c in opts.clients.split(",")]
+    opts.duration = opts.duration or ("2s" if opts.smoke else "10s")
+    opts.warmup = opts.warmup or ("500ms" if opts.smoke else "2s")
+    opts.keys = opts.keys or (1000 if opts.smoke else 100_000)
+
+    tool = os.path.abspath(opts.raftkv)
+    etcd = shutil.which(opts.etcd) or opts.etcd
+    results = {}
+    failed = False
+    workdir = tempfile.mkdtemp(prefix="raftkv-compare-")
+    try:
+        plan = [("etcd", lambda d: start_etcd(etcd, d)), ("raftkv", lambda d: start_raftkv(tool, d))]
+        for name, start in plan:
+            if opts.only and opts.only != name:
+                continue
+            try:
+                results[name] = race(name, start, tool, opts, workdir)
+                if any(r["requests"] == 0 for r in results[name][0].values()):
+                    print(f"{name}: a row completed no request", file=sys.stderr)
+                    failed = True
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+                print(f"{name}: {e}", file=sys.stderr)
+                failed = True
+        print(table(opts, results))
+        if opts.json:
+            with open(opts.json, "w") as f:
+                json.dump({name: {"rows": [{"workload": w, "clients": c, **r}
+                                           for (w, c), r in rows.items()],
+                                  "cpu_s": cpu}
+                           for name, (rows, cpu) in results.items()}, f, indent=2)
+    finally:
+        if failed:
+            print(f"logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
