@@ -163,6 +163,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  raftkv cluster status --endpoints {}",
         http_endpoints.join(",")
     );
+    println!("  etcdctl --endpoints {} put foo bar", first.client);
     println!();
     println!(
         "Ctrl-C stops the cluster; node logs are in {}/node-*/raftkv.log",
