@@ -203,6 +203,11 @@ impl ServeArgs {
             data_dir: self.data_dir.clone(),
             listen_peer: self.listen_peer,
             advertise_peer: self.advertise_peer_url(),
+            advertise_client: self
+                .advertise_client
+                .clone()
+                .map(|u| normalize_url(&u))
+                .unwrap_or_else(|| format!("http://{}", self.listen_client)),
             bootstrap,
             tick: Duration::from_millis(self.tick_ms),
             election_ticks,

@@ -49,6 +49,8 @@ pub struct DriverConfig {
     pub id: NodeId,
     pub name: String,
     pub cluster_id: u64,
+    /// Our client URL, for member lists.
+    pub advertise_client: String,
     pub tick: Duration,
     /// When to compact the log behind the state machine.
     pub snapshot_policy: SnapshotPolicy,
@@ -77,6 +79,7 @@ pub(crate) enum Inbound {
     PeerUrl {
         id: NodeId,
         url: String,
+        client_url: Option<String>,
     },
 }
 
@@ -129,6 +132,8 @@ pub(crate) struct Driver {
     /// Where peers that are not (yet) in our configuration said they are:
     /// a joining node answers the leader before it knows the configuration.
     peer_hints: HashMap<NodeId, String>,
+    /// Client URLs members told us (the configuration may lack them).
+    client_urls: HashMap<NodeId, String>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -171,6 +176,7 @@ impl Driver {
             loops: 0,
             unreachable: Vec::new(),
             peer_hints: HashMap::new(),
+            client_urls: HashMap::new(),
         }
     }
 
@@ -255,8 +261,15 @@ impl Driver {
             }
             Inbound::SnapshotSent { to, ok } => self.node.report_snapshot(to, ok),
             Inbound::Unreachable(to) => self.node.report_unreachable(to),
-            Inbound::PeerUrl { id, url } => {
+            Inbound::PeerUrl {
+                id,
+                url,
+                client_url,
+            } => {
                 self.peer_hints.insert(id, url);
+                if let Some(c) = client_url {
+                    self.client_urls.insert(id, c);
+                }
             }
         }
         Ok(())
@@ -887,7 +900,14 @@ impl Driver {
         let members = membership
             .members()
             .map(|(id, m)| {
-                let info = MemberInfo::from_context(&m.context);
+                let mut info = MemberInfo::from_context(&m.context);
+                if info.client_url.is_empty() {
+                    info.client_url = if id == self.cfg.id {
+                        self.cfg.advertise_client.clone()
+                    } else {
+                        self.client_urls.get(&id).cloned().unwrap_or_default()
+                    };
+                }
                 let role = if membership.is_learner(id) {
                     "learner"
                 } else {

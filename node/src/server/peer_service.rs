@@ -15,7 +15,7 @@ use crate::raft::{Message, MessageBody, NodeId, Snapshot, Term};
 use crate::server::driver::Inbound;
 use crate::server::forward;
 use crate::server::peer_proto as pb;
-use crate::server::transport::PEER_URL_HEADER;
+use crate::server::transport::{CLIENT_URL_HEADER, PEER_ID_HEADER, PEER_URL_HEADER};
 use crate::server::{NodeHandle, wire};
 
 #[derive(Debug)]
@@ -41,8 +41,30 @@ impl pb::peer_server::Peer for PeerService {
             .get(PEER_URL_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(String::from);
+        let client_url = request
+            .metadata()
+            .get(CLIENT_URL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let sender_id = request
+            .metadata()
+            .get(PEER_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|id| *id != 0)
+            .map(NodeId);
         let mut stream = request.into_inner();
         let mut received = 0u64;
+        if let (Some(id), Some(url)) = (sender_id, &sender_url) {
+            self.inbound
+                .send(Inbound::PeerUrl {
+                    id,
+                    url: url.clone(),
+                    client_url: client_url.clone(),
+                })
+                .await
+                .map_err(|_| driver_gone())?;
+        }
         while let Some(m) = stream.message().await? {
             let m =
                 wire::message_from_pb(m).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -50,11 +72,15 @@ impl pb::peer_server::Peer for PeerService {
             if m.to != self.id {
                 continue;
             }
-            if let Some(url) = sender_url.as_ref().filter(|_| received == 1) {
+            if let Some(url) = sender_url
+                .as_ref()
+                .filter(|_| received == 1 && sender_id.is_none())
+            {
                 self.inbound
                     .send(Inbound::PeerUrl {
                         id: m.from,
                         url: url.clone(),
+                        client_url: client_url.clone(),
                     })
                     .await
                     .map_err(|_| driver_gone())?;

@@ -27,6 +27,13 @@ const PEER_QUEUE: usize = 4096;
 /// so that a node that does not know the sender yet (one that is joining and
 /// has no configuration) can answer it.
 pub(crate) const PEER_URL_HEADER: &str = "x-raftkv-peer-url";
+/// Likewise the sender's client URL: the initial configuration carries no
+/// client URLs, so members learn each other's from their streams.
+pub(crate) const CLIENT_URL_HEADER: &str = "x-raftkv-client-url";
+/// The sender's node id, so that the receiver learns the URLs above as soon
+/// as a stream opens, even if no message follows (followers only message
+/// the leader).
+pub(crate) const PEER_ID_HEADER: &str = "x-raftkv-peer-id";
 /// Bytes per snapshot chunk.
 pub const SNAPSHOT_CHUNK: usize = 256 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -45,8 +52,10 @@ pub(crate) struct Transport {
     /// snapshot transfers report their end.
     reports: mpsc::Sender<Inbound>,
     peers: HashMap<NodeId, Peer>,
-    /// Our own advertised peer URL, sent with every stream.
+    /// Our own advertised peer and client URLs, sent with every stream.
     self_url: String,
+    self_client_url: String,
+    self_id: NodeId,
 }
 
 impl std::fmt::Debug for Transport {
@@ -75,11 +84,18 @@ fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
 }
 
 impl Transport {
-    pub(crate) fn new(reports: mpsc::Sender<Inbound>, self_url: String) -> Self {
+    pub(crate) fn new(
+        reports: mpsc::Sender<Inbound>,
+        self_id: NodeId,
+        self_url: String,
+        self_client_url: String,
+    ) -> Self {
         Transport {
             reports,
             peers: HashMap::new(),
             self_url,
+            self_client_url,
+            self_id,
         }
     }
 
@@ -100,7 +116,11 @@ impl Transport {
             let task = tokio::spawn(run_peer(
                 *id,
                 url.clone(),
-                self.self_url.clone(),
+                (
+                    self.self_id,
+                    self.self_url.clone(),
+                    self.self_client_url.clone(),
+                ),
                 rx,
                 self.reports.clone(),
             ));
@@ -161,7 +181,7 @@ impl Drop for Transport {
 async fn run_peer(
     to: NodeId,
     url: String,
-    self_url: String,
+    (self_id, self_url, self_client_url): (NodeId, String, String),
     mut queue: mpsc::Receiver<pb::Message>,
     reports: mpsc::Sender<Inbound>,
 ) {
@@ -174,7 +194,12 @@ async fn run_peer(
         match connected {
             Ok(channel) => {
                 backoff = BACKOFF_MIN;
-                let err = pump(channel, &self_url, &mut queue).await;
+                let err = pump(
+                    channel,
+                    (self_id, self_url.as_str(), self_client_url.as_str()),
+                    &mut queue,
+                )
+                .await;
                 debug!(to = %to, error = %err, "peer stream ended");
             }
             Err(e) => debug!(to = %to, url = %url, error = %e, "cannot connect to peer"),
@@ -192,12 +217,22 @@ async fn run_peer(
 
 /// Forwards queued messages over one client stream until the stream or the
 /// queue ends; returns why it ended.
-async fn pump(channel: Channel, self_url: &str, queue: &mut mpsc::Receiver<pb::Message>) -> String {
+async fn pump(
+    channel: Channel,
+    (self_id, self_url, self_client_url): (NodeId, &str, &str),
+    queue: &mut mpsc::Receiver<pb::Message>,
+) -> String {
     let mut client = PeerClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::Message>(256);
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     if let Ok(v) = tonic::metadata::MetadataValue::try_from(self_url) {
         request.metadata_mut().insert(PEER_URL_HEADER, v);
+    }
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(self_client_url) {
+        request.metadata_mut().insert(CLIENT_URL_HEADER, v);
+    }
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(self_id.get().to_string()) {
+        request.metadata_mut().insert(PEER_ID_HEADER, v);
     }
     let call = client.send(request);
     tokio::pin!(call);
