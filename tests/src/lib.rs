@@ -262,6 +262,33 @@ impl Cluster {
         Ok(())
     }
 
+    /// Graceful stop: SIGTERM, then wait for the process; returns whether
+    /// it exited successfully.
+    pub fn terminate(&mut self, id: u64) -> anyhow::Result<bool> {
+        let node = self.node_mut(id)?;
+        let Some(mut child) = node.child.take() else {
+            bail!("node {id} is not running");
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                bail!("node {id} did not stop within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts a killed node again with its data directory.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         if self.node(id)?.is_running() {
