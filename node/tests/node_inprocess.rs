@@ -1,0 +1,166 @@
+//! Node-level tests: three nodes started in-process with `server::start`
+//! (real storage in temp dirs, real gRPC peer transport on loopback), driven
+//! through `NodeHandle` — the API the HTTP and gRPC layers are built on.
+
+// Test code: a failed unwrap is a failed test, also in helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use raftkv::metrics::Metrics;
+use raftkv::raft::NodeId;
+use raftkv::server::{
+    Bootstrap, ClientError, Consistency, MemberInfo, NodeConfig, NodeHandle, RunningNode, start,
+};
+use raftkv::storage::{ApplyOutcome, Command, Limits, Op, RangeRequest, SnapshotPolicy};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn three_nodes(dir: &std::path::Path) -> Vec<RunningNode> {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let members: Vec<(NodeId, MemberInfo)> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                NodeId(i as u64 + 1),
+                MemberInfo {
+                    name: format!("node-{}", i + 1),
+                    peer_url: format!("http://127.0.0.1:{p}"),
+                    client_url: String::new(),
+                },
+            )
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let id = NodeId(i as u64 + 1);
+        let cfg = NodeConfig {
+            id,
+            name: format!("node-{}", i + 1),
+            cluster_id: None,
+            data_dir: dir.join(format!("n{}", i + 1)),
+            listen_peer: format!("127.0.0.1:{port}").parse().unwrap(),
+            advertise_peer: format!("http://127.0.0.1:{port}"),
+            advertise_client: String::new(),
+            bootstrap: Bootstrap::Initial(members.clone()),
+            tick: Duration::from_millis(10),
+            election_ticks: 30,
+            heartbeat_ticks: 3,
+            request_timeout: Duration::from_secs(2),
+            limits: Limits {
+                max_key_bytes: 64,
+                max_value_bytes: 1024,
+                max_txn_ops: 16,
+            },
+            snapshot_policy: SnapshotPolicy::default(),
+        };
+        nodes.push(start(cfg, Arc::new(Metrics::new().unwrap())).await.unwrap());
+    }
+    nodes
+}
+
+async fn leader(nodes: &[RunningNode]) -> NodeHandle {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for n in nodes {
+            if let Ok(s) = n.handle.status().await {
+                if s.role == "leader" {
+                    return n.handle.clone();
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command {
+        request_id: None,
+        op: Op::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            prev_kv: true,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_via_a_follower_are_forwarded_and_reads_see_them_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(dir.path()).await;
+    let leader = leader(&nodes).await;
+    let follower = nodes
+        .iter()
+        .map(|n| n.handle.clone())
+        .find(|h| h.member_id() != leader.member_id())
+        .unwrap();
+    let first = follower.write(put("a", "1")).await.unwrap();
+    let ApplyOutcome::Put { revision, prev_kv } = first.outcome else {
+        panic!("{:?}", first.outcome)
+    };
+    assert!(revision >= 1 && prev_kv.is_none());
+    let second = follower.write(put("a", "2")).await.unwrap();
+    let ApplyOutcome::Put { prev_kv, .. } = second.outcome else {
+        panic!("{:?}", second.outcome)
+    };
+    assert_eq!(prev_kv.unwrap().value, Bytes::from_static(b"1"));
+    for n in &nodes {
+        let r = n
+            .handle
+            .range(RangeRequest::key(&b"a"[..]), Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(r.range.kvs[0].value, Bytes::from_static(b"2"));
+        assert!(r.raft_term.get() >= 1);
+    }
+    assert_eq!(leader.cluster_id(), follower.cluster_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_membership_errors_are_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(dir.path()).await;
+    let leader = leader(&nodes).await;
+    // Once a write of its term has committed, the leader accepts
+    // membership changes (before that it answers "change in progress").
+    leader.write(put("ok", "1")).await.unwrap();
+    let big = "v".repeat(2000);
+    assert!(matches!(
+        leader.write(put("k", &big)).await,
+        Err(ClientError::TooLarge(_))
+    ));
+    assert!(matches!(
+        leader.write(put("", "v")).await,
+        Err(ClientError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        leader.promote(NodeId(9)).await,
+        Err(ClientError::NotFound(_))
+    ));
+    let voter = leader.promote(NodeId(1)).await;
+    assert!(
+        matches!(voter, Err(ClientError::FailedPrecondition(_))),
+        "{voter:?}"
+    );
+    let s = leader.status().await.unwrap();
+    assert_eq!(s.members.len(), 3);
+    assert!(s.members.iter().all(|m| m.role == "voter"));
+    // A serializable read is served locally even for a missing key.
+    let r = nodes[0]
+        .handle
+        .range(RangeRequest::key(&b"none"[..]), Consistency::Serializable)
+        .await
+        .unwrap();
+    assert!(r.range.kvs.is_empty());
+}
