@@ -246,8 +246,12 @@ def table(opts, results):
                  "for raftkv).  cpu s: CPU seconds the cluster's 3 processes used during the row.")
     for name in ("etcd", "raftkv"):
         if name in results:
+            rows = results[name][0].values()
+            per = [r["cpu_us_per_request"] for r in rows if r.get("cpu_us_per_request")]
+            bench_cpu = f"{sum(per) / len(per):.0f}" if per else "?"
             lines.append(f"{name}: {results[name][1]:.1f} CPU seconds over the whole race "
-                         "(loading included)")
+                         f"(loading included); the bench itself used {bench_cpu} µs of CPU "
+                         "per request on average")
     return "\n".join(lines)
 
 

@@ -276,6 +276,7 @@ mod tests {
         tokio::spawn(crate::grpc::serve_with_shutdown(
             listener,
             backend.clone(),
+            None,
             async move {
                 let _ = stopped.await;
             },

@@ -261,6 +261,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(crate::grpc::serve_with_shutdown(
         client,
         node.handle.clone(),
+        Some(metrics.clone()),
         async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
         },

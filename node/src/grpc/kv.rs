@@ -1,6 +1,8 @@
 //! etcd's `KV` service: Range, Put, DeleteRange, Txn and Compact, each
 //! translated into one read or one write on the node.
 
+use std::time::Instant;
+
 use tonic::{Request, Response, Status};
 
 use super::backend::Backend;
@@ -8,6 +10,7 @@ use super::convert::{
     check_revision, delete_command, header, key_value, put_command, range_plan, range_response,
     rejected, status_from, to_i64, txn_command, txn_responses,
 };
+use super::observe::Observer;
 use super::proto::etcdserverpb::{self as pb, kv_server::Kv};
 use super::store::ApplyOutcome;
 use crate::server::Consistency;
@@ -16,11 +19,12 @@ use crate::server::Consistency;
 #[derive(Debug, Clone)]
 pub struct KvService<B> {
     backend: B,
+    observer: Observer,
 }
 
 impl<B: Backend> KvService<B> {
-    pub fn new(backend: B) -> Self {
-        KvService { backend }
+    pub fn new(backend: B, observer: Observer) -> Self {
+        KvService { backend, observer }
     }
 
     fn header(&self, revision: i64, raft_term: u64) -> Option<pb::ResponseHeader> {
@@ -39,58 +43,76 @@ impl<B: Backend> Kv for KvService<B> {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
-        let req = request.into_inner();
-        let plan = range_plan(&req)?;
-        let consistency = if req.serializable {
-            Consistency::Serializable
-        } else {
-            Consistency::Linearizable
-        };
-        let read = self
-            .backend
-            .range(plan.read, consistency)
-            .await
-            .map_err(status_from)?;
-        check_revision(plan.at_revision, read.range.revision)?;
-        let revision = read.range.revision;
-        let mut resp = range_response(read.range, plan.post.as_ref());
-        resp.header = self.header(revision, read.raft_term.0);
-        Ok(Response::new(resp))
+        let started = Instant::now();
+        let result: Result<Response<pb::RangeResponse>, Status> = async {
+            let req = request.into_inner();
+            let plan = range_plan(&req)?;
+            let consistency = if req.serializable {
+                Consistency::Serializable
+            } else {
+                Consistency::Linearizable
+            };
+            let read = self
+                .backend
+                .range(plan.read, consistency)
+                .await
+                .map_err(status_from)?;
+            check_revision(plan.at_revision, read.range.revision)?;
+            let revision = read.range.revision;
+            let mut resp = range_response(read.range, plan.post.as_ref());
+            resp.header = self.header(revision, read.raft_term.0);
+            Ok(Response::new(resp))
+        }
+        .await;
+        self.observer.record("Range", started, &result);
+        result
     }
 
     async fn put(
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        let cmd = put_command(request.into_inner())?;
-        let written = self.backend.write(cmd).await.map_err(status_from)?;
-        match written.outcome {
-            ApplyOutcome::Put { revision, prev_kv } => Ok(Response::new(pb::PutResponse {
-                header: self.header(revision, written.raft_term.0),
-                prev_kv: prev_kv.map(key_value),
-            })),
-            other => Err(unexpected("Put", &other)),
+        let started = Instant::now();
+        let result: Result<Response<pb::PutResponse>, Status> = async {
+            let cmd = put_command(request.into_inner())?;
+            let written = self.backend.write(cmd).await.map_err(status_from)?;
+            match written.outcome {
+                ApplyOutcome::Put { revision, prev_kv } => Ok(Response::new(pb::PutResponse {
+                    header: self.header(revision, written.raft_term.0),
+                    prev_kv: prev_kv.map(key_value),
+                })),
+                other => Err(unexpected("Put", &other)),
+            }
         }
+        .await;
+        self.observer.record("Put", started, &result);
+        result
     }
 
     async fn delete_range(
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        let cmd = delete_command(request.into_inner())?;
-        let written = self.backend.write(cmd).await.map_err(status_from)?;
-        match written.outcome {
-            ApplyOutcome::Delete {
-                revision,
-                deleted,
-                prev_kvs,
-            } => Ok(Response::new(pb::DeleteRangeResponse {
-                header: self.header(revision, written.raft_term.0),
-                deleted: to_i64(deleted),
-                prev_kvs: prev_kvs.into_iter().map(key_value).collect(),
-            })),
-            other => Err(unexpected("DeleteRange", &other)),
+        let started = Instant::now();
+        let result: Result<Response<pb::DeleteRangeResponse>, Status> = async {
+            let cmd = delete_command(request.into_inner())?;
+            let written = self.backend.write(cmd).await.map_err(status_from)?;
+            match written.outcome {
+                ApplyOutcome::Delete {
+                    revision,
+                    deleted,
+                    prev_kvs,
+                } => Ok(Response::new(pb::DeleteRangeResponse {
+                    header: self.header(revision, written.raft_term.0),
+                    deleted: to_i64(deleted),
+                    prev_kvs: prev_kvs.into_iter().map(key_value).collect(),
+                })),
+                other => Err(unexpected("DeleteRange", &other)),
+            }
         }
+        .await;
+        self.observer.record("DeleteRange", started, &result);
+        result
     }
 
     /// A Txn is one command through the log, even when it only reads, so
@@ -99,28 +121,34 @@ impl<B: Backend> Kv for KvService<B> {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
-        let cmd = txn_command(request.into_inner())?;
-        let written = self.backend.write(cmd).await.map_err(status_from)?;
-        match written.outcome {
-            ApplyOutcome::Txn {
-                revision,
-                succeeded,
-                responses,
-            } => {
-                let header = header(
-                    self.backend.cluster_id(),
-                    self.backend.member_id(),
+        let started = Instant::now();
+        let result: Result<Response<pb::TxnResponse>, Status> = async {
+            let cmd = txn_command(request.into_inner())?;
+            let written = self.backend.write(cmd).await.map_err(status_from)?;
+            match written.outcome {
+                ApplyOutcome::Txn {
                     revision,
-                    written.raft_term.0,
-                );
-                Ok(Response::new(pb::TxnResponse {
-                    header: Some(header),
                     succeeded,
-                    responses: txn_responses(responses, &header),
-                }))
+                    responses,
+                } => {
+                    let header = header(
+                        self.backend.cluster_id(),
+                        self.backend.member_id(),
+                        revision,
+                        written.raft_term.0,
+                    );
+                    Ok(Response::new(pb::TxnResponse {
+                        header: Some(header),
+                        succeeded,
+                        responses: txn_responses(responses, &header),
+                    }))
+                }
+                other => Err(unexpected("Txn", &other)),
             }
-            other => Err(unexpected("Txn", &other)),
         }
+        .await;
+        self.observer.record("Txn", started, &result);
+        result
     }
 
     /// raftkv keeps only the latest version of every key: all history before
@@ -131,17 +159,23 @@ impl<B: Backend> Kv for KvService<B> {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        let req = request.into_inner();
-        let status = self.backend.status().await.map_err(status_from)?;
-        let current = to_i64(status.revision);
-        if req.revision > current {
-            return Err(Status::out_of_range(
-                "etcdserver: mvcc: required revision is a future revision",
-            ));
+        let started = Instant::now();
+        let result: Result<Response<pb::CompactionResponse>, Status> = async {
+            let req = request.into_inner();
+            let status = self.backend.status().await.map_err(status_from)?;
+            let current = to_i64(status.revision);
+            if req.revision > current {
+                return Err(Status::out_of_range(
+                    "etcdserver: mvcc: required revision is a future revision",
+                ));
+            }
+            Ok(Response::new(pb::CompactionResponse {
+                header: self.header(current, status.term),
+            }))
         }
-        Ok(Response::new(pb::CompactionResponse {
-            header: self.header(current, status.term),
-        }))
+        .await;
+        self.observer.record("Compact", started, &result);
+        result
     }
 }
 

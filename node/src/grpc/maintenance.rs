@@ -3,21 +3,25 @@
 //! hashes, snapshots, move-leader, downgrade) are not declared, so the
 //! server answers them UNIMPLEMENTED.
 
+use std::time::Instant;
+
 use tonic::{Request, Response, Status};
 
 use super::backend::Backend;
 use super::convert::{status_from, status_response};
+use super::observe::Observer;
 use super::proto::etcdserverpb::{self as pb, maintenance_server::Maintenance};
 
 /// The Maintenance service over a node.
 #[derive(Debug, Clone)]
 pub struct MaintenanceService<B> {
     backend: B,
+    observer: Observer,
 }
 
 impl<B: Backend> MaintenanceService<B> {
-    pub fn new(backend: B) -> Self {
-        MaintenanceService { backend }
+    pub fn new(backend: B, observer: Observer) -> Self {
+        MaintenanceService { backend, observer }
     }
 }
 
@@ -27,10 +31,16 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let status = self.backend.status().await.map_err(status_from)?;
-        Ok(Response::new(status_response(
-            &status,
-            self.backend.member_id(),
-        )))
+        let started = Instant::now();
+        let result: Result<Response<pb::StatusResponse>, Status> = async {
+            let status = self.backend.status().await.map_err(status_from)?;
+            Ok(Response::new(status_response(
+                &status,
+                self.backend.member_id(),
+            )))
+        }
+        .await;
+        self.observer.record("Status", started, &result);
+        result
     }
 }

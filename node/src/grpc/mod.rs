@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod convert;
 pub mod kv;
 pub mod maintenance;
+pub mod observe;
 pub mod proto;
 pub mod store;
 
@@ -25,28 +26,38 @@ mod tests;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpIncoming};
 
 pub use backend::Backend;
+use observe::Observer;
 
 use proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
 };
 
+use crate::metrics::Metrics;
 use crate::server::NodeHandle;
 
-/// The client API's services over one backend, ready to serve.
-pub fn router<B: Backend>(backend: B) -> Router {
+/// The client API's services over one backend, ready to serve; calls are
+/// counted into `metrics` when given.
+pub fn router<B: Backend>(backend: B, metrics: Option<Arc<Metrics>>) -> Router {
+    let observer = Observer::new(metrics);
     Server::builder()
         .tcp_nodelay(true)
-        .add_service(KvServer::new(kv::KvService::new(backend.clone())))
+        .add_service(KvServer::new(kv::KvService::new(
+            backend.clone(),
+            observer.clone(),
+        )))
         .add_service(MaintenanceServer::new(
-            maintenance::MaintenanceService::new(backend.clone()),
+            maintenance::MaintenanceService::new(backend.clone(), observer.clone()),
         ))
-        .add_service(ClusterServer::new(cluster::ClusterService::new(backend)))
+        .add_service(ClusterServer::new(cluster::ClusterService::new(
+            backend, observer,
+        )))
 }
 
 /// Serves the client API on `addr` until the future is dropped (the
@@ -54,8 +65,9 @@ pub fn router<B: Backend>(backend: B) -> Router {
 pub fn serve(
     addr: SocketAddr,
     handle: NodeHandle,
+    metrics: Option<Arc<Metrics>>,
 ) -> impl Future<Output = Result<(), tonic::transport::Error>> {
-    router(handle).serve(addr)
+    router(handle, metrics).serve(addr)
 }
 
 /// Serves the client API on an already bound listener until `shutdown`
@@ -67,8 +79,9 @@ pub fn serve(
 pub fn serve_with_shutdown<B: Backend>(
     listener: TcpListener,
     backend: B,
+    metrics: Option<Arc<Metrics>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> impl Future<Output = Result<(), tonic::transport::Error>> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    router(backend).serve_with_incoming_shutdown(incoming, shutdown)
+    router(backend, metrics).serve_with_incoming_shutdown(incoming, shutdown)
 }

@@ -32,6 +32,7 @@ impl Running {
         let server = tokio::spawn(super::serve_with_shutdown(
             listener,
             backend.clone(),
+            None,
             async move {
                 let _ = stopped.await;
             },
@@ -673,4 +674,35 @@ async fn a_txn_runs_the_branch_its_compares_choose() {
     );
     assert_eq!(kv.txn(lease).await.unwrap_err().code(), Code::Unimplemented);
     r.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_call_is_counted_in_the_nodes_metrics() {
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(super::serve_with_shutdown(
+        listener,
+        FakeBackend::new(),
+        Some(metrics.clone()),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let mut kv = KvClient::connect(format!("http://{addr}")).await.unwrap();
+    put(&mut kv, "a", "1").await;
+    kv.range(get("a")).await.unwrap();
+    kv.range(get("")).await.unwrap_err();
+    let text = metrics.render();
+    for series in [
+        r#"raftkv_grpc_requests_total{code="OK",method="Put"} 1"#,
+        r#"raftkv_grpc_requests_total{code="OK",method="Range"} 1"#,
+        r#"raftkv_grpc_requests_total{code="InvalidArgument",method="Range"} 1"#,
+        r#"raftkv_grpc_request_duration_seconds_count{method="Range"} 2"#,
+    ] {
+        assert!(text.contains(series), "{series} missing from\n{text}");
+    }
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }

@@ -199,7 +199,10 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
     let listener = tokio::net::TcpListener::bind(cfg.listen_peer)
         .await
         .with_context(|| format!("cannot listen for peers on {}", cfg.listen_peer))?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic ignores the builder's tcp_nodelay for a listener it did not bind:
+    // without it a follower's small answers wait ~40 ms (Nagle + delayed ACK),
+    // which made 1-client linearizable reads take 44 ms instead of 0.8 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let peer_server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
