@@ -322,6 +322,17 @@ async fn bad_input_gets_clear_errors_and_leaves_the_cluster_serving() {
         .await
         .unwrap();
     assert_eq!(a.status, 404, "{:?}", a.body);
+    let a = c
+        .request(leader, Method::GET, "/v1/kv?prefix=a&limit=many", None)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 400, "{:?}", a.body);
+    assert_eq!(a.body["code"], "invalid_argument");
+    let a = c
+        .request(leader, Method::GET, "/v1/kv/k?consistency=sometimes", None)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 400, "{:?}", a.body);
     let a = c.get(leader, "absent").await.unwrap();
     assert_eq!(a.status, 404);
     assert_eq!(a.body["code"], "not_found");

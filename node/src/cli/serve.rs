@@ -268,6 +268,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
+        // Small JSON answers must not wait for Nagle + delayed ACKs.
+        let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(http, router(state))
             .with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|s| *s).await;

@@ -6,7 +6,7 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,11 @@ pub struct ReadParams {
     pub consistency: Option<String>,
     pub prefix: Option<String>,
     pub limit: Option<u64>,
+}
+
+fn params_of(p: Result<Query<ReadParams>, QueryRejection>) -> Result<ReadParams, ApiError> {
+    p.map(|Query(p)| p)
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))
 }
 
 fn consistency(p: &ReadParams) -> Result<Consistency, ApiError> {
@@ -126,9 +131,10 @@ pub async fn put(
 pub async fn get(
     State(st): State<HttpState>,
     key: Result<Path<String>, PathRejection>,
-    Query(params): Query<ReadParams>,
+    params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let key = key_of(key)?;
+    let params = params_of(params)?;
     let consistency = consistency(&params)?;
     let res = st
         .handle
@@ -208,8 +214,9 @@ pub struct ListAnswer {
 
 pub async fn list(
     State(st): State<HttpState>,
-    Query(params): Query<ReadParams>,
+    params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Json<ListAnswer>, ApiError> {
+    let params = params_of(params)?;
     let consistency = consistency(&params)?;
     let prefix = params.prefix.clone().unwrap_or_default().into_bytes();
     // etcd's conventions: "\0" as key and range end means every key, and an
