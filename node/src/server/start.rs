@@ -90,8 +90,15 @@ pub fn cluster_id_of_token(token: &str) -> u64 {
     h.max(1)
 }
 
-/// Opens storage and starts the driver and the peer server.
+/// Opens storage and starts the driver and the peer server. Needs tokio's
+/// multi-threaded runtime: the driver does its disk work in
+/// `block_in_place`, which the single-threaded runtime cannot do.
 pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<RunningNode> {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        != tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        bail!("a raftkv node needs tokio's multi-threaded runtime");
+    }
     if cfg.id.get() == 0 {
         bail!("the node id must not be 0");
     }
