@@ -30,9 +30,7 @@ use crate::server::handle::{
     Request, WriteResult,
 };
 use crate::server::member_info::MemberInfo;
-use crate::server::pending::{
-    Pending, PendingChange, PendingRead, PendingTransfer, PendingWrite, overwritten,
-};
+use crate::server::pending::{Pending, PendingChange, PendingRead, PendingTransfer, PendingWrite};
 use crate::server::transport::Transport;
 use crate::server::{ClientError, Consistency};
 use crate::storage::{
@@ -733,7 +731,9 @@ impl Driver {
                     }
                     _ => {
                         self.metrics.raft_proposals_failed_total.inc();
-                        let _ = w.reply.send(Err(Rejection::Failed(overwritten())));
+                        // Another leader's entry holds this index: ours can
+                        // never commit, so retrying cannot apply it twice.
+                        let _ = w.reply.send(Err(Rejection::Failed(ClientError::NoLeader)));
                     }
                 }
             }
@@ -747,7 +747,7 @@ impl Driver {
                     let result = if c.term == term {
                         Ok(c.member)
                     } else {
-                        Err(Rejection::Failed(overwritten()))
+                        Err(Rejection::Failed(ClientError::NoLeader))
                     };
                     let _ = c.reply.send(result);
                 }

@@ -110,10 +110,12 @@ impl Pending {
     }
 }
 
-/// The error for a write whose log entry was replaced by another leader's.
+/// The error for a write whose log entry was discarded by a snapshot from a
+/// new leader: it may or may not be in that snapshot, so the outcome is
+/// unknown and the write must not be retried blindly.
 pub(crate) fn overwritten() -> ClientError {
     ClientError::Unavailable(
-        "leadership changed before the write committed; it was not applied".into(),
+        "leadership changed before the write was confirmed; its outcome is unknown".into(),
     )
 }
 
