@@ -2,3 +2,5 @@
 //! resources, growing and shrinking the Raft membership one safe step at a time.
 
 pub mod crd;
+pub mod identity;
+pub mod resources;
