@@ -3,4 +3,5 @@
 
 pub mod crd;
 pub mod identity;
+pub mod planner;
 pub mod resources;
