@@ -3,5 +3,7 @@
 
 pub mod crd;
 pub mod identity;
+pub mod node_api;
+pub mod node_client;
 pub mod planner;
 pub mod resources;
