@@ -1,9 +1,11 @@
 //! raftkv-operator: runs raftkv clusters on Kubernetes from `RaftCluster`
 //! resources, growing and shrinking the Raft membership one safe step at a time.
 
+pub mod cluster_status;
 pub mod crd;
 pub mod identity;
 pub mod node_api;
 pub mod node_client;
+pub mod observation;
 pub mod planner;
 pub mod resources;
