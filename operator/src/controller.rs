@@ -581,3 +581,7 @@ pub async fn run<N: NodeClient, R: AddressResolver>(
         })
         .await;
 }
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;

@@ -5,6 +5,8 @@ pub mod admin_server;
 pub mod cluster_status;
 pub mod controller;
 pub mod crd;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod identity;
 pub mod leader_election;
 pub mod metrics;
