@@ -29,9 +29,9 @@ use crate::cluster_status::{self, StatusInput};
 use crate::crd::{PvcRetention, RaftCluster, RaftClusterStatus};
 use crate::identity::{ClusterIdentity, FIELD_MANAGER, NodeId};
 use crate::metrics::Metrics;
-use crate::node_api::AddMemberRequest;
 use crate::node_client::{AddressResolver, NodeClient, NodeError};
-use crate::observation::{ClusterObservation, NodeObservation};
+use crate::node_steps::{self, NodeStepOutcome};
+use crate::observation::ClusterObservation;
 use crate::planner::{self, PlanInput, Step};
 use crate::resources::{client_service, headless_service, pdb, service_monitor, statefulset};
 
@@ -231,27 +231,6 @@ async fn observe_kube(client: &Client, id: &ClusterIdentity) -> Result<KubeObser
     })
 }
 
-async fn observe_nodes<N: NodeClient>(
-    node: &N,
-    id: &ClusterIdentity,
-    ordinals: &BTreeSet<u32>,
-) -> ClusterObservation {
-    let calls = ordinals.iter().map(|&ordinal| {
-        let pod = id.pod(ordinal);
-        async move {
-            let status = node.status(id, &pod).await.map_err(|e| e.to_string());
-            NodeObservation {
-                ordinal,
-                pod,
-                status,
-            }
-        }
-    });
-    ClusterObservation {
-        nodes: futures::future::join_all(calls).await,
-    }
-}
-
 async fn apply<N: NodeClient, R: AddressResolver>(
     cluster: &RaftCluster,
     ctx: &Context<N, R>,
@@ -276,7 +255,7 @@ async fn apply<N: NodeClient, R: AddressResolver>(
     let kube_obs = observe_kube(client, &id).await?;
     let mut ordinals: BTreeSet<u32> = (0..kube_obs.statefulset_replicas).collect();
     ordinals.extend(kube_obs.pods.iter().copied());
-    let obs = observe_nodes(&ctx.node, &id, &ordinals).await;
+    let obs = node_steps::observe(&ctx.node, &id, &ordinals).await;
     let raft = obs.raft();
     let desired = u32::try_from(cluster.spec.replicas.max(1)).unwrap_or(1);
     let step = planner::next_step(&PlanInput {
@@ -382,38 +361,10 @@ async fn carry_out<N: NodeClient, R: AddressResolver>(
     obs: &ClusterObservation,
     step: &Step,
 ) -> Result<Outcome, Error> {
-    // Admin calls go to the leader, saving a forward.
-    let leader_pod = obs.leader().and_then(|l| l.id.ordinal()).map(|o| id.pod(o));
-    let node_call = match (step, leader_pod.as_deref()) {
-        (Step::AddLearner { id: new, ordinal }, Some(leader)) => {
-            let pod = id.pod(*ordinal);
-            let req = AddMemberRequest {
-                id: *new,
-                name: pod.clone(),
-                peer_url: ctx.resolver.peer_url(id, &pod),
-                client_url: ctx.resolver.client_url(id, &pod),
-                learner: true,
-            };
-            Some(ctx.node.add_learner(id, leader, &req).await)
-        }
-        (Step::Promote { id: member }, Some(leader)) => {
-            Some(ctx.node.promote(id, leader, *member).await)
-        }
-        (Step::RemoveMember { id: member }, Some(leader)) => {
-            Some(ctx.node.remove(id, leader, *member).await)
-        }
-        (Step::TransferLeader { to, .. }, Some(leader)) => {
-            Some(ctx.node.transfer_leader(id, leader, *to).await)
-        }
-        _ => None,
-    };
-    match node_call {
-        Some(Err(e @ (NodeError::ChangeInProgress { .. } | NodeError::NoLeader { .. }))) => {
-            info!(error = %e, ?step, "node deferred the step");
-            return Ok(Outcome::Deferred);
-        }
-        Some(Err(e)) => return Err(e.into()),
-        _ => {}
+    if node_steps::apply(&ctx.node, &ctx.resolver, id, obs, step).await?
+        == NodeStepOutcome::Deferred
+    {
+        return Ok(Outcome::Deferred);
     }
     if let Step::DeletePvc { ordinal } = step {
         let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &id.namespace);

@@ -12,6 +12,7 @@ pub mod leader_election;
 pub mod metrics;
 pub mod node_api;
 pub mod node_client;
+pub mod node_steps;
 pub mod observation;
 pub mod planner;
 pub mod resources;
