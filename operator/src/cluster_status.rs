@@ -206,6 +206,8 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
         selector: Some(id.selector_string()),
         observed_generation: generation,
         conditions,
+        // The reconciler sets this after acting on monitoring.
+        service_monitor: cluster.status.as_ref().is_some_and(|s| s.service_monitor),
     }
 }
 

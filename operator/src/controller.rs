@@ -295,13 +295,11 @@ async fn apply<N: NodeClient, R: AddressResolver>(
     let pdb_api = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
     server_side_apply(&pdb_api, &id.pdb(), &pdb::build(cluster, budget_voters)).await?;
 
-    if cluster.spec.monitoring.enabled {
-        apply_service_monitor(cluster, ctx, &id).await?;
-    }
+    let service_monitor = reconcile_service_monitor(cluster, ctx, &id).await?;
 
     let outcome = carry_out(cluster, ctx, &id, &obs, &step).await?;
 
-    let status = cluster_status::build(
+    let mut status = cluster_status::build(
         cluster,
         &StatusInput {
             observation: &obs,
@@ -311,6 +309,7 @@ async fn apply<N: NodeClient, R: AddressResolver>(
             now: Timestamp::now(),
         },
     );
+    status.service_monitor = service_monitor;
     warn_on_transitions(cluster, ctx, &status).await;
     write_status(cluster, ctx, &status).await?;
     ctx.metrics.observe_cluster(ns, &id.name, &status);
@@ -325,24 +324,33 @@ async fn apply<N: NodeClient, R: AddressResolver>(
     }))
 }
 
-async fn apply_service_monitor<N, R>(
+/// Create the ServiceMonitor when monitoring is on and the Prometheus
+/// Operator's CRD exists; delete the one we created when monitoring is
+/// turned off. Returns whether a ServiceMonitor of ours now exists.
+async fn reconcile_service_monitor<N, R>(
     cluster: &RaftCluster,
     ctx: &Context<N, R>,
     id: &ClusterIdentity,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
+    let api = Api::<service_monitor::ServiceMonitor>::namespaced(ctx.client.clone(), &id.namespace);
+    if !cluster.spec.monitoring.enabled {
+        if cluster.status.as_ref().is_some_and(|s| s.service_monitor) {
+            delete_ignoring_absent(&api, &id.service_monitor()).await?;
+        }
+        return Ok(false);
+    }
     let crds = Api::<CustomResourceDefinition>::all(ctx.client.clone());
     if crds.get_opt(SERVICE_MONITOR_CRD).await?.is_none() {
         warn!("monitoring.enabled but the ServiceMonitor CRD is not installed; skipping");
-        return Ok(());
+        return Ok(false);
     }
-    let api = Api::<service_monitor::ServiceMonitor>::namespaced(ctx.client.clone(), &id.namespace);
     server_side_apply(
         &api,
         &id.service_monitor(),
         &service_monitor::build(cluster),
     )
     .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Whether the planned step went through.

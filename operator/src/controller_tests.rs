@@ -426,3 +426,58 @@ async fn an_api_error_fails_the_pass_and_is_counted() {
             .contains(r#"raftkv_operator_reconcile_errors_total{error="kube"} 1"#)
     );
 }
+
+const SERVICE_MONITOR: &str = "/apis/monitoring.coreos.com/v1/namespaces/prod/servicemonitors/kv";
+
+fn stable_three() -> FakeNodes {
+    nodes(
+        3,
+        1,
+        &[(1, true, None), (2, true, Some(100)), (3, true, Some(100))],
+    )
+}
+
+#[tokio::test]
+async fn monitoring_creates_a_service_monitor_when_its_crd_exists() {
+    let mut c = cluster(3, PvcRetention::Retain);
+    c.spec.monitoring.enabled = true;
+    let mut script = observe(Some(statefulset(3, 3)), pods(3), pvcs(&[0, 1, 2]));
+    script.extend(apply_owned(3, 1));
+    script.push(Expect::get(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servicemonitors.monitoring.coreos.com",
+        json!({"apiVersion":"apiextensions.k8s.io/v1","kind":"CustomResourceDefinition",
+               "metadata":{"name":"servicemonitors.monitoring.coreos.com"},
+               "spec":{"group":"monitoring.coreos.com","names":{"kind":"ServiceMonitor","plural":"servicemonitors"},"scope":"Namespaced","versions":[]}}),
+    ));
+    script.push(Expect::apply(SERVICE_MONITOR, |b| {
+        assert_eq!(b["kind"], "ServiceMonitor");
+        assert_eq!(b["spec"]["endpoints"][0]["path"], "/metrics");
+    }));
+    script.push(status_write(|s| assert_eq!(s["serviceMonitor"], true)));
+    run_scenario(c, stable_three(), script).await.unwrap();
+}
+
+#[tokio::test]
+async fn monitoring_without_the_prometheus_operator_is_skipped() {
+    let mut c = cluster(3, PvcRetention::Retain);
+    c.spec.monitoring.enabled = true;
+    let mut script = observe(Some(statefulset(3, 3)), pods(3), pvcs(&[0, 1, 2]));
+    script.extend(apply_owned(3, 1));
+    script.push(Expect::not_found(
+        Method::GET,
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servicemonitors.monitoring.coreos.com",
+    ));
+    script.push(status_write(|s| assert!(s.get("serviceMonitor").is_none())));
+    run_scenario(c, stable_three(), script).await.unwrap();
+}
+
+#[tokio::test]
+async fn turning_monitoring_off_deletes_our_service_monitor() {
+    let mut c = cluster(3, PvcRetention::Retain);
+    c.status.as_mut().unwrap().service_monitor = true;
+    let mut script = observe(Some(statefulset(3, 3)), pods(3), pvcs(&[0, 1, 2]));
+    script.extend(apply_owned(3, 1));
+    script.push(Expect::not_found(Method::DELETE, SERVICE_MONITOR));
+    script.push(status_write(|s| assert!(s.get("serviceMonitor").is_none())));
+    run_scenario(c, stable_three(), script).await.unwrap();
+}
