@@ -208,7 +208,13 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
         conditions,
         // The reconciler sets this after acting on monitoring.
         service_monitor: cluster.status.as_ref().is_some_and(|s| s.service_monitor),
+        bootstrapped: is_bootstrapped(cluster, obs),
     }
+}
+
+/// Sticky: once a leader was seen, the cluster stays bootstrapped.
+pub fn is_bootstrapped(cluster: &RaftCluster, obs: &ClusterObservation) -> bool {
+    cluster.status.as_ref().is_some_and(|s| s.bootstrapped) || obs.leader().is_some()
 }
 
 /// A standard condition whose `lastTransitionTime` only moves when its
@@ -363,6 +369,14 @@ mod tests {
         let s = build(&c, &input(&obs, &step));
         assert_eq!(s.phase, Some(Phase::Degraded));
         assert_eq!(s.conditions[0].status, "False");
+        // Bootstrapped stays set once seen, even without a leader now.
+        assert!(build(&cluster(), &input(&three_healthy(), &Step::Stable)).bootstrapped);
+        c.status = Some(RaftClusterStatus {
+            bootstrapped: true,
+            ..Default::default()
+        });
+        assert!(build(&c, &input(&obs, &step)).bootstrapped);
+        assert!(!build(&cluster(), &input(&obs, &step)).bootstrapped);
     }
 
     #[test]

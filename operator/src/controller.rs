@@ -33,6 +33,7 @@ use crate::node_client::{AddressResolver, NodeClient, NodeError};
 use crate::node_steps::{self, NodeStepOutcome};
 use crate::observation::ClusterObservation;
 use crate::planner::{self, PlanInput, Step};
+use crate::resources::statefulset::StartMode;
 use crate::resources::{client_service, headless_service, pdb, service_monitor, statefulset};
 
 /// Finalizer that lets the operator delete volumes before the cluster goes.
@@ -275,11 +276,16 @@ async fn apply<N: NodeClient, R: AddressResolver>(
         _ => kube_obs.statefulset_replicas,
     };
     let replicas = i32::try_from(replicas).unwrap_or(i32::MAX);
+    let start_mode = if cluster_status::is_bootstrapped(cluster, &obs) {
+        StartMode::Join
+    } else {
+        StartMode::Bootstrap
+    };
     let sts_api = Api::<StatefulSet>::namespaced(client.clone(), ns);
     server_side_apply(
         &sts_api,
         &id.statefulset(),
-        &statefulset::build(cluster, replicas),
+        &statefulset::build(cluster, replicas, start_mode),
     )
     .await?;
 

@@ -80,11 +80,30 @@ fn observe(sts: Option<Value>, pod_list: Value, pvc_list: Value) -> Vec<Expect> 
     ]
 }
 
-/// StatefulSet and PDB applies with the replica count and budget expected.
+/// Names of the env vars of the applied StatefulSet's container.
+fn env_names(sts: &Value) -> Vec<String> {
+    sts["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// StatefulSet and PDB applies with the replica count and budget expected;
+/// a cluster that has a leader in the scenario has pods that join.
 fn apply_owned(replicas: u32, max_unavailable: i32) -> Vec<Expect> {
+    apply_owned_as(replicas, max_unavailable, "RAFTKV_JOIN")
+}
+
+fn apply_owned_as(replicas: u32, max_unavailable: i32, start_var: &'static str) -> Vec<Expect> {
     vec![
         Expect::apply("/apis/apps/v1/namespaces/prod/statefulsets/kv", move |b| {
             assert_eq!(b["spec"]["replicas"], replicas, "StatefulSet replicas");
+            assert!(
+                env_names(b).iter().any(|n| n == start_var),
+                "{start_var} missing"
+            );
             assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "RaftCluster");
         }),
         Expect::apply(
@@ -158,10 +177,11 @@ async fn a_new_cluster_gets_the_finalizer_first() {
 #[tokio::test]
 async fn create_from_nothing_starts_one_pod_and_reports_bootstrapping() {
     let mut script = observe(None, pods(0), pvcs(&[]));
-    script.extend(apply_owned(1, 0));
+    script.extend(apply_owned_as(1, 0, "RAFTKV_INITIAL_CLUSTER"));
     script.push(Expect::event(NS, "ScalingUp"));
     script.push(status_write(|s| {
         assert_eq!(s["phase"], "Bootstrapping");
+        assert!(s.get("bootstrapped").is_none());
         assert_eq!(s["replicas"], 1);
         assert_eq!(s["observedGeneration"], 4);
         assert_eq!(s["conditions"][0]["type"], "Available");
@@ -185,6 +205,7 @@ async fn status_update_of_a_stable_cluster_reports_leader_term_and_commit() {
     script.extend(apply_owned(3, 1));
     script.push(status_write(|s| {
         assert_eq!(s["phase"], "Running");
+        assert_eq!(s["bootstrapped"], true);
         assert_eq!(s["leader"], "kv-1");
         assert_eq!(s["leaderId"], 2);
         assert_eq!(s["term"], 5);
@@ -374,6 +395,7 @@ async fn deletion_with_retained_volumes_only_releases_the_finalizer() {
 async fn losing_the_leader_is_recorded_as_quorum_lost_and_degraded() {
     let mut c = cluster(3, PvcRetention::Retain);
     c.status.as_mut().unwrap().leader = Some("kv-0".into());
+    c.status.as_mut().unwrap().bootstrapped = true;
     // Every node answers, none is leader.
     let fake = FakeNodes::with(
         (1..=3)

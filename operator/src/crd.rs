@@ -293,6 +293,10 @@ pub struct RaftClusterStatus {
     /// monitoring is turned off).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub service_monitor: bool,
+    /// The cluster has had a leader once; from then on no pod may bootstrap
+    /// a new cluster, every pod joins. Never reset.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bootstrapped: bool,
 }
 
 /// Lifecycle phase of a cluster.

@@ -34,8 +34,22 @@ pub const RUN_AS_USER: i64 = 65532;
 /// transfers leadership and waits for the transfer to land before exiting.
 const MIN_GRACE_SECONDS: i64 = 60;
 
+/// How the pods of the template start their Raft state when their data
+/// directory is empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartMode {
+    /// Before the cluster ever had a leader, only pod 0 exists, and it
+    /// bootstraps a one-node cluster (`RAFTKV_INITIAL_CLUSTER`).
+    Bootstrap,
+    /// Once bootstrapped, every pod starts with `RAFTKV_JOIN=true` and waits
+    /// to be added by the operator. This matters for pod 0 too: if it lost
+    /// its volume it must not bootstrap a second, one-node cluster beside
+    /// the real one.
+    Join,
+}
+
 /// The StatefulSet asking for `replicas` pods.
-pub fn build(cluster: &RaftCluster, replicas: i32) -> StatefulSet {
+pub fn build(cluster: &RaftCluster, replicas: i32, mode: StartMode) -> StatefulSet {
     let id = ClusterIdentity::of(cluster);
     let spec = &cluster.spec;
 
@@ -70,7 +84,7 @@ pub fn build(cluster: &RaftCluster, replicas: i32) -> StatefulSet {
                         .then(|| spec.pod.annotations.clone()),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(pod_spec(cluster, &id)),
+                spec: Some(pod_spec(cluster, &id, mode)),
             },
             volume_claim_templates: Some(vec![data_claim(cluster)]),
             ..StatefulSetSpec::default()
@@ -79,11 +93,11 @@ pub fn build(cluster: &RaftCluster, replicas: i32) -> StatefulSet {
     }
 }
 
-fn pod_spec(cluster: &RaftCluster, id: &ClusterIdentity) -> PodSpec {
+fn pod_spec(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> PodSpec {
     let spec = &cluster.spec;
     let grace = MIN_GRACE_SECONDS.max(10 * i64::from(spec.raft.election_timeout_ms) / 1000);
     PodSpec {
-        containers: vec![container(cluster, id)],
+        containers: vec![container(cluster, id, mode)],
         termination_grace_period_seconds: Some(grace),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
@@ -112,14 +126,14 @@ fn pod_spec(cluster: &RaftCluster, id: &ClusterIdentity) -> PodSpec {
     }
 }
 
-fn container(cluster: &RaftCluster, id: &ClusterIdentity) -> Container {
+fn container(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Container {
     let spec = &cluster.spec;
     Container {
         name: "raftkv".into(),
         image: Some(spec.image.clone()),
         image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
         args: Some(vec!["serve".into()]),
-        env: Some(env(cluster, id)),
+        env: Some(env(cluster, id, mode)),
         ports: Some(vec![
             container_port("client", CLIENT_PORT),
             container_port("peer", PEER_PORT),
@@ -161,11 +175,10 @@ fn container(cluster: &RaftCluster, id: &ClusterIdentity) -> Container {
 /// Environment that configures `raftkv serve`. Every pod shares one
 /// template, so per-pod values come from the pod's own name: the node takes
 /// its id from its ordinal (`RAFTKV_ID_FROM_ORDINAL`), and the addresses use
-/// Kubernetes' `$(VAR)` expansion of `RAFTKV_NAME`. `RAFTKV_INITIAL_CLUSTER`
-/// names only member 1 (pod 0): that pod bootstraps a one-node cluster, and a
-/// node whose id is not listed there starts empty and waits to be added
-/// (`RAFTKV_JOIN=auto`), which the operator does through the admin API.
-fn env(cluster: &RaftCluster, id: &ClusterIdentity) -> Vec<EnvVar> {
+/// Kubernetes' `$(VAR)` expansion of `RAFTKV_NAME`. See [`StartMode`] for
+/// how a node with an empty data directory starts; a node that has data
+/// resumes from it either way.
+fn env(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Vec<EnvVar> {
     let raft = &cluster.spec.raft;
     let headless = id.headless_service();
     let ns = &id.namespace;
@@ -185,11 +198,13 @@ fn env(cluster: &RaftCluster, id: &ClusterIdentity) -> Vec<EnvVar> {
             "RAFTKV_ADVERTISE_CLIENT",
             &format!("http://{host}:{CLIENT_PORT}"),
         ),
-        plain(
-            "RAFTKV_INITIAL_CLUSTER",
-            &format!("1={}", id.peer_url(&id.pod(0))),
-        ),
-        plain("RAFTKV_JOIN", "auto"),
+        match mode {
+            StartMode::Bootstrap => plain(
+                "RAFTKV_INITIAL_CLUSTER",
+                &format!("1={}", id.peer_url(&id.pod(0))),
+            ),
+            StartMode::Join => plain("RAFTKV_JOIN", "true"),
+        },
         plain(
             "RAFTKV_ELECTION_TIMEOUT_MS",
             &raft.election_timeout_ms.to_string(),
@@ -294,7 +309,7 @@ mod tests {
 
     #[test]
     fn statefulset_uses_the_requested_replicas_not_the_spec() {
-        let sts = build(&cluster(), 1);
+        let sts = build(&cluster(), 1, StartMode::Bootstrap);
         let spec = sts.spec;
         assert_eq!(spec.replicas, Some(1));
         assert_eq!(spec.service_name.as_deref(), Some("kv-peers"));
@@ -303,7 +318,7 @@ mod tests {
 
     #[test]
     fn statefulset_claims_a_volume_per_member_for_the_data_dir() {
-        let spec = build(&cluster(), 3).spec;
+        let spec = build(&cluster(), 3, StartMode::Join).spec;
         let claim = &spec.volume_claim_templates.unwrap()[0];
         let cs = claim.spec.as_ref().unwrap();
         assert_eq!(claim.metadata.name.as_deref(), Some("data"));
@@ -325,7 +340,11 @@ mod tests {
 
     #[test]
     fn statefulset_probes_readyz_and_healthz_on_the_http_port() {
-        let pod = build(&cluster(), 3).spec.template.spec.unwrap();
+        let pod = build(&cluster(), 3, StartMode::Join)
+            .spec
+            .template
+            .spec
+            .unwrap();
         let c = &pod.containers[0];
         let ready = c
             .readiness_probe
@@ -355,7 +374,11 @@ mod tests {
 
     #[test]
     fn statefulset_runs_locked_down() {
-        let pod = build(&cluster(), 3).spec.template.spec.unwrap();
+        let pod = build(&cluster(), 3, StartMode::Join)
+            .spec
+            .template
+            .spec
+            .unwrap();
         assert_eq!(
             pod.security_context.as_ref().unwrap().run_as_non_root,
             Some(true)
@@ -371,7 +394,7 @@ mod tests {
     fn grace_period_grows_with_a_long_election_timeout() {
         let mut c = cluster();
         c.spec.raft.election_timeout_ms = 20_000;
-        let pod = build(&c, 3).spec.template.spec.unwrap();
+        let pod = build(&c, 3, StartMode::Join).spec.template.spec.unwrap();
         assert_eq!(pod.termination_grace_period_seconds, Some(200));
     }
 
@@ -379,7 +402,7 @@ mod tests {
     fn statefulset_env_configures_raftkv_serve() {
         let mut c = cluster();
         c.spec.raft.election_timeout_ms = 1500;
-        let env = env_of(&build(&c, 3));
+        let env = env_of(&build(&c, 3, StartMode::Join));
         assert_eq!(env["RAFTKV_ID_FROM_ORDINAL"], "true");
         assert_eq!(env["RAFTKV_DATA_DIR"], "/var/lib/raftkv");
         assert_eq!(env["RAFTKV_LISTEN_HTTP"], "0.0.0.0:8080");
@@ -391,14 +414,12 @@ mod tests {
             env["RAFTKV_ADVERTISE_CLIENT"],
             "http://$(RAFTKV_NAME).kv-peers.prod.svc:2379"
         );
-        assert_eq!(
-            env["RAFTKV_INITIAL_CLUSTER"],
-            "1=http://kv-0.kv-peers.prod.svc:2380"
-        );
+        assert_eq!(env["RAFTKV_JOIN"], "true");
+        assert!(!env.contains_key("RAFTKV_INITIAL_CLUSTER"));
         assert_eq!(env["RAFTKV_ELECTION_TIMEOUT_MS"], "1500");
         assert_eq!(env["RAFTKV_SNAPSHOT_THRESHOLD"], "10000");
         // RAFTKV_NAME comes from the downward API and must precede its uses.
-        let sts = build(&c, 3);
+        let sts = build(&c, 3, StartMode::Join);
         let vars = sts.spec.template.spec.unwrap().containers[0]
             .env
             .clone()
@@ -418,6 +439,16 @@ mod tests {
     }
 
     #[test]
+    fn only_a_never_bootstrapped_cluster_gets_an_initial_cluster() {
+        let env = env_of(&build(&cluster(), 1, StartMode::Bootstrap));
+        assert_eq!(
+            env["RAFTKV_INITIAL_CLUSTER"],
+            "1=http://kv-0.kv-peers.prod.svc:2380"
+        );
+        assert!(!env.contains_key("RAFTKV_JOIN"));
+    }
+
+    #[test]
     fn user_pod_labels_never_override_the_selector() {
         let mut c = cluster();
         c.spec
@@ -426,7 +457,7 @@ mod tests {
             .insert("app.kubernetes.io/instance".into(), "hijack".into());
         c.spec.pod.labels.insert("team".into(), "storage".into());
         c.spec.pod.priority_class_name = Some("high".into());
-        let spec = build(&c, 3).spec;
+        let spec = build(&c, 3, StartMode::Join).spec;
         let labels = spec.template.metadata.unwrap().labels.unwrap();
         assert_eq!(labels["app.kubernetes.io/instance"], "kv");
         assert_eq!(labels["team"], "storage");
