@@ -11,6 +11,7 @@ against a real cluster scraped by a real Prometheus.
 Usage:
     generate.py            write raftkv.json
     generate.py --check    exit 1 if raftkv.json differs from what would be written
+    generate.py --stdout   print the dashboard instead of writing it
 """
 
 import json
@@ -245,6 +246,9 @@ def main():
         if OUT.read_text(encoding="utf-8") != text:
             print(f"{OUT.name} is stale: run deploy/grafana/generate.py", file=sys.stderr)
             return 1
+        return 0
+    if sys.argv[1:] == ["--stdout"]:
+        sys.stdout.write(text)
         return 0
     if sys.argv[1:]:
         print(__doc__, file=sys.stderr)
