@@ -1,6 +1,33 @@
-//! `raftkv-operator`: reconciles `RaftCluster` resources (see the operator issue).
+//! `raftkv-operator` binary: `crd` prints the CustomResourceDefinition, `run`
+//! starts the controller.
 
-fn main() {
-    eprintln!("raftkv-operator: not implemented yet");
-    std::process::exit(2);
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "raftkv-operator",
+    version,
+    about = "Kubernetes operator for raftkv clusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the RaftCluster CustomResourceDefinition as YAML.
+    Crd,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            let yaml = raftkv_operator::crd::crd_yaml().context("serializing the CRD")?;
+            print!("{yaml}");
+        }
+    }
+    Ok(())
 }
