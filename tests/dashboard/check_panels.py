@@ -85,7 +85,7 @@ class Node:
         self.log = workdir / f"{self.name}.log"
         self.args = [
             binary, "serve",
-            "--id", str(node_id), "--name", self.name,
+            "--id", str(node_id),
             "--data-dir", str(self.data),
             "--listen-client", f"127.0.0.1:{self.client}",
             "--listen-peer", f"127.0.0.1:{self.peer}",
@@ -101,7 +101,10 @@ class Node:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self):
+        # The name goes by environment (RAFTKV_NAME): it labels the metrics
+        # but is not among the flags every version must have.
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAFTKV_")}
+        env["RAFTKV_NAME"] = self.name
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
