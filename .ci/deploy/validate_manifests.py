@@ -8,8 +8,9 @@
   (jsonschema), with unknown fields rejected the way a typo should be.
 - CustomResourceDefinition: its own schema is checked, and a RaftCluster CRD
   must equal the --crd file.
-- PrometheusRule: spec.groups checked by `promtool check rules`.
-- ServiceMonitor: the fields the Prometheus Operator needs.
+- PrometheusRule: against the Prometheus Operator's schema (see
+  validate_monitoring.mjs) and spec.groups by `promtool check rules`.
+- ServiceMonitor: against the Prometheus Operator's schema.
 Any other kind fails: every rendered object must be checked by something.
 
 Usage: validate_manifests.py --crd CRD.yaml [--kube-version 1.27.0 ...] FILE...
@@ -17,6 +18,8 @@ Usage: validate_manifests.py --crd CRD.yaml [--kube-version 1.27.0 ...] FILE...
 
 import argparse
 import copy
+import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -72,18 +75,15 @@ def check_prometheus_rule(doc):
     return [] if res.returncode == 0 else [res.stdout + res.stderr]
 
 
-def check_service_monitor(doc):
-    spec = doc.get("spec", {})
-    errors = []
-    if not spec.get("selector"):
-        errors.append("spec.selector missing")
-    eps = spec.get("endpoints") or []
-    if not eps:
-        errors.append("spec.endpoints missing")
-    for ep in eps:
-        if not ep.get("port") and not ep.get("targetPort"):
-            errors.append("endpoint without port")
-    return errors
+NPM_TOOLS = os.path.expanduser("~/.local/share/raftkv-ci/npm")
+MONITORING_JS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "validate_monitoring.mjs")
+
+
+def check_monitoring(doc):
+    """ServiceMonitor / PrometheusRule against the Prometheus Operator's schema."""
+    res = subprocess.run(["node", MONITORING_JS, NPM_TOOLS], input=json.dumps([doc]),
+                         capture_output=True, text=True)
+    return [] if res.returncode == 0 else [(res.stdout + res.stderr).strip()]
 
 
 def main():
@@ -110,9 +110,9 @@ def main():
                 else:
                     errors += [f'{"/".join(map(str, e.path))}: {e.message}' for e in v.iter_errors(doc)]
             elif kind == "PrometheusRule":
-                errors += check_prometheus_rule(doc)
+                errors += check_monitoring(doc) + check_prometheus_rule(doc)
             elif kind == "ServiceMonitor":
-                errors += check_service_monitor(doc)
+                errors += check_monitoring(doc)
             else:
                 if kind == "CustomResourceDefinition" and doc["metadata"]["name"] == crd["metadata"]["name"] \
                         and doc != crd:
