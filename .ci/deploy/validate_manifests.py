@@ -5,7 +5,10 @@
   package kubernetes-validate, strictly (unknown fields fail), for every
   --kube-version given.
 - RaftCluster: against the openAPIV3Schema of the CRD file given by --crd
-  (jsonschema), with unknown fields rejected the way a typo should be.
+  (jsonschema), with unknown fields rejected the way a typo should be; then,
+  with the schema's defaults applied as the API server would, its CEL rules
+  (x-kubernetes-validations) evaluated with cel-python. Transition rules
+  (those reading oldSelf) only apply to updates and are skipped.
 - CustomResourceDefinition: its own schema is checked, and a RaftCluster CRD
   must equal the --crd file.
 - PrometheusRule: against the Prometheus Operator's schema (see
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 
+import celpy
 import jsonschema
 import kubernetes_validate
 import yaml
@@ -51,6 +55,59 @@ def to_jsonschema(node):
             and not node.get("x-kubernetes-preserve-unknown-fields")):
         out["additionalProperties"] = False
     return out
+
+
+def apply_defaults(schema, value):
+    """Fills in `default`s the way the API server does before validation."""
+    if isinstance(value, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                apply_defaults(sub, value[key])
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in value:
+                if key not in schema.get("properties", {}):
+                    apply_defaults(extra, value[key])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            apply_defaults(schema["items"], item)
+
+
+def cel_errors(schema, value, path="spec"):
+    """Evaluates every x-kubernetes-validations rule that applies on create."""
+    errors = []
+    env = celpy.Environment()
+    for rule in schema.get("x-kubernetes-validations", []):
+        if "oldSelf" in rule["rule"]:
+            continue
+        try:
+            result = env.program(env.compile(rule["rule"])).evaluate({"self": celpy.json_to_cel(value)})
+        except Exception as e:  # a rule that cannot be evaluated is a failure too
+            errors.append(f"{path}: CEL rule {rule['rule']!r} could not be evaluated: {e}")
+            continue
+        if not isinstance(result, celpy.celtypes.BoolType) or not bool(result):
+            errors.append(f"{path}: {rule.get('message', rule['rule'])} (CEL: {rule['rule']})")
+    if isinstance(value, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                errors += cel_errors(sub, value[key], f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            errors += cel_errors(schema["items"], item, f"{path}[{i}]")
+    return errors
+
+
+def raftcluster_cel(crd, doc):
+    version = doc.get("apiVersion", "").rsplit("/", 1)[-1]
+    for v in crd["spec"]["versions"]:
+        if v["name"] == version:
+            spec_schema = v["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            spec = copy.deepcopy(doc.get("spec", {}))
+            apply_defaults(spec_schema, spec)
+            return cel_errors(spec_schema, spec)
+    return []
 
 
 def raftcluster_validator(crd):
@@ -109,6 +166,8 @@ def main():
                     errors.append(f"apiVersion {api} is not served by the CRD")
                 else:
                     errors += [f'{"/".join(map(str, e.path))}: {e.message}' for e in v.iter_errors(doc)]
+                    if not errors:
+                        errors += raftcluster_cel(crd, doc)
             elif kind == "PrometheusRule":
                 errors += check_monitoring(doc) + check_prometheus_rule(doc)
             elif kind == "ServiceMonitor":
