@@ -59,7 +59,6 @@ def render(nodes, image):
         n = node_name(i)
         env = {
             "RAFTKV_ID": str(i),
-            "RAFTKV_ID_FROM_ORDINAL": "false",
             "RAFTKV_NAME": n,
             "RAFTKV_DATA_DIR": DATA_DIR,
             "RAFTKV_LISTEN_CLIENT": "0.0.0.0:2379",
@@ -127,6 +126,9 @@ def validate(path, schema_path=None):
             if not isinstance(env.get(key), str) or not env.get(key):
                 errors.append(f"{name}: environment {key} missing or not a string")
         ids.add(env.get("RAFTKV_ID"))
+        if "RAFTKV_ID_FROM_ORDINAL" in env:
+            # raftkv serve rejects it next to RAFTKV_ID, even when "false".
+            errors.append(f"{name}: RAFTKV_ID_FROM_ORDINAL set together with RAFTKV_ID")
         members = dict(m.split("=", 1) for m in env.get("RAFTKV_INITIAL_CLUSTER", "").split(",") if "=" in m)
         if members.get(env.get("RAFTKV_ID")) != env.get("RAFTKV_ADVERTISE_PEER"):
             errors.append(f"{name}: its peer URL is not the one RAFTKV_INITIAL_CLUSTER lists for it")
