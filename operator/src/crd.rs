@@ -18,6 +18,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Desired state of a raftkv cluster.
+// Several printer columns share a `type_`, which this lint mistakes for a
+// repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "raftkv.io",
@@ -143,6 +146,7 @@ impl ImagePullPolicy {
 #[x_kube(validation = Rule::new("self.size == oldSelf.size").message("storage.size is immutable: StatefulSet volume claim templates cannot change"))]
 pub struct StorageSpec {
     /// Size of each member's volume, as a Kubernetes quantity (e.g. `1Gi`).
+    #[schemars(length(min = 1, max = 32))]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
     pub size: String,
 
@@ -285,6 +289,10 @@ pub struct RaftClusterStatus {
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The operator created a ServiceMonitor (and removes it when
+    /// monitoring is turned off).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub service_monitor: bool,
 }
 
 /// Lifecycle phase of a cluster.

@@ -1,0 +1,401 @@
+//! Turning an observation and the planner's verdict into the `status` the
+//! user reads with `kubectl get rc`: phase and message, leader, term, commit
+//! and applied index, members and standard conditions.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::crd::{MemberRole, MemberStatus, Phase, RaftCluster, RaftClusterStatus};
+use crate::identity::ClusterIdentity;
+use crate::node_api::MemberKind;
+use crate::observation::ClusterObservation;
+use crate::planner::{Step, WaitReason};
+
+/// Inputs besides the node observation.
+#[derive(Clone, Debug)]
+pub struct StatusInput<'a> {
+    pub observation: &'a ClusterObservation,
+    pub step: &'a Step,
+    pub statefulset_replicas: i32,
+    pub ready_replicas: i32,
+    pub now: Timestamp,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Phase and message for this observation.
+pub fn phase(cluster: &RaftCluster, input: &StatusInput<'_>) -> (Phase, String) {
+    let obs = input.observation;
+    let Some(leader) = obs.leader() else {
+        let had_leader = cluster.status.as_ref().is_some_and(|s| s.leader.is_some());
+        return if input.statefulset_replicas == 0 {
+            (Phase::Pending, "creating the first member".into())
+        } else if had_leader {
+            (
+                Phase::Degraded,
+                "no leader: quorum lost or an election is in progress".into(),
+            )
+        } else {
+            (
+                Phase::Bootstrapping,
+                "waiting for the first member to elect itself leader".into(),
+            )
+        };
+    };
+    let healthy = obs.healthy();
+    let down: Vec<&str> = leader
+        .members
+        .iter()
+        .filter(|m| !healthy.contains(&m.id))
+        .map(|m| m.name.as_str())
+        .collect();
+    let voters = leader
+        .members
+        .iter()
+        .filter(|m| m.role == MemberKind::Voter)
+        .count();
+    match input.step {
+        Step::Stable if down.is_empty() => (
+            Phase::Running,
+            format!("{voters} voters, leader {}", leader.name),
+        ),
+        Step::Stable => (
+            Phase::Degraded,
+            format!("members not answering: {}", down.join(", ")),
+        ),
+        Step::Wait(WaitReason::QuorumAtRisk {
+            id,
+            healthy_voters,
+            voters,
+        }) => (
+            Phase::Degraded,
+            format!(
+                "not removing member {id}: only {healthy_voters} of {voters} voters are healthy"
+            ),
+        ),
+        Step::Wait(WaitReason::NoTransferTarget { from }) => (
+            Phase::Degraded,
+            format!("leader {from} must step down but no healthy voter can take over"),
+        ),
+        Step::Wait(WaitReason::NoLeader) => (Phase::Degraded, "no leader".into()),
+        Step::Wait(WaitReason::PodNotAnswering { ordinal }) => (
+            Phase::Scaling,
+            format!(
+                "waiting for pod {} to answer",
+                ClusterIdentity::of(cluster).pod(*ordinal)
+            ),
+        ),
+        step => (Phase::Scaling, describe(step)),
+    }
+}
+
+/// Human-readable description of a planner step.
+pub fn describe(step: &Step) -> String {
+    match step {
+        Step::RaiseStatefulSet { replicas } => {
+            format!("raising the StatefulSet to {replicas} pods")
+        }
+        Step::AddLearner { id, .. } => format!("adding member {id} as a learner"),
+        Step::WaitCatchUp {
+            id,
+            match_index,
+            commit_index,
+        } => format!(
+            "waiting for learner {id} to catch up (match {} of commit {commit_index})",
+            match_index.map_or("unknown".to_string(), |m| m.to_string())
+        ),
+        Step::Promote { id } => format!("promoting member {id} to voter"),
+        Step::TransferLeader { from, to } => format!("moving leadership from {from} to {to}"),
+        Step::RemoveMember { id } => format!("removing member {id}"),
+        Step::ShrinkStatefulSet { replicas } => {
+            format!("shrinking the StatefulSet to {replicas} pods")
+        }
+        Step::DeletePvc { ordinal } => {
+            format!("deleting the volume of retired pod ordinal {ordinal}")
+        }
+        Step::Wait(reason) => format!("waiting: {reason:?}"),
+        Step::Stable => "stable".into(),
+    }
+}
+
+/// The full status to write.
+pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatus {
+    let obs = input.observation;
+    let id = ClusterIdentity::of(cluster);
+    let leader = obs.leader();
+    let healthy = obs.healthy();
+    let (phase, message) = phase(cluster, input);
+    let members = leader
+        .map(|l| {
+            l.members
+                .iter()
+                .map(|m| MemberStatus {
+                    id: to_i64(m.id.0),
+                    name: m.name.clone(),
+                    role: if m.role == MemberKind::Voter {
+                        MemberRole::Voter
+                    } else {
+                        MemberRole::Learner
+                    },
+                    is_leader: m.id == l.id,
+                    healthy: healthy.contains(&m.id),
+                    match_index: m.match_index.map(to_i64),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let available = leader.is_some();
+    let progressing =
+        phase == Phase::Scaling || phase == Phase::Bootstrapping || phase == Phase::Pending;
+    let degraded = phase == Phase::Degraded || phase == Phase::Failed;
+    let previous = cluster
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = cluster.metadata.generation;
+    let conditions = vec![
+        condition(
+            previous,
+            "Available",
+            available,
+            if available {
+                "LeaderElected"
+            } else {
+                "NoLeader"
+            },
+            &message,
+            generation,
+            input.now,
+        ),
+        condition(
+            previous,
+            "Progressing",
+            progressing,
+            phase.as_str(),
+            &message,
+            generation,
+            input.now,
+        ),
+        condition(
+            previous,
+            "Degraded",
+            degraded,
+            phase.as_str(),
+            &message,
+            generation,
+            input.now,
+        ),
+    ];
+
+    RaftClusterStatus {
+        phase: Some(phase),
+        message: Some(message),
+        leader: leader.map(|l| l.name.clone()),
+        leader_id: leader.map(|l| to_i64(l.id.0)),
+        term: leader.map(|l| l.term).or(obs.term()).map(to_i64),
+        commit_index: leader.map(|l| to_i64(l.commit_index)),
+        applied_index: leader.map(|l| to_i64(l.applied_index)),
+        members,
+        replicas: input.statefulset_replicas,
+        ready_replicas: input.ready_replicas,
+        selector: Some(id.selector_string()),
+        observed_generation: generation,
+        conditions,
+        // The reconciler sets this after acting on monitoring.
+        service_monitor: cluster.status.as_ref().is_some_and(|s| s.service_monitor),
+    }
+}
+
+/// A standard condition whose `lastTransitionTime` only moves when its
+/// status flips, as `kubectl wait --for=condition=...` users expect.
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    on: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if on { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Name of the cluster for logs and metrics labels.
+pub fn display_name(cluster: &RaftCluster) -> String {
+    format!(
+        "{}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeId;
+    use crate::node_api::NodeRole;
+    use crate::observation::NodeObservation;
+    use crate::observation::tests::status;
+    use crate::resources::test_cluster::cluster;
+
+    fn three_healthy() -> ClusterObservation {
+        let m = [(1, true, None), (2, true, Some(100)), (3, true, Some(98))];
+        ClusterObservation {
+            nodes: (1..=3)
+                .map(|i| NodeObservation {
+                    ordinal: i as u32 - 1,
+                    pod: format!("kv-{}", i - 1),
+                    status: Ok(status(
+                        i,
+                        if i == 2 {
+                            NodeRole::Leader
+                        } else {
+                            NodeRole::Follower
+                        },
+                        7,
+                        Some(2),
+                        &m,
+                    )),
+                })
+                .collect(),
+        }
+    }
+
+    fn input<'a>(obs: &'a ClusterObservation, step: &'a Step) -> StatusInput<'a> {
+        StatusInput {
+            observation: obs,
+            step,
+            statefulset_replicas: 3,
+            ready_replicas: 3,
+            now: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn healthy_stable_cluster_is_running_with_leader_term_and_commit() {
+        let obs = three_healthy();
+        let s = build(&cluster(), &input(&obs, &Step::Stable));
+        assert_eq!(s.phase, Some(Phase::Running));
+        assert_eq!(s.leader.as_deref(), Some("kv-1"));
+        assert_eq!(
+            (s.leader_id, s.term, s.commit_index, s.applied_index),
+            (Some(2), Some(7), Some(100), Some(99))
+        );
+        assert_eq!(s.members.len(), 3);
+        assert!(s.members[1].is_leader && s.members.iter().all(|m| m.healthy));
+        assert_eq!(s.members[2].match_index, Some(98));
+        let cond = |t: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap()
+                .status
+                .clone()
+        };
+        assert_eq!(
+            (cond("Available"), cond("Progressing"), cond("Degraded")),
+            ("True".into(), "False".into(), "False".into())
+        );
+        assert_eq!(
+            s.selector.as_deref(),
+            Some("app.kubernetes.io/instance=kv,app.kubernetes.io/name=raftkv")
+        );
+    }
+
+    #[test]
+    fn a_silent_member_makes_the_cluster_degraded() {
+        let mut obs = three_healthy();
+        obs.nodes[2].status = Err("connection refused".into());
+        let s = build(&cluster(), &input(&obs, &Step::Stable));
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        assert!(s.message.unwrap().contains("kv-2"));
+        assert!(!s.members[2].healthy);
+    }
+
+    #[test]
+    fn scaling_steps_show_as_scaling_and_progressing() {
+        let obs = three_healthy();
+        let step = Step::Promote { id: NodeId(4) };
+        let s = build(&cluster(), &input(&obs, &step));
+        assert_eq!(s.phase, Some(Phase::Scaling));
+        assert_eq!(s.message.as_deref(), Some("promoting member 4 to voter"));
+        assert_eq!(
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Progressing")
+                .unwrap()
+                .status,
+            "True"
+        );
+    }
+
+    #[test]
+    fn losing_the_leader_after_having_one_is_degraded_not_bootstrapping() {
+        let obs = ClusterObservation::default();
+        let step = Step::Wait(WaitReason::NoLeader);
+        let mut c = cluster();
+        assert_eq!(
+            build(&c, &input(&obs, &step)).phase,
+            Some(Phase::Bootstrapping)
+        );
+        c.status = Some(RaftClusterStatus {
+            leader: Some("kv-0".into()),
+            ..Default::default()
+        });
+        let s = build(&c, &input(&obs, &step));
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        assert_eq!(s.conditions[0].status, "False");
+    }
+
+    #[test]
+    fn condition_transition_time_is_kept_while_status_is_unchanged() {
+        let obs = three_healthy();
+        let mut c = cluster();
+        let first = build(&c, &input(&obs, &Step::Stable));
+        c.status = Some(first.clone());
+        let later = StatusInput {
+            now: Timestamp::from_second(1_000_000).unwrap(),
+            ..input(&obs, &Step::Stable)
+        };
+        let second = build(&c, &later);
+        assert_eq!(
+            first.conditions[0].last_transition_time,
+            second.conditions[0].last_transition_time
+        );
+        let step = Step::Promote { id: NodeId(4) };
+        let third = build(
+            &c,
+            &StatusInput {
+                step: &step,
+                ..later
+            },
+        );
+        let progressing = third
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing")
+            .unwrap();
+        assert_eq!(
+            progressing.last_transition_time,
+            Time(Timestamp::from_second(1_000_000).unwrap())
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Names, labels and node ids of everything a `RaftCluster` owns.
+//!
+//! Every builder and the reconciler derive object names from here, so that a
+//! pod name, its Raft node id, its PVC and its DNS name can never disagree.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+
+use crate::crd::RaftCluster;
+
+/// Port of the client gRPC API.
+pub const CLIENT_PORT: i32 = 2379;
+/// Port of the peer (Raft) gRPC transport.
+pub const PEER_PORT: i32 = 2380;
+/// Port of the HTTP API: status, admin, metrics, probes.
+pub const HTTP_PORT: i32 = 8080;
+/// Field manager used for every server-side apply.
+pub const FIELD_MANAGER: &str = "raftkv-operator";
+/// Name of the volume claim template holding the data directory.
+pub const DATA_VOLUME: &str = "data";
+
+/// A Raft node id. In a StatefulSet the id is the pod ordinal plus one,
+/// because raftkv reserves id 0 for "no node".
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    pub fn from_ordinal(ordinal: u32) -> Self {
+        NodeId(u64::from(ordinal) + 1)
+    }
+
+    /// The StatefulSet ordinal of this node, if the id came from one.
+    pub fn ordinal(self) -> Option<u32> {
+        self.0.checked_sub(1).and_then(|o| u32::try_from(o).ok())
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Naming scheme of one cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    pub name: String,
+    pub namespace: String,
+}
+
+impl ClusterIdentity {
+    pub fn new(name: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+        }
+    }
+
+    /// Identity of a resource read from the API server (namespaced, so a
+    /// namespace is always present; "default" guards a hand-built object).
+    pub fn of(cluster: &RaftCluster) -> Self {
+        Self::new(
+            cluster.name_any(),
+            cluster.namespace().unwrap_or_else(|| "default".to_string()),
+        )
+    }
+
+    pub fn statefulset(&self) -> String {
+        self.name.clone()
+    }
+    pub fn headless_service(&self) -> String {
+        format!("{}-peers", self.name)
+    }
+    pub fn client_service(&self) -> String {
+        self.name.clone()
+    }
+    pub fn pdb(&self) -> String {
+        self.name.clone()
+    }
+    pub fn service_monitor(&self) -> String {
+        self.name.clone()
+    }
+    pub fn pod(&self, ordinal: u32) -> String {
+        format!("{}-{ordinal}", self.name)
+    }
+    /// The PVC the StatefulSet controller creates for a pod's data volume.
+    pub fn pvc(&self, ordinal: u32) -> String {
+        format!("{DATA_VOLUME}-{}-{ordinal}", self.name)
+    }
+    /// Ordinal of a pod of this cluster, from its name.
+    pub fn ordinal_of(&self, pod: &str) -> Option<u32> {
+        pod.strip_prefix(&self.name)?
+            .strip_prefix('-')?
+            .parse()
+            .ok()
+    }
+    /// Stable DNS name of a pod through the headless Service.
+    pub fn pod_host(&self, pod: &str) -> String {
+        format!("{pod}.{}.{}.svc", self.headless_service(), self.namespace)
+    }
+    pub fn peer_url(&self, pod: &str) -> String {
+        format!("http://{}:{PEER_PORT}", self.pod_host(pod))
+    }
+    pub fn client_url(&self, pod: &str) -> String {
+        format!("http://{}:{CLIENT_PORT}", self.pod_host(pod))
+    }
+
+    /// Labels that select this cluster's pods. Never user-overridable.
+    pub fn selector_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".to_string(), "raftkv".to_string()),
+            ("app.kubernetes.io/instance".to_string(), self.name.clone()),
+        ])
+    }
+
+    /// Labels on every owned object.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.selector_labels();
+        labels.insert(
+            "app.kubernetes.io/managed-by".to_string(),
+            FIELD_MANAGER.to_string(),
+        );
+        labels
+    }
+
+    /// `key=value,...` form of the selector, for list calls and the scale subresource.
+    pub fn selector_string(&self) -> String {
+        self.selector_labels()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Metadata of an owned object: name, namespace, labels and the controller
+/// owner reference that makes Kubernetes garbage-collect it with the cluster.
+pub fn owned_meta(cluster: &RaftCluster, id: &ClusterIdentity, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(id.namespace.clone()),
+        labels: Some(id.labels()),
+        owner_references: owner_reference(cluster).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn owner_reference(cluster: &RaftCluster) -> Option<OwnerReference> {
+    cluster.controller_owner_ref(&())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_is_ordinal_plus_one() {
+        assert_eq!(NodeId::from_ordinal(0), NodeId(1));
+        assert_eq!(NodeId(3).ordinal(), Some(2));
+        assert_eq!(NodeId(0).ordinal(), None);
+    }
+
+    #[test]
+    fn names_follow_statefulset_conventions() {
+        let id = ClusterIdentity::new("kv", "prod");
+        assert_eq!(id.pod(2), "kv-2");
+        assert_eq!(id.pvc(2), "data-kv-2");
+        assert_eq!(id.ordinal_of("kv-2"), Some(2));
+        assert_eq!(id.ordinal_of("kvx-2"), None);
+        assert_eq!(id.ordinal_of("other-1"), None);
+        assert_eq!(id.peer_url("kv-0"), "http://kv-0.kv-peers.prod.svc:2380");
+        assert_eq!(
+            id.selector_string(),
+            "app.kubernetes.io/instance=kv,app.kubernetes.io/name=raftkv"
+        );
+    }
+}

@@ -1,0 +1,438 @@
+//! The StatefulSet running the members: stable pod names (hence stable Raft
+//! ids and DNS names) and one PersistentVolumeClaim per member for the redb
+//! data directory.
+//!
+//! The replica count is the reconciler's decision, not `spec.replicas`: the
+//! membership planner raises it one pod at a time ahead of adding a learner
+//! and lowers it only after the member has left the Raft configuration.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::crd::RaftCluster;
+use crate::identity::{
+    CLIENT_PORT, ClusterIdentity, DATA_VOLUME, HTTP_PORT, PEER_PORT, owned_meta,
+};
+
+/// Where the data volume is mounted and `RAFTKV_DATA_DIR` points.
+pub const DATA_DIR: &str = "/var/lib/raftkv";
+/// Unprivileged uid/gid the node runs as (the image's non-root user).
+pub const RUN_AS_USER: i64 = 65532;
+/// Floor of the termination grace period: a leader that is told to stop
+/// transfers leadership and waits for the transfer to land before exiting.
+const MIN_GRACE_SECONDS: i64 = 60;
+
+/// The StatefulSet asking for `replicas` pods.
+pub fn build(cluster: &RaftCluster, replicas: i32) -> StatefulSet {
+    let id = ClusterIdentity::of(cluster);
+    let spec = &cluster.spec;
+
+    let mut pod_labels: BTreeMap<String, String> = spec.pod.labels.clone();
+    pod_labels.extend(id.labels());
+
+    StatefulSet {
+        metadata: owned_meta(cluster, &id, id.statefulset()),
+        spec: StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(id.headless_service()),
+            // Parallel: after a full restart every member must come up at
+            // once, since no single member can elect a leader (and become
+            // ready) on its own; OrderedReady would wait on pod 0 forever.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(id.selector_labels()),
+                ..LabelSelector::default()
+            },
+            // The operator deletes member volumes itself, after the member
+            // has left the Raft configuration (see pvcRetention).
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".into()),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: (!spec.pod.annotations.is_empty())
+                        .then(|| spec.pod.annotations.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec(cluster, &id)),
+            },
+            volume_claim_templates: Some(vec![data_claim(cluster)]),
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    }
+}
+
+fn pod_spec(cluster: &RaftCluster, id: &ClusterIdentity) -> PodSpec {
+    let spec = &cluster.spec;
+    let grace = MIN_GRACE_SECONDS.max(10 * i64::from(spec.raft.election_timeout_ms) / 1000);
+    PodSpec {
+        containers: vec![container(cluster, id)],
+        termination_grace_period_seconds: Some(grace),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            fs_group: Some(RUN_AS_USER),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        node_selector: (!spec.pod.node_selector.is_empty()).then(|| spec.pod.node_selector.clone()),
+        tolerations: (!spec.pod.tolerations.is_empty()).then(|| spec.pod.tolerations.clone()),
+        affinity: spec.pod.affinity.clone(),
+        topology_spread_constraints: (!spec.pod.topology_spread_constraints.is_empty())
+            .then(|| spec.pod.topology_spread_constraints.clone()),
+        priority_class_name: spec.pod.priority_class_name.clone(),
+        // A read-only root filesystem still needs somewhere for scratch files.
+        volumes: Some(vec![Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    }
+}
+
+fn container(cluster: &RaftCluster, id: &ClusterIdentity) -> Container {
+    let spec = &cluster.spec;
+    Container {
+        name: "raftkv".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
+        args: Some(vec!["serve".into()]),
+        env: Some(env(cluster, id)),
+        ports: Some(vec![
+            container_port("client", CLIENT_PORT),
+            container_port("peer", PEER_PORT),
+            container_port("http", HTTP_PORT),
+        ]),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(Probe {
+            // Generous: a node replaying its log after restart is alive.
+            initial_delay_seconds: Some(10),
+            ..http_probe("/healthz", 10, 6)
+        }),
+        resources: spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: DATA_VOLUME.into(),
+                mount_path: DATA_DIR.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    }
+}
+
+/// Environment that configures `raftkv serve`. Every pod shares one
+/// template, so per-pod values come from the pod's own name: the node takes
+/// its id from its ordinal (`RAFTKV_ID_FROM_ORDINAL`), and the addresses use
+/// Kubernetes' `$(VAR)` expansion of `RAFTKV_NAME`. `RAFTKV_INITIAL_CLUSTER`
+/// names only member 1 (pod 0): that pod bootstraps a one-node cluster, and a
+/// node whose id is not listed there starts empty and waits to be added
+/// (`RAFTKV_JOIN=auto`), which the operator does through the admin API.
+fn env(cluster: &RaftCluster, id: &ClusterIdentity) -> Vec<EnvVar> {
+    let raft = &cluster.spec.raft;
+    let headless = id.headless_service();
+    let ns = &id.namespace;
+    let host = format!("$(RAFTKV_NAME).{headless}.{ns}.svc");
+    vec![
+        field_env("RAFTKV_NAME", "metadata.name"),
+        plain("RAFTKV_ID_FROM_ORDINAL", "true"),
+        plain("RAFTKV_DATA_DIR", DATA_DIR),
+        plain("RAFTKV_LISTEN_CLIENT", &format!("0.0.0.0:{CLIENT_PORT}")),
+        plain("RAFTKV_LISTEN_PEER", &format!("0.0.0.0:{PEER_PORT}")),
+        plain("RAFTKV_LISTEN_HTTP", &format!("0.0.0.0:{HTTP_PORT}")),
+        plain(
+            "RAFTKV_ADVERTISE_PEER",
+            &format!("http://{host}:{PEER_PORT}"),
+        ),
+        plain(
+            "RAFTKV_ADVERTISE_CLIENT",
+            &format!("http://{host}:{CLIENT_PORT}"),
+        ),
+        plain(
+            "RAFTKV_INITIAL_CLUSTER",
+            &format!("1={}", id.peer_url(&id.pod(0))),
+        ),
+        plain("RAFTKV_JOIN", "auto"),
+        plain(
+            "RAFTKV_ELECTION_TIMEOUT_MS",
+            &raft.election_timeout_ms.to_string(),
+        ),
+        plain(
+            "RAFTKV_HEARTBEAT_INTERVAL_MS",
+            &raft.heartbeat_interval_ms.to_string(),
+        ),
+        plain(
+            "RAFTKV_SNAPSHOT_THRESHOLD",
+            &raft.snapshot_threshold.to_string(),
+        ),
+        plain(
+            "RAFTKV_REQUEST_TIMEOUT_MS",
+            &raft.request_timeout_ms.to_string(),
+        ),
+    ]
+}
+
+fn plain(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn data_claim(cluster: &RaftCluster) -> PersistentVolumeClaim {
+    let storage = &cluster.spec.storage;
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::test_cluster::cluster;
+
+    fn env_of(sts: &StatefulSet) -> BTreeMap<String, String> {
+        let c = &sts.spec.template.spec.as_ref().unwrap().containers[0];
+        c.env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect()
+    }
+
+    #[test]
+    fn statefulset_uses_the_requested_replicas_not_the_spec() {
+        let sts = build(&cluster(), 1);
+        let spec = sts.spec;
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.service_name.as_deref(), Some("kv-peers"));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+    }
+
+    #[test]
+    fn statefulset_claims_a_volume_per_member_for_the_data_dir() {
+        let spec = build(&cluster(), 3).spec;
+        let claim = &spec.volume_claim_templates.unwrap()[0];
+        let cs = claim.spec.as_ref().unwrap();
+        assert_eq!(claim.metadata.name.as_deref(), Some("data"));
+        assert_eq!(cs.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            cs.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"],
+            Quantity("2Gi".into())
+        );
+        let c = &spec.template.spec.unwrap().containers[0];
+        let mount = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "data")
+            .unwrap();
+        assert_eq!(mount.mount_path, DATA_DIR);
+    }
+
+    #[test]
+    fn statefulset_probes_readyz_and_healthz_on_the_http_port() {
+        let pod = build(&cluster(), 3).spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        let ready = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        let live = c
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(ready.path.as_deref(), Some("/readyz"));
+        assert_eq!(live.path.as_deref(), Some("/healthz"));
+        let http = c
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some("http"))
+            .unwrap();
+        assert_eq!(http.container_port, 8080);
+    }
+
+    #[test]
+    fn statefulset_runs_locked_down() {
+        let pod = build(&cluster(), 3).spec.template.spec.unwrap();
+        assert_eq!(
+            pod.security_context.as_ref().unwrap().run_as_non_root,
+            Some(true)
+        );
+        let sc = pod.containers[0].security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert!(pod.termination_grace_period_seconds.unwrap() >= 60);
+    }
+
+    #[test]
+    fn grace_period_grows_with_a_long_election_timeout() {
+        let mut c = cluster();
+        c.spec.raft.election_timeout_ms = 20_000;
+        let pod = build(&c, 3).spec.template.spec.unwrap();
+        assert_eq!(pod.termination_grace_period_seconds, Some(200));
+    }
+
+    #[test]
+    fn statefulset_env_configures_raftkv_serve() {
+        let mut c = cluster();
+        c.spec.raft.election_timeout_ms = 1500;
+        let env = env_of(&build(&c, 3));
+        assert_eq!(env["RAFTKV_ID_FROM_ORDINAL"], "true");
+        assert_eq!(env["RAFTKV_DATA_DIR"], "/var/lib/raftkv");
+        assert_eq!(env["RAFTKV_LISTEN_HTTP"], "0.0.0.0:8080");
+        assert_eq!(
+            env["RAFTKV_ADVERTISE_PEER"],
+            "http://$(RAFTKV_NAME).kv-peers.prod.svc:2380"
+        );
+        assert_eq!(
+            env["RAFTKV_ADVERTISE_CLIENT"],
+            "http://$(RAFTKV_NAME).kv-peers.prod.svc:2379"
+        );
+        assert_eq!(
+            env["RAFTKV_INITIAL_CLUSTER"],
+            "1=http://kv-0.kv-peers.prod.svc:2380"
+        );
+        assert_eq!(env["RAFTKV_ELECTION_TIMEOUT_MS"], "1500");
+        assert_eq!(env["RAFTKV_SNAPSHOT_THRESHOLD"], "10000");
+        // RAFTKV_NAME comes from the downward API and must precede its uses.
+        let sts = build(&c, 3);
+        let vars = sts.spec.template.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        assert_eq!(vars[0].name, "RAFTKV_NAME");
+        assert_eq!(
+            vars[0]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.name"
+        );
+    }
+
+    #[test]
+    fn user_pod_labels_never_override_the_selector() {
+        let mut c = cluster();
+        c.spec
+            .pod
+            .labels
+            .insert("app.kubernetes.io/instance".into(), "hijack".into());
+        c.spec.pod.labels.insert("team".into(), "storage".into());
+        c.spec.pod.priority_class_name = Some("high".into());
+        let spec = build(&c, 3).spec;
+        let labels = spec.template.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels["app.kubernetes.io/instance"], "kv");
+        assert_eq!(labels["team"], "storage");
+        assert_eq!(
+            spec.template.spec.unwrap().priority_class_name.as_deref(),
+            Some("high")
+        );
+    }
+}
