@@ -15,6 +15,11 @@ Usage:
         [--dashboard deploy/grafana/raftkv.json] [--prometheus prometheus]
         [--etcdctl etcdctl] [--keep]
 
+The same Prometheus also loads deploy/prometheus/alerts.yaml: every rule
+must evaluate without error against the real series, and none may fire on
+the healthy cluster (checked before the leader change, when nothing may even
+be pending).
+
 Every process it starts is stopped by its handle on exit; data lives in a
 temporary directory (kept with --keep, for reading the node logs).
 """
@@ -139,12 +144,13 @@ def leader_id(nodes):
     return seen.pop() if len(seen) == 1 else None
 
 
-def start_prometheus(binary, nodes, workdir):
+def start_prometheus(binary, nodes, workdir, rules):
     port = free_port()
     cfg = workdir / "prometheus.yml"
     targets = ", ".join(f'"127.0.0.1:{n.http_port}"' for n in nodes)
     cfg.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files: [{json.dumps(str(rules))}]\n"
         "scrape_configs:\n  - job_name: raftkv\n    static_configs:\n"
         f"      - targets: [{targets}]\n        labels:\n          namespace: {NAMESPACE}\n"
     )
@@ -163,6 +169,22 @@ def prom_api(url, path, **params):
     if code != 200:
         raise Failure(f"Prometheus {path} {params}: HTTP {code}: {body[:300]!r}")
     return json.loads(body)["data"]
+
+
+def check_rules(prom_url, allow_pending):
+    """Problems with the alert rules: evaluation errors, alerts active on a
+    healthy cluster (pending ones too unless `allow_pending`)."""
+    groups = prom_api(prom_url, "rules")["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    if not rules:
+        return ["Prometheus loaded no alert rules"]
+    problems = [f"alert rule {r['name']} failed to evaluate: {r.get('lastError')}"
+                for r in rules if r.get("health") != "ok"]
+    problems += [f"alert {r['name']} is {r['state']} on a healthy cluster" for r in rules
+                 if r.get("state") == "firing" or (r.get("state") == "pending" and not allow_pending)]
+    print(f"{len(rules)} alert rules checked ({'firing' if allow_pending else 'firing or pending'}): "
+          f"{len(problems)} problems")
+    return problems
 
 
 def drive_writes(nodes, seconds, etcdctl, counter):
@@ -245,6 +267,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raftkv", required=True, help="path of the raftkv binary")
     ap.add_argument("--dashboard", default=str(REPO / "deploy/grafana/raftkv.json"))
+    ap.add_argument("--alerts", default=str(REPO / "deploy/prometheus/alerts.yaml"))
     ap.add_argument("--prometheus", default=shutil.which("prometheus") or "prometheus")
     ap.add_argument("--etcdctl", default=shutil.which("etcdctl"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -263,11 +286,12 @@ def main():
             n.start()
         first = wait_for("the cluster to elect a leader", 60, lambda: leader_id(nodes))
         print(f"cluster up, leader {first}")
-        prom, prom_url = start_prometheus(args.prometheus, nodes, workdir)
+        prom, prom_url = start_prometheus(args.prometheus, nodes, workdir, Path(args.alerts).resolve())
         start = time.time()
         counter = [0]
         ok = drive_writes(nodes, 15, args.etcdctl, counter)
         print(f"phase 1: {ok} HTTP writes acknowledged")
+        problems = check_rules(prom_url, allow_pending=False)
         print(change_leader(nodes))
         ok = drive_writes(nodes, 20, args.etcdctl, counter)
         print(f"phase 2: {ok} HTTP writes acknowledged")
@@ -276,8 +300,8 @@ def main():
         time.sleep(2)  # two more scrapes, so the last writes are in Prometheus
         end = time.time()
 
+        problems += check_rules(prom_url, allow_pending=True)
         values = resolve_variables(prom_url, dashboard)
-        empty = []
         for title, ref, expr in dashboard_queries(dashboard):
             q = expr.replace("$__rate_interval", RATE_INTERVAL)
             for name, val in values.items():
@@ -286,10 +310,11 @@ def main():
             n = has_data(result)
             print(f"{'ok  ' if n else 'EMPTY'} {title} [{ref}]: {n} series")
             if not n:
-                empty.append(f"{title} [{ref}]: {q}")
-        if empty:
-            raise Failure("queries without data:\n  " + "\n  ".join(empty))
-        print(f"all {sum(1 for _ in dashboard_queries(dashboard))} dashboard queries returned data")
+                problems.append(f"panel query without data: {title} [{ref}]: {q}")
+        if problems:
+            raise Failure(f"{len(problems)} problems:\n  " + "\n  ".join(problems))
+        print(f"all {sum(1 for _ in dashboard_queries(dashboard))} dashboard queries returned data; "
+              "alert rules clean")
         return 0
     except Failure as e:
         print(f"FAIL: {e}\n(logs in {workdir})", file=sys.stderr)
