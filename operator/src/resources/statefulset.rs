@@ -178,6 +178,12 @@ fn container(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Co
 /// Kubernetes' `$(VAR)` expansion of `RAFTKV_NAME`. See [`StartMode`] for
 /// how a node with an empty data directory starts; a node that has data
 /// resumes from it either way.
+/// The token all pods of `cluster` share (see `env`).
+fn cluster_token(cluster: &RaftCluster, id: &ClusterIdentity) -> String {
+    let uid = cluster.metadata.uid.as_deref().unwrap_or_default();
+    format!("{}/{}/{uid}", id.namespace, id.name)
+}
+
 fn env(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Vec<EnvVar> {
     let raft = &cluster.spec.raft;
     let headless = id.headless_service();
@@ -198,6 +204,11 @@ fn env(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Vec<EnvV
             "RAFTKV_ADVERTISE_CLIENT",
             &format!("http://{host}:{CLIENT_PORT}"),
         ),
+        // Every pod, bootstrapping or joining, derives the same cluster id
+        // from this token, and a node refuses a data directory written for
+        // another id. The UID makes a re-created cluster of the same name a
+        // different cluster, so it never adopts an old volume.
+        plain("RAFTKV_CLUSTER_TOKEN", &cluster_token(cluster, id)),
         match mode {
             StartMode::Bootstrap => plain(
                 "RAFTKV_INITIAL_CLUSTER",
@@ -214,7 +225,7 @@ fn env(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Vec<EnvV
             &raft.heartbeat_interval_ms.to_string(),
         ),
         plain(
-            "RAFTKV_SNAPSHOT_THRESHOLD",
+            "RAFTKV_SNAPSHOT_EVERY",
             &raft.snapshot_threshold.to_string(),
         ),
         plain(
@@ -416,8 +427,15 @@ mod tests {
         );
         assert_eq!(env["RAFTKV_JOIN"], "true");
         assert!(!env.contains_key("RAFTKV_INITIAL_CLUSTER"));
+        // A joining node can only start if it knows the cluster id.
+        assert!(env["RAFTKV_CLUSTER_TOKEN"].starts_with("prod/kv/"));
+        assert_eq!(
+            env_of(&build(&c, 1, StartMode::Bootstrap))["RAFTKV_CLUSTER_TOKEN"],
+            env["RAFTKV_CLUSTER_TOKEN"],
+            "bootstrap and join agree on the cluster id"
+        );
         assert_eq!(env["RAFTKV_ELECTION_TIMEOUT_MS"], "1500");
-        assert_eq!(env["RAFTKV_SNAPSHOT_THRESHOLD"], "10000");
+        assert_eq!(env["RAFTKV_SNAPSHOT_EVERY"], "10000");
         // RAFTKV_NAME comes from the downward API and must precede its uses.
         let sts = build(&c, 3, StartMode::Join);
         let vars = sts.spec.template.spec.unwrap().containers[0]
