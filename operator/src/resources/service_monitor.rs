@@ -25,6 +25,11 @@ use crate::identity::{ClusterIdentity, owned_meta};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceMonitorSpec {
+    /// The Service label whose value names the scrape job. Without it the
+    /// job is named after the Service (`<cluster>-peers`), which the alert
+    /// rules' `job=~".*raftkv.*"` would not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_label: Option<String>,
     pub selector: LabelSelector,
     pub endpoints: Vec<Endpoint>,
 }
@@ -62,6 +67,7 @@ pub fn build(cluster: &RaftCluster) -> ServiceMonitor {
     ServiceMonitor {
         metadata: meta,
         spec: ServiceMonitorSpec {
+            job_label: Some("app.kubernetes.io/name".into()),
             // The headless Service lists every member, ready or not, so a
             // member that is catching up is still scraped.
             selector: LabelSelector {
@@ -113,6 +119,8 @@ mod tests {
         assert_eq!(ep.interval.as_deref(), Some("15s"));
         assert!(ep.relabelings.iter().any(|r| r.target_label == "cluster"));
         let json = serde_json::to_value(&sm).unwrap();
+        // The job is "raftkv", what the alert rules select on.
+        assert_eq!(json["spec"]["jobLabel"], "app.kubernetes.io/name");
         assert_eq!(json["apiVersion"], "monitoring.coreos.com/v1");
         assert_eq!(json["kind"], "ServiceMonitor");
     }
