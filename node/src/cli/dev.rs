@@ -121,14 +121,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         args.data_dir.display()
     );
     println!();
+    // The pid is there so that `kill -9 <pid>` of the leader, the classic
+    // Raft demonstration, needs no searching.
     println!(
-        "  {:<4} {:<22} {:<22} {:<22}",
-        "ID", "HTTP", "CLIENT (gRPC)", "PEER"
+        "  {:<4} {:<8} {:<22} {:<22} {:<22}",
+        "ID", "PID", "HTTP", "CLIENT (gRPC)", "PEER"
     );
-    for n in &nodes {
+    for (n, (_, child)) in nodes.iter().zip(&children) {
+        let pid = child
+            .id()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
         println!(
-            "  {:<4} {:<22} {:<22} {:<22}",
+            "  {:<4} {:<8} {:<22} {:<22} {:<22}",
             n.id,
+            pid,
             format!("http://{}", n.http),
             n.client,
             n.peer
