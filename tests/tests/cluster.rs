@@ -39,6 +39,22 @@ async fn five_nodes_elect_one_leader_and_writes_through_any_node_are_readable_fr
         }
     }
     assert_eq!(leaders, 1);
+    // Every write succeeded, so no node may count a failed proposal: a
+    // follower forwarding a write to the leader is not a failure (the
+    // RaftkvProposalsFailing alert reads this counter).
+    for id in 1..=5 {
+        let m = c
+            .request(id, reqwest::Method::GET, "/metrics", None)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&m.raw).into_owned();
+        let failed = text
+            .lines()
+            .find(|l| l.starts_with("raftkv_raft_proposals_failed_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok());
+        assert_eq!(failed, Some(0.0), "node {id}: {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

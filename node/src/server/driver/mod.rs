@@ -340,10 +340,14 @@ impl Driver {
                     }
                 }
                 Err(e) => {
+                    // A follower's NotLeader is a redirect (the request is
+                    // forwarded to the leader), not a failed proposal.
+                    if !matches!(e, ProposeError::NotLeader { .. }) {
+                        self.metrics
+                            .raft_proposals_failed_total
+                            .inc_by(replies.len() as u64);
+                    }
                     let rejection = self.rejection(e);
-                    self.metrics
-                        .raft_proposals_failed_total
-                        .inc_by(replies.len() as u64);
                     for reply in replies {
                         let _ = reply.send(Err(rejection.clone()));
                     }
