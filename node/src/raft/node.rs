@@ -899,13 +899,12 @@ impl<S: Storage> RaftNode<S> {
     /// The leader counts itself only for what it has persisted.
     fn maybe_commit(&mut self) -> bool {
         let last = self.log.persisted;
-        let voters: Vec<NodeId> = self.membership.voters().collect();
-        let candidate = quorum::committed_index(voters.iter().map(|v| {
-            if *v == self.id {
+        let candidate = quorum::committed_index(self.membership.voters().map(|v| {
+            if v == self.id {
                 last
             } else {
                 self.progress
-                    .get(v)
+                    .get(&v)
                     .map(|pr| pr.match_index)
                     .unwrap_or(LogIndex::ZERO)
             }
@@ -1042,6 +1041,11 @@ impl<S: Storage> RaftNode<S> {
         last_new: LogIndex,
         new_entries: Vec<(LogIndex, Membership)>,
     ) {
+        // The common case, an append without configurations that replaced
+        // none: nothing changes, and the hot path clones nothing.
+        if new_entries.is_empty() && !self.membership_log.iter().any(|(i, _)| *i >= first_new) {
+            return;
+        }
         let last = self.log.last_index();
         self.membership_log
             .retain(|(i, _)| *i < first_new || (*i > last_new && *i <= last));

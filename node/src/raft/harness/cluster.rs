@@ -363,14 +363,19 @@ impl Cluster {
     pub fn tick(&mut self) {
         self.now += 1;
         for id in self.up_ids() {
-            if let Some(r) = self.raft_mut(id) {
-                r.tick();
-            }
-            self.steps += 1;
-            self.process_ready(id);
-            self.check_leaders();
+            self.tick_node(id);
         }
         self.deliver_due();
+    }
+
+    /// One tick of one node's clock, with its `Ready` carried out.
+    fn tick_node(&mut self, id: NodeId) {
+        if let Some(r) = self.raft_mut(id) {
+            r.tick();
+        }
+        self.steps += 1;
+        self.process_ready(id);
+        self.check_leaders();
     }
 
     /// Ticks only `id` (the others' clocks stand still, but they receive and
@@ -388,12 +393,7 @@ impl Cluster {
                 return false;
             }
             self.now += 1;
-            if let Some(r) = self.raft_mut(id) {
-                r.tick();
-            }
-            self.steps += 1;
-            self.process_ready(id);
-            self.check_leaders();
+            self.tick_node(id);
             self.deliver_due();
         }
         self.node(id)
