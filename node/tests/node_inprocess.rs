@@ -127,6 +127,53 @@ async fn writes_via_a_follower_are_forwarded_and_reads_see_them_everywhere() {
     assert_eq!(leader.cluster_id(), follower.cluster_id());
 }
 
+/// Forwarded calls share one stream per leader and are answered in
+/// completion order: each caller must still get its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_forwarded_writes_each_get_their_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(dir.path()).await;
+    let leader = leader(&nodes).await;
+    let follower = nodes
+        .iter()
+        .map(|n| n.handle.clone())
+        .find(|h| h.member_id() != leader.member_id())
+        .unwrap();
+    // Every key is written twice, first with "first-i": the second write's
+    // previous value names the key it belongs to.
+    let mut firsts = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let f = follower.clone();
+        firsts.spawn(async move { f.write(put(&format!("k{i}"), &format!("first-{i}"))).await });
+    }
+    while let Some(r) = firsts.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let mut seconds = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let f = follower.clone();
+        seconds.spawn(async move {
+            let w = f.write(put(&format!("k{i}"), "second")).await.unwrap();
+            (i, w)
+        });
+    }
+    let mut revisions = std::collections::HashSet::new();
+    while let Some(r) = seconds.join_next().await {
+        let (i, w) = r.unwrap();
+        let ApplyOutcome::Put { revision, prev_kv } = w.outcome else {
+            panic!("{:?}", w.outcome)
+        };
+        let prev = prev_kv.unwrap();
+        assert_eq!(prev.key, Bytes::from(format!("k{i}")));
+        assert_eq!(prev.value, Bytes::from(format!("first-{i}")));
+        assert!(
+            revisions.insert(revision),
+            "revision {revision} answered twice"
+        );
+    }
+    assert_eq!(revisions.len(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_membership_errors_are_typed() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::{mpsc, oneshot};
+
 use futures::future::BoxFuture;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -312,29 +314,33 @@ fn error_from_code(code: &str, message: String) -> ClientError {
     }
 }
 
-/// The [`Forwarder`] that talks to the leader's peer endpoint, keeping one
-/// lazily connected channel per leader URL.
+/// The [`Forwarder`] that talks to the leader's peer endpoint: one lazily
+/// connected channel and one long-lived [`Pipe`] per leader URL.
 #[derive(Debug, Default)]
 pub(crate) struct GrpcForwarder {
-    channels: Mutex<HashMap<String, Channel>>,
+    pipes: Mutex<HashMap<String, Arc<Pipe>>>,
 }
 
 impl GrpcForwarder {
-    fn channel(&self, url: &str) -> Result<Channel, ClientError> {
-        let mut channels = self
-            .channels
+    fn pipe(&self, url: &str) -> Result<Arc<Pipe>, ClientError> {
+        let mut pipes = self
+            .pipes
             .lock()
             .map_err(|_| ClientError::Internal("forwarder lock poisoned".into()))?;
-        if let Some(c) = channels.get(url) {
-            return Ok(c.clone());
+        if let Some(p) = pipes.get(url) {
+            return Ok(p.clone());
         }
         let channel = Endpoint::from_shared(normalize_url(url))
             .map_err(|e| ClientError::Internal(format!("bad leader URL {url}: {e}")))?
             .connect_timeout(std::time::Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();
-        channels.insert(url.to_string(), channel.clone());
-        Ok(channel)
+        let pipe = Arc::new(Pipe {
+            channel,
+            stream: tokio::sync::Mutex::new(None),
+        });
+        pipes.insert(url.to_string(), pipe.clone());
+        Ok(pipe)
     }
 }
 
@@ -344,29 +350,127 @@ impl Forwarder for GrpcForwarder {
         leader: LeaderHint,
         request: Forwarded,
     ) -> BoxFuture<'static, Result<ForwardedReply, ClientError>> {
-        let channel = self.channel(&leader.peer_url);
+        let pipe = self.pipe(&leader.peer_url);
         Box::pin(async move {
-            let mut client = PeerClient::new(channel?);
-            let reply = client
-                .forward(encode_request(&request)?)
-                .await
-                .map_err(|s| {
-                    // A refused connection proves the leader never saw the
-                    // request: report "no leader" so the caller retries
-                    // (with the leader it learns next). Any other failure
-                    // may have happened after the leader acted on it.
-                    if s.code() == tonic::Code::Unavailable && s.message().contains("connect") {
-                        ClientError::NoLeader
-                    } else {
-                        ClientError::Unavailable(format!(
-                            "lost the leader ({}) while it handled the request: {}",
-                            leader.id,
-                            s.message()
-                        ))
-                    }
-                })?;
-            decode_reply(reply.into_inner())
+            let request = encode_request(&request)?;
+            let reply = pipe?.call(request, leader.id).await?;
+            decode_reply(reply)
         })
+    }
+}
+
+/// The forwarding stream to one leader: calls go out on it as they come and
+/// answers are matched back by id. A broken stream fails the calls it
+/// carried and is reopened by the next call.
+#[derive(Debug)]
+struct Pipe {
+    channel: Channel,
+    stream: tokio::sync::Mutex<Option<Arc<OpenStream>>>,
+}
+
+/// One open forwarding stream.
+#[derive(Debug)]
+struct OpenStream {
+    calls: mpsc::Sender<pb::ForwardCall>,
+    /// `None` once the stream broke: nobody will answer any more.
+    waiting: Mutex<Option<HashMap<u64, oneshot::Sender<pb::ForwardResponse>>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+/// Calls that may wait to be sent on one stream.
+const CALLS_QUEUED: usize = 1024;
+
+impl Pipe {
+    async fn call(
+        &self,
+        request: pb::ForwardRequest,
+        leader: NodeId,
+    ) -> Result<pb::ForwardResponse, ClientError> {
+        let stream = self.open().await?;
+        let id = stream
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiting = stream
+                .waiting
+                .lock()
+                .map_err(|_| ClientError::Internal("forwarder lock poisoned".into()))?;
+            // Broke between `open` and here: the call never left, retry.
+            let Some(waiting) = waiting.as_mut() else {
+                return Err(ClientError::NoLeader);
+            };
+            waiting.insert(id, tx);
+        }
+        if stream
+            .calls
+            .send(pb::ForwardCall {
+                id,
+                request: Some(request),
+            })
+            .await
+            .is_err()
+        {
+            return Err(ClientError::NoLeader);
+        }
+        // The stream broke after the call was handed to it: the leader may
+        // have acted on it, so this is not "no leader" (which retries).
+        rx.await.map_err(|_| {
+            ClientError::Unavailable(format!(
+                "lost the leader ({leader}) while it handled the request"
+            ))
+        })
+    }
+
+    /// The open stream, opening one if there is none (or it broke).
+    async fn open(&self) -> Result<Arc<OpenStream>, ClientError> {
+        let mut current = self.stream.lock().await;
+        if let Some(s) = current.as_ref() {
+            if s.is_open() {
+                return Ok(s.clone());
+            }
+        }
+        let (calls, outbound) = mpsc::channel(CALLS_QUEUED);
+        let mut client = PeerClient::new(self.channel.clone());
+        // A refused connection proves the leader never saw anything: "no
+        // leader", which the caller retries with the leader it learns next.
+        let answers = client
+            .forward(tokio_stream::wrappers::ReceiverStream::new(outbound))
+            .await
+            .map_err(|_| ClientError::NoLeader)?
+            .into_inner();
+        let stream = Arc::new(OpenStream {
+            calls,
+            waiting: Mutex::new(Some(HashMap::new())),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        });
+        tokio::spawn(dispatch(answers, stream.clone()));
+        *current = Some(stream.clone());
+        Ok(stream)
+    }
+}
+
+impl OpenStream {
+    fn is_open(&self) -> bool {
+        self.waiting.lock().is_ok_and(|w| w.is_some()) && !self.calls.is_closed()
+    }
+}
+
+/// Hands each answer to its caller until the stream ends, then fails the
+/// calls still waiting (dropping their senders) and marks the stream broken.
+async fn dispatch(mut answers: tonic::Streaming<pb::ForwardAnswer>, stream: Arc<OpenStream>) {
+    while let Ok(Some(answer)) = answers.message().await {
+        let caller = stream
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|mut w| w.as_mut().and_then(|w| w.remove(&answer.id)));
+        if let (Some(caller), Some(response)) = (caller, answer.response) {
+            let _ = caller.send(response);
+        }
+    }
+    if let Ok(mut w) = stream.waiting.lock() {
+        *w = None;
     }
 }
 

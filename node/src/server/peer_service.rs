@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
@@ -155,17 +156,50 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(pb::SnapshotAck { bytes }))
     }
 
+    type ForwardStream = ReceiverStream<Result<pb::ForwardAnswer, Status>>;
+
+    /// Serves every call of a follower's forwarding stream concurrently (a
+    /// task each, so one slow call never holds up the others) and answers
+    /// in completion order.
     async fn forward(
         &self,
-        request: Request<pb::ForwardRequest>,
-    ) -> Result<Response<pb::ForwardResponse>, Status> {
-        let reply = match forward::decode_request(request.into_inner()) {
-            Ok(req) => self.handle.serve_forwarded(req).await,
-            Err(e) => Err(e),
-        };
-        Ok(Response::new(forward::encode_reply(reply)))
+        request: Request<Streaming<pb::ForwardCall>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let mut calls = request.into_inner();
+        let (answers, stream) = mpsc::channel(FORWARD_ANSWERS_QUEUED);
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            // Ends when the follower closes its side or the stream breaks;
+            // calls already running still answer into a closed channel,
+            // which is harmless.
+            while let Ok(Some(call)) = calls.message().await {
+                let handle = handle.clone();
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let reply = match call.request {
+                        Some(req) => match forward::decode_request(req) {
+                            Ok(req) => handle.serve_forwarded(req).await,
+                            Err(e) => Err(e),
+                        },
+                        None => Err(crate::server::ClientError::InvalidArgument(
+                            "a forwarded call without a request".into(),
+                        )),
+                    };
+                    let answer = pb::ForwardAnswer {
+                        id: call.id,
+                        response: Some(forward::encode_reply(reply)),
+                    };
+                    let _ = answers.send(Ok(answer)).await;
+                });
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 }
+
+/// Answers waiting to go back to one follower before the serving tasks
+/// wait (back-pressure on a follower that stopped reading).
+const FORWARD_ANSWERS_QUEUED: usize = 1024;
 
 /// Writes the data chunks to `path` (fsynced) and checks the end marker.
 async fn stage(stream: &mut Streaming<pb::SnapshotChunk>, path: &PathBuf) -> Result<u64, Status> {
