@@ -216,6 +216,13 @@ def race(name, start, tool, opts, workdir):
     return rows, total_cpu
 
 
+def cpu_per_request(r):
+    """Cluster CPU microseconds per measured request (the row's warm-up
+    requests are not counted, so this slightly overstates it, equally for
+    both clusters)."""
+    return 1e6 * r["cluster_cpu_s"] / r["requests"] if r["requests"] else 0.0
+
+
 def ratio(a, b):
     return f"{a / b:.2f}" if b else "-"
 
@@ -223,15 +230,15 @@ def ratio(a, b):
 def table(opts, results):
     etcd, raftkv = results.get("etcd"), results.get("raftkv")
     head = (f"{'workload':<17} {'clients':>7} | {'etcd req/s':>10} {'p50 ms':>7} {'p99 ms':>8} "
-            f"{'cpu s':>6} | {'raftkv req/s':>12} {'p50 ms':>7} {'p99 ms':>8} {'cpu s':>6} | "
-            f"{'thr x':>6} {'p99 /':>6}")
+            f"{'cpu s':>6} {'us/req':>6} | {'raftkv req/s':>12} {'p50 ms':>7} {'p99 ms':>8} "
+            f"{'cpu s':>6} {'us/req':>6} | {'thr x':>6} {'p99 /':>6} {'cpu /':>6}")
     lines = [head, "-" * len(head)]
 
     def cols(r, width):
         if r is None:
-            return f"{'n/a':>{width}} {'':>7} {'':>8} {'':>6}"
+            return f"{'n/a':>{width}} {'':>7} {'':>8} {'':>6} {'':>6}"
         return (f"{r['throughput']:>{width}.1f} {r['latency']['p50_ms']:>7.2f} "
-                f"{r['latency']['p99_ms']:>8.2f} {r['cluster_cpu_s']:>6.1f}")
+                f"{r['latency']['p99_ms']:>8.2f} {r['cluster_cpu_s']:>6.1f} {cpu_per_request(r):>6.0f}")
 
     for wname, _ in WORKLOADS:
         for clients in opts.clients:
@@ -239,11 +246,14 @@ def table(opts, results):
             k = raftkv[0].get((wname, clients)) if raftkv else None
             thr = ratio(k["throughput"], e["throughput"]) if e and k else "-"
             p99 = ratio(e["latency"]["p99_ms"], k["latency"]["p99_ms"]) if e and k else "-"
+            cpu = ratio(cpu_per_request(e), cpu_per_request(k)) if e and k else "-"
             lines.append(f"{wname:<17} {clients:>7} | {cols(e, 10)} | {cols(k, 12)} | "
-                         f"{thr:>6} {p99:>6}")
+                         f"{thr:>6} {p99:>6} {cpu:>6}")
     lines.append("")
     lines.append("thr x: raftkv throughput / etcd's.  p99 /: etcd p99 / raftkv p99 (higher is better "
-                 "for raftkv).  cpu s: CPU seconds the cluster's 3 processes used during the row.")
+                 "for raftkv).  cpu s: CPU seconds the cluster's 3 processes used during the row "
+                 "(warm-up included).  us/req: those CPU microseconds per measured request.  "
+                 "cpu /: etcd us/req / raftkv us/req.")
     for name in ("etcd", "raftkv"):
         if name in results:
             rows = results[name][0].values()
