@@ -177,10 +177,11 @@ def table(results):
             f"{'max ms':>8} {'min ms':>8}")
     lines = [head, "-" * len(head)]
     for name in ("etcd", "raftkv"):
-        s = sums.get(name)
+        if name not in results:
+            continue
+        s = sums[name]
         if s is None:
-            n = len(results.get(name, []))
-            lines.append(f"{name:<15} {n:>6} {0:>4} {'n/a':>10}")
+            lines.append(f"{name:<15} {len(results[name]):>6} {0:>4} {'n/a':>10}")
             continue
         lines.append(f"{name:<15} {s['trials']:>6} {s['recovered']:>4} {s['median_ms']:>10.0f} "
                      f"{s['p90_ms']:>8.0f} {s['max_ms']:>8.0f} {s['min_ms']:>8.0f}")
@@ -201,7 +202,7 @@ def main():
     p.add_argument("--etcd", default="etcd", help="the etcd server binary")
     p.add_argument("--only", choices=["etcd", "raftkv"], help="measure one system only")
     p.add_argument("--trials", type=int, default=20)
-    p.add_argument("--writers", type=int, default=4, help="concurrent writer threads")
+    p.add_argument("--writers", type=int, default=8, help="concurrent writer threads")
     p.add_argument("--request-timeout-ms", type=int, default=200, help="per write request")
     p.add_argument("--deadline", type=float, default=30,
                    help="seconds after the kill within which a write must succeed")

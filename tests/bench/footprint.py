@@ -97,7 +97,7 @@ def restart_trial(cluster, probes, sig, key, value_size, opts):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise RuntimeError(f"{cluster.name}: member {i} did not exit within 60s of {sig.name}")
+        raise RuntimeError(f"member {i} did not exit within 60s of {sig.name}")
     stopped = time.monotonic() - t_stop
     t0 = time.monotonic()
     cluster.restart(i)
@@ -106,12 +106,12 @@ def restart_trial(cluster, probes, sig, key, value_size, opts):
     deadline = t0 + opts.deadline
     while (serve is None or ready is None) and time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{cluster.name}: restarted member {i} exited with {proc.returncode}")
+            raise RuntimeError(f"restarted member {i} exited with {proc.returncode}")
         if serve is None:
             v = probes[i].get_local(key)
             if v is not None:
                 if len(v) != value_size:
-                    raise RuntimeError(f"{cluster.name}: {key} read back {len(v)} bytes, "
+                    raise RuntimeError(f"{key} read back {len(v)} bytes, "
                                        f"not {value_size}")
                 serve = time.monotonic() - t0
         if ready is None and probes[i].ready(timeout=0.2):
@@ -120,7 +120,7 @@ def restart_trial(cluster, probes, sig, key, value_size, opts):
     rec = {"signal": sig.name, "member": i, "exit_s": stopped, "serve_s": serve, "ready_s": ready,
            "rss_after_ready": memory(proc.pid) if ready is not None else None}
     if serve is None or ready is None:
-        raise RuntimeError(f"{cluster.name}: restarted member not serving/ready within "
+        raise RuntimeError(f"restarted member not serving/ready within "
                            f"{opts.deadline}s: {rec}")
     return rec
 
@@ -150,7 +150,7 @@ def run(name, start, tool, opts, workdir, result):
                   f"RSS {min(rss):.1f}-{max(rss):.1f} MiB, disk {min(dsk):.1f}-{max(dsk):.1f} MiB",
                   file=sys.stderr)
             if fill["errors"]:
-                raise RuntimeError(f"{name}: {fill['errors']} errors while loading")
+                raise RuntimeError(f"{fill['errors']} errors while loading")
         key = bench_key(opts.keys[-1] - 1)
         for sig in opts.signals:
             rec = restart_trial(cluster, probes, sig, key, opts.value_size, opts)
@@ -229,7 +229,7 @@ def main():
     p.add_argument("--only", choices=["etcd", "raftkv"], help="measure one system only")
     p.add_argument("--keys", default="100000,1000000", help="comma-separated checkpoints")
     p.add_argument("--value-size", type=int, default=256)
-    p.add_argument("--fill-clients", type=int, default=200, help="bench clients while loading")
+    p.add_argument("--fill-clients", type=int, default=1000, help="bench clients while loading")
     p.add_argument("--signals", default="TERM,KILL",
                    help="how to stop the follower before each restart trial")
     p.add_argument("--deadline", type=float, default=300,
