@@ -213,12 +213,15 @@ def table(results):
         for field, what in (("serve_s", "serve"), ("ready_s", "ready")):
             row(f"restart to {what} ms ({sig})", re and re[field] * 1000, rk and rk[field] * 1000,
                 lambda v: f"{v:.0f}", lambda v: v)
+        row(f"RSS MiB of it once ready ({sig})", re and re["rss_after_ready"]["VmRSS"] / 2**20,
+            rk and rk["rss_after_ready"]["VmRSS"] / 2**20, lambda v: f"{v:.1f}", lambda v: v)
     lines.append("")
     lines.append("RSS: VmRSS of each of the 3 members (anon: its anonymous part, without mapped "
                  "files). disk: allocated size of each data dir. restart: from starting the "
                  "process again on its data dir to a serializable read of the last loaded key "
-                 "(serve) and to /readyz or /health (ready). Ratios compare the max or the time; "
-                 "< 1 favours raftkv.")
+                 "(serve) and to /readyz or /health (ready); the RSS after a restart has no "
+                 "load-burst buffers in it, unlike the RSS after loading. Ratios compare the max or "
+                 "the time; < 1 favours raftkv.")
     return "\n".join(lines)
 
 
