@@ -71,12 +71,27 @@ class Cluster:
         os.makedirs(workdir, exist_ok=True)
         self.procs = []
         self.endpoints = []
+        # Per member, in spawn order: the base URL of its HTTP API (raftkv's
+        # --listen-http; etcd's client URL, which serves the JSON gateway).
+        self.http_urls = []
+        self.commands = []
+
+    def _popen(self, args, log_name, mode):
+        with open(os.path.join(self.workdir, log_name), mode) as log:
+            return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
 
     def spawn(self, args, log_name):
-        log = open(os.path.join(self.workdir, log_name), "wb")
-        self.procs.append(
-            subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        )
+        self.commands.append((args, log_name))
+        self.procs.append(self._popen(args, log_name, "wb"))
+
+    def restart(self, i):
+        """Starts member i again with its first arguments, so on its own data
+        dir; its log is appended to. The old process must have exited."""
+        if self.procs[i].poll() is None:
+            raise RuntimeError(f"{self.name}: member {i} is still running")
+        args, log_name = self.commands[i]
+        self.procs[i] = self._popen(args, log_name, "ab")
 
     def cpu(self):
         return sum(cpu_seconds(p.pid) for p in self.procs)
@@ -124,6 +139,7 @@ def start_etcd(etcd, workdir):
             f"m{i}.log",
         )
     c.endpoints = [u.removeprefix("http://") for u in clients]
+    c.http_urls = clients
     return c
 
 
@@ -146,10 +162,11 @@ def start_raftkv(raftkv, workdir):
             f"n{i + 1}.log",
         )
     c.endpoints = [f"127.0.0.1:{p}" for p in client]
+    c.http_urls = [f"http://127.0.0.1:{p}" for p in http]
     return c
 
 
-def bench(tool, endpoints, args, clients, duration, warmup, keys, value_size):
+def bench(tool, endpoints, args, clients, duration, warmup, keys, value_size, timeout=600):
     conns = max(1, min(clients // 10, 100))
     cmd = [
         tool, "bench", *args,
@@ -163,7 +180,7 @@ def bench(tool, endpoints, args, clients, duration, warmup, keys, value_size):
     ]
     if duration is not None:
         cmd += ["--duration", duration, "--warmup", warmup]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr.strip()}")
     return json.loads(out.stdout)
