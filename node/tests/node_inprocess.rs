@@ -63,6 +63,7 @@ async fn three_nodes(dir: &std::path::Path) -> Vec<RunningNode> {
                 max_txn_ops: 16,
             },
             snapshot_policy: SnapshotPolicy::default(),
+            kv_cache_bytes: 16 << 20,
         };
         nodes.push(start(cfg, Arc::new(Metrics::new().unwrap())).await.unwrap());
     }

@@ -57,6 +57,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     pub limits: Limits,
     pub snapshot_policy: SnapshotPolicy,
+    /// The state machine's page cache (see `--kv-cache-mb`).
+    pub kv_cache_bytes: usize,
 }
 
 /// A started node.
@@ -118,7 +120,7 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
             node_id: cfg.id,
         },
     )?;
-    let kv = KvStore::open(&cfg.data_dir, cfg.limits)?;
+    let kv = KvStore::open_with_cache(&cfg.data_dir, cfg.limits, cfg.kv_cache_bytes)?;
     if log.is_new() {
         match &cfg.bootstrap {
             Bootstrap::Initial(members) => {

@@ -237,6 +237,11 @@ impl KvState {
     }
 }
 
+/// The state machine's page cache unless configured otherwise: enough to
+/// keep the hot part of a few hundred thousand keys in memory, and a bound
+/// a container's memory limit can plan for.
+pub const DEFAULT_KV_CACHE_BYTES: usize = 256 << 20;
+
 /// The key-value state machine. Cheap to clone; clones share one database.
 #[derive(Clone, Debug)]
 pub struct KvStore {
@@ -247,6 +252,8 @@ pub(crate) struct KvInner {
     pub dir: PathBuf,
     pub path: PathBuf,
     pub limits: Limits,
+    /// redb's page cache size for this database (and its replacements).
+    pub cache_bytes: usize,
     /// Replaced as a whole when a snapshot is installed.
     pub db: RwLock<Arc<Database>>,
     pub state: RwLock<KvState>,
@@ -270,6 +277,17 @@ impl KvStore {
     /// not finish (a leftover staging file) is discarded: it never replaced
     /// the state machine.
     pub fn open(dir: &Path, limits: Limits) -> Result<KvStore, StoreError> {
+        Self::open_with_cache(dir, limits, DEFAULT_KV_CACHE_BYTES)
+    }
+
+    /// Like [`KvStore::open`], with redb's page cache bounded to
+    /// `cache_bytes` (redb's own default is 1 GiB per database, which a
+    /// node with a large state machine then holds in anonymous memory).
+    pub fn open_with_cache(
+        dir: &Path,
+        limits: Limits,
+        cache_bytes: usize,
+    ) -> Result<KvStore, StoreError> {
         let staging = dir.join(KV_STAGING_FILE);
         if staging.exists() {
             std::fs::remove_file(&staging).map_err(|source| StoreError::Io {
@@ -280,9 +298,15 @@ impl KvStore {
         }
         let path = dir.join(KV_FILE);
         let db = if path.exists() {
-            Database::open(&path).map_err(db_err(&path, "open"))?
+            Database::builder()
+                .set_cache_size(cache_bytes)
+                .open(&path)
+                .map_err(db_err(&path, "open"))?
         } else {
-            let db = Database::create(&path).map_err(db_err(&path, "create"))?;
+            let db = Database::builder()
+                .set_cache_size(cache_bytes)
+                .create(&path)
+                .map_err(db_err(&path, "create"))?;
             init_tables(&db, &path, &KvState::default())?;
             super::sync_dir(dir)?;
             db
@@ -294,6 +318,7 @@ impl KvStore {
                 dir: dir.to_path_buf(),
                 path,
                 limits,
+                cache_bytes,
                 db: RwLock::new(Arc::new(db)),
                 state: RwLock::new(state),
                 writer: Mutex::new(durable),

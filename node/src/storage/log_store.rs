@@ -44,6 +44,11 @@ pub const LOG_FILE: &str = "raft-log.redb";
 /// The on-disk format this build writes and reads.
 pub const LOG_FORMAT_VERSION: u64 = 1;
 
+/// redb's page cache for the log. Only the tail of the log is read (to
+/// replicate to followers that are a little behind), so a small cache does;
+/// redb's default of 1 GiB would grow with every entry written.
+const LOG_CACHE_BYTES: usize = 32 << 20;
+
 const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 
@@ -113,11 +118,15 @@ impl LogStore {
         let db = if exists {
             let flag = recovered.clone();
             Database::builder()
+                .set_cache_size(LOG_CACHE_BYTES)
                 .set_repair_callback(move |_| flag.store(true, Ordering::Relaxed))
                 .open(&path)
                 .map_err(db_err(&path, "open"))?
         } else {
-            let db = Database::create(&path).map_err(db_err(&path, "create"))?;
+            let db = Database::builder()
+                .set_cache_size(LOG_CACHE_BYTES)
+                .create(&path)
+                .map_err(db_err(&path, "create"))?;
             let txn = db.begin_write().map_err(db_err(&path, "begin write"))?;
             {
                 let mut meta = txn

@@ -56,7 +56,9 @@ pub use command::{
     Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, RequestId, TxnOp,
 };
 pub use error::{DecodeError, StoreError};
-pub use kv_store::{DURABLE_EVERY_ENTRIES, KV_FILE, KV_FORMAT_VERSION, KvStore, Limits};
+pub use kv_store::{
+    DEFAULT_KV_CACHE_BYTES, DURABLE_EVERY_ENTRIES, KV_FILE, KV_FORMAT_VERSION, KvStore, Limits,
+};
 pub use log_store::{Identity, LOG_FILE, LOG_FORMAT_VERSION, LogStore};
 pub use outcome::{ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult};
 pub use policy::SnapshotPolicy;

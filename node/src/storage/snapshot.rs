@@ -315,7 +315,10 @@ impl KvStore {
                 source,
             })?;
         }
-        let db = Database::create(&staging).map_err(db_err(&staging, "create"))?;
+        let db = Database::builder()
+            .set_cache_size(self.inner.cache_bytes)
+            .create(&staging)
+            .map_err(db_err(&staging, "create"))?;
         Ok(SnapshotInstaller {
             store: self.clone(),
             staging,
@@ -490,7 +493,10 @@ impl SnapshotInstaller {
             source,
         })?;
         super::sync_dir(&inner.dir)?;
-        let db = Database::open(&inner.path).map_err(db_err(&inner.path, "open"))?;
+        let db = Database::builder()
+            .set_cache_size(inner.cache_bytes)
+            .open(&inner.path)
+            .map_err(db_err(&inner.path, "open"))?;
         // The state is re-read from the installed file: what it says wins.
         let loaded = load_state(&db, &inner.path)?;
         *slot = Arc::new(db);
