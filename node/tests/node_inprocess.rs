@@ -85,6 +85,14 @@ async fn leader(nodes: &[RunningNode]) -> NodeHandle {
     }
 }
 
+fn a_follower(nodes: &[RunningNode], leader: &NodeHandle) -> NodeHandle {
+    nodes
+        .iter()
+        .map(|n| n.handle.clone())
+        .find(|h| h.member_id() != leader.member_id())
+        .unwrap()
+}
+
 fn put(key: &str, value: &str) -> Command {
     Command {
         request_id: None,
@@ -101,11 +109,7 @@ async fn writes_via_a_follower_are_forwarded_and_reads_see_them_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = three_nodes(dir.path()).await;
     let leader = leader(&nodes).await;
-    let follower = nodes
-        .iter()
-        .map(|n| n.handle.clone())
-        .find(|h| h.member_id() != leader.member_id())
-        .unwrap();
+    let follower = a_follower(&nodes, &leader);
     let first = follower.write(put("a", "1")).await.unwrap();
     let ApplyOutcome::Put { revision, prev_kv } = first.outcome else {
         panic!("{:?}", first.outcome)
@@ -135,11 +139,7 @@ async fn concurrent_forwarded_writes_each_get_their_own_answer() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = three_nodes(dir.path()).await;
     let leader = leader(&nodes).await;
-    let follower = nodes
-        .iter()
-        .map(|n| n.handle.clone())
-        .find(|h| h.member_id() != leader.member_id())
-        .unwrap();
+    let follower = a_follower(&nodes, &leader);
     // Every key is written twice, first with "first-i": the second write's
     // previous value names the key it belongs to.
     let mut firsts = tokio::task::JoinSet::new();

@@ -240,6 +240,34 @@ def cpu_per_request(r):
     return 1e6 * r["cluster_cpu_s"] / r["requests"] if r["requests"] else 0.0
 
 
+def each_system(tool, etcd, only, prefix, run):
+    """Calls `run(name, start, workdir)` for etcd, then raftkv (or only the one
+    `only` names), where `start(dir)` starts that system's 3-member cluster;
+    one cluster at a time. `run` returns whether its measurements are
+    complete; an exception it raises is printed and counts as a failure.
+    Returns whether anything failed. The work directory (the members' data
+    and logs) is removed, unless something failed: then its path is printed."""
+    plan = [("etcd", lambda d: start_etcd(etcd, d)), ("raftkv", lambda d: start_raftkv(tool, d))]
+    failed = False
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    try:
+        for name, start in plan:
+            if only and only != name:
+                continue
+            try:
+                if not run(name, start, workdir):
+                    failed = True
+            except (RuntimeError, OSError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
+                print(f"{name}: {e}", file=sys.stderr)
+                failed = True
+    finally:
+        if failed:
+            print(f"logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return failed
+
+
 def ratio(a, b):
     return f"{a / b:.2f}" if b else "-"
 
@@ -301,35 +329,24 @@ def main():
     opts.keys = opts.keys or (1000 if opts.smoke else 100_000)
 
     tool = os.path.abspath(opts.raftkv)
-    etcd = shutil.which(opts.etcd) or opts.etcd
     results = {}
-    failed = False
-    workdir = tempfile.mkdtemp(prefix="raftkv-compare-")
-    try:
-        plan = [("etcd", lambda d: start_etcd(etcd, d)), ("raftkv", lambda d: start_raftkv(tool, d))]
-        for name, start in plan:
-            if opts.only and opts.only != name:
-                continue
-            try:
-                results[name] = race(name, start, tool, opts, workdir)
-                if any(r["requests"] == 0 for r in results[name][0].values()):
-                    print(f"{name}: a row completed no request", file=sys.stderr)
-                    failed = True
-            except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-                print(f"{name}: {e}", file=sys.stderr)
-                failed = True
-        print(table(opts, results))
-        if opts.json:
-            with open(opts.json, "w") as f:
-                json.dump({name: {"rows": [{"workload": w, "clients": c, **r}
-                                           for (w, c), r in rows.items()],
-                                  "cpu_s": cpu}
-                           for name, (rows, cpu) in results.items()}, f, indent=2)
-    finally:
-        if failed:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+
+    def one(name, start, workdir):
+        results[name] = race(name, start, tool, opts, workdir)
+        if any(r["requests"] == 0 for r in results[name][0].values()):
+            print(f"{name}: a row completed no request", file=sys.stderr)
+            return False
+        return True
+
+    failed = each_system(tool, shutil.which(opts.etcd) or opts.etcd, opts.only,
+                         "raftkv-compare-", one)
+    print(table(opts, results))
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump({name: {"rows": [{"workload": w, "clients": c, **r}
+                                       for (w, c), r in rows.items()],
+                              "cpu_s": cpu}
+                       for name, (rows, cpu) in results.items()}, f, indent=2)
     return 1 if failed else 0
 
 

@@ -33,9 +33,7 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -212,35 +210,23 @@ def main():
     opts = p.parse_args()
 
     tool = os.path.abspath(opts.raftkv)
-    etcd = shutil.which(opts.etcd) or opts.etcd
     results = {}
-    failed = False
-    workdir = tempfile.mkdtemp(prefix="raftkv-failover-")
-    try:
-        plan = [("etcd", lambda d: compare.start_etcd(etcd, d)),
-                ("raftkv", lambda d: compare.start_raftkv(tool, d))]
-        for name, start in plan:
-            if opts.only and opts.only != name:
-                continue
-            try:
-                results[name] = []
-                run(name, start, tool, opts, workdir, results[name])
-                if any(r["recovery_s"] is None for r in results[name]):
-                    print(f"{name}: a trial did not recover within {opts.deadline}s", file=sys.stderr)
-                    failed = True
-            except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-                print(f"{name}: {e}", file=sys.stderr)
-                failed = True
-        print(table(results))
-        if opts.json:
-            with open(opts.json, "w") as f:
-                json.dump({name: {"trials": recs, "summary": summary(recs)}
-                           for name, recs in results.items()}, f, indent=2)
-    finally:
-        if failed:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+
+    def one(name, start, workdir):
+        results[name] = []
+        run(name, start, tool, opts, workdir, results[name])
+        if any(r["recovery_s"] is None for r in results[name]):
+            print(f"{name}: a trial did not recover within {opts.deadline}s", file=sys.stderr)
+            return False
+        return True
+
+    failed = compare.each_system(tool, shutil.which(opts.etcd) or opts.etcd, opts.only,
+                                 "raftkv-failover-", one)
+    print(table(results))
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump({name: {"trials": recs, "summary": summary(recs)}
+                       for name, recs in results.items()}, f, indent=2)
     return 1 if failed else 0
 
 

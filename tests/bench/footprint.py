@@ -31,7 +31,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import compare
@@ -250,32 +249,24 @@ def main():
         p.error(f"--signals: unknown signal {e}")
 
     tool = os.path.abspath(opts.raftkv)
-    etcd = shutil.which(opts.etcd) or opts.etcd
     results = {}
-    failed = False
-    workdir = tempfile.mkdtemp(prefix="raftkv-footprint-")
-    try:
-        plan = [("etcd", lambda d: compare.start_etcd(etcd, d)),
-                ("raftkv", lambda d: compare.start_raftkv(tool, d))]
-        for name, start in plan:
-            if opts.only and opts.only != name:
-                continue
-            results[name] = {}
-            try:
-                run(name, start, tool, opts, workdir, results[name])
-            except (RuntimeError, OSError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
-                print(f"{name}: {e}", file=sys.stderr)
-                results[name]["error"] = str(e)
-                failed = True
-        print(table(results))
-        if opts.json:
-            with open(opts.json, "w") as f:
-                json.dump(results, f, indent=2)
-    finally:
-        if failed:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+
+    def one(name, start, workdir):
+        results[name] = {}
+        try:
+            run(name, start, tool, opts, workdir, results[name])
+        except Exception as e:
+            # Keep what was measured before the failure, and say why it stopped.
+            results[name]["error"] = str(e)
+            raise
+        return True
+
+    failed = compare.each_system(tool, shutil.which(opts.etcd) or opts.etcd, opts.only,
+                                 "raftkv-footprint-", one)
+    print(table(results))
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump(results, f, indent=2)
     return 1 if failed else 0
 
 
