@@ -43,11 +43,7 @@ async fn five_nodes_elect_one_leader_and_writes_through_any_node_are_readable_fr
     // follower forwarding a write to the leader is not a failure (the
     // RaftkvProposalsFailing alert reads this counter).
     for id in 1..=5 {
-        let m = c
-            .request(id, reqwest::Method::GET, "/metrics", None)
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&m.raw).into_owned();
+        let text = metrics_text(&c, id).await;
         let failed = text
             .lines()
             .find(|l| l.starts_with("raftkv_raft_proposals_failed_total"))

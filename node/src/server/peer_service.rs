@@ -176,11 +176,9 @@ impl pb::peer_server::Peer for PeerService {
                 let handle = handle.clone();
                 let answers = answers.clone();
                 tokio::spawn(async move {
-                    let reply = match call.request {
-                        Some(req) => match forward::decode_request(req) {
-                            Ok(req) => handle.serve_forwarded(req).await,
-                            Err(e) => Err(e),
-                        },
+                    let reply = match call.request.map(forward::decode_request) {
+                        Some(Ok(req)) => handle.serve_forwarded(req).await,
+                        Some(Err(e)) => Err(e),
                         None => Err(crate::server::ClientError::InvalidArgument(
                             "a forwarded call without a request".into(),
                         )),

@@ -298,13 +298,11 @@ impl KvStore {
         }
         let path = dir.join(KV_FILE);
         let db = if path.exists() {
-            Database::builder()
-                .set_cache_size(cache_bytes)
+            super::db_with_cache(cache_bytes)
                 .open(&path)
                 .map_err(db_err(&path, "open"))?
         } else {
-            let db = Database::builder()
-                .set_cache_size(cache_bytes)
+            let db = super::db_with_cache(cache_bytes)
                 .create(&path)
                 .map_err(db_err(&path, "create"))?;
             init_tables(&db, &path, &KvState::default())?;

@@ -117,14 +117,12 @@ impl LogStore {
         let recovered = Arc::new(AtomicBool::new(false));
         let db = if exists {
             let flag = recovered.clone();
-            Database::builder()
-                .set_cache_size(LOG_CACHE_BYTES)
+            super::db_with_cache(LOG_CACHE_BYTES)
                 .set_repair_callback(move |_| flag.store(true, Ordering::Relaxed))
                 .open(&path)
                 .map_err(db_err(&path, "open"))?
         } else {
-            let db = Database::builder()
-                .set_cache_size(LOG_CACHE_BYTES)
+            let db = super::db_with_cache(LOG_CACHE_BYTES)
                 .create(&path)
                 .map_err(db_err(&path, "create"))?;
             let txn = db.begin_write().map_err(db_err(&path, "begin write"))?;

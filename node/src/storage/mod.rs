@@ -64,6 +64,15 @@ pub use outcome::{ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult};
 pub use policy::SnapshotPolicy;
 pub use snapshot::{CHUNK_BYTES, SnapshotError, SnapshotInstaller, SnapshotReader};
 
+/// How every database of a node is opened or created: with redb's page
+/// cache bounded to `cache_bytes` (its default is 1 GiB per database, held
+/// as anonymous memory once the data outgrows it).
+fn db_with_cache(cache_bytes: usize) -> redb::Builder {
+    let mut builder = redb::Database::builder();
+    builder.set_cache_size(cache_bytes);
+    builder
+}
+
 /// Makes a directory entry (a created or renamed file) durable.
 fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
     std::fs::File::open(dir)

@@ -315,8 +315,7 @@ impl KvStore {
                 source,
             })?;
         }
-        let db = Database::builder()
-            .set_cache_size(self.inner.cache_bytes)
+        let db = super::db_with_cache(self.inner.cache_bytes)
             .create(&staging)
             .map_err(db_err(&staging, "create"))?;
         Ok(SnapshotInstaller {
@@ -493,8 +492,7 @@ impl SnapshotInstaller {
             source,
         })?;
         super::sync_dir(&inner.dir)?;
-        let db = Database::builder()
-            .set_cache_size(inner.cache_bytes)
+        let db = super::db_with_cache(inner.cache_bytes)
             .open(&inner.path)
             .map_err(db_err(&inner.path, "open"))?;
         // The state is re-read from the installed file: what it says wins.
