@@ -204,10 +204,6 @@ async fn observe_kube(client: &Client, id: &ClusterIdentity) -> Result<KubeObser
     let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
         .list(&selector)
         .await?;
-    let ordinal_of = |name: String, prefix: &str| {
-        name.strip_prefix(prefix)
-            .and_then(|rest| rest.parse::<u32>().ok())
-    };
     Ok(KubeObservation {
         statefulset_replicas: sts
             .as_ref()
@@ -222,12 +218,12 @@ async fn observe_kube(client: &Client, id: &ClusterIdentity) -> Result<KubeObser
         pods: pods
             .items
             .into_iter()
-            .filter_map(|p| ordinal_of(p.name_any(), &format!("{}-", id.name)))
+            .filter_map(|p| id.ordinal_of(&p.name_any()))
             .collect(),
         pvcs: pvcs
             .items
             .into_iter()
-            .filter_map(|p| ordinal_of(p.name_any(), &format!("data-{}-", id.name)))
+            .filter_map(|p| id.pvc_ordinal_of(&p.name_any()))
             .collect(),
     })
 }

@@ -92,6 +92,10 @@ impl ClusterIdentity {
     pub fn pvc(&self, ordinal: u32) -> String {
         format!("{DATA_VOLUME}-{}-{ordinal}", self.name)
     }
+    /// Ordinal of the pod whose data volume claim this is, from its name.
+    pub fn pvc_ordinal_of(&self, pvc: &str) -> Option<u32> {
+        self.ordinal_of(pvc.strip_prefix(DATA_VOLUME)?.strip_prefix('-')?)
+    }
     /// Ordinal of a pod of this cluster, from its name.
     pub fn ordinal_of(&self, pod: &str) -> Option<u32> {
         pod.strip_prefix(&self.name)?
@@ -173,6 +177,9 @@ mod tests {
         assert_eq!(id.ordinal_of("kv-2"), Some(2));
         assert_eq!(id.ordinal_of("kvx-2"), None);
         assert_eq!(id.ordinal_of("other-1"), None);
+        assert_eq!(id.pvc_ordinal_of(&id.pvc(3)), Some(3));
+        assert_eq!(id.pvc_ordinal_of("kv-3"), None);
+        assert_eq!(id.pvc_ordinal_of("data-other-3"), None);
         assert_eq!(id.peer_url("kv-0"), "http://kv-0.kv-peers.prod.svc:2380");
         assert_eq!(
             id.selector_string(),

@@ -172,23 +172,23 @@ fn container(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Co
     }
 }
 
-/// Environment that configures `raftkv serve`. Every pod shares one
-/// template, so per-pod values come from the pod's own name: the node takes
-/// its id from its ordinal (`RAFTKV_ID_FROM_ORDINAL`), and the addresses use
-/// Kubernetes' `$(VAR)` expansion of `RAFTKV_NAME`. See [`StartMode`] for
-/// how a node with an empty data directory starts; a node that has data
-/// resumes from it either way.
 /// The token all pods of `cluster` share (see `env`).
 fn cluster_token(cluster: &RaftCluster, id: &ClusterIdentity) -> String {
     let uid = cluster.metadata.uid.as_deref().unwrap_or_default();
     format!("{}/{}/{uid}", id.namespace, id.name)
 }
 
+/// Environment that configures `raftkv serve`. Every pod shares one
+/// template, so per-pod values come from the pod's own name: the node takes
+/// its id from its ordinal (`RAFTKV_ID_FROM_ORDINAL`), and the addresses use
+/// Kubernetes' `$(VAR)` expansion of `RAFTKV_NAME`. See [`StartMode`] for
+/// how a node with an empty data directory starts; a node that has data
+/// resumes from it either way.
 fn env(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Vec<EnvVar> {
     let raft = &cluster.spec.raft;
-    let headless = id.headless_service();
-    let ns = &id.namespace;
-    let host = format!("$(RAFTKV_NAME).{headless}.{ns}.svc");
+    // The same URLs the operator registers for a pod (`ClusterIdentity`),
+    // with the pod's name filled in by Kubernetes.
+    let this_pod = "$(RAFTKV_NAME)";
     vec![
         field_env("RAFTKV_NAME", "metadata.name"),
         plain("RAFTKV_ID_FROM_ORDINAL", "true"),
@@ -196,14 +196,8 @@ fn env(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Vec<EnvV
         plain("RAFTKV_LISTEN_CLIENT", &format!("0.0.0.0:{CLIENT_PORT}")),
         plain("RAFTKV_LISTEN_PEER", &format!("0.0.0.0:{PEER_PORT}")),
         plain("RAFTKV_LISTEN_HTTP", &format!("0.0.0.0:{HTTP_PORT}")),
-        plain(
-            "RAFTKV_ADVERTISE_PEER",
-            &format!("http://{host}:{PEER_PORT}"),
-        ),
-        plain(
-            "RAFTKV_ADVERTISE_CLIENT",
-            &format!("http://{host}:{CLIENT_PORT}"),
-        ),
+        plain("RAFTKV_ADVERTISE_PEER", &id.peer_url(this_pod)),
+        plain("RAFTKV_ADVERTISE_CLIENT", &id.client_url(this_pod)),
         // Every pod, bootstrapping or joining, derives the same cluster id
         // from this token, and a node refuses a data directory written for
         // another id. The UID makes a re-created cluster of the same name a
