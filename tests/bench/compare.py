@@ -241,12 +241,13 @@ def cpu_per_request(r):
 
 
 def each_system(tool, etcd, only, prefix, run):
-    """Calls `run(name, start, workdir)` for etcd, then raftkv (or only the one
-    `only` names), where `start(dir)` starts that system's 3-member cluster;
-    one cluster at a time. `run` returns whether its measurements are
+    """Calls `run(name, start, workdir)` for etcd (`etcd`: a path, or a name
+    on the PATH), then raftkv (or only the one `only` names), where
+    `start(dir)` starts that system's 3-member cluster; one cluster at a time. `run` returns whether its measurements are
     complete; an exception it raises is printed and counts as a failure.
     Returns whether anything failed. The work directory (the members' data
     and logs) is removed, unless something failed: then its path is printed."""
+    etcd = shutil.which(etcd) or etcd
     plan = [("etcd", lambda d: start_etcd(etcd, d)), ("raftkv", lambda d: start_raftkv(tool, d))]
     failed = False
     workdir = tempfile.mkdtemp(prefix=prefix)
@@ -338,8 +339,7 @@ def main():
             return False
         return True
 
-    failed = each_system(tool, shutil.which(opts.etcd) or opts.etcd, opts.only,
-                         "raftkv-compare-", one)
+    failed = each_system(tool, opts.etcd, opts.only, "raftkv-compare-", one)
     print(table(opts, results))
     if opts.json:
         with open(opts.json, "w") as f:

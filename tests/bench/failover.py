@@ -30,7 +30,6 @@ or a cluster failed to start or heal.
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -220,8 +219,7 @@ def main():
             return False
         return True
 
-    failed = compare.each_system(tool, shutil.which(opts.etcd) or opts.etcd, opts.only,
-                                 "raftkv-failover-", one)
+    failed = compare.each_system(tool, opts.etcd, opts.only, "raftkv-failover-", one)
     print(table(results))
     if opts.json:
         with open(opts.json, "w") as f:

@@ -27,7 +27,6 @@ cluster failed to start, load, heal or restart within the deadlines.
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -261,8 +260,7 @@ def main():
             raise
         return True
 
-    failed = compare.each_system(tool, shutil.which(opts.etcd) or opts.etcd, opts.only,
-                                 "raftkv-footprint-", one)
+    failed = compare.each_system(tool, opts.etcd, opts.only, "raftkv-footprint-", one)
     print(table(results))
     if opts.json:
         with open(opts.json, "w") as f:
