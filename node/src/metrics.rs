@@ -24,6 +24,9 @@ pub struct Metrics {
     pub raft_proposals_committed_total: IntCounter,
     pub raft_proposals_failed_total: IntCounter,
     pub raft_proposals_pending: IntGauge,
+    /// Peer messages and snapshot streams refused as malformed or not
+    /// believable; label `reason`.
+    pub peer_messages_refused_total: IntCounterVec,
     pub disk_log_fsync_seconds: Histogram,
     pub raft_peer_match_index: IntGaugeVec,
     pub network_peer_rtt_seconds: HistogramVec,
@@ -118,6 +121,11 @@ impl Metrics {
                 "raftkv_raft_proposals_pending",
                 "Client proposals waiting to commit",
             )?,
+            peer_messages_refused_total: counter_vec(
+                "raftkv_peer_messages_refused_total",
+                "Peer messages and snapshots refused (malformed, non-member, stale)",
+                &["reason"],
+            )?,
             disk_log_fsync_seconds: fsync,
             raft_peer_match_index: gauge_vec(
                 "raftkv_raft_peer_match_index",
@@ -203,6 +211,9 @@ mod tests {
             .with_label_values(&["Range"])
             .observe(0.01);
         m.db_size_bytes.with_label_values(&["log"]).set(1);
+        m.peer_messages_refused_total
+            .with_label_values(&["absurd_term"])
+            .inc();
         m.raft_members.with_label_values(&["voter"]).set(3);
         m.node_info.with_label_values(&["1", "n1", "42"]).set(1);
         m.disk_log_fsync_seconds.observe(0.002);
@@ -226,6 +237,7 @@ mod tests {
             "raftkv_grpc_requests_total{code=\"OK\",method=\"Range\"}",
             "raftkv_grpc_request_duration_seconds_bucket",
             "raftkv_db_size_bytes{db=\"log\"}",
+            "raftkv_peer_messages_refused_total{reason=\"absurd_term\"}",
             "raftkv_raft_members{role=\"voter\"}",
             "raftkv_node_info{cluster=\"42\",id=\"1\",name=\"n1\"}",
             "process_resident_memory_bytes",

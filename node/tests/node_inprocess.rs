@@ -64,6 +64,7 @@ async fn three_nodes(dir: &std::path::Path) -> Vec<RunningNode> {
             },
             snapshot_policy: SnapshotPolicy::default(),
             kv_cache_bytes: 16 << 20,
+            max_snapshot_bytes: 1 << 30,
         };
         nodes.push(start(cfg, Arc::new(Metrics::new().unwrap())).await.unwrap());
     }

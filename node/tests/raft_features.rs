@@ -12,8 +12,9 @@ use std::rc::Rc;
 use bytes::Bytes;
 use raftkv::raft::harness::{Cluster, ClusterOptions, NodeSetup};
 use raftkv::raft::{
-    AppendResponse, ConfChange, Config, EntryPayload, LogIndex, MemStorage, Membership, Message,
-    MessageBody, NodeId, ProposeError, RaftNode, RoleState, Storage, Term, VoteRequest,
+    AppendRequest, AppendResponse, ConfChange, Config, EntryPayload, Heartbeat, LogIndex,
+    MemStorage, Membership, Message, MessageBody, NodeId, ProposeError, RaftError, RaftNode,
+    Refusal, RoleState, Storage, Term, VoteRequest,
 };
 
 fn elected(n: u64, seed: u64) -> (Cluster, NodeId) {
@@ -28,6 +29,16 @@ fn elected(n: u64, seed: u64) -> (Cluster, NodeId) {
 
 fn status(c: &Cluster, id: NodeId) -> raftkv::raft::Status {
     c.node(id).unwrap().status()
+}
+
+/// Whether leader `l` knows that `id` holds its whole log.
+fn caught_up(c: &Cluster, l: NodeId, id: NodeId) -> bool {
+    let leader = c.node(l).unwrap();
+    let last = leader.status().last_log_index;
+    leader
+        .progress()
+        .iter()
+        .any(|(p, pr)| *p == id && pr.match_index == last)
 }
 
 fn counter(
@@ -502,6 +513,7 @@ fn only_one_membership_change_is_in_flight_at_a_time() {
     );
     c.add_empty_node(NodeId(4));
     assert!(c.run_until(|c| !c.node(l).unwrap().membership_change_pending(), 50));
+    assert!(c.run_until(|c| caught_up(c, l, NodeId(4)), 50));
     c.change_membership(l, ConfChange::Promote { id: NodeId(4) })
         .unwrap();
     assert!(c.run_until(|c| !c.node(l).unwrap().membership_change_pending(), 50));
@@ -693,4 +705,209 @@ fn a_follower_behind_compaction_catches_up_by_snapshot() {
         "covered log discarded"
     );
     assert!(c.violation().is_none(), "{:?}", c.violation());
+}
+
+// -------------------------------------------------- 10. hostile input
+
+fn heartbeat(from: u64, term: u64, commit: u64) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(1),
+        term: Term(term),
+        body: MessageBody::Heartbeat(Heartbeat {
+            commit: LogIndex(commit),
+            leader_commit: LogIndex(commit),
+            read_round: 0,
+        }),
+    }
+}
+
+fn refusal(result: Result<(), RaftError>) -> Refusal {
+    match result {
+        Err(RaftError::Refused { reason, .. }) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn one_message_with_term_u64_max_is_refused_and_the_node_still_campaigns() {
+    let mut n = three_member_node(1, 40);
+    assert_eq!(
+        refusal(n.step(heartbeat(2, u64::MAX, 0))),
+        Refusal::AbsurdTerm
+    );
+    assert_eq!(n.status().term, Term(0), "the term did not move");
+    // The node goes on as if nothing happened: its (pre-)vote requests ask
+    // for term 1, not for a term that wrapped to 0.
+    let mut asked = Vec::new();
+    for _ in 0..40 {
+        n.tick();
+        asked.extend(drive(&mut n));
+    }
+    assert!(
+        asked
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::Vote(_)) && m.term == Term(1)),
+        "{asked:?}"
+    );
+}
+
+#[test]
+fn terms_and_indexes_never_wrap() {
+    assert_eq!(Term(u64::MAX).next(), Term(u64::MAX));
+    assert_eq!(LogIndex(u64::MAX).next(), LogIndex(u64::MAX));
+    assert_eq!(LogIndex(u64::MAX - 1).plus(5), LogIndex(u64::MAX));
+}
+
+#[test]
+fn a_non_contiguous_append_is_refused_before_it_reaches_the_log() {
+    let mut n = three_member_node(1, 41);
+    let entry = |index, term| raftkv::raft::Entry {
+        term: Term(term),
+        index: LogIndex(index),
+        payload: EntryPayload::Command(Bytes::from_static(b"x")),
+    };
+    let append = Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: Term(1),
+        body: MessageBody::Append(AppendRequest {
+            prev_log_index: LogIndex(0),
+            prev_log_term: Term(0),
+            entries: vec![entry(1, 1), entry(3, 1)],
+            leader_commit: LogIndex(0),
+        }),
+    };
+    assert_eq!(refusal(n.step(append)), Refusal::NonContiguousEntries);
+    assert_eq!(n.status().last_log_index, LogIndex(0));
+    assert!(n.ready().entries.is_empty(), "nothing to persist");
+}
+
+#[test]
+fn a_non_member_cannot_depose_a_leader_its_followers_hear() {
+    let mut n = three_member_node(1, 42);
+    n.step(heartbeat(2, 1, 0)).unwrap();
+    drive(&mut n);
+    assert_eq!(n.status().leader, Some(NodeId(2)));
+    assert_eq!(refusal(n.step(heartbeat(99, 5, 0))), Refusal::NotAMember);
+    assert_eq!(
+        refusal(n.step(vote_request(99, 1, 5, 100, 5))),
+        Refusal::NotAMember
+    );
+    assert_eq!(n.status().term, Term(1));
+    assert_eq!(n.status().leader, Some(NodeId(2)));
+}
+
+#[test]
+fn a_follower_refuses_a_second_leader_in_the_same_term() {
+    let mut n = three_member_node(1, 43);
+    n.step(heartbeat(2, 1, 0)).unwrap();
+    assert_eq!(refusal(n.step(heartbeat(3, 1, 0))), Refusal::SecondLeader);
+    assert_eq!(n.status().leader, Some(NodeId(2)));
+}
+
+#[test]
+fn timeout_now_only_counts_from_the_current_leader() {
+    let mut n = three_member_node(1, 44);
+    n.step(heartbeat(2, 1, 0)).unwrap();
+    drive(&mut n);
+    let timeout_now = |from| Message {
+        from: NodeId(from),
+        to: NodeId(1),
+        term: Term(1),
+        body: MessageBody::TimeoutNow,
+    };
+    assert_eq!(
+        refusal(n.step(timeout_now(3))),
+        Refusal::TimeoutNowNotFromLeader
+    );
+    let mut forged_later_term = timeout_now(2);
+    forged_later_term.term = Term(9);
+    assert_eq!(
+        refusal(n.step(forged_later_term)),
+        Refusal::TimeoutNowNotFromLeader
+    );
+    assert_eq!(n.status().role, RoleState::Follower);
+    assert_eq!(n.status().term, Term(1));
+    n.step(timeout_now(2)).unwrap();
+    assert_eq!(n.status().role, RoleState::Candidate);
+}
+
+#[test]
+fn a_follower_knows_the_leaders_commit_index_even_when_it_cannot_commit_itself() {
+    let mut n = three_member_node(1, 45);
+    n.step(Message {
+        body: MessageBody::Heartbeat(Heartbeat {
+            commit: LogIndex(0),
+            leader_commit: LogIndex(500),
+            read_round: 0,
+        }),
+        ..heartbeat(2, 1, 0)
+    })
+    .unwrap();
+    let s = n.status();
+    assert_eq!(s.commit_index, LogIndex(0));
+    assert_eq!(s.leader_commit, LogIndex(500));
+}
+
+#[test]
+fn a_learner_that_has_not_caught_up_cannot_be_promoted() {
+    let (mut c, l) = elected(3, 46);
+    let learner = NodeId(4);
+    let p = c
+        .change_membership(
+            l,
+            ConfChange::AddLearner {
+                id: learner,
+                context: Bytes::new(),
+            },
+        )
+        .unwrap();
+    assert!(c.run_until(|c| c.committed_term(p.index) == Some(p.term), 100));
+    // The learner was never started.
+    assert!(matches!(
+        c.change_membership(l, ConfChange::Promote { id: learner }),
+        Err(ProposeError::LearnerNotCaughtUp { .. })
+    ));
+    assert!(c.node(l).unwrap().membership().is_learner(learner));
+    c.add_empty_node(learner);
+    assert!(c.run_until(|c| caught_up(c, l, learner), 200));
+    c.change_membership(l, ConfChange::Promote { id: learner })
+        .unwrap();
+}
+
+#[test]
+fn failed_snapshot_transfers_back_off_instead_of_retrying_every_heartbeat() {
+    let (mut c, l) = elected(3, 47);
+    let lagging = c.ids().into_iter().find(|id| *id != l).unwrap();
+    c.crash(lagging);
+    let mut last = None;
+    for i in 0..40 {
+        last = Some(c.propose(l, Bytes::from(format!("{i}"))).unwrap());
+        c.tick();
+    }
+    let p = last.unwrap();
+    assert!(c.run_until(|c| c.committed_term(p.index) == Some(p.term), 100));
+    for id in c.up_ids() {
+        c.compact(id, 0);
+    }
+    // Every snapshot transfer fails (say, the follower's disk is full).
+    let attempts = counter(
+        &mut c,
+        |m| matches!(m.body, MessageBody::InstallSnapshot(_)),
+        true,
+    );
+    c.restart(lagging);
+    let ticks = 2000;
+    c.run(ticks);
+    let heartbeats_in_that_time = ticks / u64::from(ClusterOptions::new(3, 47).heartbeat_ticks);
+    assert!(attempts.get() >= 2, "it does retry");
+    assert!(
+        u64::from(attempts.get()) * 10 < heartbeats_in_that_time,
+        "{} attempts in {ticks} ticks",
+        attempts.get()
+    );
+    // Once transfers work again, the follower catches up.
+    c.set_filter(None);
+    assert!(c.run_until(|c| c.applied(lagging) >= p.index, 3000));
 }

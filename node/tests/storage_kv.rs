@@ -488,7 +488,46 @@ fn a_retried_request_gets_its_original_outcome_and_is_not_applied_twice() {
 }
 
 #[test]
-fn invalid_commands_are_rejected_and_the_log_moves_on() {
+fn a_reused_sequence_number_with_another_command_is_refused_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KvStore::open(dir.path(), Limits::default()).unwrap();
+    let cmd = |index, key: &str| Entry {
+        term: Term(1),
+        index: LogIndex(index),
+        payload: EntryPayload::Command(
+            Command {
+                request_id: Some(RequestId {
+                    client_id: 7,
+                    seq: 1,
+                }),
+                op: put(key, "v"),
+            }
+            .encode(),
+        ),
+    };
+    let first = store.apply(&[cmd(1, "k1")]).unwrap();
+    assert!(matches!(first[0].1, ApplyOutcome::Put { revision: 1, .. }));
+    let reused = store.apply(&[cmd(2, "k2")]).unwrap();
+    assert!(
+        matches!(
+            reused[0].1,
+            ApplyOutcome::Rejected(KvError::IdempotencyConflict {
+                client_id: 7,
+                seq: 1
+            })
+        ),
+        "{:?}",
+        reused[0].1
+    );
+    assert!(store.get(b"k2").unwrap().is_none());
+    // The true retry still gets its original answer.
+    let retry = store.apply(&[cmd(3, "k1")]).unwrap();
+    assert_eq!(retry[0].1, first[0].1);
+    assert_eq!(store.revision(), 1);
+}
+
+#[test]
+fn malformed_commands_are_rejected_and_the_log_moves_on() {
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits {
         max_key_bytes: 4,
@@ -504,18 +543,20 @@ fn invalid_commands_are_rejected_and_the_log_moves_on() {
     let out = store
         .apply(&[
             garbage,
-            command_entry(2, put("toolong", "v")),
-            command_entry(3, put("k", "much too long")),
-            command_entry(4, put("", "v")),
+            command_entry(2, put("", "v")),
             command_entry(
-                5,
+                3,
                 Op::Txn {
                     compares: vec![],
-                    success: vec![TxnOp::Range(RangeRequest::key(b("a"))); 3],
+                    success: vec![TxnOp::Put {
+                        key: b(""),
+                        value: b("v"),
+                        prev_kv: false,
+                    }],
                     failure: vec![],
                 },
             ),
-            command_entry(6, put("k", "ok")),
+            command_entry(4, put("k", "ok")),
         ])
         .unwrap();
     assert!(matches!(
@@ -524,22 +565,47 @@ fn invalid_commands_are_rejected_and_the_log_moves_on() {
     ));
     assert!(matches!(
         out[1].1,
-        ApplyOutcome::Rejected(KvError::KeyTooLarge { size: 7, max: 4 })
-    ));
-    assert!(matches!(
-        out[2].1,
-        ApplyOutcome::Rejected(KvError::ValueTooLarge { .. })
-    ));
-    assert!(matches!(
-        out[3].1,
         ApplyOutcome::Rejected(KvError::EmptyKey)
     ));
     assert!(matches!(
-        out[4].1,
-        ApplyOutcome::Rejected(KvError::TooManyTxnOps { .. })
+        out[2].1,
+        ApplyOutcome::Rejected(KvError::EmptyKey)
     ));
-    assert!(matches!(out[5].1, ApplyOutcome::Put { revision: 1, .. }));
-    assert_eq!(store.applied_index(), LogIndex(6));
+    assert!(matches!(out[3].1, ApplyOutcome::Put { revision: 1, .. }));
+    assert_eq!(store.applied_index(), LogIndex(4));
+}
+
+/// The leader decides about sizes once, before a command enters the log: a
+/// member started with smaller limits applies what the others apply, or the
+/// replicas would diverge.
+#[test]
+fn size_limits_are_not_re_checked_at_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = Limits {
+        max_key_bytes: 4,
+        max_value_bytes: 8,
+        max_txn_ops: 2,
+    };
+    let store = KvStore::open(dir.path(), small).unwrap();
+    let out = store
+        .apply(&[
+            command_entry(1, put("toolong", "v")),
+            command_entry(2, put("k", "much too long")),
+            command_entry(
+                3,
+                Op::Txn {
+                    compares: vec![],
+                    success: vec![TxnOp::Range(RangeRequest::key(b("a"))); 3],
+                    failure: vec![],
+                },
+            ),
+        ])
+        .unwrap();
+    assert!(matches!(out[0].1, ApplyOutcome::Put { revision: 1, .. }));
+    assert!(matches!(out[1].1, ApplyOutcome::Put { revision: 2, .. }));
+    assert!(matches!(out[2].1, ApplyOutcome::Txn { .. }));
+    assert_eq!(store.get(b"toolong").unwrap().unwrap().value, b("v"));
+    assert_eq!(store.revision(), 2);
 }
 
 fn voters(n: u64) -> Membership {

@@ -7,7 +7,8 @@
 use bytes::Bytes;
 use raftkv::raft::{Entry, EntryPayload, LogIndex, Membership, NodeId, Term};
 use raftkv::storage::{
-    ApplyOutcome, Command, KvStore, Limits, Op, RangeRequest, RangeResult, RequestId, StoreError,
+    ApplyOutcome, Command, ImageCheck, KvStore, Limits, Op, RangeRequest, RangeResult, RequestId,
+    StoreError,
 };
 
 fn put(i: u64, key: &str, value_len: usize) -> Entry {
@@ -93,7 +94,7 @@ fn an_image_streamed_and_installed_on_a_fresh_store_is_identical() {
     let retry = dst
         .apply(&[Entry {
             index: LogIndex(602),
-            ..put(600, "key0200", 1)
+            ..put(600, "key0200", 5000)
         }])
         .unwrap();
     assert!(
@@ -201,4 +202,78 @@ fn a_crash_during_install_leaves_the_old_data_and_the_next_open_cleans_up() {
     let store = KvStore::open(dir.path(), Limits::default()).unwrap();
     assert!(!staging.exists());
     assert_untouched(&store, &before);
+}
+
+/// A node checks an image while it arrives, before the consensus core
+/// hears of it: garbage at the first bytes, a truncated or corrupted image
+/// at the end, an oversized one as soon as it grows past the bound.
+#[test]
+fn an_image_is_checked_as_it_arrives_without_storing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = filled(dir.path());
+    let (meta, chunks) = image(&store);
+    let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+
+    let mut check = ImageCheck::new(total);
+    for c in &chunks {
+        check.feed(c).unwrap();
+    }
+    assert_eq!(check.finish().unwrap(), meta);
+
+    let mut garbage = ImageCheck::new(total);
+    let err = garbage.feed(b"GARBAGE!plus more bytes").unwrap_err();
+    assert!(err.to_string().contains("magic"), "{err}");
+    // A wrong first byte is enough: no need to wait for eight.
+    assert!(ImageCheck::new(total).feed(b"X").is_err());
+
+    let mut truncated = ImageCheck::new(total);
+    for c in &chunks[..chunks.len() - 1] {
+        truncated.feed(c).unwrap();
+    }
+    assert!(
+        truncated
+            .finish()
+            .unwrap_err()
+            .to_string()
+            .contains("incomplete")
+    );
+
+    let mut corrupt = ImageCheck::new(total);
+    let mut last = chunks.last().unwrap().to_vec();
+    let n = last.len();
+    last[n / 2] ^= 0x40;
+    let fed: Result<(), StoreError> = chunks[..chunks.len() - 1]
+        .iter()
+        .chain(std::iter::once(&Bytes::from(last)))
+        .map(|c| corrupt.feed(c))
+        .collect();
+    assert!(fed.is_err() || corrupt.finish().is_err());
+
+    let mut too_large = ImageCheck::new(total - 1);
+    let fed: Result<(), StoreError> = chunks.iter().map(|c| too_large.feed(c)).collect();
+    assert!(fed.unwrap_err().to_string().contains("larger than"));
+}
+
+/// A store bootstrapped with a configuration cuts snapshots that carry it;
+/// one never touched by a membership entry must not hand out an empty one.
+#[test]
+fn snapshots_carry_the_bootstrap_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KvStore::open(dir.path(), Limits::default()).unwrap();
+    let bootstrap = Membership::with_voters((1..=3).map(|i| (NodeId(i), Bytes::new())));
+    assert!(store.adopt_membership(&bootstrap).unwrap());
+    store.apply(&[put(1, "k", 10)]).unwrap();
+    let (meta, chunks) = image(&store);
+    assert_eq!(meta.membership, bootstrap);
+    let mut check = ImageCheck::new(u64::MAX);
+    for c in &chunks {
+        check.feed(c).unwrap();
+    }
+    assert_eq!(check.finish().unwrap().membership, bootstrap);
+    // Adopting is for an empty configuration only, and it is durable.
+    let other = Membership::with_voters([(NodeId(9), Bytes::new())]);
+    assert!(!store.adopt_membership(&other).unwrap());
+    drop(store);
+    let reopened = KvStore::open(dir.path(), Limits::default()).unwrap();
+    assert_eq!(reopened.membership(), bootstrap);
 }

@@ -208,6 +208,37 @@ async fn a_node_down_while_the_log_was_compacted_catches_up_by_snapshot() {
         log.contains("installed snapshot"),
         "caught up without a snapshot?\n{log}"
     );
+    // The snapshot carried the configuration: the node knows every member,
+    // serves linearizable reads and writes, and keeps knowing after a
+    // restart (a cluster whose membership never changed since bootstrap).
+    for round in 0..2 {
+        let s = c.status(lagger).await.unwrap();
+        assert_eq!(
+            s["members"].as_array().map(Vec::len),
+            Some(3),
+            "round {round}: {s}"
+        );
+        let a = c.put(lagger, &format!("after-{round}"), "w").await.unwrap();
+        assert_eq!(
+            a.status, 200,
+            "round {round}: write through it: {:?}",
+            a.body
+        );
+        let a = c.get(lagger, "s199").await.unwrap();
+        assert_eq!(
+            a.status, 200,
+            "round {round}: linearizable read: {:?}",
+            a.body
+        );
+        let ready = c
+            .request(lagger, Method::GET, "/readyz", None)
+            .await
+            .unwrap();
+        assert_eq!(ready.status, 200, "round {round}: {:?}", ready.raw);
+        c.terminate(lagger).unwrap();
+        c.restart(lagger).unwrap();
+        c.wait_leader(LEADER_WAIT).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,6 +505,18 @@ async fn a_retried_write_with_an_idempotency_key_is_applied_once() {
     );
     let a = c.get(leader, "idem").await.unwrap();
     assert_eq!(a.raw, b"b");
+    // The same key for another command is a client bug: refused, not
+    // acknowledged with the first command's answer.
+    let (reused, body) = put(leader, "2", "d").await;
+    assert_eq!(reused, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("different command"),
+        "{body}"
+    );
+    assert_eq!(c.get(leader, "idem").await.unwrap().raw, b"b");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,6 +98,11 @@ pub struct ServeArgs {
     /// fixed 32 MiB). Reads beyond it go to the OS page cache.
     #[arg(long, env = "RAFTKV_KV_CACHE_MB", default_value_t = DEFAULT_KV_CACHE_BYTES >> 20)]
     pub kv_cache_mb: usize,
+    /// Largest snapshot image accepted from a leader, in MiB. A stream that
+    /// grows past it is cut off and counted; raise it for very large
+    /// state machines.
+    #[arg(long, env = "RAFTKV_MAX_SNAPSHOT_MB", default_value_t = 64 * 1024)]
+    pub max_snapshot_mb: u64,
 }
 
 /// Parses `1=http://a:2380,2=b:2380`.
@@ -228,6 +233,7 @@ impl ServeArgs {
                 keep_trailing: self.snapshot_keep_trailing,
             },
             kv_cache_bytes: self.kv_cache_mb.saturating_mul(1 << 20),
+            max_snapshot_bytes: self.max_snapshot_mb.saturating_mul(1 << 20),
         })
     }
 

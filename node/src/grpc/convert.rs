@@ -392,7 +392,9 @@ pub fn rejected(err: &store::KvError) -> Status {
         E::TooManyTxnOps { .. } => Status::invalid_argument(format!(
             "etcdserver: too many operations in txn request: {err}"
         )),
-        E::StaleRequest { .. } => Status::failed_precondition(err.to_string()),
+        E::StaleRequest { .. } | E::IdempotencyConflict { .. } => {
+            Status::failed_precondition(err.to_string())
+        }
         E::Undecodable(_) => Status::internal(err.to_string()),
     }
 }

@@ -44,11 +44,17 @@ pub async fn readyz(State(st): State<HttpState>) -> impl IntoResponse {
     if h.leader.is_none() {
         return (StatusCode::SERVICE_UNAVAILABLE, "no leader\n".to_string());
     }
-    let gap = h.commit_index.get().saturating_sub(h.applied_index.get());
+    // Measured against the leader's commit index, not our own: a follower
+    // that waits for a snapshot commits nothing, so its own gap stays 0.
+    let target = h.commit_index.max(h.leader_commit);
+    let gap = target.get().saturating_sub(h.applied_index.get());
     if gap > READY_APPLY_GAP {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("catching up: {gap} committed entries not applied yet\n"),
+            format!(
+                "catching up: applied {} of {} committed entries\n",
+                h.applied_index, target
+            ),
         );
     }
     (StatusCode::OK, "ready\n".to_string())

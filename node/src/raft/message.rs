@@ -102,7 +102,12 @@ pub enum AppendResponse {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Heartbeat {
+    /// What the follower may commit: the leader's commit index, capped at
+    /// what the leader knows the follower has.
     pub commit: LogIndex,
+    /// The leader's commit index itself, so that a follower knows how far
+    /// behind it is (readiness), even while it waits for a snapshot.
+    pub leader_commit: LogIndex,
     /// The newest ReadIndex round this heartbeat confirms, if any.
     pub read_round: u64,
 }

@@ -16,6 +16,7 @@
 //! from a seed and replay any failure exactly (see [`harness`]).
 //!
 //! Where to find what:
+//! - `admission.rs`: what a message from the network must satisfy first;
 //! - `node.rs`: the protocol itself — roles, elections, replication, reads,
 //!   membership and leadership transfer, dispatched by role;
 //! - `log.rs`: the log as the core sees it, durable part plus unstable tail;
@@ -25,6 +26,7 @@
 //! - `membership.rs`, `message.rs`, `snapshot.rs`, `storage.rs`, `types.rs`,
 //!   `ready.rs`, `config.rs`: the vocabulary the rest is written in.
 
+mod admission;
 mod config;
 mod inflights;
 mod log;
@@ -41,6 +43,7 @@ mod types;
 
 pub mod harness;
 
+pub use admission::Refusal;
 pub use config::{Config, ConfigError};
 pub use membership::{ConfChange, ConfChangeError, Member, Membership, Role};
 pub use message::{

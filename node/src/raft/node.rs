@@ -13,6 +13,7 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::admission::{self, Refusal};
 use super::config::{Config, ConfigError};
 use super::log::RaftLog;
 use super::membership::{ConfChange, ConfChangeError, Membership};
@@ -49,17 +50,32 @@ pub enum ProposeError {
     ConfChange(#[from] ConfChangeError),
     #[error("node {0} is not a voter")]
     NotVoter(NodeId),
+    /// Promoting a learner that has not caught up would add a voter that
+    /// cannot vote for anything new: one more failure would cost quorum.
+    #[error(
+        "can only promote a learner member which is in sync with leader \
+         (member {id} has {match_index} of {needed} entries)"
+    )]
+    LearnerNotCaughtUp {
+        id: NodeId,
+        match_index: LogIndex,
+        needed: LogIndex,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
 
-/// A failure of the core that the driver cannot ignore.
+/// What the core could not do. A refused message is not a failure of the
+/// node (the message was ignored, nothing changed; the driver counts it);
+/// the others are.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RaftError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("refused a message from {from}: {reason}")]
+    Refused { from: NodeId, reason: Refusal },
 }
 
 /// What the leader knows of one peer, for status pages and metrics.
@@ -80,6 +96,10 @@ pub struct RaftNode<S: Storage> {
     vote: Option<NodeId>,
     role: RoleState,
     leader: Option<NodeId>,
+    /// The leader's commit index as last heard from it (our own when we
+    /// lead): how far a follower is behind, even while it waits for a
+    /// snapshot and cannot commit anything itself.
+    leader_commit: LogIndex,
 
     /// The configuration in force: the last one in the log, committed or not.
     membership: Membership,
@@ -150,6 +170,7 @@ impl<S: Storage> RaftNode<S> {
             vote: hs.vote,
             role: RoleState::Follower,
             leader: None,
+            leader_commit: LogIndex::ZERO,
             membership,
             base_membership: base,
             membership_log,
@@ -192,15 +213,18 @@ impl<S: Storage> RaftNode<S> {
         if m.to != self.id || m.from == self.id {
             return Ok(());
         }
+        admission::check_well_formed(&m)
+            .and_then(|()| self.check_sender(&m))
+            .map_err(|reason| RaftError::Refused {
+                from: m.from,
+                reason,
+            })?;
         if m.term > self.term {
             if let MessageBody::Vote(req) = &m.body {
                 // A node that hears from a leader ignores vote requests: a
                 // removed or partitioned node cannot depose a healthy leader
                 // (thesis §4.2.3). A transfer is a deliberate exception.
-                let in_lease = self.config.check_quorum
-                    && self.leader.is_some()
-                    && self.election_elapsed < self.config.election_ticks;
-                if in_lease && !req.transfer {
+                if self.in_leader_lease() && !req.transfer {
                     return Ok(());
                 }
             }
@@ -259,6 +283,51 @@ impl<S: Storage> RaftNode<S> {
         Ok(())
     }
 
+    /// The checks of `admission` that need the node's state: is this
+    /// message believable from this sender now?
+    fn check_sender(&self, m: &Message) -> Result<(), Refusal> {
+        let leader_message = matches!(
+            m.body,
+            MessageBody::Append(_) | MessageBody::Heartbeat(_) | MessageBody::InstallSnapshot(_)
+        );
+        // A node that is still joining knows no configuration yet and must
+        // hear its leader. A follower whose configuration lags may not yet
+        // know a newly elected leader: it accepts one only once it has
+        // heard from no leader for an election timeout, as for votes.
+        if !self.membership.is_empty()
+            && !self.membership.contains(m.from)
+            && !(leader_message && !self.in_leader_lease())
+        {
+            return Err(Refusal::NotAMember);
+        }
+        if m.term == self.term {
+            if leader_message
+                && self.role == RoleState::Follower
+                && self.leader.is_some_and(|l| l != m.from)
+            {
+                return Err(Refusal::SecondLeader);
+            }
+            if let MessageBody::AppendResponse(AppendResponse::Accepted { match_index }) = m.body {
+                if self.role == RoleState::Leader && match_index > self.log.last_index() {
+                    return Err(Refusal::AckBeyondLog);
+                }
+            }
+        }
+        if m.body == MessageBody::TimeoutNow && (m.term != self.term || self.leader != Some(m.from))
+        {
+            return Err(Refusal::TimeoutNowNotFromLeader);
+        }
+        Ok(())
+    }
+
+    /// Whether we heard from a leader within the election timeout (with
+    /// CheckQuorum, a healthy leader's followers ignore would-be usurpers).
+    fn in_leader_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.config.election_ticks
+    }
+
     /// Appends a command to the log (leader only).
     pub fn propose(&mut self, data: Bytes) -> Result<Proposal, ProposeError> {
         let mut placed = self.propose_batch(vec![data])?;
@@ -301,11 +370,38 @@ impl<S: Storage> RaftNode<S> {
         if self.membership_change_pending() || !self.committed_in_current_term() {
             return Err(ProposeError::MembershipChangePending);
         }
+        if let ConfChange::Promote { id } = change {
+            self.check_caught_up(id)?;
+        }
         let next = self.membership.apply(&change)?;
         let mut placed = self.append_and_replicate(vec![EntryPayload::Membership(next)]);
         placed.pop().ok_or(ProposeError::NotLeader {
             leader: self.leader,
         })
+    }
+
+    /// A learner may be promoted once it holds at least 90 % of the
+    /// leader's log (the bar etcd sets): enough to show it runs and keeps
+    /// up, without waiting for a busy cluster to stand still.
+    fn check_caught_up(&self, id: NodeId) -> Result<(), ProposeError> {
+        if !self.membership.is_learner(id) {
+            // Not a learner: let the configuration say what is wrong.
+            return Ok(());
+        }
+        let last = self.log.last_index().get();
+        let needed = LogIndex(last - last / 10);
+        let match_index = self
+            .progress
+            .get(&id)
+            .map_or(LogIndex::ZERO, |pr| pr.match_index);
+        if match_index < needed || match_index == LogIndex::ZERO {
+            return Err(ProposeError::LearnerNotCaughtUp {
+                id,
+                match_index,
+                needed,
+            });
+        }
+        Ok(())
     }
 
     /// Hands leadership to `to` (thesis §3.10): stop accepting proposals,
@@ -349,8 +445,13 @@ impl<S: Storage> RaftNode<S> {
 
     /// An out-of-band snapshot transfer to `to` finished (`ok`) or failed.
     pub fn report_snapshot(&mut self, to: NodeId, ok: bool) {
+        let (base, max) = (
+            self.config.heartbeat_ticks,
+            self.config.election_ticks.saturating_mul(10),
+        );
         if let Some(pr) = self.progress.get_mut(&to) {
             if let ProgressState::Snapshot { .. } = pr.state {
+                pr.snapshot_finished(ok, base, max);
                 if !ok {
                     pr.state = ProgressState::Snapshot {
                         pending: LogIndex::ZERO,
@@ -411,6 +512,11 @@ impl<S: Storage> RaftNode<S> {
             term: self.term,
             leader: self.leader,
             commit_index: self.log.committed,
+            leader_commit: if self.role == RoleState::Leader {
+                self.log.committed
+            } else {
+                self.leader_commit.max(self.log.committed)
+            },
             applied_index: self.log.applied,
             last_log_index: self.log.last_index(),
             first_log_index: self.log.first_index().unwrap_or_default(),
@@ -498,6 +604,9 @@ impl<S: Storage> RaftNode<S> {
             }
         }
 
+        for pr in self.progress.values_mut() {
+            pr.snapshot_backoff = pr.snapshot_backoff.saturating_sub(1);
+        }
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
@@ -693,11 +802,13 @@ impl<S: Storage> RaftNode<S> {
             MessageBody::Append(req) => {
                 self.election_elapsed = 0;
                 self.leader = Some(m.from);
+                self.leader_commit = self.leader_commit.max(req.leader_commit);
                 self.handle_append(m.from, req);
             }
             MessageBody::Heartbeat(hb) => {
                 self.election_elapsed = 0;
                 self.leader = Some(m.from);
+                self.leader_commit = self.leader_commit.max(hb.leader_commit);
                 self.log.commit_to(hb.commit);
                 self.send(
                     m.from,
@@ -709,6 +820,7 @@ impl<S: Storage> RaftNode<S> {
             MessageBody::InstallSnapshot(snapshot) => {
                 self.election_elapsed = 0;
                 self.leader = Some(m.from);
+                self.leader_commit = self.leader_commit.max(snapshot.meta.index);
                 self.handle_snapshot(m.from, snapshot);
             }
             // Skip PreVote: the leader asked us to take over.
@@ -1082,6 +1194,7 @@ impl<S: Storage> RaftNode<S> {
                 to,
                 MessageBody::Heartbeat(Heartbeat {
                     commit,
+                    leader_commit: committed,
                     read_round: round,
                 }),
             );
@@ -1135,6 +1248,13 @@ impl<S: Storage> RaftNode<S> {
     }
 
     fn send_snapshot(&mut self, to: NodeId) -> bool {
+        if self
+            .progress
+            .get(&to)
+            .is_some_and(|pr| pr.snapshot_backoff > 0)
+        {
+            return false;
+        }
         let Ok(snapshot) = self.log.storage().snapshot() else {
             return false;
         };

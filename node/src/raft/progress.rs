@@ -32,6 +32,12 @@ pub struct Progress {
     pub inflights: Inflights,
     /// Whether the follower was heard from since the last CheckQuorum round.
     pub recent_active: bool,
+    /// Snapshot transfers to this follower that failed in a row.
+    pub snapshot_failures: u32,
+    /// Ticks to wait before the next snapshot transfer may start: a
+    /// follower that cannot take one (a full disk, a crash loop) is not
+    /// sent a multi-megabyte image ten times a second.
+    pub snapshot_backoff: u32,
 }
 
 impl Progress {
@@ -43,6 +49,8 @@ impl Progress {
             probe_sent: false,
             inflights: Inflights::new(max_inflight),
             recent_active: false,
+            snapshot_failures: 0,
+            snapshot_backoff: 0,
         }
     }
 
@@ -137,6 +145,20 @@ impl Progress {
         }
     }
 
+    /// Records how a snapshot transfer ended. A failure doubles the wait
+    /// before the next one, from `base` ticks up to `max`; a success clears
+    /// it.
+    pub fn snapshot_finished(&mut self, ok: bool, base: u32, max: u32) {
+        if ok {
+            self.snapshot_failures = 0;
+            self.snapshot_backoff = 0;
+        } else {
+            self.snapshot_failures = self.snapshot_failures.saturating_add(1);
+            let shift = self.snapshot_failures.saturating_sub(1).min(16);
+            self.snapshot_backoff = base.saturating_mul(1 << shift).min(max);
+        }
+    }
+
     pub fn state_name(&self) -> &'static str {
         match self.state {
             ProgressState::Probe => "probe",
@@ -149,6 +171,20 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_snapshots_back_off_exponentially_up_to_a_bound() {
+        let mut p = Progress::new(LogIndex(1), 4);
+        let waits: Vec<u32> = (0..6)
+            .map(|_| {
+                p.snapshot_finished(false, 10, 50);
+                p.snapshot_backoff
+            })
+            .collect();
+        assert_eq!(waits, [10, 20, 40, 50, 50, 50]);
+        p.snapshot_finished(true, 10, 50);
+        assert_eq!((p.snapshot_failures, p.snapshot_backoff), (0, 0));
+    }
 
     #[test]
     fn a_probing_follower_gets_one_message_at_a_time() {

@@ -82,6 +82,9 @@ pub struct Status {
     pub term: Term,
     pub leader: Option<NodeId>,
     pub commit_index: LogIndex,
+    /// The leader's commit index as this node last heard it (its own when
+    /// it leads): what "caught up" is measured against.
+    pub leader_commit: LogIndex,
     pub applied_index: LogIndex,
     pub last_log_index: LogIndex,
     pub first_log_index: LogIndex,

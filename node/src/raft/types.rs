@@ -34,27 +34,36 @@ impl NodeId {
 
 impl Term {
     pub const ZERO: Term = Term(0);
+    /// The largest term a message may carry. Real terms grow by one per
+    /// election and never come near it; a larger one is refused at the door
+    /// (see `admission`), so that local arithmetic on terms can never reach
+    /// the end of `u64`.
+    pub const MAX_VALID: Term = Term(u64::MAX >> 1);
 
     pub fn get(self) -> u64 {
         self.0
     }
 
-    /// The term after this one.
+    /// The term after this one. Saturates instead of wrapping: admission
+    /// keeps terms far below the end, and a bug must fail safe, not restart
+    /// the clock at 0.
     pub fn next(self) -> Term {
-        Term(self.0 + 1)
+        Term(self.0.saturating_add(1))
     }
 }
 
 impl LogIndex {
     pub const ZERO: LogIndex = LogIndex(0);
+    /// The largest index a message may carry; see [`Term::MAX_VALID`].
+    pub const MAX_VALID: LogIndex = LogIndex(u64::MAX >> 1);
 
     pub fn get(self) -> u64 {
         self.0
     }
 
-    /// The index after this one.
+    /// The index after this one (saturating, like [`Term::next`]).
     pub fn next(self) -> LogIndex {
-        LogIndex(self.0 + 1)
+        LogIndex(self.0.saturating_add(1))
     }
 
     /// The index before this one, saturating at zero.
@@ -62,9 +71,9 @@ impl LogIndex {
         LogIndex(self.0.saturating_sub(1))
     }
 
-    /// `self + n`.
+    /// `self + n` (saturating).
     pub fn plus(self, n: u64) -> LogIndex {
-        LogIndex(self.0 + n)
+        LogIndex(self.0.saturating_add(n))
     }
 }
 

@@ -5,6 +5,7 @@
 //! requests run through the local [`NodeHandle`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -12,12 +13,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
-use crate::raft::{Message, MessageBody, NodeId, Snapshot, Term};
+use crate::metrics::Metrics;
+use crate::raft::{Message, MessageBody, NodeId, Snapshot, SnapshotMeta, Term};
 use crate::server::driver::Inbound;
 use crate::server::forward;
 use crate::server::peer_proto as pb;
 use crate::server::transport::{CLIENT_URL_HEADER, PEER_ID_HEADER, PEER_URL_HEADER};
 use crate::server::{NodeHandle, wire};
+use crate::storage::ImageCheck;
 
 #[derive(Debug)]
 pub(crate) struct PeerService {
@@ -25,6 +28,9 @@ pub(crate) struct PeerService {
     pub inbound: mpsc::Sender<Inbound>,
     pub snapshot_dir: PathBuf,
     pub handle: NodeHandle,
+    pub metrics: Arc<Metrics>,
+    /// The largest snapshot image accepted; a larger stream is cut off.
+    pub max_snapshot_bytes: u64,
 }
 
 fn driver_gone() -> Status {
@@ -128,12 +134,16 @@ impl pb::peer_server::Peer for PeerService {
             "incoming-{}-{}-{}.snap",
             header.from, meta.index, meta.term
         ));
-        let result = stage(&mut stream, &path).await;
+        let result = stage(&mut stream, &path, &meta, self.max_snapshot_bytes).await;
         let bytes = match result {
             Ok(bytes) => bytes,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&path).await;
-                warn!(from = header.from, error = %e, "discarding incomplete snapshot");
+                self.metrics
+                    .peer_messages_refused_total
+                    .with_label_values(&["bad_snapshot"])
+                    .inc();
+                warn!(from = header.from, error = %e, "refused a snapshot");
                 return Err(e);
             }
         };
@@ -199,18 +209,31 @@ impl pb::peer_server::Peer for PeerService {
 /// wait (back-pressure on a follower that stopped reading).
 const FORWARD_ANSWERS_QUEUED: usize = 1024;
 
-/// Writes the data chunks to `path` (fsynced) and checks the end marker.
-async fn stage(stream: &mut Streaming<pb::SnapshotChunk>, path: &PathBuf) -> Result<u64, Status> {
+/// Writes the data chunks to `path` (fsynced), checking the image as it
+/// arrives: garbage is refused at its first bytes, an image larger than
+/// `max_bytes` as soon as it grows past it, and a complete image only if its
+/// checksum holds and it is at the position its header claimed. Only an
+/// image that passed ever reaches the consensus core.
+async fn stage(
+    stream: &mut Streaming<pb::SnapshotChunk>,
+    path: &PathBuf,
+    claimed: &SnapshotMeta,
+    max_bytes: u64,
+) -> Result<u64, Status> {
     use pb::snapshot_chunk::Chunk;
     let mut file = tokio::fs::File::create(path)
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
+    let mut check = ImageCheck::new(max_bytes);
     let mut written = 0u64;
     loop {
         match stream.message().await? {
             Some(pb::SnapshotChunk {
                 chunk: Some(Chunk::Data(d)),
             }) => {
+                check
+                    .feed(&d)
+                    .map_err(|e| Status::invalid_argument(format!("snapshot: {e}")))?;
                 file.write_all(&d)
                     .await
                     .map_err(|e| Status::internal(e.to_string()))?;
@@ -223,6 +246,15 @@ async fn stage(stream: &mut Streaming<pb::SnapshotChunk>, path: &PathBuf) -> Res
                     return Err(Status::data_loss(format!(
                         "snapshot: sender says {} bytes, received {written}",
                         end.bytes
+                    )));
+                }
+                let image = check
+                    .finish()
+                    .map_err(|e| Status::invalid_argument(format!("snapshot: {e}")))?;
+                if image != *claimed {
+                    return Err(Status::invalid_argument(format!(
+                        "snapshot: the image is at {}/{}, its header said {}/{}",
+                        image.index, image.term, claimed.index, claimed.term
                     )));
                 }
                 file.sync_all()

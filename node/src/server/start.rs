@@ -59,6 +59,8 @@ pub struct NodeConfig {
     pub snapshot_policy: SnapshotPolicy,
     /// The state machine's page cache (see `--kv-cache-mb`).
     pub kv_cache_bytes: usize,
+    /// The largest snapshot image this node accepts from a leader.
+    pub max_snapshot_bytes: u64,
 }
 
 /// A started node.
@@ -142,6 +144,21 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
     }
 
     let applied = kv.applied_index();
+    // The state machine must know the configuration in force at its applied
+    // index: snapshots are cut from it. A new cluster's configuration is in
+    // the log store only; data directories written before this repair carry
+    // an empty one in the state machine, so this runs on every start.
+    if kv.membership().is_empty() {
+        let in_force = log
+            .membership_at(applied)
+            .context("cannot read the configuration in force from the log")?;
+        if kv
+            .adopt_membership(&in_force)
+            .context("cannot record the configuration in the state machine")?
+        {
+            info!(index = %applied, "recorded the configuration in force in the state machine");
+        }
+    }
     let mut raft_cfg = Config::new(cfg.id);
     raft_cfg.election_ticks = cfg.election_ticks;
     raft_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
@@ -157,6 +174,7 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
         last_loop: Instant::now(),
         leader: None,
         commit_index: LogIndex::ZERO,
+        leader_commit: LogIndex::ZERO,
         applied_index: applied,
         role: RoleState::Follower,
         term: Term::ZERO,
@@ -204,6 +222,8 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
         inbound: in_tx,
         snapshot_dir,
         handle: handle.clone(),
+        metrics: metrics.clone(),
+        max_snapshot_bytes: cfg.max_snapshot_bytes,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen_peer)
         .await

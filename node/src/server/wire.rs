@@ -154,6 +154,7 @@ pub fn message_to_pb(m: &Message) -> pb::Message {
         }),
         MessageBody::Heartbeat(h) => Body::Heartbeat(pb::Heartbeat {
             commit: h.commit.get(),
+            leader_commit: h.leader_commit.get(),
             read_round: h.read_round,
         }),
         MessageBody::HeartbeatResponse(h) => Body::HeartbeatResponse(pb::HeartbeatResponse {
@@ -212,6 +213,7 @@ pub fn message_from_pb(m: pb::Message) -> Result<Message, WireError> {
         ),
         Body::Heartbeat(h) => MessageBody::Heartbeat(Heartbeat {
             commit: LogIndex(h.commit),
+            leader_commit: LogIndex(h.leader_commit),
             read_round: h.read_round,
         }),
         Body::HeartbeatResponse(h) => MessageBody::HeartbeatResponse(HeartbeatResponse {
@@ -310,6 +312,7 @@ mod tests {
         })));
         round_trip(msg(MessageBody::Heartbeat(Heartbeat {
             commit: LogIndex(3),
+            leader_commit: LogIndex(9),
             read_round: 11,
         })));
         round_trip(msg(MessageBody::HeartbeatResponse(HeartbeatResponse {

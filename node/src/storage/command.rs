@@ -225,6 +225,23 @@ enum WireTxnOpKind {
 
 const WHAT: &str = "command";
 
+impl Op {
+    /// A checksum of what this operation does, kept with a client's last
+    /// request so that a retry can be told from a different command that
+    /// reuses its sequence number. Stable across versions: it covers the
+    /// operation's protobuf encoding, which is part of the log format.
+    pub fn fingerprint(&self) -> u64 {
+        let bytes = Command {
+            request_id: None,
+            op: self.clone(),
+        }
+        .encode();
+        // crc32 in the high half, the length in the low half; never 0,
+        // which stands for "not recorded".
+        ((u64::from(crc32fast::hash(&bytes)) << 32) | (bytes.len() as u64 & 0xffff_ffff)).max(1)
+    }
+}
+
 impl Command {
     /// The protobuf encoding of this command.
     pub fn encode(&self) -> Bytes {

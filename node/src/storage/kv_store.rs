@@ -60,8 +60,10 @@ pub(crate) const CLIENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new
 pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const KEY_STATE: &str = "state";
 
-/// Size limits, checked when a command is applied (so that every replica
-/// rejects the same commands) and usable by the node to refuse early.
+/// Size limits of one node, checked once, when a command is proposed, by
+/// the leader that puts it in the log (and for reads by the node serving
+/// them). Never at apply: members started with different limits would
+/// otherwise apply different commands and their state machines diverge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub max_key_bytes: usize,
@@ -117,6 +119,37 @@ impl Limits {
     /// Checks a range read.
     pub fn check_range(&self, req: &RangeRequest) -> Result<(), KvError> {
         self.range(&req.key, &req.range_end)
+    }
+
+    /// What every replica checks at apply, whatever its flags: only what
+    /// does not depend on configuration (a key must not be empty).
+    pub fn check_well_formed(op: &Op) -> Result<(), KvError> {
+        let key = |k: &[u8]| {
+            if k.is_empty() {
+                Err(KvError::EmptyKey)
+            } else {
+                Ok(())
+            }
+        };
+        match op {
+            Op::Put { key: k, .. } | Op::DeleteRange { key: k, .. } => key(k),
+            Op::Txn {
+                compares,
+                success,
+                failure,
+            } => {
+                for c in compares {
+                    key(&c.key)?;
+                }
+                for op in success.iter().chain(failure) {
+                    match op {
+                        TxnOp::Range(r) => key(&r.key)?,
+                        TxnOp::Put { key: k, .. } | TxnOp::DeleteRange { key: k, .. } => key(k)?,
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Checks every key, value and the size of a command.
@@ -439,7 +472,7 @@ impl KvStore {
             }
             let mut outcomes = Vec::new();
             {
-                let mut exec = Exec::open(&txn, path, self.inner.limits)?;
+                let mut exec = Exec::open(&txn, path)?;
                 for e in &entries {
                     match &e.payload {
                         EntryPayload::Noop => {}
@@ -506,6 +539,47 @@ impl KvStore {
                 Err(e)
             }
         }
+    }
+
+    /// Records `membership` as the configuration in force at the applied
+    /// index when the state machine has none yet, durably. The bootstrap
+    /// configuration of a cluster lives only in the log store (as the meta of
+    /// its base "snapshot" at index 0); without this, every snapshot image
+    /// this state machine produces would carry an empty configuration, and a
+    /// follower that installs one would know no members at all. Returns
+    /// whether it changed anything.
+    pub fn adopt_membership(&self, membership: &Membership) -> Result<bool, StoreError> {
+        self.check_failed()?;
+        let mut durable = self.lock_writer();
+        let mut state = self.state();
+        if !state.membership.is_empty() || membership.is_empty() {
+            return Ok(false);
+        }
+        state.membership = membership.clone();
+        let path = self.inner.path.as_path();
+        let result = (|| {
+            let txn = self
+                .db()
+                .begin_write()
+                .map_err(db_err(path, "begin write"))?;
+            {
+                let mut meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+                meta.insert(KEY_STATE, state.encode().as_slice())
+                    .map_err(db_err(path, "write state"))?;
+            }
+            txn.commit().map_err(db_err(path, "commit"))
+        })();
+        if let Err(e) = result {
+            self.poison(&e);
+            return Err(e);
+        }
+        *durable = state.applied_index;
+        *self
+            .inner
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = state;
+        Ok(true)
     }
 
     /// The value of one key.
@@ -678,11 +752,10 @@ struct Exec<'t> {
     clients: Table<'t, u64, &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
     path: &'t Path,
-    limits: Limits,
 }
 
 impl<'t> Exec<'t> {
-    fn open(txn: &'t WriteTransaction, path: &'t Path, limits: Limits) -> Result<Self, StoreError> {
+    fn open(txn: &'t WriteTransaction, path: &'t Path) -> Result<Self, StoreError> {
         Ok(Exec {
             kv: txn.open_table(KV).map_err(db_err(path, "open kv"))?,
             clients: txn
@@ -690,7 +763,6 @@ impl<'t> Exec<'t> {
                 .map_err(db_err(path, "open clients"))?,
             meta: txn.open_table(META).map_err(db_err(path, "open meta"))?,
             path,
-            limits,
         })
     }
 
@@ -711,25 +783,36 @@ impl<'t> Exec<'t> {
                 .map(|v| decode_client_record(v.value()))
                 .transpose()
                 .map_err(corrupt(self.path, "client outcome"))?;
-            if let Some((last_seq, outcome)) = last {
-                if rid.seq == last_seq {
-                    return Ok(outcome);
+            if let Some(last) = last {
+                if rid.seq == last.seq {
+                    if last.fingerprint != 0 && last.fingerprint != cmd.op.fingerprint() {
+                        return Ok(ApplyOutcome::Rejected(KvError::IdempotencyConflict {
+                            client_id: rid.client_id,
+                            seq: rid.seq,
+                        }));
+                    }
+                    return Ok(last.outcome);
                 }
-                if rid.seq < last_seq {
+                if rid.seq < last.seq {
                     return Ok(ApplyOutcome::Rejected(KvError::StaleRequest {
                         client_id: rid.client_id,
                         seq: rid.seq,
-                        last_seq,
+                        last_seq: last.seq,
                     }));
                 }
             }
         }
-        if let Err(e) = self.limits.check_op(&cmd.op) {
+        if let Err(e) = Limits::check_well_formed(&cmd.op) {
             return Ok(ApplyOutcome::Rejected(e));
         }
+        let fingerprint = if cmd.request_id.is_some() {
+            cmd.op.fingerprint()
+        } else {
+            0
+        };
         let outcome = self.execute(cmd.op, revision)?;
         if let Some(rid) = cmd.request_id {
-            if let Some(record) = encode_client_record(rid.seq, &outcome) {
+            if let Some(record) = encode_client_record(rid.seq, fingerprint, &outcome) {
                 self.clients
                     .insert(rid.client_id, record.as_slice())
                     .map_err(db_err(self.path, "write client"))?;

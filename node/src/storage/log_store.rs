@@ -341,6 +341,9 @@ impl LogStore {
     /// before it, or the base snapshot's configuration.
     pub fn membership_at(&self, index: LogIndex) -> Result<Membership, StoreError> {
         let cached = self.cached();
+        if index <= cached.snapshot.index {
+            return Ok(cached.snapshot.membership);
+        }
         let path = &self.inner.path;
         let txn = self
             .inner

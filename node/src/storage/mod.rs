@@ -35,6 +35,7 @@
 //! - `command.rs`: the commands clients propose and their encoding;
 //! - `outcome.rs`: what applying a command produces;
 //! - `kv_store.rs`: the state machine (apply, reads);
+//! - `image.rs`: the snapshot image format, and checking an image as it arrives;
 //! - `snapshot.rs`: streaming a state machine image out and installing one;
 //! - `policy.rs`: when to snapshot and how far to compact;
 //! - `error.rs`: the errors, each naming its file.
@@ -42,6 +43,7 @@
 mod codec;
 mod command;
 mod error;
+mod image;
 pub mod kv_store;
 mod log_store;
 mod outcome;
@@ -56,13 +58,14 @@ pub use command::{
     Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, RequestId, TxnOp,
 };
 pub use error::{DecodeError, StoreError};
+pub use image::{CHUNK_BYTES, ImageCheck, SnapshotError};
 pub use kv_store::{
     DEFAULT_KV_CACHE_BYTES, DURABLE_EVERY_ENTRIES, KV_FILE, KV_FORMAT_VERSION, KvStore, Limits,
 };
 pub use log_store::{Identity, LOG_FILE, LOG_FORMAT_VERSION, LogStore};
 pub use outcome::{ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult};
 pub use policy::SnapshotPolicy;
-pub use snapshot::{CHUNK_BYTES, SnapshotError, SnapshotInstaller, SnapshotReader};
+pub use snapshot::{SnapshotInstaller, SnapshotReader};
 
 /// How every database of a node is opened or created: with redb's page
 /// cache bounded to `cache_bytes` (its default is 1 GiB per database, held

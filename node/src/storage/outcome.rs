@@ -76,6 +76,14 @@ pub enum KvError {
         seq: u64,
         last_seq: u64,
     },
+    /// A retry must repeat its command exactly: the same (client, seq) with
+    /// another command is a client bug, and answering it with the first
+    /// command's outcome would acknowledge a write that never happens.
+    #[error(
+        "request {seq} of client {client_id} was already used for a different command; \
+         use a new sequence number for a new command"
+    )]
+    IdempotencyConflict { client_id: u64, seq: u64 },
 }
 
 /// What applying one command did.
@@ -163,13 +171,29 @@ struct StoredClient {
     seq: u64,
     #[prost(message, optional, tag = "2")]
     outcome: Option<StoredOutcome>,
+    /// The fingerprint of the command (`Op::fingerprint`); 0 in records
+    /// written before it was kept, which match any retry.
+    #[prost(uint64, tag = "3")]
+    fingerprint: u64,
+}
+
+/// The last applied request of one client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ClientRecord {
+    pub seq: u64,
+    pub fingerprint: u64,
+    pub outcome: ApplyOutcome,
 }
 
 const WHAT: &str = "client outcome";
 
 /// Encodes the outcome of request `seq` for the per-client table. `None` for
 /// a rejection, which is not remembered (a retry is rejected again).
-pub(crate) fn encode_client_record(seq: u64, outcome: &ApplyOutcome) -> Option<Vec<u8>> {
+pub(crate) fn encode_client_record(
+    seq: u64,
+    fingerprint: u64,
+    outcome: &ApplyOutcome,
+) -> Option<Vec<u8>> {
     let (revision, kind) = match outcome {
         ApplyOutcome::Put { revision, prev_kv } => (
             *revision,
@@ -224,13 +248,14 @@ pub(crate) fn encode_client_record(seq: u64, outcome: &ApplyOutcome) -> Option<V
                 revision,
                 kind: Some(kind),
             }),
+            fingerprint,
         }
         .encode_to_vec(),
     )
 }
 
-/// Decodes a per-client record into (seq, outcome).
-pub(crate) fn decode_client_record(buf: &[u8]) -> Result<(u64, ApplyOutcome), DecodeError> {
+/// Decodes a per-client record.
+pub(crate) fn decode_client_record(buf: &[u8]) -> Result<ClientRecord, DecodeError> {
     let missing = |field| DecodeError::Missing { what: WHAT, field };
     let c =
         StoredClient::decode(buf).map_err(|source| DecodeError::Prost { what: WHAT, source })?;
@@ -262,7 +287,11 @@ pub(crate) fn decode_client_record(buf: &[u8]) -> Result<(u64, ApplyOutcome), De
                 .collect::<Result<_, DecodeError>>()?,
         },
     };
-    Ok((c.seq, outcome))
+    Ok(ClientRecord {
+        seq: c.seq,
+        fingerprint: c.fingerprint,
+        outcome,
+    })
 }
 
 #[cfg(test)]
@@ -310,10 +339,15 @@ mod tests {
             },
         ];
         for o in outcomes {
-            let buf = encode_client_record(9, &o).unwrap();
-            assert_eq!(decode_client_record(&buf).unwrap(), (9, o));
+            let buf = encode_client_record(9, 77, &o).unwrap();
+            let expected = ClientRecord {
+                seq: 9,
+                fingerprint: 77,
+                outcome: o,
+            };
+            assert_eq!(decode_client_record(&buf).unwrap(), expected);
         }
-        assert!(encode_client_record(1, &ApplyOutcome::Rejected(KvError::EmptyKey)).is_none());
+        assert!(encode_client_record(1, 1, &ApplyOutcome::Rejected(KvError::EmptyKey)).is_none());
         assert!(decode_client_record(&[0xff]).is_err());
     }
 }

@@ -2,16 +2,7 @@
 //! and installed through a staging database that replaces `kv.redb` only
 //! once complete and verified.
 //!
-//! Image format (self-describing, little endian):
-//!
-//! ```text
-//! magic "RKVSNAP1"
-//! frame*   = len: u32 | kind: u8 | payload (len bytes)
-//!   kind 1 = state record (applied index/term, revision, membership), first
-//!   kind 2 = one key (prost: key, stored value)
-//!   kind 3 = one client's last outcome (prost: client id, record)
-//!   kind 4 = trailer (prost: frame count, crc32 of every byte before it), last
-//! ```
+//! The image format is in `image.rs`.
 //!
 //! Writes continue while an image is read: redb's read transaction pins the
 //! view it started with. Memory is bounded by one chunk plus one record.
@@ -28,82 +19,17 @@ use prost::Message;
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
 
 use super::error::{StoreError, db_err};
+use super::image::{
+    CHUNK_BYTES, ClientFrame, FrameParser, KIND_CLIENT, KIND_KV, KIND_STATE, KIND_TRAILER, KvFrame,
+    MAGIC, SnapshotError, Trailer, decode_state, push_frame,
+};
 use super::kv_store::{
     CLIENTS, KEY_STATE, KV, KV_STAGING_FILE, KvState, KvStore, META, load_state,
 };
 use crate::raft::SnapshotMeta;
 
-const MAGIC: &[u8; 8] = b"RKVSNAP1";
-const KIND_STATE: u8 = 1;
-const KIND_KV: u8 = 2;
-const KIND_CLIENT: u8 = 3;
-const KIND_TRAILER: u8 = 4;
-/// The size a chunk grows to before it is handed out.
-pub const CHUNK_BYTES: usize = 1024 * 1024;
-/// The largest frame an installer accepts (a key + value at the default
-/// limits is far below this); bounds memory on malformed input.
-const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// How much an installer writes per staging transaction.
 const STAGING_TXN_BYTES: usize = 8 * 1024 * 1024;
-
-/// Why an image could not be read or installed.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error("image does not start with the snapshot magic")]
-    BadMagic,
-    #[error("frame of {0} bytes exceeds the limit")]
-    FrameTooLarge(usize),
-    #[error("unknown frame kind {0}")]
-    UnknownKind(u8),
-    #[error("malformed {what} frame: {source}")]
-    Malformed {
-        what: &'static str,
-        #[source]
-        source: prost::DecodeError,
-    },
-    #[error("image does not start with a state record")]
-    MissingState,
-    #[error("image format version {0} is unknown")]
-    UnknownFormat(u64),
-    #[error("checksum mismatch (image says {expected:#010x}, received {actual:#010x})")]
-    Checksum { expected: u32, actual: u32 },
-    #[error("frame count mismatch (image says {expected}, received {actual})")]
-    FrameCount { expected: u64, actual: u64 },
-    #[error("data after the trailer")]
-    TrailingData,
-    #[error("image is incomplete (no trailer received)")]
-    Incomplete,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct KvFrame {
-    #[prost(bytes = "bytes", tag = "1")]
-    key: Bytes,
-    #[prost(bytes = "bytes", tag = "2")]
-    value: Bytes,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ClientFrame {
-    #[prost(uint64, tag = "1")]
-    client_id: u64,
-    #[prost(bytes = "bytes", tag = "2")]
-    record: Bytes,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Trailer {
-    #[prost(uint64, tag = "1")]
-    frames: u64,
-    #[prost(uint32, tag = "2")]
-    crc32: u32,
-}
-
-fn push_frame(buf: &mut Vec<u8>, kind: u8, payload: &[u8]) {
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.push(kind);
-    buf.extend_from_slice(payload);
-}
 
 enum Phase {
     Kvs(redb::Range<'static, &'static [u8], &'static [u8]>),
@@ -222,20 +148,15 @@ pub struct SnapshotInstaller {
     db: Option<Database>,
     txn: Option<WriteTransaction>,
     txn_bytes: usize,
-    buf: Vec<u8>,
-    magic_seen: bool,
+    parser: FrameParser,
     state: Option<KvState>,
-    crc: crc32fast::Hasher,
-    frames: u64,
-    done: bool,
 }
 
 impl fmt::Debug for SnapshotInstaller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SnapshotInstaller")
             .field("staging", &self.staging)
-            .field("frames", &self.frames)
-            .field("done", &self.done)
+            .field("frames", &self.parser.frames())
             .finish_non_exhaustive()
     }
 }
@@ -324,12 +245,8 @@ impl KvStore {
             db: Some(db),
             txn: None,
             txn_bytes: 0,
-            buf: Vec::new(),
-            magic_seen: false,
+            parser: FrameParser::default(),
             state: None,
-            crc: crc32fast::Hasher::new(),
-            frames: 0,
-            done: false,
         })
     }
 }
@@ -337,72 +254,17 @@ impl KvStore {
 impl SnapshotInstaller {
     /// Feeds the next chunk of the image (chunks may split frames anywhere).
     pub fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        if self.done && !chunk.is_empty() {
-            return Err(SnapshotError::TrailingData.into());
-        }
-        self.buf.extend_from_slice(chunk);
-        if !self.magic_seen {
-            if self.buf.len() < MAGIC.len() {
-                return Ok(());
-            }
-            if &self.buf[..MAGIC.len()] != MAGIC {
-                return Err(SnapshotError::BadMagic.into());
-            }
-            self.crc.update(MAGIC);
-            self.buf.drain(..MAGIC.len());
-            self.magic_seen = true;
-        }
-        let mut at = 0;
-        while self.buf.len() - at >= 5 {
-            let mut len = [0u8; 4];
-            len.copy_from_slice(&self.buf[at..at + 4]);
-            let len = u32::from_le_bytes(len) as usize;
-            if len > MAX_FRAME {
-                return Err(SnapshotError::FrameTooLarge(len).into());
-            }
-            if self.buf.len() - at < 5 + len {
-                break;
-            }
-            let kind = self.buf[at + 4];
-            let frame = self.buf[at..at + 5 + len].to_vec();
-            self.handle(kind, &frame[..], &frame[5..])?;
-            at += 5 + len;
-            if self.done && at < self.buf.len() {
-                return Err(SnapshotError::TrailingData.into());
-            }
-        }
-        self.buf.drain(..at);
-        Ok(())
+        let mut parser = std::mem::take(&mut self.parser);
+        let result = parser.feed(chunk, |kind, frame, payload| {
+            self.handle(kind, frame, payload)
+        });
+        self.parser = parser;
+        result
     }
 
     fn handle(&mut self, kind: u8, frame: &[u8], payload: &[u8]) -> Result<(), StoreError> {
         let staging = self.staging.clone();
         let malformed = |what| move |source| SnapshotError::Malformed { what, source };
-        if kind == KIND_TRAILER {
-            let t = Trailer::decode(payload).map_err(malformed("trailer"))?;
-            let actual = self.crc.clone().finalize();
-            if t.crc32 != actual {
-                return Err(SnapshotError::Checksum {
-                    expected: t.crc32,
-                    actual,
-                }
-                .into());
-            }
-            if t.frames != self.frames {
-                return Err(SnapshotError::FrameCount {
-                    expected: t.frames,
-                    actual: self.frames,
-                }
-                .into());
-            }
-            self.done = true;
-            return Ok(());
-        }
-        self.crc.update(frame);
-        self.frames += 1;
-        if self.state.is_none() && kind != KIND_STATE {
-            return Err(SnapshotError::MissingState.into());
-        }
         let txn = match self.txn.take() {
             Some(t) => t,
             None => {
@@ -415,17 +277,7 @@ impl SnapshotInstaller {
         };
         match kind {
             KIND_STATE => {
-                let state = match KvState::decode(payload) {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(v)) => return Err(SnapshotError::UnknownFormat(v).into()),
-                    Err(e) => {
-                        return Err(StoreError::Corrupt {
-                            file: staging,
-                            what: "snapshot state",
-                            source: e,
-                        });
-                    }
-                };
+                let state = decode_state(payload)?;
                 let mut meta = txn.open_table(META).map_err(db_err(&staging, "write"))?;
                 meta.insert(KEY_STATE, payload)
                     .map_err(db_err(&staging, "write"))?;
@@ -461,12 +313,7 @@ impl SnapshotInstaller {
     /// Verifies that the whole image arrived intact, makes it durable and
     /// swaps it in for the current state machine. Returns the image's meta.
     pub fn finish(mut self) -> Result<SnapshotMeta, StoreError> {
-        if !self.done || !self.buf.is_empty() {
-            return Err(SnapshotError::Incomplete.into());
-        }
-        if self.state.is_none() {
-            return Err(SnapshotError::MissingState.into());
-        }
+        self.parser.complete()?;
         let staging = self.staging.clone();
         let db = self.db.take().ok_or(SnapshotError::Incomplete)?;
         let txn = match self.txn.take() {

@@ -31,7 +31,7 @@ use crate::raft::{
     ConfChange, ConfChangeError, Entry, LogIndex, Message, MessageBody, NodeId, Ready, RoleState,
     Term,
 };
-use crate::raft::{ProposeError, RaftNode};
+use crate::raft::{ProposeError, RaftError, RaftNode};
 use crate::server::handle::{
     DriverReply, LeaderHint, MemberChange, MemberStatus, ReadResult, Rejection, Request,
     WriteResult,
@@ -95,6 +95,9 @@ pub struct Health {
     pub last_loop: Instant,
     pub leader: Option<NodeId>,
     pub commit_index: LogIndex,
+    /// The leader's commit index as last heard: readiness is measured
+    /// against it, since a follower that waits for a snapshot cannot commit.
+    pub leader_commit: LogIndex,
     pub applied_index: LogIndex,
     pub role: RoleState,
     pub term: Term,
@@ -252,9 +255,7 @@ impl Driver {
                             .observe(sent.elapsed().as_secs_f64());
                     }
                 }
-                self.node
-                    .step(m)
-                    .map_err(|e| DriverError::Core(e.to_string()))?;
+                self.step(m)?;
             }
             Inbound::SnapshotReceived { message, staged } => {
                 if let MessageBody::InstallSnapshot(s) = &message.body {
@@ -263,9 +264,7 @@ impl Driver {
                         let _ = std::fs::remove_file(old);
                     }
                 }
-                self.node
-                    .step(message)
-                    .map_err(|e| DriverError::Core(e.to_string()))?;
+                self.step(message)?;
             }
             Inbound::SnapshotSent { to, ok } => self.node.report_snapshot(to, ok),
             Inbound::Unreachable(to) => self.node.report_unreachable(to),
@@ -281,6 +280,23 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Steps a peer's message. One the core refuses is counted and
+    /// dropped: input from the network never stops the node.
+    fn step(&mut self, m: Message) -> Result<(), DriverError> {
+        match self.node.step(m) {
+            Ok(()) => Ok(()),
+            Err(RaftError::Refused { from, reason }) => {
+                self.metrics
+                    .peer_messages_refused_total
+                    .with_label_values(&[reason.label()])
+                    .inc();
+                debug!(from = %from, reason = %reason, "refused a peer message");
+                Ok(())
+            }
+            Err(e) => Err(DriverError::Core(e.to_string())),
+        }
     }
 
     // ----------------------------------------------------------- requests
@@ -402,6 +418,16 @@ impl Driver {
                     let _ = reply.send(Err(ClientError::InvalidArgument(
                         "a new member needs a peer_url".into(),
                     )
+                    .into()));
+                    return;
+                }
+                if let Some((other, _)) = membership.members().find(|(_, existing)| {
+                    MemberInfo::from_context(&existing.context).peer_url == m.peer_url
+                }) {
+                    let _ = reply.send(Err(ClientError::InvalidArgument(format!(
+                        "peer URL {} is already member {other}'s",
+                        m.peer_url
+                    ))
                     .into()));
                     return;
                 }
@@ -554,6 +580,9 @@ impl Driver {
             ProposeError::NotVoter(id) => Rejection::Failed(ClientError::FailedPrecondition(
                 format!("member {id} is not a voter"),
             )),
+            e @ ProposeError::LearnerNotCaughtUp { .. } => {
+                Rejection::Failed(ClientError::FailedPrecondition(e.to_string()))
+            }
             ProposeError::Storage(e) => Rejection::Failed(ClientError::Internal(e.to_string())),
         }
     }
@@ -884,5 +913,6 @@ fn kv_error(e: KvError) -> ClientError {
         KvError::EmptyKey | KvError::Undecodable(_) | KvError::StaleRequest { .. } => {
             ClientError::InvalidArgument(e.to_string())
         }
+        KvError::IdempotencyConflict { .. } => ClientError::FailedPrecondition(e.to_string()),
     }
 }

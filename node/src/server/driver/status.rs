@@ -39,7 +39,9 @@ impl Driver {
             last_loop: Instant::now(),
             leader: s.leader,
             commit_index: s.commit_index,
-            applied_index: s.applied_index,
+            leader_commit: s.leader_commit,
+            // What the state machine holds, not what the core handed out.
+            applied_index: self.kv.applied_index(),
             role: s.role,
             term: s.term,
         });
