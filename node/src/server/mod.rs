@@ -4,6 +4,7 @@
 //!
 //! - `driver.rs`: the loop (step → ready → persist → send → apply → answer);
 //! - `pending.rs`: client requests waiting for their answer;
+//! - `outbox.rs`: what the driver needs of the network;
 //! - `transport.rs` / `peer_service.rs`: the peer protocol, out and in;
 //! - `forward.rs`: followers forwarding client requests to the leader;
 //! - `wire.rs`: core messages ⇄ protobuf;
@@ -14,6 +15,7 @@ mod driver;
 mod forward;
 mod handle;
 mod member_info;
+mod outbox;
 pub mod peer_proto;
 mod peer_service;
 mod pending;

@@ -204,12 +204,12 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
         },
         node,
         kv,
-        Transport::new(
+        Box::new(Transport::new(
             in_tx.clone(),
             cfg.id,
             cfg.advertise_peer.clone(),
             cfg.advertise_client.clone(),
-        ),
+        )),
         metrics.clone(),
         req_rx,
         in_rx,

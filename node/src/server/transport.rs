@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::server::driver::Inbound;
+use crate::server::outbox::Outbox;
 use crate::server::peer_proto as pb;
 use crate::server::peer_proto::peer_client::PeerClient;
 use crate::server::wire;
@@ -81,6 +82,20 @@ fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5)))
+}
+
+impl Outbox for Transport {
+    fn set_peers(&mut self, peers: &[(NodeId, String)]) {
+        Transport::set_peers(self, peers);
+    }
+
+    fn send(&mut self, m: Message) -> bool {
+        Transport::send(self, m)
+    }
+
+    fn send_snapshot(&mut self, m: Message, reader: SnapshotReader) {
+        Transport::send_snapshot(self, m, reader);
+    }
 }
 
 impl Transport {

@@ -37,8 +37,8 @@ use crate::server::handle::{
     WriteResult,
 };
 use crate::server::member_info::MemberInfo;
+use crate::server::outbox::Outbox;
 use crate::server::pending::{Pending, PendingChange, PendingRead, PendingTransfer, PendingWrite};
-use crate::server::transport::Transport;
 use crate::server::{ClientError, Consistency};
 use crate::storage::{
     ApplyOutcome, CHUNK_BYTES, Command, KvError, KvStore, LogStore, RangeRequest, SnapshotPolicy,
@@ -120,7 +120,7 @@ pub(crate) struct Driver {
     cfg: DriverConfig,
     node: RaftNode<LogStore>,
     kv: KvStore,
-    transport: Transport,
+    transport: Box<dyn Outbox>,
     metrics: Arc<Metrics>,
     requests: mpsc::Receiver<Request>,
     inbound: mpsc::Receiver<Inbound>,
@@ -159,7 +159,7 @@ impl Driver {
         cfg: DriverConfig,
         node: RaftNode<LogStore>,
         kv: KvStore,
-        transport: Transport,
+        transport: Box<dyn Outbox>,
         metrics: Arc<Metrics>,
         requests: mpsc::Receiver<Request>,
         inbound: mpsc::Receiver<Inbound>,
@@ -192,40 +192,61 @@ impl Driver {
     pub(crate) async fn run(mut self) -> Result<(), DriverError> {
         let mut tick = tokio::time::interval(self.cfg.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.update_peers();
-        self.publish_sizes();
+        self.begin();
         loop {
-            let mut batch = Batch::default();
-            tokio::select! {
-                _ = tick.tick() => self.on_tick(),
-                Some(first) = self.inbound.recv() => self.on_inbound(first)?,
-                Some(first) = self.requests.recv() => self.on_request(first, &mut batch),
+            let event = tokio::select! {
+                _ = tick.tick() => Event::Tick,
+                Some(m) = self.inbound.recv() => Event::Inbound(m),
+                Some(r) = self.requests.recv() => Event::Request(r),
                 else => break,
-            }
-            // Take whatever else is already waiting on either side, so that
-            // one Ready (one fsync, one apply transaction) covers it all:
-            // the slower the disk, the larger the batch.
-            for _ in 0..MAX_BATCH {
-                match self.inbound.try_recv() {
-                    Ok(m) => self.on_inbound(m)?,
-                    Err(_) => break,
-                }
-            }
-            for _ in 0..MAX_BATCH {
-                match self.requests.try_recv() {
-                    Ok(r) => self.on_request(r, &mut batch),
-                    Err(_) => break,
-                }
-            }
-            self.flush_batch(batch);
-            self.handle_ready()?;
-            self.after_loop();
-            if self.shutdown_done() {
+            };
+            if self.turn(event)? == Flow::Stop {
                 break;
             }
         }
         info!(id = %self.cfg.id, "driver stopped");
         Ok(())
+    }
+
+    /// What the driver does once before its first turn.
+    pub(crate) fn begin(&mut self) {
+        self.update_peers();
+        self.publish_sizes();
+    }
+
+    /// One go round the loop, started by `first`: take whatever else is
+    /// already waiting, step it all, carry out one Ready. Synchronous, so
+    /// that the whole-node simulation runs the very same loop body.
+    pub(crate) fn turn(&mut self, first: Event) -> Result<Flow, DriverError> {
+        let mut batch = Batch::default();
+        match first {
+            Event::Tick => self.on_tick(),
+            Event::Inbound(m) => self.on_inbound(m)?,
+            Event::Request(r) => self.on_request(r, &mut batch),
+        }
+        // Take whatever else is already waiting on either side, so that
+        // one Ready (one fsync, one apply transaction) covers it all:
+        // the slower the disk, the larger the batch.
+        for _ in 0..MAX_BATCH {
+            match self.inbound.try_recv() {
+                Ok(m) => self.on_inbound(m)?,
+                Err(_) => break,
+            }
+        }
+        for _ in 0..MAX_BATCH {
+            match self.requests.try_recv() {
+                Ok(r) => self.on_request(r, &mut batch),
+                Err(_) => break,
+            }
+        }
+        self.flush_batch(batch);
+        self.handle_ready()?;
+        self.after_loop();
+        Ok(if self.shutdown_done() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        })
     }
 
     fn on_tick(&mut self) {
@@ -896,6 +917,21 @@ impl Driver {
             self.peers_of = Some(peers);
         }
     }
+}
+
+/// What starts a turn of the loop.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Tick,
+    Inbound(Inbound),
+    Request(Request),
+}
+
+/// Whether the loop goes on after a turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    Stop,
 }
 
 #[derive(Default)]
