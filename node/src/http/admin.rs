@@ -16,8 +16,11 @@ use crate::server::{MemberStatus, NewMember, NodeStatus};
 /// Admin request bodies are small.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
-async fn json_body<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, ApiError> {
-    let bytes = read_body(body, MAX_ADMIN_BODY).await?;
+async fn json_body<T: for<'de> Deserialize<'de>>(
+    st: &HttpState,
+    body: Body,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, MAX_ADMIN_BODY, st.body_timeout).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
@@ -68,7 +71,7 @@ pub async fn add_member(
     State(st): State<HttpState>,
     body: Body,
 ) -> Result<(StatusCode, Json<MemberStatus>), ApiError> {
-    let req: AddMember = json_body(body).await?;
+    let req: AddMember = json_body(&st, body).await?;
     if req.learner == Some(false) {
         return Err(ApiError::bad_request(
             "members are added as learners (\"learner\": true) and promoted once caught up",
@@ -117,7 +120,7 @@ pub async fn transfer_leader(
     State(st): State<HttpState>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let req: Transfer = json_body(body).await?;
+    let req: Transfer = json_body(&st, body).await?;
     let to = member_id(&req.to.to_string())?;
     st.handle.transfer_leader(to).await?;
     Ok(Json(serde_json::json!({ "leader_id": to.get() })))
