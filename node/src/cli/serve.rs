@@ -16,7 +16,9 @@ use tracing::{error, info, warn};
 use crate::http::{HttpLimits, HttpState, router};
 use crate::metrics::Metrics;
 use crate::raft::NodeId;
-use crate::server::{Bootstrap, MemberInfo, NodeConfig, cluster_id_of_token, normalize_url, start};
+use crate::server::{
+    Bootstrap, MemberInfo, NodeConfig, cluster_id_of_token, start, validate_member_url,
+};
 use crate::storage::{DEFAULT_KV_CACHE_BYTES, Limits, SnapshotPolicy};
 
 #[derive(Debug, Clone, Args)]
@@ -139,7 +141,8 @@ pub fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(NodeId, MemberInfo)
             NodeId(id),
             MemberInfo {
                 name: format!("node-{id}"),
-                peer_url: normalize_url(url.trim()),
+                peer_url: validate_member_url(url.trim())
+                    .with_context(|| format!("--initial-cluster: bad peer URL for node {id}"))?,
                 client_url: String::new(),
             },
         ));
@@ -195,7 +198,7 @@ impl ServeArgs {
                     NodeId(id),
                     MemberInfo {
                         name: format!("node-{id}"),
-                        peer_url: self.advertise_peer_url(),
+                        peer_url: self.advertise_peer_url()?,
                         client_url: String::new(),
                     },
                 )])
@@ -223,12 +226,11 @@ impl ServeArgs {
                 .or_else(|| self.cluster_token.as_deref().map(cluster_id_of_token)),
             data_dir: self.data_dir.clone(),
             listen_peer: self.listen_peer,
-            advertise_peer: self.advertise_peer_url(),
-            advertise_client: self
-                .advertise_client
-                .clone()
-                .map(|u| normalize_url(&u))
-                .unwrap_or_else(|| format!("http://{}", self.listen_client)),
+            advertise_peer: self.advertise_peer_url()?,
+            advertise_client: match &self.advertise_client {
+                Some(u) => validate_member_url(u).context("--advertise-client")?,
+                None => format!("http://{}", self.listen_client),
+            },
             bootstrap,
             tick: Duration::from_millis(self.tick_ms),
             election_ticks,
@@ -262,11 +264,11 @@ impl ServeArgs {
         }
     }
 
-    fn advertise_peer_url(&self) -> String {
-        self.advertise_peer
-            .clone()
-            .map(|u| normalize_url(&u))
-            .unwrap_or_else(|| format!("http://{}", self.listen_peer))
+    fn advertise_peer_url(&self) -> anyhow::Result<String> {
+        match &self.advertise_peer {
+            Some(u) => validate_member_url(u).context("--advertise-peer"),
+            None => Ok(format!("http://{}", self.listen_peer)),
+        }
     }
 }
 
@@ -415,6 +417,8 @@ mod tests {
         assert!(parse_initial_cluster("0=a").is_err());
         assert!(parse_initial_cluster("x=a").is_err());
         assert!(parse_initial_cluster("").is_err());
+        assert!(parse_initial_cluster("1=ftp://x:1").is_err());
+        assert!(parse_initial_cluster("1=http://h:99999").is_err());
     }
 
     #[test]

@@ -268,3 +268,49 @@ async fn idle_connections_beyond_the_bound_do_not_block_a_fresh_healthz() {
     .expect("idle connections beyond the bound were not closed");
     assert!(closed > IDLE - MAX, "only {closed} of {IDLE} closed");
 }
+
+/// One request on its own connection; the whole response.
+async fn request(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    read_to_close(&mut tcp).await
+}
+
+#[tokio::test]
+async fn member_add_refuses_bad_urls_with_400() {
+    let r = start(limits(), 1024).await;
+    for bad in crate::server::bad_member_urls() {
+        let shown = bad[..bad.len().min(40)].to_string();
+        for body in [
+            serde_json::json!({ "peer_url": bad, "learner": true }),
+            serde_json::json!({ "peer_url": "http://10.0.0.9:2380", "client_url": bad, "learner": true }),
+        ] {
+            // An empty client URL means "none": not an error.
+            if body["client_url"] == "" {
+                continue;
+            }
+            let response = request(
+                r.addr,
+                "POST",
+                "/v1/members",
+                &serde_json::to_vec(&body).unwrap(),
+            )
+            .await;
+            assert!(
+                response.starts_with("HTTP/1.1 400"),
+                "{shown:?}: {response}"
+            );
+            let answer = json_body(&response);
+            assert_eq!(answer["code"], "invalid_argument", "{shown:?}");
+            let message = answer["error"].as_str().unwrap();
+            assert!(message.contains("_url"), "{shown:?}: {message}");
+            assert!(message.len() < 1024, "the answer echoes a huge URL back");
+        }
+    }
+}

@@ -23,7 +23,7 @@ use crate::server::handle::{
 use crate::server::peer_proto as pb;
 use crate::server::peer_proto::peer_client::PeerClient;
 use crate::server::transport::normalize_url;
-use crate::server::{ClientError, MemberStatus, ReadResult, WriteResult};
+use crate::server::{ClientError, MemberStatus, ReadResult, WriteResult, validate_member_url};
 use crate::storage::{ApplyOutcome, Command, KeyValue, RangeRequest, RangeResult, TxnOpResult};
 
 /// The forwarded form of a [`WriteResult`].
@@ -219,12 +219,26 @@ pub(crate) fn decode_request(r: pb::ForwardRequest) -> Result<Forwarded, ClientE
             R::Read(b) => {
                 Forwarded::Read(RangeRequest::decode(b.as_slice()).map_err(|e| bad("read", e))?)
             }
-            R::AddLearner(m) => Forwarded::ChangeMembership(MemberChange::AddLearner(NewMember {
-                id: (m.id != 0).then_some(NodeId(m.id)),
-                name: m.name,
-                peer_url: m.peer_url,
-                client_url: m.client_url,
-            })),
+            R::AddLearner(m) => {
+                // Checked at the follower's edge already; checked again in
+                // case the follower runs an older version.
+                let url = |u: &str| {
+                    validate_member_url(u)
+                        .map_err(|e| ClientError::InvalidArgument(format!("member URL: {e}")))
+                };
+                let peer_url = url(&m.peer_url)?;
+                let client_url = match m.client_url.as_str() {
+                    "" => String::new(),
+                    u => url(u)?,
+                };
+                Forwarded::ChangeMembership(MemberChange::AddLearner(NewMember {
+                    id: (m.id != 0).then_some(NodeId(m.id)),
+                    name: m.name,
+                    peer_url,
+                    client_url,
+                }))
+            }
+
             R::Promote(id) => Forwarded::ChangeMembership(MemberChange::Promote(nonzero(id)?)),
             R::Remove(id) => Forwarded::ChangeMembership(MemberChange::Remove(nonzero(id)?)),
             R::TransferLeader(id) => Forwarded::TransferLeader(nonzero(id)?),
