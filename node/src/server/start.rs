@@ -20,7 +20,7 @@ use crate::server::handle::NodeHandle;
 use crate::server::member_info::MemberInfo;
 use crate::server::peer_proto::peer_server::PeerServer;
 use crate::server::peer_service::PeerService;
-use crate::server::transport::Transport;
+use crate::server::transport::{MAX_PEER_MESSAGE_BYTES, Transport};
 use crate::storage::{Identity, KvStore, Limits, LogStore, SnapshotPolicy};
 
 /// Client requests queued for the driver before callers wait.
@@ -221,7 +221,11 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
             // is found by pings and its connection freed.
             .http2_keepalive_interval(Some(crate::grpc::HTTP2_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(crate::grpc::HTTP2_KEEPALIVE_TIMEOUT))
-            .add_service(PeerServer::new(service).max_decoding_message_size(64 << 20))
+            .add_service(
+                PeerServer::new(service)
+                    .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+            )
             .serve_with_incoming(incoming),
     );
 
