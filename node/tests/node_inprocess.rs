@@ -26,6 +26,18 @@ fn free_port() -> u16 {
 }
 
 async fn three_nodes(dir: &std::path::Path) -> Vec<RunningNode> {
+    three_nodes_with(
+        dir,
+        Limits {
+            max_key_bytes: 64,
+            max_value_bytes: 1024,
+            max_txn_ops: 16,
+        },
+    )
+    .await
+}
+
+async fn three_nodes_with(dir: &std::path::Path, limits: Limits) -> Vec<RunningNode> {
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let members: Vec<(NodeId, MemberInfo)> = ports
         .iter()
@@ -57,11 +69,7 @@ async fn three_nodes(dir: &std::path::Path) -> Vec<RunningNode> {
             election_ticks: 30,
             heartbeat_ticks: 3,
             request_timeout: Duration::from_secs(2),
-            limits: Limits {
-                max_key_bytes: 64,
-                max_value_bytes: 1024,
-                max_txn_ops: 16,
-            },
+            limits,
             snapshot_policy: SnapshotPolicy::default(),
             kv_cache_bytes: 16 << 20,
             max_snapshot_bytes: 1 << 30,
@@ -174,6 +182,64 @@ async fn concurrent_forwarded_writes_each_get_their_own_answer() {
         );
     }
     assert_eq!(revisions.len(), 200);
+}
+
+/// A forwarded read whose answer is larger than gRPC's default message
+/// limit (4 MiB) must reach the follower's client, and must not disturb the
+/// writes forwarded on the same stream meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_forwarded_read_succeeds_alongside_forwarded_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = three_nodes_with(
+        dir.path(),
+        Limits {
+            max_key_bytes: 64,
+            max_value_bytes: 1 << 20,
+            max_txn_ops: 16,
+        },
+    )
+    .await;
+    let leader = leader(&nodes).await;
+    let follower = a_follower(&nodes, &leader);
+    let mib = "x".repeat(1 << 20);
+    for i in 0..5 {
+        leader.write(put(&format!("big/{i}"), &mib)).await.unwrap();
+    }
+    // Writers keep forwarded writes in flight on the follower's stream
+    // until the large answer has come back on it.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let (f, done) = (follower.clone(), done.clone());
+        writers.spawn(async move {
+            let mut results = Vec::new();
+            let mut i = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || i < 10 {
+                results.push(f.write(put(&format!("small/{w}/{i}"), "v")).await);
+                i += 1;
+            }
+            results
+        });
+    }
+    let read = follower
+        .range(
+            RangeRequest {
+                key: Bytes::from_static(b"big/"),
+                range_end: Bytes::from_static(b"big0"),
+                ..Default::default()
+            },
+            Consistency::Linearizable,
+        )
+        .await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut failed = Vec::new();
+    while let Some(results) = writers.join_next().await {
+        failed.extend(results.unwrap().into_iter().filter_map(Result::err));
+    }
+    assert!(failed.is_empty(), "forwarded writes failed: {failed:?}");
+    let read = read.unwrap();
+    assert_eq!(read.range.kvs.len(), 5);
+    assert!(read.range.kvs.iter().all(|kv| kv.value.len() == 1 << 20));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,10 +41,12 @@ pub enum MemberOp {
         id: Option<u64>,
         #[arg(long, default_value = "")]
         name: String,
-        #[arg(long)]
+        /// Where the other members reach it: http(s)://host:port.
+        #[arg(long, value_parser = member_url)]
         peer_url: String,
-        #[arg(long, default_value = "")]
-        client_url: String,
+        /// Where clients reach it: http(s)://host:port.
+        #[arg(long, value_parser = member_url)]
+        client_url: Option<String>,
     },
     /// Make a learner a voter.
     Promote { id: u64 },
@@ -170,6 +172,12 @@ fn print_members(
     }
 }
 
+/// Refuses a bad member URL before anything is sent (the node checks it
+/// again, the same way).
+fn member_url(raw: &str) -> Result<String, crate::server::MemberUrlError> {
+    crate::server::validate_member_url(raw)
+}
+
 pub async fn run_member(args: MemberArgs) -> anyhow::Result<()> {
     let c = &args.client;
     let one: MemberStatus = match args.op {
@@ -185,7 +193,7 @@ pub async fn run_member(args: MemberArgs) -> anyhow::Result<()> {
         } => {
             let body = serde_json::json!({
                 "id": id, "name": name, "peer_url": peer_url,
-                "client_url": client_url, "learner": true,
+                "client_url": client_url.unwrap_or_default(), "learner": true,
             });
             c.request(
                 Method::POST,
@@ -223,4 +231,43 @@ pub async fn run_leader(args: LeaderArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn member_add(peer_url: &str, client_url: Option<&str>) -> Result<Cli, clap::Error> {
+        let mut argv = vec!["raftkv", "member", "add", "--peer-url", peer_url];
+        if let Some(c) = client_url {
+            argv.extend(["--client-url", c]);
+        }
+        Cli::try_parse_from(argv)
+    }
+
+    #[test]
+    fn member_add_refuses_bad_urls_before_sending_anything() {
+        for bad in crate::server::bad_member_urls() {
+            assert!(
+                member_add(&bad, None).is_err(),
+                "peer URL {:?} accepted",
+                &bad[..bad.len().min(40)]
+            );
+            assert!(
+                member_add("http://h:2380", Some(&bad)).is_err(),
+                "client URL {:?} accepted",
+                &bad[..bad.len().min(40)]
+            );
+        }
+        let cli = member_add("10.0.0.9:2380", None).unwrap();
+        let Command::Member(m) = cli.command else {
+            panic!("not member")
+        };
+        assert!(matches!(
+            m.op,
+            super::MemberOp::Add { ref peer_url, client_url: None, .. } if peer_url == "http://10.0.0.9:2380"
+        ));
+    }
 }

@@ -13,10 +13,12 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tracing::{error, info, warn};
 
-use crate::http::{HttpState, router};
+use crate::http::{HttpLimits, HttpState, router};
 use crate::metrics::Metrics;
 use crate::raft::NodeId;
-use crate::server::{Bootstrap, MemberInfo, NodeConfig, cluster_id_of_token, normalize_url, start};
+use crate::server::{
+    Bootstrap, MemberInfo, NodeConfig, cluster_id_of_token, start, validate_member_url,
+};
 use crate::storage::{DEFAULT_KV_CACHE_BYTES, Limits, SnapshotPolicy};
 
 #[derive(Debug, Clone, Args)]
@@ -103,6 +105,22 @@ pub struct ServeArgs {
     /// state machines.
     #[arg(long, env = "RAFTKV_MAX_SNAPSHOT_MB", default_value_t = 64 * 1024)]
     pub max_snapshot_mb: u64,
+    /// HTTP: a request head must arrive within this time of its first byte.
+    #[arg(long, env = "RAFTKV_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+    /// HTTP: a request body must arrive within this time of its head
+    /// (else 408).
+    #[arg(long, env = "RAFTKV_HTTP_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_body_timeout_ms: u64,
+    /// HTTP: a keep-alive connection with no request for this long is
+    /// closed.
+    #[arg(long, env = "RAFTKV_HTTP_IDLE_TIMEOUT_MS", default_value_t = 90_000)]
+    pub http_idle_timeout_ms: u64,
+    /// HTTP: most connections open at once (also capped at a quarter of the
+    /// open-file limit). At the bound the connection idle the longest is
+    /// closed to make room.
+    #[arg(long, env = "RAFTKV_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
 }
 
 /// Parses `1=http://a:2380,2=b:2380`.
@@ -128,7 +146,8 @@ pub fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(NodeId, MemberInfo)
             NodeId(id),
             MemberInfo {
                 name: format!("node-{id}"),
-                peer_url: normalize_url(url.trim()),
+                peer_url: validate_member_url(url.trim())
+                    .with_context(|| format!("--initial-cluster: bad peer URL for node {id}"))?,
                 client_url: String::new(),
             },
         ));
@@ -184,7 +203,7 @@ impl ServeArgs {
                     NodeId(id),
                     MemberInfo {
                         name: format!("node-{id}"),
-                        peer_url: self.advertise_peer_url(),
+                        peer_url: self.advertise_peer_url()?,
                         client_url: String::new(),
                     },
                 )])
@@ -212,12 +231,11 @@ impl ServeArgs {
                 .or_else(|| self.cluster_token.as_deref().map(cluster_id_of_token)),
             data_dir: self.data_dir.clone(),
             listen_peer: self.listen_peer,
-            advertise_peer: self.advertise_peer_url(),
-            advertise_client: self
-                .advertise_client
-                .clone()
-                .map(|u| normalize_url(&u))
-                .unwrap_or_else(|| format!("http://{}", self.listen_client)),
+            advertise_peer: self.advertise_peer_url()?,
+            advertise_client: match &self.advertise_client {
+                Some(u) => validate_member_url(u).context("--advertise-client")?,
+                None => format!("http://{}", self.listen_client),
+            },
             bootstrap,
             tick: Duration::from_millis(self.tick_ms),
             election_ticks,
@@ -237,16 +255,57 @@ impl ServeArgs {
         })
     }
 
-    fn advertise_peer_url(&self) -> String {
-        self.advertise_peer
-            .clone()
-            .map(|u| normalize_url(&u))
-            .unwrap_or_else(|| format!("http://{}", self.listen_peer))
+    /// The HTTP port's limits, the connection bound kept well below
+    /// `open_files` (the process's file descriptor limit) so that HTTP
+    /// clients alone can never use them all up.
+    pub fn http_limits(&self, open_files: Option<u64>) -> HttpLimits {
+        let fd_share = open_files
+            .map(|n| usize::try_from(n / 4).unwrap_or(usize::MAX))
+            .unwrap_or(usize::MAX);
+        HttpLimits {
+            header_timeout: Duration::from_millis(self.http_header_timeout_ms.max(1)),
+            body_timeout: Duration::from_millis(self.http_body_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(self.http_idle_timeout_ms.max(1)),
+            max_connections: self.http_max_connections.min(fd_share).max(1),
+        }
     }
+
+    fn advertise_peer_url(&self) -> anyhow::Result<String> {
+        match &self.advertise_peer {
+            Some(u) => validate_member_url(u).context("--advertise-peer"),
+            None => Ok(format!("http://{}", self.listen_peer)),
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (a default soft
+/// limit of 1024 is easily used up by clients) and returns the new soft
+/// limit, or `None` if it cannot be read.
+fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    // Linux refuses more than fs.nr_open (2^20 by default), even when the
+    // hard limit says "unlimited".
+    const MOST: u64 = 1 << 20;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let target = hard.min(MOST);
+    if soft < target {
+        match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+            Ok(()) => return Some(target),
+            Err(e) => warn!(error = %e, soft, hard, "cannot raise the open-file limit"),
+        }
+    }
+    Some(soft)
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = args.node_config()?;
+    let open_files = raise_open_file_limit();
+    let http_limits = args.http_limits(open_files);
+    info!(
+        open_files = ?open_files,
+        max_http_connections = http_limits.max_connections,
+        "connection limits"
+    );
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
     let node = start(cfg.clone(), metrics.clone()).await?;
     let state = HttpState {
@@ -254,6 +313,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         health: node.health.clone(),
         metrics: metrics.clone(),
         max_body_bytes: cfg.limits.max_value_bytes + 1,
+        body_timeout: http_limits.body_timeout,
     };
     let http = tokio::net::TcpListener::bind(args.listen_http)
         .await
@@ -279,17 +339,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     ));
     let mut http_stop = stop_rx.clone();
-    let http_task = tokio::spawn(async move {
-        // Small JSON answers must not wait for Nagle + delayed ACKs.
-        let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(http, router(state))
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let http_task = tokio::spawn(crate::http::serve(
+        http,
+        router(state),
+        http_limits,
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        },
+    ));
 
     let mut driver = node.driver;
     tokio::select! {
@@ -366,6 +423,8 @@ mod tests {
         assert!(parse_initial_cluster("0=a").is_err());
         assert!(parse_initial_cluster("x=a").is_err());
         assert!(parse_initial_cluster("").is_err());
+        assert!(parse_initial_cluster("1=ftp://x:1").is_err());
+        assert!(parse_initial_cluster("1=http://h:99999").is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::convert::{header, member, status_from, to_i64};
 use super::observe::Observer;
 use super::proto::etcdserverpb::{self as pb, cluster_server::Cluster};
 use crate::raft::NodeId;
-use crate::server::NewMember;
+use crate::server::{NewMember, validate_member_url};
 
 /// The Cluster service over a node.
 #[derive(Debug, Clone)]
@@ -56,7 +56,9 @@ impl<B: Backend> Cluster for ClusterService<B> {
                 ));
             }
             let peer_url = match req.peer_ur_ls.as_slice() {
-                [one] if !one.trim().is_empty() => one.trim().to_string(),
+                [one] => validate_member_url(one).map_err(|e| {
+                    Status::invalid_argument(format!("etcdserver: invalid peer URL: {e}"))
+                })?,
                 [] => return Err(Status::invalid_argument("etcdserver: no peer URL given")),
                 _ => {
                     return Err(Status::invalid_argument(

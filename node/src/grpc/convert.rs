@@ -22,6 +22,8 @@ pub fn status_from(err: ClientError) -> Status {
         ClientError::TooLarge(m) => {
             Status::invalid_argument(format!("etcdserver: request is too large: {m}"))
         }
+        // What gRPC itself answers for a message over the size limit.
+        ClientError::ResponseTooLarge(m) => Status::resource_exhausted(m),
         ClientError::NotFound(m) => Status::not_found(m),
         ClientError::MembershipChangeInProgress => Status::failed_precondition(
             "etcdserver: another membership change is in progress; retry when it has committed",

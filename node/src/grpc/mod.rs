@@ -27,6 +27,7 @@ mod tests;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -42,12 +43,28 @@ use proto::etcdserverpb::{
 use crate::metrics::Metrics;
 use crate::server::NodeHandle;
 
+/// How often an idle client connection is pinged, and how long the answer
+/// may take before the connection is closed.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive on accepted connections (client and peer ports).
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Concurrent calls on one client connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
 /// The client API's services over one backend, ready to serve; calls are
 /// counted into `metrics` when given.
 pub fn router<B: Backend>(backend: B, metrics: Option<Arc<Metrics>>) -> Router {
     let observer = Observer::new(metrics);
     Server::builder()
         .tcp_nodelay(true)
+        // A client that vanished without closing (a dead host, a dropped
+        // NAT entry) is found by pings and its connection freed.
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(TCP_KEEPALIVE))
+        // One connection cannot open streams without bound.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(KvServer::new(kv::KvService::new(
             backend.clone(),
             observer.clone(),
@@ -82,6 +99,8 @@ pub fn serve_with_shutdown<B: Backend>(
     metrics: Option<Arc<Metrics>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> impl Future<Output = Result<(), tonic::transport::Error>> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE));
     router(backend, metrics).serve_with_incoming_shutdown(incoming, shutdown)
 }

@@ -393,6 +393,31 @@ async fn status_reports_the_nodes_raft_position() {
 }
 
 #[tokio::test]
+async fn member_add_refuses_a_bad_peer_url_with_invalid_argument() {
+    let r = Running::start().await;
+    let mut c = ClusterClient::new(r.channel().await);
+    for bad in crate::server::bad_member_urls() {
+        let shown = bad[..bad.len().min(40)].to_string();
+        let err = c
+            .member_add(pb::MemberAddRequest {
+                peer_ur_ls: vec![bad],
+                is_learner: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{shown:?}: {err:?}");
+        assert!(err.message().contains("peer URL"), "{shown:?}: {err:?}");
+    }
+    let list = c
+        .member_list(pb::MemberListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.members.len(), 3, "nothing was added");
+    r.shutdown().await;
+}
+
+#[tokio::test]
 async fn members_are_added_as_learners_promoted_and_removed() {
     let r = Running::start().await;
     let mut c = ClusterClient::new(r.channel().await);

@@ -11,13 +11,16 @@ use crate::http::HttpState;
 use crate::http::error::ApiError;
 use crate::http::kv::read_body;
 use crate::raft::NodeId;
-use crate::server::{MemberStatus, NewMember, NodeStatus};
+use crate::server::{MemberStatus, NewMember, NodeStatus, validate_member_url};
 
 /// Admin request bodies are small.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
-async fn json_body<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, ApiError> {
-    let bytes = read_body(body, MAX_ADMIN_BODY).await?;
+async fn json_body<T: for<'de> Deserialize<'de>>(
+    st: &HttpState,
+    body: Body,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, MAX_ADMIN_BODY, st.body_timeout).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
@@ -68,15 +71,20 @@ pub async fn add_member(
     State(st): State<HttpState>,
     body: Body,
 ) -> Result<(StatusCode, Json<MemberStatus>), ApiError> {
-    let req: AddMember = json_body(body).await?;
+    let req: AddMember = json_body(&st, body).await?;
     if req.learner == Some(false) {
         return Err(ApiError::bad_request(
             "members are added as learners (\"learner\": true) and promoted once caught up",
         ));
     }
-    if req.peer_url.trim().is_empty() {
-        return Err(ApiError::bad_request("peer_url is required"));
-    }
+    let peer_url = validate_member_url(&req.peer_url)
+        .map_err(|e| ApiError::bad_request(format!("invalid peer_url: {e}")))?;
+    // A client URL is optional; one that is given must be valid.
+    let client_url = match req.client_url.as_str() {
+        "" => String::new(),
+        url => validate_member_url(url)
+            .map_err(|e| ApiError::bad_request(format!("invalid client_url: {e}")))?,
+    };
     let id = match req.id {
         Some(0) => return Err(ApiError::bad_request("member id 0 is reserved")),
         other => other.map(NodeId),
@@ -86,8 +94,8 @@ pub async fn add_member(
         .add_learner(NewMember {
             id,
             name: req.name,
-            peer_url: crate::server::normalize_url(req.peer_url.trim()),
-            client_url: req.client_url,
+            peer_url,
+            client_url,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(m)))
@@ -117,7 +125,7 @@ pub async fn transfer_leader(
     State(st): State<HttpState>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let req: Transfer = json_body(body).await?;
+    let req: Transfer = json_body(&st, body).await?;
     let to = member_id(&req.to.to_string())?;
     st.handle.transfer_leader(to).await?;
     Ok(Json(serde_json::json!({ "leader_id": to.get() })))

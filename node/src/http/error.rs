@@ -2,7 +2,7 @@
 //! status that fits the [`ClientError`].
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -46,6 +46,16 @@ impl ApiError {
             message: message.into(),
         }
     }
+
+    /// The client did not send its request in time; the connection is
+    /// closed after this answer.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "request_timeout",
+            message: message.into(),
+        }
+    }
 }
 
 impl From<ClientError> for ApiError {
@@ -61,8 +71,12 @@ impl From<ClientError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A body cut off half-way leaves the connection unusable.
+        let close =
+            (self.status == StatusCode::REQUEST_TIMEOUT).then_some([(header::CONNECTION, "close")]);
         (
             self.status,
+            close,
             Json(Body {
                 error: &self.message,
                 code: self.code,

@@ -5,7 +5,9 @@
 //! `/`); values are the raw request and response bodies.
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -63,13 +65,26 @@ fn key_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError>
     }
 }
 
-/// Reads the body, answering 413 if it is larger than `limit`.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+/// Reads the body, answering 413 if it is larger than `limit` (at once,
+/// without reading it, when its declared length already is) and 408 if it
+/// has not fully arrived within `timeout` (a client trickling its body).
+pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    let too_large = || {
         ApiError::too_large(format!(
             "the request body exceeds the limit of {limit} bytes"
         ))
-    })
+    };
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(too_large()),
+        Err(_) => Err(ApiError::request_timeout(format!(
+            "the request body did not arrive within {} ms",
+            timeout.as_millis()
+        ))),
+    }
 }
 
 #[derive(Serialize)]
@@ -112,7 +127,7 @@ pub async fn put(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = key_of(key)?;
     let request_id = request_id(&headers)?;
-    let value = read_body(body, st.max_body_bytes).await?;
+    let value = read_body(body, st.max_body_bytes, st.body_timeout).await?;
     let res = st
         .handle
         .write(Command {

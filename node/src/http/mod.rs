@@ -7,9 +7,12 @@ mod admin;
 pub mod error;
 pub mod kv;
 mod probes;
+pub mod server;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -23,6 +26,7 @@ use crate::server::{Health, NodeHandle};
 
 pub use admin::{AddMember, MemberList};
 pub use kv::{ListAnswer, ListedKv};
+pub use server::{HttpLimits, serve};
 
 /// What every handler needs.
 #[derive(Clone, Debug)]
@@ -33,6 +37,8 @@ pub struct HttpState {
     /// Largest request body accepted (the value size limit plus slack);
     /// larger bodies are answered 413 without being read further.
     pub max_body_bytes: usize,
+    /// A request body must have arrived this long after its head (408).
+    pub body_timeout: Duration,
 }
 
 /// The API's router.

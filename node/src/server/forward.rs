@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
+use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -22,8 +23,8 @@ use crate::server::handle::{
 };
 use crate::server::peer_proto as pb;
 use crate::server::peer_proto::peer_client::PeerClient;
-use crate::server::transport::normalize_url;
-use crate::server::{ClientError, MemberStatus, ReadResult, WriteResult};
+use crate::server::transport::{MAX_PEER_MESSAGE_BYTES, normalize_url};
+use crate::server::{ClientError, MemberStatus, ReadResult, WriteResult, validate_member_url};
 use crate::storage::{ApplyOutcome, Command, KeyValue, RangeRequest, RangeResult, TxnOpResult};
 
 /// The forwarded form of a [`WriteResult`].
@@ -219,12 +220,25 @@ pub(crate) fn decode_request(r: pb::ForwardRequest) -> Result<Forwarded, ClientE
             R::Read(b) => {
                 Forwarded::Read(RangeRequest::decode(b.as_slice()).map_err(|e| bad("read", e))?)
             }
-            R::AddLearner(m) => Forwarded::ChangeMembership(MemberChange::AddLearner(NewMember {
-                id: (m.id != 0).then_some(NodeId(m.id)),
-                name: m.name,
-                peer_url: m.peer_url,
-                client_url: m.client_url,
-            })),
+            R::AddLearner(m) => {
+                // Checked at the follower's edge already; checked again in
+                // case the follower runs an older version.
+                let url = |u: &str| {
+                    validate_member_url(u)
+                        .map_err(|e| ClientError::InvalidArgument(format!("member URL: {e}")))
+                };
+                let peer_url = url(&m.peer_url)?;
+                let client_url = match m.client_url.as_str() {
+                    "" => String::new(),
+                    u => url(u)?,
+                };
+                Forwarded::ChangeMembership(MemberChange::AddLearner(NewMember {
+                    id: (m.id != 0).then_some(NodeId(m.id)),
+                    name: m.name,
+                    peer_url,
+                    client_url,
+                }))
+            }
             R::Promote(id) => Forwarded::ChangeMembership(MemberChange::Promote(nonzero(id)?)),
             R::Remove(id) => Forwarded::ChangeMembership(MemberChange::Remove(nonzero(id)?)),
             R::TransferLeader(id) => Forwarded::TransferLeader(nonzero(id)?),
@@ -267,6 +281,32 @@ pub(crate) fn encode_reply(r: Result<ForwardedReply, ClientError>) -> pb::Forwar
     }
 }
 
+/// The answer to forwarded call `id`, as it goes back on the stream. An
+/// answer larger than the stream's message limit would break the stream and
+/// with it every other call it carries, so it is replaced by an error for
+/// this call alone.
+pub(crate) fn answer(
+    id: u64,
+    reply: Result<ForwardedReply, ClientError>,
+    limit: usize,
+) -> pb::ForwardAnswer {
+    let answer = pb::ForwardAnswer {
+        id,
+        response: Some(encode_reply(reply)),
+    };
+    let size = answer.encoded_len();
+    if size <= limit {
+        return answer;
+    }
+    pb::ForwardAnswer {
+        id,
+        response: Some(encode_reply(Err(ClientError::ResponseTooLarge(format!(
+            "the answer is {size} bytes; a follower can relay at most {limit} \
+             (ask the leader directly, or narrow the request with a limit)"
+        ))))),
+    }
+}
+
 /// Decodes the leader's answer.
 pub(crate) fn decode_reply(r: pb::ForwardResponse) -> Result<ForwardedReply, ClientError> {
     use pb::forward_response::Response as R;
@@ -306,6 +346,7 @@ fn error_from_code(code: &str, message: String) -> ClientError {
         "timeout" => ClientError::Timeout,
         "invalid_argument" => ClientError::InvalidArgument(message),
         "too_large" => ClientError::TooLarge(message),
+        "response_too_large" => ClientError::ResponseTooLarge(message),
         "not_found" => ClientError::NotFound(message),
         "membership_change_in_progress" => ClientError::MembershipChangeInProgress,
         "failed_precondition" => ClientError::FailedPrecondition(message),
@@ -373,8 +414,17 @@ struct Pipe {
 struct OpenStream {
     calls: mpsc::Sender<pb::ForwardCall>,
     /// `None` once the stream broke: nobody will answer any more.
-    waiting: Mutex<Option<HashMap<u64, oneshot::Sender<pb::ForwardResponse>>>>,
+    waiting: Mutex<Option<HashMap<u64, Waiting>>>,
     next_id: std::sync::atomic::AtomicU64,
+}
+
+/// A call waiting for its answer.
+#[derive(Debug)]
+struct Waiting {
+    answer: oneshot::Sender<Result<pb::ForwardResponse, ClientError>>,
+    /// Whether the call was taken from the queue onto the wire. One that
+    /// never was cannot have reached the leader.
+    sent: bool,
 }
 
 /// Calls that may wait to be sent on one stream.
@@ -386,6 +436,16 @@ impl Pipe {
         request: pb::ForwardRequest,
         leader: NodeId,
     ) -> Result<pb::ForwardResponse, ClientError> {
+        // A call over the message limit would break the stream (and fail
+        // every call on it) without ever reaching the leader. (The call's
+        // envelope, an id and two tags, adds at most 16 bytes.)
+        let size = request.encoded_len() + 16;
+        if size > MAX_PEER_MESSAGE_BYTES {
+            return Err(ClientError::TooLarge(format!(
+                "the request is {size} bytes; a follower can forward at most \
+                 {MAX_PEER_MESSAGE_BYTES}"
+            )));
+        }
         let stream = self.open().await?;
         let id = stream
             .next_id
@@ -400,7 +460,13 @@ impl Pipe {
             let Some(waiting) = waiting.as_mut() else {
                 return Err(ClientError::NoLeader);
             };
-            waiting.insert(id, tx);
+            waiting.insert(
+                id,
+                Waiting {
+                    answer: tx,
+                    sent: false,
+                },
+            );
         }
         if stream
             .calls
@@ -411,15 +477,22 @@ impl Pipe {
             .await
             .is_err()
         {
+            stream.forget(id);
             return Err(ClientError::NoLeader);
         }
-        // The stream broke after the call was handed to it: the leader may
-        // have acted on it, so this is not "no leader" (which retries).
-        rx.await.map_err(|_| {
+        // A stream that broke answers every call itself: "no leader" (which
+        // retries) for the calls that never left, "lost the leader" for the
+        // ones the leader may have acted on.
+        let lost = |why: &str| {
             ClientError::Unavailable(format!(
-                "lost the leader ({leader}) while it handled the request"
+                "lost the leader ({leader}) while it handled the request: {why}"
             ))
-        })
+        };
+        match rx.await {
+            Ok(Err(ClientError::Unavailable(why))) => Err(lost(&why)),
+            Ok(result) => result,
+            Err(_) => Err(lost("the stream ended")),
+        }
     }
 
     /// The open stream, opening one if there is none (or it broke).
@@ -431,19 +504,32 @@ impl Pipe {
             }
         }
         let (calls, outbound) = mpsc::channel(CALLS_QUEUED);
-        let mut client = PeerClient::new(self.channel.clone());
-        // A refused connection proves the leader never saw anything: "no
-        // leader", which the caller retries with the leader it learns next.
-        let answers = client
-            .forward(tokio_stream::wrappers::ReceiverStream::new(outbound))
-            .await
-            .map_err(|_| ClientError::NoLeader)?
-            .into_inner();
         let stream = Arc::new(OpenStream {
             calls,
             waiting: Mutex::new(Some(HashMap::new())),
             next_id: std::sync::atomic::AtomicU64::new(1),
         });
+        // Marks each call as sent when the transport takes it.
+        let outbound = {
+            let stream = Arc::downgrade(&stream);
+            tokio_stream::wrappers::ReceiverStream::new(outbound).map(move |call| {
+                if let Some(s) = stream.upgrade() {
+                    s.mark_sent(call.id);
+                }
+                call
+            })
+        };
+        // Answers may be as large as the leader's peer server allows.
+        let mut client = PeerClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        // A refused connection proves the leader never saw anything: "no
+        // leader", which the caller retries with the leader it learns next.
+        let answers = client
+            .forward(outbound)
+            .await
+            .map_err(|_| ClientError::NoLeader)?
+            .into_inner();
         tokio::spawn(dispatch(answers, stream.clone()));
         *current = Some(stream.clone());
         Ok(stream)
@@ -454,24 +540,57 @@ impl OpenStream {
     fn is_open(&self) -> bool {
         self.waiting.lock().is_ok_and(|w| w.is_some()) && !self.calls.is_closed()
     }
+
+    fn mark_sent(&self, id: u64) {
+        if let Ok(mut w) = self.waiting.lock() {
+            if let Some(call) = w.as_mut().and_then(|w| w.get_mut(&id)) {
+                call.sent = true;
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        if let Ok(mut w) = self.waiting.lock() {
+            w.as_mut().map(|w| w.remove(&id));
+        }
+    }
+
+    /// Marks the stream broken and answers the calls still waiting.
+    fn broke(&self, why: &str) {
+        let waiting = match self.waiting.lock() {
+            Ok(mut w) => w.take(),
+            Err(_) => None,
+        };
+        for (_, call) in waiting.into_iter().flatten() {
+            let _ = call.answer.send(Err(if call.sent {
+                ClientError::Unavailable(why.to_string())
+            } else {
+                ClientError::NoLeader
+            }));
+        }
+    }
 }
 
 /// Hands each answer to its caller until the stream ends, then fails the
-/// calls still waiting (dropping their senders) and marks the stream broken.
+/// calls still waiting and marks the stream broken.
 async fn dispatch(mut answers: tonic::Streaming<pb::ForwardAnswer>, stream: Arc<OpenStream>) {
-    while let Ok(Some(answer)) = answers.message().await {
+    let why = loop {
+        let answer = match answers.message().await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => break "the leader closed the stream".to_string(),
+            Err(status) => break status.to_string(),
+        };
         let caller = stream
             .waiting
             .lock()
             .ok()
             .and_then(|mut w| w.as_mut().and_then(|w| w.remove(&answer.id)));
         if let (Some(caller), Some(response)) = (caller, answer.response) {
-            let _ = caller.send(response);
+            let _ = caller.answer.send(Ok(response));
         }
-    }
-    if let Ok(mut w) = stream.waiting.lock() {
-        *w = None;
-    }
+    };
+    tracing::debug!(why, "a forwarding stream ended");
+    stream.broke(&why);
 }
 
 /// Shared form for the handle.
@@ -549,6 +668,65 @@ mod tests {
             let back = decode_reply(encode_reply(Err(e.clone()))).unwrap_err();
             assert_eq!(back.code(), e.code());
         }
+    }
+
+    #[test]
+    fn an_answer_too_large_for_the_stream_becomes_an_error_for_its_call_alone() {
+        let read = || {
+            Ok(ForwardedReply::Read(ReadResult {
+                range: RangeResult {
+                    kvs: vec![KeyValue {
+                        key: bytes::Bytes::from_static(b"k"),
+                        value: bytes::Bytes::from(vec![b'x'; 4096]),
+                        ..Default::default()
+                    }],
+                    count: 1,
+                    ..Default::default()
+                },
+                raft_term: Term(3),
+            }))
+        };
+        let fits = answer(7, read(), 1 << 20);
+        assert_eq!(fits.id, 7);
+        assert!(matches!(
+            decode_reply(fits.response.unwrap()),
+            Ok(ForwardedReply::Read(r)) if r.range.kvs[0].value.len() == 4096
+        ));
+        let too_big = answer(8, read(), 1024);
+        assert_eq!(too_big.id, 8);
+        assert!(prost::Message::encoded_len(&too_big) <= 1024);
+        let err = decode_reply(too_big.response.unwrap()).unwrap_err();
+        assert!(matches!(err, ClientError::ResponseTooLarge(_)), "{err:?}");
+        assert!(err.to_string().contains("1024"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_tells_calls_that_never_left_from_those_that_may_have() {
+        let (calls, _outbound) = mpsc::channel(4);
+        let stream = OpenStream {
+            calls,
+            waiting: Mutex::new(Some(HashMap::new())),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        };
+        let mut answers = Vec::new();
+        for id in [1, 2] {
+            let (tx, rx) = oneshot::channel();
+            stream.waiting.lock().unwrap().as_mut().unwrap().insert(
+                id,
+                Waiting {
+                    answer: tx,
+                    sent: false,
+                },
+            );
+            answers.push(rx);
+        }
+        stream.mark_sent(1);
+        stream.broke("connection reset");
+        assert!(!stream.is_open());
+        let sent = answers.remove(0).await.unwrap();
+        assert!(matches!(sent, Err(ClientError::Unavailable(_))), "{sent:?}");
+        let unsent = answers.remove(0).await.unwrap();
+        assert_eq!(unsent, Err(ClientError::NoLeader), "never left: retried");
     }
 
     #[test]

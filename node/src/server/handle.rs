@@ -32,6 +32,10 @@ pub enum ClientError {
     /// A key, value or request exceeds a configured limit (413).
     #[error("too large: {0}")]
     TooLarge(String),
+    /// The answer is larger than the peer protocol can carry back from the
+    /// leader; narrow the request (a limit, a smaller range) (413).
+    #[error("response too large: {0}")]
+    ResponseTooLarge(String),
     /// The named key or member does not exist (404).
     #[error("not found: {0}")]
     NotFound(String),
@@ -57,7 +61,7 @@ impl ClientError {
             ClientError::InvalidArgument(_) => 400,
             ClientError::NotFound(_) => 404,
             ClientError::MembershipChangeInProgress | ClientError::FailedPrecondition(_) => 409,
-            ClientError::TooLarge(_) => 413,
+            ClientError::TooLarge(_) | ClientError::ResponseTooLarge(_) => 413,
             ClientError::NoLeader | ClientError::Timeout | ClientError::Unavailable(_) => 503,
             ClientError::Internal(_) => 500,
         }
@@ -70,6 +74,7 @@ impl ClientError {
             ClientError::Timeout => "timeout",
             ClientError::InvalidArgument(_) => "invalid_argument",
             ClientError::TooLarge(_) => "too_large",
+            ClientError::ResponseTooLarge(_) => "response_too_large",
             ClientError::NotFound(_) => "not_found",
             ClientError::MembershipChangeInProgress => "membership_change_in_progress",
             ClientError::FailedPrecondition(_) => "failed_precondition",

@@ -28,6 +28,8 @@ pub use handle::{
     ClientError, Consistency, MemberChange, MemberStatus, NewMember, NodeHandle, NodeStatus,
     ReadResult, WriteResult,
 };
-pub use member_info::MemberInfo;
+#[cfg(test)]
+pub(crate) use member_info::bad_member_urls;
+pub use member_info::{MAX_MEMBER_URL_BYTES, MemberInfo, MemberUrlError, validate_member_url};
 pub use start::{Bootstrap, NodeConfig, RunningNode, cluster_id_of, cluster_id_of_token, start};
 pub use transport::normalize_url;

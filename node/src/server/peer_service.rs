@@ -18,7 +18,9 @@ use crate::raft::{Message, MessageBody, NodeId, Snapshot, SnapshotMeta, Term};
 use crate::server::driver::Inbound;
 use crate::server::forward;
 use crate::server::peer_proto as pb;
-use crate::server::transport::{CLIENT_URL_HEADER, PEER_ID_HEADER, PEER_URL_HEADER};
+use crate::server::transport::{
+    CLIENT_URL_HEADER, MAX_PEER_MESSAGE_BYTES, PEER_ID_HEADER, PEER_URL_HEADER,
+};
 use crate::server::{NodeHandle, wire};
 use crate::storage::ImageCheck;
 
@@ -193,10 +195,7 @@ impl pb::peer_server::Peer for PeerService {
                             "a forwarded call without a request".into(),
                         )),
                     };
-                    let answer = pb::ForwardAnswer {
-                        id: call.id,
-                        response: Some(forward::encode_reply(reply)),
-                    };
+                    let answer = forward::answer(call.id, reply, MAX_PEER_MESSAGE_BYTES);
                     let _ = answers.send(Ok(answer)).await;
                 });
             }

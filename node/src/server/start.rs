@@ -20,7 +20,7 @@ use crate::server::handle::NodeHandle;
 use crate::server::member_info::MemberInfo;
 use crate::server::peer_proto::peer_server::PeerServer;
 use crate::server::peer_service::PeerService;
-use crate::server::transport::Transport;
+use crate::server::transport::{MAX_PEER_MESSAGE_BYTES, Transport};
 use crate::storage::{Identity, KvStore, Limits, LogStore, SnapshotPolicy};
 
 /// Client requests queued for the driver before callers wait.
@@ -231,11 +231,21 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
     // tonic ignores the builder's tcp_nodelay for a listener it did not bind:
     // without it a follower's small answers wait ~40 ms (Nagle + delayed ACK),
     // which made 1-client linearizable reads take 44 ms instead of 0.8 ms.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(crate::grpc::TCP_KEEPALIVE));
     let peer_server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(PeerServer::new(service).max_decoding_message_size(64 << 20))
+            // A peer that vanished without closing its streams (a dead host)
+            // is found by pings and its connection freed.
+            .http2_keepalive_interval(Some(crate::grpc::HTTP2_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(crate::grpc::HTTP2_KEEPALIVE_TIMEOUT))
+            .add_service(
+                PeerServer::new(service)
+                    .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+            )
             .serve_with_incoming(incoming),
     );
 

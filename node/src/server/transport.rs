@@ -35,6 +35,11 @@ pub(crate) const CLIENT_URL_HEADER: &str = "x-raftkv-client-url";
 /// as a stream opens, even if no message follows (followers only message
 /// the leader).
 pub(crate) const PEER_ID_HEADER: &str = "x-raftkv-peer-id";
+/// The largest message the peer protocol carries, either way (tonic's
+/// default of 4 MiB is too small for a forwarded read's answer). Both ends
+/// of every peer stream must agree on it: a message the receiver refuses
+/// breaks the whole stream.
+pub(crate) const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
 /// Bytes per snapshot chunk.
 pub const SNAPSHOT_CHUNK: usize = 256 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
