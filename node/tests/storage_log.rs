@@ -357,3 +357,22 @@ fn an_empty_redb_file_is_not_a_log_store() {
     let msg = open_err(dir.path(), ID);
     assert!(msg.contains("not a raftkv log store"), "{msg}");
 }
+
+#[test]
+fn a_new_cluster_starts_its_log_with_its_configuration_committed_at_term_1() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = LogStore::open(dir.path(), ID).unwrap();
+        store.bootstrap_cluster(&voters(3)).unwrap();
+    }
+    let store = LogStore::open(dir.path(), ID).unwrap();
+    assert!(!store.is_new());
+    let hs = store.hard_state();
+    assert_eq!((hs.term, hs.vote, hs.commit), (Term(1), None, LogIndex(1)));
+    let first = store.entries(LogIndex(1), LogIndex(2), None).unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].term, Term(1));
+    assert_eq!(first[0].payload, EntryPayload::Membership(voters(3)));
+    assert_eq!(store.membership_at(LogIndex(1)).unwrap(), voters(3));
+    assert_eq!(store.initial_state().unwrap().membership, voters(3));
+}

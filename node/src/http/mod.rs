@@ -6,7 +6,7 @@
 mod admin;
 pub mod error;
 pub mod kv;
-mod probes;
+pub(crate) mod probes;
 pub mod server;
 #[cfg(test)]
 mod tests;

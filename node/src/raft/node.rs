@@ -567,18 +567,23 @@ impl<S: Storage> RaftNode<S> {
     // ------------------------------------------------------------ timers
 
     fn tick_election(&mut self) {
-        self.election_elapsed += 1;
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
             if self.membership.is_voter(self.id) {
                 self.campaign(self.config.pre_vote, false);
+            } else {
+                // A learner cannot campaign, but it must not go on naming
+                // a leader it no longer hears (readiness, status, and where
+                // it forwards requests).
+                self.leader = None;
             }
         }
     }
 
     fn tick_heartbeat(&mut self) {
-        self.heartbeat_elapsed += 1;
-        self.election_elapsed += 1;
+        self.heartbeat_elapsed = self.heartbeat_elapsed.saturating_add(1);
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
 
         if let Some((to, elapsed)) = self.transferee {
             // A transfer that has not finished within an election timeout

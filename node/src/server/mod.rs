@@ -9,7 +9,9 @@
 //! - `forward.rs`: followers forwarding client requests to the leader;
 //! - `wire.rs`: core messages ⇄ protobuf;
 //! - `member_info.rs`: what a member's configuration context holds;
-//! - `start.rs`: opening storage and starting all of the above.
+//! - `start.rs`: opening storage and starting all of the above;
+//! - `sim/`: the whole-node deterministic simulation (real driver and
+//!   storage, simulated clock and network).
 
 mod driver;
 mod forward;
@@ -19,6 +21,7 @@ mod outbox;
 pub mod peer_proto;
 mod peer_service;
 mod pending;
+pub mod sim;
 mod start;
 mod transport;
 pub mod wire;

@@ -103,70 +103,13 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
     {
         bail!("a raftkv node needs tokio's multi-threaded runtime");
     }
-    if cfg.id.get() == 0 {
-        bail!("the node id must not be 0");
-    }
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
-    let cluster_id = match (&cfg.bootstrap, cfg.cluster_id) {
-        (_, Some(id)) => id,
-        (Bootstrap::Initial(members), None) => cluster_id_of(members),
-        (Bootstrap::Join, None) => {
-            bail!("a node started with --join needs --cluster-id or --cluster-token")
-        }
-    };
-    let log = LogStore::open(
-        &cfg.data_dir,
-        Identity {
-            cluster_id,
-            node_id: cfg.id,
-        },
-    )?;
-    let kv = KvStore::open_with_cache(&cfg.data_dir, cfg.limits, cfg.kv_cache_bytes)?;
-    if log.is_new() {
-        match &cfg.bootstrap {
-            Bootstrap::Initial(members) => {
-                if !members.iter().any(|(id, _)| *id == cfg.id) {
-                    bail!("--initial-cluster does not list this node's id {}", cfg.id);
-                }
-                let membership =
-                    Membership::with_voters(members.iter().map(|(id, m)| (*id, m.to_context())));
-                log.bootstrap(&membership)
-                    .context("cannot write the initial configuration")?;
-                info!(members = members.len(), "bootstrapped a new cluster");
-            }
-            Bootstrap::Join => {
-                info!("starting empty; waiting to be added to a cluster");
-            }
-        }
-    } else {
-        info!("restarting from the stored log; --initial-cluster is ignored");
-    }
-
+    let seed = cfg.id.get() ^ u64::from(std::process::id()) ^ nanos();
+    let OpenedNode {
+        cluster_id,
+        node,
+        kv,
+    } = open_node(&cfg, seed)?;
     let applied = kv.applied_index();
-    // The state machine must know the configuration in force at its applied
-    // index: snapshots are cut from it. A new cluster's configuration is in
-    // the log store only; data directories written before this repair carry
-    // an empty one in the state machine, so this runs on every start.
-    if kv.membership().is_empty() {
-        let in_force = log
-            .membership_at(applied)
-            .context("cannot read the configuration in force from the log")?;
-        if kv
-            .adopt_membership(&in_force)
-            .context("cannot record the configuration in the state machine")?
-        {
-            info!(index = %applied, "recorded the configuration in force in the state machine");
-        }
-    }
-    let mut raft_cfg = Config::new(cfg.id);
-    raft_cfg.election_ticks = cfg.election_ticks;
-    raft_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
-    raft_cfg.seed = cfg.id.get() ^ u64::from(std::process::id()) ^ nanos();
-    let node = RaftNode::with_applied(raft_cfg, log, applied)
-        .map_err(|e| anyhow::anyhow!("cannot start the consensus core: {e}"))?;
-    let first = node.storage().first_index().unwrap_or(LogIndex(1));
-    info!(id = %cfg.id, applied = %applied, first_log_index = %first, "node starting");
 
     let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
@@ -191,17 +134,10 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
         req_tx,
         Some(grpc_forwarder()),
     );
-    let snapshot_dir = cfg.data_dir.join("snapshots");
+    let driver_cfg = driver_config(&cfg, cluster_id);
+    let snapshot_dir = driver_cfg.snapshot_dir.clone();
     let driver = Driver::new(
-        DriverConfig {
-            id: cfg.id,
-            name: cfg.name.clone(),
-            cluster_id,
-            advertise_client: cfg.advertise_client.clone(),
-            tick: cfg.tick,
-            snapshot_policy: cfg.snapshot_policy,
-            snapshot_dir: snapshot_dir.clone(),
-        },
+        driver_cfg,
         node,
         kv,
         Box::new(Transport::new(
@@ -255,6 +191,102 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
         metrics,
         driver,
         peer_server,
+    })
+}
+
+/// What the driver of the node `cfg` describes needs to know.
+pub(crate) fn driver_config(cfg: &NodeConfig, cluster_id: u64) -> DriverConfig {
+    DriverConfig {
+        id: cfg.id,
+        name: cfg.name.clone(),
+        cluster_id,
+        advertise_client: cfg.advertise_client.clone(),
+        tick: cfg.tick,
+        snapshot_policy: cfg.snapshot_policy,
+        snapshot_dir: cfg.data_dir.join("snapshots"),
+    }
+}
+
+/// A node's storage, opened and restored: what the driver is built from.
+pub(crate) struct OpenedNode {
+    pub cluster_id: u64,
+    pub node: RaftNode<LogStore>,
+    pub kv: KvStore,
+}
+
+/// Opens (or creates) the data directory, bootstraps a new cluster's
+/// configuration or waits to be added, and restores the consensus core at
+/// the state machine's applied index. Touches nothing but the data
+/// directory, so the whole-node simulation opens its nodes the same way.
+pub(crate) fn open_node(cfg: &NodeConfig, seed: u64) -> anyhow::Result<OpenedNode> {
+    if cfg.id.get() == 0 {
+        bail!("the node id must not be 0");
+    }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    let cluster_id = match (&cfg.bootstrap, cfg.cluster_id) {
+        (_, Some(id)) => id,
+        (Bootstrap::Initial(members), None) => cluster_id_of(members),
+        (Bootstrap::Join, None) => {
+            bail!("a node started with --join needs --cluster-id or --cluster-token")
+        }
+    };
+    let log = LogStore::open(
+        &cfg.data_dir,
+        Identity {
+            cluster_id,
+            node_id: cfg.id,
+        },
+    )?;
+    let kv = KvStore::open_with_cache(&cfg.data_dir, cfg.limits, cfg.kv_cache_bytes)?;
+    if log.is_new() {
+        match &cfg.bootstrap {
+            Bootstrap::Initial(members) => {
+                if !members.iter().any(|(id, _)| *id == cfg.id) {
+                    bail!("--initial-cluster does not list this node's id {}", cfg.id);
+                }
+                let membership =
+                    Membership::with_voters(members.iter().map(|(id, m)| (*id, m.to_context())));
+                log.bootstrap_cluster(&membership)
+                    .context("cannot write the initial configuration")?;
+                info!(members = members.len(), "bootstrapped a new cluster");
+            }
+            Bootstrap::Join => {
+                info!("starting empty; waiting to be added to a cluster");
+            }
+        }
+    } else {
+        info!("restarting from the stored log; --initial-cluster is ignored");
+    }
+
+    let applied = kv.applied_index();
+    // The state machine must know the configuration in force at its applied
+    // index: snapshots are cut from it. A new cluster's configuration is in
+    // the log store only; data directories written before this repair carry
+    // an empty one in the state machine, so this runs on every start.
+    if kv.membership().is_empty() {
+        let in_force = log
+            .membership_at(applied)
+            .context("cannot read the configuration in force from the log")?;
+        if kv
+            .adopt_membership(&in_force)
+            .context("cannot record the configuration in the state machine")?
+        {
+            info!(index = %applied, "recorded the configuration in force in the state machine");
+        }
+    }
+    let mut raft_cfg = Config::new(cfg.id);
+    raft_cfg.election_ticks = cfg.election_ticks;
+    raft_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
+    raft_cfg.seed = seed;
+    let node = RaftNode::with_applied(raft_cfg, log, applied)
+        .map_err(|e| anyhow::anyhow!("cannot start the consensus core: {e}"))?;
+    let first = node.storage().first_index().unwrap_or(LogIndex(1));
+    info!(id = %cfg.id, applied = %applied, first_log_index = %first, "node starting");
+    Ok(OpenedNode {
+        cluster_id,
+        node,
+        kv,
     })
 }
 

@@ -176,6 +176,29 @@ impl LogStore {
     /// Records the bootstrap configuration as the snapshot meta at index 0,
     /// term 0 (the same starting point as `MemStorage::new`).
     pub fn bootstrap(&self, membership: &Membership) -> Result<(), StoreError> {
+        self.bootstrap_with(membership, None)
+    }
+
+    /// Bootstraps a member of a new static cluster: the configuration is
+    /// the base (index 0) and also the first entry of the log, at term 1,
+    /// committed, the same on every initial member. A member added later
+    /// that replicates the log from its start then learns the configuration
+    /// from entry 1 like any other, and its state machine holds the
+    /// configuration in force at every index it applies.
+    pub fn bootstrap_cluster(&self, membership: &Membership) -> Result<(), StoreError> {
+        let first = Entry {
+            term: Term(1),
+            index: LogIndex(1),
+            payload: EntryPayload::Membership(membership.clone()),
+        };
+        self.bootstrap_with(membership, Some(&first))
+    }
+
+    fn bootstrap_with(
+        &self,
+        membership: &Membership,
+        first: Option<&Entry>,
+    ) -> Result<(), StoreError> {
         let _w = self.lock_writes();
         if !self.is_new() {
             return Err(StoreError::AlreadyBootstrapped {
@@ -188,13 +211,32 @@ impl LogStore {
             membership: membership.clone(),
         };
         let mut next = self.cached();
+        let hard_state = first.map(|e| HardState {
+            term: e.term,
+            vote: None,
+            commit: e.index,
+        });
         self.write("bootstrap", |txn, path| {
             let mut t = txn.open_table(META).map_err(db_err(path, "open meta"))?;
             t.insert(KEY_SNAPSHOT, codec::encode_snapshot_meta(&meta).as_slice())
                 .map_err(db_err(path, "write snapshot meta"))?;
+            if let (Some(e), Some(hs)) = (first, &hard_state) {
+                t.insert(KEY_HARD_STATE, codec::encode_hard_state(hs).as_slice())
+                    .map_err(db_err(path, "write hard state"))?;
+                let mut entries = txn
+                    .open_table(ENTRIES)
+                    .map_err(db_err(path, "open entries"))?;
+                entries
+                    .insert(e.index.get(), codec::encode_entry(e).as_slice())
+                    .map_err(db_err(path, "append entries"))?;
+            }
             Ok(())
         })?;
         next.snapshot = meta;
+        if let (Some(e), Some(hs)) = (first, hard_state) {
+            next.last_index = e.index;
+            next.hard_state = hs;
+        }
         next.has_state = true;
         self.set_cached(next);
         Ok(())

@@ -23,3 +23,4 @@ mod network;
 pub use cluster::{Cluster, ClusterOptions, NodeSetup};
 pub use invariants::Violation;
 pub use network::Faults;
+pub(crate) use network::Network;

@@ -208,6 +208,16 @@ impl Driver {
         Ok(())
     }
 
+    /// The state machine (for the whole-node simulation's checks).
+    pub(crate) fn kv(&self) -> &KvStore {
+        &self.kv
+    }
+
+    /// The consensus core (likewise).
+    pub(crate) fn core(&self) -> &RaftNode<LogStore> {
+        &self.node
+    }
+
     /// What the driver does once before its first turn.
     pub(crate) fn begin(&mut self) {
         self.update_peers();
