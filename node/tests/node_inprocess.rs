@@ -279,3 +279,148 @@ async fn limits_and_membership_errors_are_typed() {
         .unwrap();
     assert!(r.range.kvs.is_empty());
 }
+
+/// Forged and garbage peer input, sent straight to a follower's peer port:
+/// every piece is refused and counted, and the follower keeps its term, its
+/// leader and its service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_garbage_peer_input_is_refused_and_counted_without_disturbing_anyone() {
+    use raftkv::raft::{
+        AppendRequest, Entry, EntryPayload, Heartbeat, LogIndex, Membership, Message, MessageBody,
+        Term,
+    };
+    use raftkv::server::peer_proto::{self as pb, peer_client::PeerClient};
+    use raftkv::server::wire;
+
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(dir.path()).await;
+    let l = leader(&nodes).await;
+    let f = a_follower(&nodes, &l);
+    f.write(put("before", "1")).await.unwrap();
+    let before = f.status().await.unwrap();
+    let fid = f.member_id();
+    let lid = l.member_id();
+    let peer_url = before
+        .members
+        .iter()
+        .find(|m| m.id == fid.get())
+        .unwrap()
+        .peer_url
+        .clone();
+    let term = Term(before.term);
+    let forged = |from: u64, term: Term, body: MessageBody| Message {
+        from: NodeId(from),
+        to: fid,
+        term,
+        body,
+    };
+    let entry = |index, term| Entry {
+        term,
+        index: LogIndex(index),
+        payload: EntryPayload::Command(Bytes::from_static(b"forged")),
+    };
+    let messages = vec![
+        // One message with the last term there is.
+        forged(
+            lid.get(),
+            Term(u64::MAX),
+            MessageBody::Heartbeat(Heartbeat {
+                commit: LogIndex(0),
+                leader_commit: LogIndex(0),
+                read_round: 0,
+            }),
+        ),
+        // Entries with a hole, from the real leader's id and term.
+        forged(
+            lid.get(),
+            term,
+            MessageBody::Append(AppendRequest {
+                prev_log_index: LogIndex(before.last_log_index),
+                prev_log_term: term,
+                entries: vec![
+                    entry(before.last_log_index + 1, term),
+                    entry(before.last_log_index + 3, term),
+                ],
+                leader_commit: LogIndex(before.commit_index),
+            }),
+        ),
+        // A stranger with a higher term.
+        forged(
+            99,
+            Term(term.get() + 1000),
+            MessageBody::Heartbeat(Heartbeat {
+                commit: LogIndex(0),
+                leader_commit: LogIndex(0),
+                read_round: 0,
+            }),
+        ),
+        // A TimeoutNow from a member that is not the leader.
+        forged(6 - fid.get() - lid.get(), term, MessageBody::TimeoutNow),
+    ];
+    let mut client = PeerClient::connect(peer_url).await.unwrap();
+    let outbound: Vec<pb::Message> = messages.iter().map(wire::message_to_pb).collect();
+    client.send(tokio_stream::iter(outbound)).await.unwrap();
+
+    // ~800 bytes of garbage as a snapshot image.
+    let meta = raftkv::raft::SnapshotMeta {
+        index: LogIndex(before.commit_index + 1000),
+        term,
+        membership: Membership::with_voters((1..=3).map(|i| (NodeId(i), Bytes::new()))),
+    };
+    let garbage = vec![0xA5u8; 800];
+    let chunks = vec![
+        pb::SnapshotChunk {
+            chunk: Some(pb::snapshot_chunk::Chunk::Header(pb::SnapshotHeader {
+                from: lid.get(),
+                to: fid.get(),
+                term: term.get(),
+                meta: Some(wire::meta_to_pb(&meta)),
+            })),
+        },
+        pb::SnapshotChunk {
+            chunk: Some(pb::snapshot_chunk::Chunk::Data(garbage.clone())),
+        },
+        pb::SnapshotChunk {
+            chunk: Some(pb::snapshot_chunk::Chunk::End(pb::SnapshotEnd {
+                bytes: 800,
+            })),
+        },
+    ];
+    let refused = client.install_snapshot(tokio_stream::iter(chunks)).await;
+    assert!(refused.is_err(), "a garbage image is refused: {refused:?}");
+
+    let follower = nodes.iter().find(|n| n.handle.member_id() == fid).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = follower.metrics.render();
+        if [
+            "absurd_term",
+            "non_contiguous_entries",
+            "not_a_member",
+            "timeout_now_not_from_leader",
+            "bad_snapshot",
+        ]
+        .iter()
+        .all(|r| {
+            text.contains(&format!(
+                "raftkv_peer_messages_refused_total{{reason=\"{r}\"}} 1"
+            ))
+        }) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "not all counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(text.contains("raftkv_peer_messages_refused_total"));
+    assert!(!follower.driver.is_finished(), "the follower keeps running");
+    let after = f.status().await.unwrap();
+    assert_eq!(after.term, before.term, "nobody's term moved");
+    assert_eq!(after.leader_id, Some(lid.get()));
+    assert_eq!(l.status().await.unwrap().role, "leader");
+    assert!(f.write(put("after", "2")).await.is_ok());
+    let got = f
+        .range(RangeRequest::key(&b"after"[..]), Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(got.range.kvs.len(), 1);
+}
