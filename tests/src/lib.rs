@@ -66,8 +66,19 @@ fn locate_or_build() -> anyhow::Result<PathBuf> {
 }
 
 /// A free loopback port (bound once and released; good enough on loopback).
+/// Never the same port twice in one test process: a port handed out but
+/// not yet bound by its process is free again to the kernel, which may
+/// hand it to the next `bind(0)`.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 /// Tunables of a test cluster.

@@ -293,6 +293,21 @@ impl Nemesis {
         Ok(())
     }
 
+    /// Cuts `side` off from the other nodes, both ways, until
+    /// [`Nemesis::heal_all`].
+    pub fn partition(&mut self, side: &[u64]) {
+        let links = self.links_between(side);
+        self.note(&format!("partition {side:?} from the rest until healed"));
+        self.count("split");
+        self.hold(
+            Fault::Partition {
+                links,
+                impaired: side.to_vec(),
+            },
+            Duration::from_secs(24 * 3600),
+        );
+    }
+
     /// Every link between `side` and the other nodes, both ways.
     fn links_between(&self, side: &[u64]) -> Vec<(u64, u64)> {
         let others = self.proxies.keys().filter(|n| !side.contains(n));
@@ -527,8 +542,35 @@ impl Nemesis {
         if let Err(e) = self.membership_cycle(id, leaving).await {
             let e = format!("membership cycle (add {id}, remove {leaving}): {e:#}");
             self.problem(e);
+            self.resync_voters().await;
         }
         Ok(())
+    }
+
+    /// After a failed cycle, takes the voters from the leader, so that the
+    /// nemesis still knows how many nodes it may impair.
+    async fn resync_voters(&mut self) {
+        let Ok(leader) = self.agreed_leader(STEP_DEADLINE).await else {
+            return;
+        };
+        let Some(members) = self.members(leader).await else {
+            return;
+        };
+        let voters: BTreeSet<u64> = members
+            .iter()
+            .filter(|(_, role)| role.as_str() == "voter")
+            .map(|(id, _)| *id)
+            .collect();
+        for gone in self.voters.difference(&voters) {
+            self.endpoints.remove(*gone);
+        }
+        for new in voters.difference(&self.voters) {
+            if let Ok(url) = self.cluster.http(*new) {
+                self.endpoints.set(*new, url);
+            }
+        }
+        self.note(&format!("voters are now {voters:?}"));
+        self.voters = voters;
     }
 
     async fn membership_cycle(&mut self, id: u64, leaving: u64) -> anyhow::Result<()> {

@@ -42,7 +42,7 @@ impl PeerProxy {
     /// Starts a proxy for `node` on a free loopback port, forwarding to
     /// `127.0.0.1:target`. `pids` names the processes that may connect.
     pub fn start(node: u64, target: u16, pids: Pids) -> anyhow::Result<PeerProxy> {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", crate::free_port()?))?;
         std_listener.set_nonblocking(true)?;
         let listen_addr = std_listener.local_addr()?;
         let listener = TcpListener::from_std(std_listener)?;

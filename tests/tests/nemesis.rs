@@ -144,6 +144,55 @@ async fn under_kills_pauses_partitions_transfers_and_membership_changes_the_clus
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// The partitions above are only as good as the proxies: a leader cut off
+/// from its peers must lose its quorum (and with it, every write through
+/// it), and rejoin when healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_partitioned_by_the_peer_proxies_is_replaced_and_rejoins_when_healed() {
+    let mut n = Nemesis::start(3, Options::default(), Rng::new(1), Endpoints::default()).unwrap();
+    let old = n
+        .cluster
+        .wait_leader(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(n.cluster.put(old, "before", "1").await.unwrap().status, 200);
+    n.partition(&[old]);
+    let others: Vec<u64> = n.voters().into_iter().filter(|v| *v != old).collect();
+    let c = &n.cluster;
+    let new = Cluster::eventually(
+        Duration::from_secs(20),
+        "a new leader among the majority",
+        || async {
+            let s = c.status(others[0]).await.ok()?;
+            let l = s["leader_id"].as_u64()?;
+            (l != old).then_some(l)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(others.contains(&new), "{new} leads, not one of {others:?}");
+    let a = c.put(old, "through-the-cut-off-node", "x").await.unwrap();
+    assert_eq!(
+        a.status, 503,
+        "a write through the cut-off node: {:?}",
+        a.body
+    );
+    assert_eq!(c.put(new, "majority", "2").await.unwrap().status, 200);
+    n.heal_all();
+    let c = &n.cluster;
+    Cluster::eventually(
+        Duration::from_secs(20),
+        "the old leader to rejoin",
+        || async {
+            let a = c.get(old, "majority").await.ok()?;
+            (a.status == 200 && a.raw == b"2").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(n.unidentified_connections(), 0);
+}
+
 /// Waits until every member answers with the same leader and has applied
 /// everything the leader committed; returns that index.
 async fn converge(c: &Cluster, members: &[u64]) -> Result<u64, String> {
