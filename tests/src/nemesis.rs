@@ -634,7 +634,21 @@ impl Nemesis {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if !promoted_early {
+        // A refused early promotion must not take effect later either; if
+        // it was merely unanswered (503) it may have.
+        let voter_already = match self.agreed_leader(STEP_DEADLINE).await {
+            Ok(l) => self
+                .members(l)
+                .await
+                .is_some_and(|m| m.get(&id).is_some_and(|r| r == "voter")),
+            Err(_) => false,
+        };
+        if voter_already && !promoted_early && !matches!(early, Ok((503, _)) | Err(_)) {
+            self.problem(format!(
+                "learner {id} became a voter although its promotion was refused: {early:?}"
+            ));
+        }
+        if !promoted_early && !voter_already {
             self.note(&format!("promote node {id}"));
             self.count("promote");
             self.admin(
