@@ -11,11 +11,14 @@
 //! (e.g. refuse to promote a learner that holds nothing); everything else
 //! is checked by the caller once the nemesis has healed the cluster.
 
+mod admin;
+mod membership;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::peer_proxy::PeerProxy;
 use crate::seed::Rng;
@@ -143,6 +146,11 @@ impl Nemesis {
             tokio::time::sleep_until(wake.into()).await;
             self.heal_expired();
             if Instant::now() >= next && Instant::now() < until {
+                // Each step draws from its own generator, forked from the
+                // seed's: a step skipped or cut short by the cluster's
+                // timing does not shift the choices of the steps after it.
+                let mut parent = std::mem::replace(&mut self.rng, Rng::new(0));
+                self.rng = parent.fork();
                 // Every run changes membership at least once, however the
                 // dice fall: past halfway, as soon as nothing is impaired.
                 if Instant::now() > halfway
@@ -153,6 +161,7 @@ impl Nemesis {
                 } else {
                     self.step().await;
                 }
+                self.rng = parent;
                 next = Instant::now() + self.rng.millis(200, 2500);
             }
         }
@@ -381,46 +390,6 @@ impl Nemesis {
         }
     }
 
-    async fn status(&self, id: u64) -> Option<Value> {
-        let url = format!("{}/v1/status", self.cluster.http(id).ok()?);
-        let r = self.http.get(url).send().await.ok()?;
-        if r.status() != 200 {
-            return None;
-        }
-        r.json().await.ok()
-    }
-
-    /// The voter that says it leads, if one answers.
-    async fn leader(&self) -> Option<u64> {
-        for id in &self.voters {
-            let Some(s) = self.status(*id).await else {
-                continue;
-            };
-            if s["role"] == "leader" {
-                return Some(*id);
-            }
-        }
-        None
-    }
-
-    /// Waits for a leader that every healthy voter agrees on.
-    async fn agreed_leader(&self, within: Duration) -> anyhow::Result<u64> {
-        let deadline = Instant::now() + within;
-        loop {
-            let mut seen = BTreeSet::new();
-            for id in &self.voters {
-                seen.insert(self.status(*id).await.and_then(|s| s["leader_id"].as_u64()));
-            }
-            if let [Some(l)] = seen.iter().copied().collect::<Vec<_>>()[..] {
-                return Ok(l);
-            }
-            if Instant::now() > deadline {
-                bail!("no agreed leader within {within:?}: {seen:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
     async fn transfer(&mut self) -> anyhow::Result<()> {
         let impaired = self.impaired();
         let leader = self.leader().await.context("no leader to transfer from")?;
@@ -439,243 +408,6 @@ impl Nemesis {
             .await;
         self.count("transfer");
         self.note(&format!("transfer leadership {leader} -> {to}: {r:?}"));
-        Ok(())
-    }
-
-    async fn post(&self, id: u64, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
-        self.call(reqwest::Method::POST, id, path, body).await
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        id: u64,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, Value), String> {
-        let url = format!(
-            "{}{path}",
-            self.cluster.http(id).map_err(|e| e.to_string())?
-        );
-        let mut req = self
-            .http
-            .request(method, url)
-            .timeout(Duration::from_secs(10));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.map_err(|e| e.to_string())?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(Value::Null)))
-    }
-
-    /// The members (id → role) the leader reports.
-    async fn members(&self, leader: u64) -> Option<BTreeMap<u64, String>> {
-        let s = self.status(leader).await?;
-        s["members"]
-            .as_array()?
-            .iter()
-            .map(|m| Some((m["id"].as_u64()?, m["role"].as_str()?.to_string())))
-            .collect()
-    }
-
-    /// Sends a membership call to the leader until it is answered with
-    /// `want`, or a deadline passes; "change in progress" and no-leader
-    /// answers are retried.
-    async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-        want: u16,
-    ) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + STEP_DEADLINE;
-        let mut retried = false;
-        loop {
-            let leader = self.agreed_leader(STEP_DEADLINE).await?;
-            let r = self.call(method.clone(), leader, path, body.clone()).await;
-            match &r {
-                Ok((s, b)) if *s == want => return Ok(b.clone()),
-                Ok((409, b)) if b["code"] == "membership_change_in_progress" => {}
-                Ok((503, _)) | Err(_) => {}
-                // An earlier attempt may have taken effect ("already a
-                // member", "not a member"): the caller checks the outcome.
-                Ok((_, b)) if retried => return Ok(b.clone()),
-                Ok((s, b)) => bail!("{method} {path}: {s} {b}"),
-            }
-            retried = true;
-            if Instant::now() > deadline {
-                bail!("{method} {path}: still {r:?} after {STEP_DEADLINE:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Waits until the leader reports `id` with `role` (`None`: absent).
-    async fn wait_member(&self, id: u64, role: Option<&str>) -> anyhow::Result<()> {
-        let deadline = Instant::now() + STEP_DEADLINE;
-        loop {
-            if let Ok(leader) = self.agreed_leader(STEP_DEADLINE).await
-                && let Some(m) = self.members(leader).await
-                && m.get(&id).map(String::as_str) == role
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("member {id} never became {role:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// One membership cycle, only while no fault is active: add a new node
-    /// as a learner, check that it cannot be promoted while it holds
-    /// nothing, let it catch up, promote it, remove an old voter (perhaps
-    /// the leader). Any step that fails is a problem: the cluster is whole.
-    async fn change_membership(&mut self) -> anyhow::Result<()> {
-        if !self.active.is_empty() {
-            bail!("membership change postponed: faults are active");
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        let leaving = self.rng.pick(&self.voters());
-        if let Err(e) = self.membership_cycle(id, leaving).await {
-            let e = format!("membership cycle (add {id}, remove {leaving}): {e:#}");
-            self.problem(e);
-            self.resync_voters().await;
-        }
-        Ok(())
-    }
-
-    /// After a failed cycle, takes the voters from the leader, so that the
-    /// nemesis still knows how many nodes it may impair.
-    async fn resync_voters(&mut self) {
-        let Ok(leader) = self.agreed_leader(STEP_DEADLINE).await else {
-            return;
-        };
-        let Some(members) = self.members(leader).await else {
-            return;
-        };
-        let voters: BTreeSet<u64> = members
-            .iter()
-            .filter(|(_, role)| role.as_str() == "voter")
-            .map(|(id, _)| *id)
-            .collect();
-        for gone in self.voters.difference(&voters) {
-            self.endpoints.remove(*gone);
-        }
-        for new in voters.difference(&self.voters) {
-            if let Ok(url) = self.cluster.http(*new) {
-                self.endpoints.set(*new, url);
-            }
-        }
-        self.note(&format!("voters are now {voters:?}"));
-        self.voters = voters;
-    }
-
-    async fn membership_cycle(&mut self, id: u64, leaving: u64) -> anyhow::Result<()> {
-        let pids = self.pids.clone();
-        let mut proxy = None;
-        let node = self.cluster.start_joining_routed(id, |id, peer_port| {
-            let p = PeerProxy::start(id, peer_port, pids)?;
-            let port = p.port;
-            proxy = Some(p);
-            Ok(port)
-        })?;
-        let (peer_url, http) = (node.peer_url(), node.http());
-        if let Some(p) = proxy {
-            self.proxies.insert(id, p);
-        }
-        self.apply_partitions();
-        // Paused before it is added, the new node cannot have caught up
-        // when it is asked to be promoted: that promotion must be refused.
-        self.cluster.signal(id, "STOP")?;
-        self.note(&format!("add node {id} as a learner (paused)"));
-        self.count("add-learner");
-        let add =
-            json!({"id": id, "name": format!("node-{id}"), "peer_url": peer_url, "learner": true});
-        self.admin(reqwest::Method::POST, "/v1/members", Some(add), 201)
-            .await?;
-        self.wait_member(id, Some("learner")).await?;
-        let leader = self.agreed_leader(STEP_DEADLINE).await?;
-        let early = self
-            .post(leader, &format!("/v1/members/{id}/promote"), None)
-            .await;
-        let promoted_early = matches!(early, Ok((200, _)));
-        if promoted_early {
-            self.problem(format!(
-                "node {leader} promoted learner {id} while it was paused and held no entries: {early:?}"
-            ));
-        } else {
-            self.note(&format!("early promotion of {id} refused: {early:?}"));
-        }
-        self.cluster.signal(id, "CONT")?;
-        // Caught up: the learner has applied what the leader had committed
-        // once it was added.
-        let target = self
-            .status(leader)
-            .await
-            .and_then(|s| s["commit_index"].as_u64())
-            .context("leader status")?;
-        let deadline = Instant::now() + STEP_DEADLINE;
-        loop {
-            let applied = self
-                .status(id)
-                .await
-                .and_then(|s| s["applied_index"].as_u64());
-            if applied.is_some_and(|a| a >= target) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "learner {id} did not catch up to {target} (applied {applied:?}):\n{}",
-                    self.cluster.log_tail(id)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // A refused early promotion must not take effect later either; if
-        // it was merely unanswered (503) it may have.
-        let voter_already = match self.agreed_leader(STEP_DEADLINE).await {
-            Ok(l) => self
-                .members(l)
-                .await
-                .is_some_and(|m| m.get(&id).is_some_and(|r| r == "voter")),
-            Err(_) => false,
-        };
-        if voter_already && !promoted_early && !matches!(early, Ok((503, _)) | Err(_)) {
-            self.problem(format!(
-                "learner {id} became a voter although its promotion was refused: {early:?}"
-            ));
-        }
-        if !promoted_early && !voter_already {
-            self.note(&format!("promote node {id}"));
-            self.count("promote");
-            self.admin(
-                reqwest::Method::POST,
-                &format!("/v1/members/{id}/promote"),
-                None,
-                200,
-            )
-            .await?;
-        }
-        self.wait_member(id, Some("voter")).await?;
-        self.voters.insert(id);
-        self.endpoints.set(id, http);
-        self.note(&format!("remove node {leaving}"));
-        self.count("remove");
-        self.admin(
-            reqwest::Method::DELETE,
-            &format!("/v1/members/{leaving}"),
-            None,
-            200,
-        )
-        .await?;
-        self.voters.remove(&leaving);
-        self.endpoints.remove(leaving);
-        self.wait_member(leaving, None).await?;
-        self.cluster.kill(leaving)?;
-        self.proxies.remove(&leaving);
         Ok(())
     }
 

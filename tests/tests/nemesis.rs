@@ -11,8 +11,10 @@
 //! - the cluster never did what it must never do (see `nemesis.rs`).
 //!
 //! `RAFTKV_NEMESIS_SEED` replays a run's schedule (the seed is printed
-//! first); `RAFTKV_NEMESIS_SECS` sets how long faults are injected
-//! (default 40).
+//! first): the same steps, hold times, client operations and picks among
+//! candidates; how they interleave with the cluster's own timing (who leads
+//! when, what a step finds impaired) is not reproducible.
+//! `RAFTKV_NEMESIS_SECS` sets how long faults are injected (default 40).
 
 // Test code: a failed unwrap is a failed test, also in helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
