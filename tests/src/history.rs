@@ -100,10 +100,17 @@ impl History {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         std::fs::write(file, serde_json::to_vec(&records)?)?;
-        let (code, report) = run_checker(file, timeout_secs, None)?;
-        match code {
-            Some(0) => Ok(report),
-            Some(1) => {
+        let (success, report) = run_checker(file, timeout_secs, None)?;
+        // `go run` turns every failing exit status into 1: the verdict is
+        // read from the checker's report line instead.
+        let verdict = report
+            .lines()
+            .find_map(|l| l.strip_prefix("linearizability: "))
+            .and_then(|l| l.rsplit(": ").next())
+            .unwrap_or_default();
+        match verdict {
+            "Ok" if success => Ok(report),
+            "Illegal" => {
                 let viz = file.with_extension("html");
                 let shown = match run_checker(file, timeout_secs, Some(&viz)) {
                     Ok(_) => format!("visualization: {}", viz.display()),
@@ -122,12 +129,12 @@ impl History {
     }
 }
 
-/// Runs the Go checker; its exit code and output.
+/// Runs the Go checker; whether it exited 0, and its output.
 fn run_checker(
     file: &Path,
     timeout_secs: u64,
     viz: Option<&Path>,
-) -> anyhow::Result<(Option<i32>, String)> {
+) -> anyhow::Result<(bool, String)> {
     let checker = Path::new(env!("CARGO_MANIFEST_DIR")).join("linearizability");
     let mut cmd = std::process::Command::new(go());
     cmd.current_dir(&checker)
@@ -144,7 +151,7 @@ fn run_checker(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok((out.status.code(), report.trim().to_string()))
+    Ok((out.status.success(), report.trim().to_string()))
 }
 
 impl Default for History {
@@ -162,4 +169,22 @@ fn go() -> String {
         return usual.display().to_string();
     }
     "go".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checker_tells_a_lost_write_from_a_linearizable_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::new();
+        h.write(0, "k", Some("v"), h.now(), &Outcome::Ok);
+        h.read(1, "k", Some("v"), h.now());
+        assert!(h.check(&dir.path().join("ok.json"), 60).is_ok());
+        h.read(1, "k", None, h.now());
+        let e = h.check(&dir.path().join("lost.json"), 60).unwrap_err();
+        assert!(format!("{e:#}").contains("NOT LINEARIZABLE"), "{e:#}");
+        assert!(dir.path().join("lost.html").exists());
+    }
 }

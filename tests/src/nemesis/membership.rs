@@ -34,7 +34,7 @@ impl Nemesis {
 
     /// After a failed cycle, takes the voters from the leader, so that the
     /// nemesis still knows how many nodes it may impair.
-    pub(super) async fn resync_voters(&mut self) {
+    async fn resync_voters(&mut self) {
         let Ok(leader) = self.agreed_leader(STEP_DEADLINE).await else {
             return;
         };
@@ -58,7 +58,7 @@ impl Nemesis {
         self.voters = voters;
     }
 
-    pub(super) async fn membership_cycle(&mut self, id: u64, leaving: u64) -> anyhow::Result<()> {
+    async fn membership_cycle(&mut self, id: u64, leaving: u64) -> anyhow::Result<()> {
         let pids = self.pids.clone();
         let mut proxy = None;
         let node = self.cluster.start_joining_routed(id, |id, peer_port| {
