@@ -7,14 +7,22 @@
 //! otherwise the workspace's `raftkv` built once per test run with the
 //! running cargo.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+
+pub mod history;
+pub mod nemesis;
+pub mod peer_proxy;
+pub mod seed;
+pub mod socket_owner;
+pub mod workload;
 
 /// The `raftkv` binary under test.
 pub fn raftkv_bin() -> anyhow::Result<PathBuf> {
@@ -58,8 +66,19 @@ fn locate_or_build() -> anyhow::Result<PathBuf> {
 }
 
 /// A free loopback port (bound once and released; good enough on loopback).
+/// Never the same port twice in one test process: a port handed out but
+/// not yet bound by its process is free again to the kernel, which may
+/// hand it to the next `bind(0)`.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 /// Tunables of a test cluster.
@@ -94,9 +113,14 @@ pub struct Node {
     pub id: u64,
     pub http_port: u16,
     pub peer_port: u16,
+    /// The peer port other nodes are told to reach this one at: the peer
+    /// port itself, or a proxy in front of it.
+    pub advertised_peer_port: u16,
     pub client_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Started with `--join` (restarts keep it).
+    joined: bool,
     child: Option<Child>,
 }
 
@@ -104,8 +128,12 @@ impl Node {
     pub fn http(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
     }
+    /// The peer URL other nodes use (see `advertised_peer_port`).
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://127.0.0.1:{}", self.advertised_peer_port)
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
     pub fn is_running(&self) -> bool {
         self.child.is_some()
@@ -122,6 +150,32 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
     bin: PathBuf,
     http: reqwest::Client,
+    pids: Pids,
+}
+
+/// Which node each running process is, by pid; shared with whoever needs to
+/// tell processes apart (the peer proxies), kept current by the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Pids(Arc<Mutex<HashMap<u32, u64>>>);
+
+impl Pids {
+    /// Every running process: (pid, node id).
+    pub fn all(&self) -> Vec<(u32, u64)> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(p, id)| (*p, *id)).collect()
+    }
+    fn set(&self, pid: u32, id: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, id);
+    }
+    fn unset(&self, pid: u32) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid);
+    }
 }
 
 /// An HTTP answer: status and JSON body (or the raw body as a string).
@@ -135,17 +189,32 @@ pub struct Answer {
 impl Cluster {
     /// Starts `n` voters (ids 1..=n) bootstrapped as one cluster.
     pub fn start(n: u64, opts: Options) -> anyhow::Result<Cluster> {
+        Self::start_routed(n, opts, Pids::default(), |_, peer_port| Ok(peer_port))
+    }
+
+    /// Like [`Cluster::start`], but node `id` is advertised to its peers at
+    /// the port `route(id, peer_port)` returns (say, a proxy's), and the
+    /// cluster keeps `pids` current.
+    pub fn start_routed(
+        n: u64,
+        opts: Options,
+        pids: Pids,
+        mut route: impl FnMut(u64, u16) -> anyhow::Result<u16>,
+    ) -> anyhow::Result<Cluster> {
         let bin = raftkv_bin()?;
         let dir = tempfile::tempdir()?;
         let mut nodes = Vec::new();
         for id in 1..=n {
+            let peer_port = free_port()?;
             nodes.push(Node {
                 id,
                 http_port: free_port()?,
-                peer_port: free_port()?,
+                peer_port,
+                advertised_peer_port: route(id, peer_port)?,
                 client_port: free_port()?,
                 data_dir: dir.path().join(format!("node-{id}")),
                 log: dir.path().join(format!("node-{id}.log")),
+                joined: false,
                 child: None,
             });
         }
@@ -164,9 +233,10 @@ impl Cluster {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(20))
                 .build()?,
+            pids,
         };
         for id in 1..=n {
-            c.spawn(id, false)?;
+            c.spawn(id)?;
         }
         Ok(c)
     }
@@ -185,12 +255,14 @@ impl Cluster {
             .with_context(|| format!("no node {id}"))
     }
 
-    fn spawn(&mut self, id: u64, join: bool) -> anyhow::Result<()> {
+    fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let opts = self.opts.clone();
         let initial = self.initial.clone();
         let cluster_id = self.cluster_id;
         let bin = self.bin.clone();
+        let pids = self.pids.clone();
         let node = self.node_mut(id)?;
+        let join = node.joined;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -202,6 +274,7 @@ impl Cluster {
             .arg(&node.data_dir)
             .args(["--listen-http", &format!("127.0.0.1:{}", node.http_port)])
             .args(["--listen-peer", &format!("127.0.0.1:{}", node.peer_port)])
+            .args(["--advertise-peer", &node.peer_url()])
             .args([
                 "--listen-client",
                 &format!("127.0.0.1:{}", node.client_port),
@@ -232,43 +305,83 @@ impl Cluster {
         } else {
             cmd.args(["--initial-cluster", &initial]);
         }
-        node.child = Some(cmd.spawn().context("cannot start raftkv")?);
+        let child = cmd.spawn().context("cannot start raftkv")?;
+        pids.set(child.id(), id);
+        node.child = Some(child);
         Ok(())
     }
 
     /// Adds a node process (not yet a member) that starts with `--join`.
     pub fn start_joining(&mut self, id: u64) -> anyhow::Result<&Node> {
+        self.start_joining_routed(id, |_, peer_port| Ok(peer_port))
+    }
+
+    /// Like [`Cluster::start_joining`], advertised at `route(id, peer_port)`.
+    pub fn start_joining_routed(
+        &mut self,
+        id: u64,
+        route: impl FnOnce(u64, u16) -> anyhow::Result<u16>,
+    ) -> anyhow::Result<&Node> {
         let dir = self._dir.path().to_path_buf();
+        let peer_port = free_port()?;
         self.nodes.push(Node {
             id,
             http_port: free_port()?,
-            peer_port: free_port()?,
+            peer_port,
+            advertised_peer_port: route(id, peer_port)?,
             client_port: free_port()?,
             data_dir: dir.join(format!("node-{id}")),
             log: dir.join(format!("node-{id}.log")),
+            joined: true,
             child: None,
         });
-        self.spawn(id, true)?;
+        self.spawn(id)?;
         self.node(id)
     }
 
     /// `kill -9`.
     pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let pids = self.pids.clone();
         let node = self.node_mut(id)?;
         if let Some(mut child) = node.child.take() {
+            pids.unset(child.id());
             child.kill()?;
             child.wait()?;
         }
         Ok(())
     }
 
+    /// Sends a signal (`"STOP"`, `"CONT"`, ...) to node `id`'s process, by
+    /// its pid.
+    pub fn signal(&self, id: u64, signal: &str) -> anyhow::Result<()> {
+        let pid = self
+            .node(id)?
+            .pid()
+            .with_context(|| format!("node {id} is not running"))?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} (node {id}) failed");
+        }
+        Ok(())
+    }
+
+    /// The running processes by pid, kept current as nodes stop and start.
+    pub fn pids(&self) -> Pids {
+        self.pids.clone()
+    }
+
     /// Graceful stop: SIGTERM, then wait for the process; returns whether
     /// it exited successfully.
     pub fn terminate(&mut self, id: u64) -> anyhow::Result<bool> {
+        let pids = self.pids.clone();
         let node = self.node_mut(id)?;
         let Some(mut child) = node.child.take() else {
             bail!("node {id} is not running");
         };
+        pids.unset(child.id());
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()?;
@@ -294,7 +407,7 @@ impl Cluster {
         if self.node(id)?.is_running() {
             bail!("node {id} is running");
         }
-        self.spawn(id, false)
+        self.spawn(id)
     }
 
     pub fn http(&self, id: u64) -> anyhow::Result<String> {
