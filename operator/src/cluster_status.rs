@@ -1,5 +1,5 @@
 //! Turning an observation and the planner's verdict into the `status` the
-//! user reads with `kubectl get rc`: phase and message, leader, term, commit
+//! user reads with `kubectl get raftc`: phase and message, leader, term, commit
 //! and applied index, members and standard conditions.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
