@@ -16,3 +16,4 @@ pub mod node_steps;
 pub mod observation;
 pub mod planner;
 pub mod resources;
+pub mod shutdown;
