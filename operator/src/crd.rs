@@ -298,6 +298,11 @@ pub struct RaftClusterStatus {
     /// a new cluster, every pod joins. Never reset.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bootstrapped: bool,
+    /// The token the members derive the Raft cluster id from
+    /// (`RAFTKV_CLUSTER_TOKEN`). Recorded once, never changed: a member
+    /// refuses a data directory written for another cluster id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_token: Option<String>,
 }
 
 /// Lifecycle phase of a cluster.
