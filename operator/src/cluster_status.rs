@@ -1,16 +1,20 @@
 //! Turning an observation and the planner's verdict into the `status` the
-//! user reads with `kubectl get rc`: phase and message, leader, term, commit
+//! user reads with `kubectl get raftc`: phase and message, leader, term, commit
 //! and applied index, members and standard conditions.
+
+use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::crd::{MemberRole, MemberStatus, Phase, RaftCluster, RaftClusterStatus};
-use crate::identity::ClusterIdentity;
+use crate::identity::{ClusterIdentity, NodeId};
 use crate::node_api::MemberKind;
 use crate::observation::ClusterObservation;
 use crate::planner::{Step, WaitReason};
+use crate::resources::statefulset;
+use crate::retained_volumes::Refusal;
 
 /// Inputs besides the node observation.
 #[derive(Clone, Debug)]
@@ -19,8 +23,18 @@ pub struct StatusInput<'a> {
     pub step: &'a Step,
     pub statefulset_replicas: i32,
     pub ready_replicas: i32,
+    /// Ordinals of volumes adopted from an earlier cluster of the same name,
+    /// while no leader has been seen.
+    pub adopting: &'a BTreeSet<u32>,
+    /// Members that refuse their volume.
+    pub refusals: &'a [Refusal],
     pub now: Timestamp,
 }
+
+/// Condition reason (and event reason) while retained volumes are adopted.
+pub const ADOPTING_VOLUMES: &str = "AdoptingVolumes";
+/// Condition reason (and event reason) when a member refuses its volume.
+pub const DATA_DIR_REFUSED: &str = "DataDirRefused";
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -29,28 +43,47 @@ fn to_i64(v: u64) -> i64 {
 /// Phase and message for this observation.
 pub fn phase(cluster: &RaftCluster, input: &StatusInput<'_>) -> (Phase, String) {
     let obs = input.observation;
+    let id = ClusterIdentity::of(cluster);
+    if !input.refusals.is_empty() {
+        let phase = if obs.leader().is_some() {
+            Phase::Degraded
+        } else {
+            Phase::Failed
+        };
+        return (phase, refusal_message(&id, input.refusals));
+    }
     let Some(leader) = obs.leader() else {
         let had_leader = cluster.status.as_ref().is_some_and(|s| s.leader.is_some());
-        return if input.statefulset_replicas == 0 {
-            (Phase::Pending, "creating the first member".into())
+        if !input.adopting.is_empty() {
+            let volumes: Vec<String> = input.adopting.iter().map(|o| id.pvc(*o)).collect();
+            let message = format!(
+                "adopting the volumes {} kept from an earlier cluster named {} (pvcRetention: Retain); waiting for their members to elect a leader",
+                volumes.join(", "),
+                id.name
+            );
+            return (Phase::Bootstrapping, with_unanswered(&message, obs));
+        }
+        let (phase, message) = if input.statefulset_replicas == 0 {
+            return (Phase::Pending, "creating the first member".into());
         } else if had_leader {
             (
                 Phase::Degraded,
-                "no leader: quorum lost or an election is in progress".into(),
+                "no leader: quorum lost or an election is in progress",
             )
         } else {
             (
                 Phase::Bootstrapping,
-                "waiting for the first member to elect itself leader".into(),
+                "waiting for the first member to elect itself leader",
             )
         };
+        return (phase, with_unanswered(message, obs));
     };
     let healthy = obs.healthy();
-    let down: Vec<&str> = leader
+    let down: Vec<String> = leader
         .members
         .iter()
         .filter(|m| !healthy.contains(&m.id))
-        .map(|m| m.name.as_str())
+        .map(|m| member_name(&id, m.id, &m.name))
         .collect();
     let voters = leader
         .members
@@ -60,7 +93,10 @@ pub fn phase(cluster: &RaftCluster, input: &StatusInput<'_>) -> (Phase, String) 
     match input.step {
         Step::Stable if down.is_empty() => (
             Phase::Running,
-            format!("{voters} voters, leader {}", leader.name),
+            format!(
+                "{voters} voters, leader {}",
+                member_name(&id, leader.id, &leader.name)
+            ),
         ),
         Step::Stable => (
             Phase::Degraded,
@@ -80,7 +116,7 @@ pub fn phase(cluster: &RaftCluster, input: &StatusInput<'_>) -> (Phase, String) 
             Phase::Degraded,
             format!("leader {from} must step down but no healthy voter can take over"),
         ),
-        Step::Wait(WaitReason::NoLeader) => (Phase::Degraded, "no leader".into()),
+        Step::Wait(WaitReason::NoLeader) => (Phase::Degraded, with_unanswered("no leader", obs)),
         Step::Wait(WaitReason::PodNotAnswering { ordinal }) => (
             Phase::Scaling,
             format!(
@@ -89,6 +125,52 @@ pub fn phase(cluster: &RaftCluster, input: &StatusInput<'_>) -> (Phase, String) 
             ),
         ),
         step => (Phase::Scaling, describe(step)),
+    }
+}
+
+/// `message`, followed by why the members that did not answer did not
+/// (the most useful clue without a leader: a DNS failure, a refused
+/// connection, a timeout).
+fn with_unanswered(message: &str, obs: &ClusterObservation) -> String {
+    let failures: Vec<String> = obs
+        .nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref().err().map(|e| format!("{}: {e}", n.pod)))
+        .collect();
+    if failures.is_empty() {
+        message.to_string()
+    } else {
+        format!("{message}; not answering: {}", failures.join("; "))
+    }
+}
+
+/// What the user reads when members refuse their volumes.
+fn refusal_message(id: &ClusterIdentity, refusals: &[Refusal]) -> String {
+    let each: Vec<String> = refusals
+        .iter()
+        .map(|r| {
+            let volume = id
+                .ordinal_of(&r.pod)
+                .map_or_else(|| "its volume".to_string(), |o| id.pvc(o));
+            format!("{} refuses {volume}: {}", r.pod, r.message)
+        })
+        .collect();
+    format!(
+        "{}. The volume holds data of another Raft cluster id (for instance one written by an operator version that put the RaftCluster's UID into the cluster token); delete the PVC to start that member empty, or restore the cluster it belongs to",
+        each.join("; ")
+    )
+}
+
+/// Reason of the Available condition.
+fn availability_reason(obs: &ClusterObservation, refusals: &[Refusal]) -> &'static str {
+    if obs.leader().is_some() {
+        "LeaderElected"
+    } else if !refusals.is_empty() {
+        DATA_DIR_REFUSED
+    } else if !obs.nodes.is_empty() && obs.answered().next().is_none() {
+        "MembersUnreachable"
+    } else {
+        "NoLeader"
     }
 }
 
@@ -134,7 +216,7 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
                 .iter()
                 .map(|m| MemberStatus {
                     id: to_i64(m.id.0),
-                    name: m.name.clone(),
+                    name: member_name(&id, m.id, &m.name),
                     role: if m.role == MemberKind::Voter {
                         MemberRole::Voter
                     } else {
@@ -163,11 +245,7 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
             previous,
             "Available",
             available,
-            if available {
-                "LeaderElected"
-            } else {
-                "NoLeader"
-            },
+            availability_reason(obs, input.refusals),
             &message,
             generation,
             input.now,
@@ -176,7 +254,11 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
             previous,
             "Progressing",
             progressing,
-            phase.as_str(),
+            if !input.adopting.is_empty() && !available {
+                ADOPTING_VOLUMES
+            } else {
+                phase.as_str()
+            },
             &message,
             generation,
             input.now,
@@ -185,7 +267,11 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
             previous,
             "Degraded",
             degraded,
-            phase.as_str(),
+            if input.refusals.is_empty() {
+                phase.as_str()
+            } else {
+                DATA_DIR_REFUSED
+            },
             &message,
             generation,
             input.now,
@@ -195,7 +281,7 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
     RaftClusterStatus {
         phase: Some(phase),
         message: Some(message),
-        leader: leader.map(|l| l.name.clone()),
+        leader: leader.map(|l| member_name(&id, l.id, &l.name)),
         leader_id: leader.map(|l| to_i64(l.id.0)),
         term: leader.map(|l| l.term).or(obs.term()).map(to_i64),
         commit_index: leader.map(|l| to_i64(l.commit_index)),
@@ -209,7 +295,18 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
         // The reconciler sets this after acting on monitoring.
         service_monitor: cluster.status.as_ref().is_some_and(|s| s.service_monitor),
         bootstrapped: is_bootstrapped(cluster, obs),
+        cluster_token: Some(statefulset::cluster_token(cluster)),
     }
+}
+
+/// The name a member goes by in the status: its pod's, `<cluster>-<ordinal>`,
+/// whatever name the node reports. Members the bootstrap configuration
+/// listed (`RAFTKV_INITIAL_CLUSTER` carries only ids and URLs) are named
+/// `node-<id>` by raftkv, those added later by the pod name the operator
+/// sent; users look for pods. Ids that are no ordinal keep their own name.
+pub fn member_name(id: &ClusterIdentity, node: NodeId, reported: &str) -> String {
+    node.ordinal()
+        .map_or_else(|| reported.to_string(), |o| id.pod(o))
 }
 
 /// Sticky: once a leader was seen, the cluster stays bootstrapped.
@@ -256,7 +353,6 @@ pub fn display_name(cluster: &RaftCluster) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::NodeId;
     use crate::node_api::NodeRole;
     use crate::observation::NodeObservation;
     use crate::observation::tests::status;
@@ -285,12 +381,16 @@ mod tests {
         }
     }
 
+    const NONE: &BTreeSet<u32> = &BTreeSet::new();
+
     fn input<'a>(obs: &'a ClusterObservation, step: &'a Step) -> StatusInput<'a> {
         StatusInput {
             observation: obs,
             step,
             statefulset_replicas: 3,
             ready_replicas: 3,
+            adopting: NONE,
+            refusals: &[],
             now: Timestamp::UNIX_EPOCH,
         }
     }
@@ -324,6 +424,23 @@ mod tests {
             s.selector.as_deref(),
             Some("app.kubernetes.io/instance=kv,app.kubernetes.io/name=raftkv")
         );
+    }
+
+    #[test]
+    fn members_are_named_after_their_pods_whatever_the_node_reports() {
+        // raftkv names the members of its bootstrap configuration node-<id>.
+        let mut obs = three_healthy();
+        for node in &mut obs.nodes {
+            if let Ok(s) = node.status.as_mut() {
+                s.members[0].name = "node-1".into();
+            }
+        }
+        obs.nodes[0].status = Err("connection refused".into());
+        let s = build(&cluster(), &input(&obs, &Step::Stable));
+        let names: Vec<&str> = s.members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["kv-0", "kv-1", "kv-2"]);
+        assert_eq!(s.leader.as_deref(), Some("kv-1"));
+        assert_eq!(s.message.as_deref(), Some("members not answering: kv-0"));
     }
 
     #[test]
@@ -377,6 +494,33 @@ mod tests {
         });
         assert!(build(&c, &input(&obs, &step)).bootstrapped);
         assert!(!build(&cluster(), &input(&obs, &step)).bootstrapped);
+    }
+
+    #[test]
+    fn without_a_leader_the_status_says_why_the_members_do_not_answer() {
+        let mut obs = three_healthy();
+        for node in &mut obs.nodes {
+            node.status = Err(format!(
+                "node {} unreachable: error sending request: dns error: failed to lookup address",
+                node.pod
+            ));
+        }
+        let step = Step::Wait(WaitReason::NoLeader);
+        let s = build(&cluster(), &input(&obs, &step));
+        assert_eq!(s.phase, Some(Phase::Bootstrapping));
+        let available = &s.conditions[0];
+        assert_eq!(
+            (available.type_.as_str(), available.status.as_str()),
+            ("Available", "False")
+        );
+        assert_eq!(available.reason, "MembersUnreachable");
+        assert!(
+            available.message.contains("kv-0: node kv-0 unreachable")
+                && available.message.contains("dns error"),
+            "{}",
+            available.message
+        );
+        assert_eq!(s.message.as_deref(), Some(available.message.as_str()));
     }
 
     #[test]

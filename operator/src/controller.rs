@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -19,11 +20,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::cluster_status::{self, StatusInput};
 use crate::crd::{PvcRetention, RaftCluster, RaftClusterStatus};
@@ -35,9 +35,13 @@ use crate::observation::ClusterObservation;
 use crate::planner::{self, PlanInput, Step};
 use crate::resources::statefulset::StartMode;
 use crate::resources::{client_service, headless_service, pdb, service_monitor, statefulset};
+use crate::retained_volumes::{self, Refusal};
 
-/// Finalizer that lets the operator delete volumes before the cluster goes.
-pub const FINALIZER: &str = "raftkv.io/cleanup";
+/// Finalizer of earlier operator versions, which deleted volumes
+/// themselves. It is removed from every cluster: with the operator's RBAC
+/// gone first (`helm uninstall`), nobody could remove it and the cluster
+/// stayed stuck in deletion.
+pub const LEGACY_FINALIZER: &str = "raftkv.io/cleanup";
 const SERVICE_MONITOR_CRD: &str = "servicemonitors.monitoring.coreos.com";
 
 /// A failed reconcile pass.
@@ -52,8 +56,6 @@ pub enum Error {
         what: &'static str,
         source: serde_json::Error,
     },
-    #[error("finalizer: {0}")]
-    Finalizer(String),
 }
 
 impl Error {
@@ -63,7 +65,6 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Node(_) => "node",
             Error::Serialize { .. } => "serialize",
-            Error::Finalizer(_) => "finalizer",
         }
     }
 }
@@ -94,9 +95,29 @@ pub struct Context<N, R> {
     pub client: Client,
     pub node: N,
     pub resolver: R,
-    pub recorder: Recorder,
+    /// Who records the events (see [`publish`]).
+    pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// Whether the missing ServiceMonitor CRD was already warned about:
+    /// once is news, on every pass it is noise.
+    pub service_monitor_crd_missing: WarnOnce,
+}
+
+/// A condition that is logged at WARN when it appears, at DEBUG while it
+/// lasts, and warned about again if it comes back after clearing.
+#[derive(Debug, Default)]
+pub struct WarnOnce(AtomicBool);
+
+impl WarnOnce {
+    /// Record that the condition holds; true if this is news.
+    pub fn first(&self) -> bool {
+        !self.0.swap(true, Ordering::Relaxed)
+    }
+    /// Record that the condition cleared.
+    pub fn clear(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 impl<N, R> std::fmt::Debug for Context<N, R> {
@@ -119,14 +140,14 @@ impl<N: NodeClient, R: AddressResolver> Context<N, R> {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        let recorder = Recorder::new(client.clone(), reporter);
         Self {
             client,
             node,
             resolver,
-            recorder,
+            reporter,
             metrics,
             settings,
+            service_monitor_crd_missing: WarnOnce::default(),
         }
     }
 }
@@ -139,24 +160,70 @@ pub async fn reconcile<N: NodeClient, R: AddressResolver>(
 ) -> Result<Action, Error> {
     ctx.metrics.reconciliations.inc();
     let started = Instant::now();
-    let ns = cluster.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<RaftCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, cluster, |event| async {
-        match event {
-            FinalizerEvent::Apply(c) => apply(&c, &ctx).await,
-            FinalizerEvent::Cleanup(c) => cleanup(&c, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(inner)
-        | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner,
-        other => Error::Finalizer(other.to_string()),
-    });
+    let result = reconcile_pass(&cluster, &ctx).await;
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// One pass. Deleting a cluster needs no operator: every owned object,
+/// and with `pvcRetention: Delete` every volume (through the StatefulSet's
+/// `whenDeleted: Delete` policy), is garbage-collected through owner
+/// references. So a `helm uninstall` that removes the operator's RBAC
+/// before the RaftCluster cannot wedge the deletion.
+async fn reconcile_pass<N: NodeClient, R: AddressResolver>(
+    cluster: &RaftCluster,
+    ctx: &Context<N, R>,
+) -> Result<Action, Error> {
+    if has_legacy_finalizer(cluster) {
+        // Set by operator versions that deleted volumes themselves.
+        if cluster.metadata.deletion_timestamp.is_some() {
+            cleanup_legacy(cluster, ctx).await?;
+        }
+        remove_legacy_finalizer(cluster, ctx).await?;
+        return Ok(Action::await_change());
+    }
+    if cluster.metadata.deletion_timestamp.is_some() {
+        let id = ClusterIdentity::of(cluster);
+        ctx.metrics.forget_cluster(&id.namespace, &id.name);
+        return Ok(Action::await_change());
+    }
+    apply(cluster, ctx).await
+}
+
+fn has_legacy_finalizer(cluster: &RaftCluster) -> bool {
+    cluster.finalizers().iter().any(|f| f == LEGACY_FINALIZER)
+}
+
+/// Remove [`LEGACY_FINALIZER`], keeping any other finalizer. The patch
+/// carries the resource version, so it fails (and the next pass retries)
+/// if someone changed the list meanwhile.
+async fn remove_legacy_finalizer<N, R>(
+    cluster: &RaftCluster,
+    ctx: &Context<N, R>,
+) -> Result<(), Error> {
+    let kept: Vec<&String> = cluster
+        .finalizers()
+        .iter()
+        .filter(|f| *f != LEGACY_FINALIZER)
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": kept,
+            "resourceVersion": cluster.resource_version(),
+        }
+    });
+    let api: Api<RaftCluster> =
+        Api::namespaced(ctx.client.clone(), &ClusterIdentity::of(cluster).namespace);
+    api.patch(
+        &cluster.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await?;
+    info!("removed the finalizer {LEGACY_FINALIZER} of an earlier operator version");
+    Ok(())
 }
 
 /// What to do after a failed pass: count it and retry soon.
@@ -190,9 +257,17 @@ struct KubeObservation {
     ready_replicas: i32,
     pods: BTreeSet<u32>,
     pvcs: BTreeSet<u32>,
+    /// Volumes kept from an earlier cluster of the same name.
+    retained_pvcs: BTreeSet<u32>,
+    /// Members that refuse their volume.
+    refusals: Vec<Refusal>,
 }
 
-async fn observe_kube(client: &Client, id: &ClusterIdentity) -> Result<KubeObservation, Error> {
+async fn observe_kube(
+    client: &Client,
+    cluster: &RaftCluster,
+    id: &ClusterIdentity,
+) -> Result<KubeObservation, Error> {
     let ns = &id.namespace;
     let sts = Api::<StatefulSet>::namespaced(client.clone(), ns)
         .get_opt(&id.statefulset())
@@ -217,14 +292,16 @@ async fn observe_kube(client: &Client, id: &ClusterIdentity) -> Result<KubeObser
             .unwrap_or(0),
         pods: pods
             .items
-            .into_iter()
+            .iter()
             .filter_map(|p| id.ordinal_of(&p.name_any()))
             .collect(),
         pvcs: pvcs
             .items
-            .into_iter()
+            .iter()
             .filter_map(|p| id.pvc_ordinal_of(&p.name_any()))
             .collect(),
+        retained_pvcs: retained_volumes::retained_ordinals(cluster, id, &pvcs.items),
+        refusals: retained_volumes::refusals(&pods.items),
     })
 }
 
@@ -249,13 +326,21 @@ async fn apply<N: NodeClient, R: AddressResolver>(
     )
     .await?;
 
-    let kube_obs = observe_kube(client, &id).await?;
+    let kube_obs = observe_kube(client, cluster, &id).await?;
     let mut ordinals: BTreeSet<u32> = (0..kube_obs.statefulset_replicas).collect();
     ordinals.extend(kube_obs.pods.iter().copied());
     let obs = node_steps::observe(&ctx.node, &id, &ordinals).await;
     let raft = obs.raft();
+    let bootstrapped = cluster_status::is_bootstrapped(cluster, &obs);
+    // Only a cluster that never had a leader adopts volumes; afterwards
+    // every volume is its own.
+    let adopting = if bootstrapped {
+        BTreeSet::new()
+    } else {
+        kube_obs.retained_pvcs.clone()
+    };
     let desired = u32::try_from(cluster.spec.replicas.max(1)).unwrap_or(1);
-    let step = planner::next_step(&PlanInput {
+    let plan = PlanInput {
         desired,
         statefulset_replicas: kube_obs.statefulset_replicas,
         raft: raft.clone(),
@@ -264,15 +349,27 @@ async fn apply<N: NodeClient, R: AddressResolver>(
         pvcs: kube_obs.pvcs.clone(),
         delete_pvcs: cluster.spec.pvc_retention == PvcRetention::Delete,
         max_catch_up_lag: ctx.settings.max_catch_up_lag,
-    });
+    };
+    let step = planner::adopt_retained(kube_obs.statefulset_replicas, raft.as_ref(), &adopting)
+        .unwrap_or_else(|| planner::next_step(&plan));
     info!(?step, "planned");
+    if raft.is_none() {
+        // Without a leader, why the members do not answer is the clue.
+        for node in &obs.nodes {
+            if let Err(error) = &node.status {
+                info!(pod = %node.pod, %error, "member did not answer");
+            }
+        }
+    }
 
     let replicas = match step {
         Step::RaiseStatefulSet { replicas } | Step::ShrinkStatefulSet { replicas } => replicas,
         _ => kube_obs.statefulset_replicas,
     };
     let replicas = i32::try_from(replicas).unwrap_or(i32::MAX);
-    let start_mode = if cluster_status::is_bootstrapped(cluster, &obs) {
+    // Pods with retained data resume from it; none may bootstrap a new
+    // cluster beside them.
+    let start_mode = if bootstrapped || !adopting.is_empty() {
         StartMode::Join
     } else {
         StartMode::Bootstrap
@@ -308,6 +405,8 @@ async fn apply<N: NodeClient, R: AddressResolver>(
             step: &step,
             statefulset_replicas: replicas,
             ready_replicas: kube_obs.ready_replicas,
+            adopting: &adopting,
+            refusals: &kube_obs.refusals,
             now: Timestamp::now(),
         },
     );
@@ -343,9 +442,16 @@ async fn reconcile_service_monitor<N, R>(
     }
     let crds = Api::<CustomResourceDefinition>::all(ctx.client.clone());
     if crds.get_opt(SERVICE_MONITOR_CRD).await?.is_none() {
-        warn!("monitoring.enabled but the ServiceMonitor CRD is not installed; skipping");
+        if ctx.service_monitor_crd_missing.first() {
+            warn!(
+                "monitoring.enabled but the ServiceMonitor CRD ({SERVICE_MONITOR_CRD}) is not installed; no ServiceMonitor until it is"
+            );
+        } else {
+            debug!("ServiceMonitor CRD still not installed; skipping");
+        }
         return Ok(false);
     }
+    ctx.service_monitor_crd_missing.clear();
     server_side_apply(
         &api,
         &id.service_monitor(),
@@ -436,6 +542,33 @@ async fn warn_on_transitions<N, R>(
         )
         .await;
     }
+    let reason_of = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+                     type_: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.reason.clone())
+    };
+    let before = |type_: &str| previous.and_then(|p| reason_of(&p.conditions, type_));
+    let now = |type_: &str| reason_of(&status.conditions, type_);
+    for (type_, reason, event_type) in [
+        (
+            "Progressing",
+            cluster_status::ADOPTING_VOLUMES,
+            EventType::Normal,
+        ),
+        (
+            "Degraded",
+            cluster_status::DATA_DIR_REFUSED,
+            EventType::Warning,
+        ),
+    ] {
+        let wanted = Some(reason.to_string());
+        if now(type_) == wanted && before(type_) != wanted {
+            let note = status.message.clone().unwrap_or_default();
+            publish(ctx, cluster, event_type, reason, note).await;
+        }
+    }
     let spec_changed = previous.and_then(|p| p.observed_generation) != cluster.metadata.generation;
     if spec_changed && cluster.spec.replicas % 2 == 0 {
         let note = format!(
@@ -447,7 +580,15 @@ async fn warn_on_transitions<N, R>(
     }
 }
 
-/// Events are advisory: failing to record one must not fail the pass.
+/// Record an event on the cluster. Events are advisory: failing to record
+/// one must not fail the pass.
+///
+/// Each call uses a fresh [`Recorder`]: a long-lived one keeps a cache keyed
+/// by (type, reason, action, reporter, object), *not* by the note, and turns
+/// every later event with the same reason into a series update of the first
+/// one, which keeps the first note. Five `ScalingUp` steps then read "x5
+/// StatefulSet raised to 1 pods". The operator publishes one event per
+/// change it makes, so every note is news and gets its own Event.
 async fn publish<N, R>(
     ctx: &Context<N, R>,
     cluster: &RaftCluster,
@@ -462,7 +603,8 @@ async fn publish<N, R>(
         action: reason.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&event, &cluster.object_ref(&())).await {
         warn!(error = %e, reason, "could not record event");
     }
 }
@@ -495,9 +637,10 @@ where
     }
 }
 
-/// The cluster is being deleted: owned objects go with it through owner
-/// references; volumes are deleted here when `pvcRetention: Delete`.
-async fn cleanup<N, R>(cluster: &RaftCluster, ctx: &Context<N, R>) -> Result<Action, Error> {
+/// A cluster created by an operator version that used [`LEGACY_FINALIZER`]
+/// is being deleted: its StatefulSet may still say `whenDeleted: Retain`,
+/// so delete the volumes here when `pvcRetention: Delete`.
+async fn cleanup_legacy<N, R>(cluster: &RaftCluster, ctx: &Context<N, R>) -> Result<(), Error> {
     let id = ClusterIdentity::of(cluster);
     if cluster.spec.pvc_retention == PvcRetention::Delete {
         let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &id.namespace);
@@ -517,7 +660,7 @@ async fn cleanup<N, R>(cluster: &RaftCluster, ctx: &Context<N, R>) -> Result<Act
         .await;
     }
     ctx.metrics.forget_cluster(&id.namespace, &id.name);
-    Ok(Action::await_change())
+    Ok(())
 }
 
 /// Run the controller until `shutdown` resolves.

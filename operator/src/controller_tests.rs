@@ -22,7 +22,6 @@ fn cluster(replicas: i32, retention: PvcRetention) -> RaftCluster {
     c.spec.replicas = replicas;
     c.spec.pvc_retention = retention;
     c.metadata.generation = Some(4);
-    c.metadata.finalizers = Some(vec![FINALIZER.into()]);
     // Spec already seen: no EvenReplicas warning unless a test wants one.
     c.status = Some(RaftClusterStatus {
         observed_generation: Some(4),
@@ -161,14 +160,34 @@ async fn run_scenario(
 }
 
 #[tokio::test]
-async fn a_new_cluster_gets_the_finalizer_first() {
+async fn a_new_cluster_gets_no_finalizer() {
+    // Straight to the owned objects: no PATCH adding a finalizer, which
+    // would wedge deletion once the operator (or its RBAC) is gone.
+    let mut script = observe(None, pods(0), pvcs(&[]));
+    script.extend(apply_owned_as(1, 0, "RAFTKV_INITIAL_CLUSTER"));
+    script.push(Expect::event(NS, "ScalingUp"));
+    script.push(status_write(|_| {}));
+    run_scenario(
+        cluster(3, PvcRetention::Retain),
+        FakeNodes::default(),
+        script,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_finalizer_of_an_earlier_operator_version_is_removed() {
     let mut c = cluster(3, PvcRetention::Retain);
-    c.metadata.finalizers = None;
+    c.metadata.finalizers = Some(vec!["example.com/other".into(), LEGACY_FINALIZER.into()]);
+    c.metadata.resource_version = Some("17".into());
     let script = vec![Expect::new(Method::PATCH, CLUSTER, |b| {
-        assert!(b.to_string().contains(FINALIZER), "{b}");
-        let mut answer = serde_json::to_value(crate::resources::test_cluster::cluster()).unwrap();
-        answer["metadata"]["finalizers"] = json!([FINALIZER]);
-        (StatusCode::OK, answer)
+        assert_eq!(b["metadata"]["finalizers"], json!(["example.com/other"]));
+        assert_eq!(b["metadata"]["resourceVersion"], "17");
+        (
+            StatusCode::OK,
+            serde_json::to_value(crate::resources::test_cluster::cluster()).unwrap(),
+        )
     })];
     let action = run_scenario(c, FakeNodes::default(), script).await.unwrap();
     assert_eq!(action, Action::await_change());
@@ -344,12 +363,31 @@ async fn a_membership_change_in_flight_defers_without_failing() {
     assert!(fake.calls().is_empty());
 }
 
-#[tokio::test]
-async fn deletion_with_the_finalizer_deletes_volumes_then_releases() {
-    let mut c = cluster(3, PvcRetention::Delete);
+fn deleted(mut c: RaftCluster) -> RaftCluster {
     c.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
     ));
+    c
+}
+
+#[tokio::test]
+async fn a_cluster_being_deleted_is_left_to_the_garbage_collector() {
+    // No request at all: owned objects (and volumes, through the
+    // StatefulSet's whenDeleted policy) go through owner references.
+    let action = run_scenario(
+        deleted(cluster(3, PvcRetention::Delete)),
+        FakeNodes::default(),
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn deleting_a_cluster_with_the_legacy_finalizer_deletes_volumes_then_releases() {
+    let mut c = deleted(cluster(3, PvcRetention::Delete));
+    c.metadata.finalizers = Some(vec![LEGACY_FINALIZER.into()]);
     let mut script = vec![Expect::get(
         "/api/v1/namespaces/prod/persistentvolumeclaims",
         pvcs(&[0, 1]),
@@ -361,12 +399,7 @@ async fn deletion_with_the_finalizer_deletes_volumes_then_releases() {
     }
     script.push(Expect::event(NS, "VolumesDeleted"));
     script.push(Expect::new(Method::PATCH, CLUSTER, |b| {
-        let ops = b.as_array().unwrap();
-        assert!(
-            ops.iter()
-                .any(|op| op["op"] == "remove" && op["path"] == "/metadata/finalizers/0"),
-            "{b}"
-        );
+        assert_eq!(b["metadata"]["finalizers"], json!([]), "{b}");
         (
             StatusCode::OK,
             serde_json::to_value(crate::resources::test_cluster::cluster()).unwrap(),
@@ -377,11 +410,9 @@ async fn deletion_with_the_finalizer_deletes_volumes_then_releases() {
 }
 
 #[tokio::test]
-async fn deletion_with_retained_volumes_only_releases_the_finalizer() {
-    let mut c = cluster(3, PvcRetention::Retain);
-    c.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-    ));
+async fn deleting_a_cluster_with_retained_volumes_and_the_legacy_finalizer_only_releases_it() {
+    let mut c = deleted(cluster(3, PvcRetention::Retain));
+    c.metadata.finalizers = Some(vec![LEGACY_FINALIZER.into()]);
     let script = vec![Expect::new(Method::PATCH, CLUSTER, |_| {
         (
             StatusCode::OK,
@@ -493,6 +524,16 @@ async fn monitoring_without_the_prometheus_operator_is_skipped() {
     run_scenario(c, stable_three(), script).await.unwrap();
 }
 
+#[test]
+fn a_lasting_condition_is_warned_about_once_and_again_after_it_cleared() {
+    let missing = WarnOnce::default();
+    assert!(missing.first());
+    assert!(!missing.first());
+    assert!(!missing.first());
+    missing.clear();
+    assert!(missing.first());
+}
+
 #[tokio::test]
 async fn turning_monitoring_off_deletes_our_service_monitor() {
     let mut c = cluster(3, PvcRetention::Retain);
@@ -502,4 +543,174 @@ async fn turning_monitoring_off_deletes_our_service_monitor() {
     script.push(Expect::not_found(Method::DELETE, SERVICE_MONITOR));
     script.push(status_write(|s| assert!(s.get("serviceMonitor").is_none())));
     run_scenario(c, stable_three(), script).await.unwrap();
+}
+
+/// `helm uninstall` deletes the operator's ServiceAccount while it runs:
+/// every call then fails with 401. SIGTERM must still stop it promptly.
+#[tokio::test]
+async fn the_controller_stops_within_the_grace_period_while_the_api_refuses_it() {
+    let (ctx, mut handle) = context(FakeNodes::default());
+    let refuse = tokio::spawn(async move {
+        while let Some((_, send)) = handle.next_request().await {
+            let body = json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Unauthorized","code":401,"message":"Unauthorized"});
+            send.send_response(
+                http::Response::builder()
+                    .status(StatusCode::UNAUTHORIZED)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    let (trigger, stopping) = crate::shutdown::Shutdown::new();
+    let started = std::time::Instant::now();
+    let controller = tokio::spawn(crate::shutdown::bounded(
+        run(ctx, stopping.clone().requested()),
+        stopping,
+        crate::shutdown::GRACE,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    trigger.fire();
+    tokio::time::timeout(crate::shutdown::GRACE + Duration::from_secs(2), controller)
+        .await
+        .expect("the controller did not stop after shutdown was requested")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(6));
+    refuse.abort();
+}
+
+/// Two scale-up steps in a row, on one operator context: each gets its own
+/// event with its own note, not a series update of the first ("x2
+/// StatefulSet raised to 2 pods").
+#[tokio::test]
+async fn every_step_of_the_same_kind_is_recorded_with_its_own_note() {
+    let fake = nodes(1, 1, &[(1, true, None)]);
+    let (ctx, handle) = context(fake.clone());
+    let mut script = observe(Some(statefulset(1, 1)), pods(1), pvcs(&[0]));
+    script.extend(apply_owned(2, 0));
+    script.push(Expect::event_with_note(NS, "ScalingUp", "raised to 2 pods"));
+    script.push(status_write(|_| {}));
+    script.extend(observe(Some(statefulset(2, 2)), pods(2), pvcs(&[0, 1])));
+    script.extend(apply_owned(3, 0));
+    script.push(Expect::event_with_note(NS, "ScalingUp", "raised to 3 pods"));
+    script.push(status_write(|_| {}));
+    let verifier = serve(handle, script);
+    let c = Arc::new(cluster(3, PvcRetention::Retain));
+    reconcile(c.clone(), ctx.clone()).await.unwrap();
+    // Member 2 joined and was promoted in between.
+    let two = nodes(2, 1, &[(1, true, None), (2, true, Some(100))]);
+    *fake.statuses.lock().unwrap() = two.statuses.lock().unwrap().clone();
+    reconcile(c, ctx).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), verifier)
+        .await
+        .expect("scenario timed out")
+        .expect("API server verifier failed");
+}
+
+fn created_at(second: i64) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(second).unwrap(),
+    )
+}
+
+/// Deleted with `pvcRetention: Retain`, applied again under the same name:
+/// the volumes predate the new RaftCluster. All their pods start at once,
+/// joining (none bootstraps a second cluster), with the same cluster token
+/// as before, and the status says what is going on.
+#[tokio::test]
+async fn a_recreated_cluster_adopts_the_volumes_it_retained() {
+    let mut c = cluster(3, PvcRetention::Retain);
+    c.metadata.uid = Some("uid-of-the-new-object".into());
+    c.metadata.creation_timestamp = Some(created_at(1_000));
+    let mut old_pvcs = list("PersistentVolumeClaimList", &[]);
+    old_pvcs["items"] = json!(
+        (0..3)
+            .map(
+                |i| json!({"metadata":{"name":format!("data-kv-{i}"),"namespace":NS,
+                                     "creationTimestamp":"1970-01-01T00:00:10Z"}})
+            )
+            .collect::<Vec<_>>()
+    );
+    let mut script = observe(None, pods(0), old_pvcs);
+    script.push(Expect::apply(
+        "/apis/apps/v1/namespaces/prod/statefulsets/kv",
+        |b| {
+            assert_eq!(b["spec"]["replicas"], 3, "a pod for every retained volume");
+            let env = &b["spec"]["template"]["spec"]["containers"][0]["env"];
+            let var = |name: &str| {
+                env.as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["name"] == name)
+                    .map(|e| e["value"].clone())
+            };
+            assert_eq!(var("RAFTKV_JOIN"), Some(json!("true")));
+            assert_eq!(var("RAFTKV_INITIAL_CLUSTER"), None);
+            assert_eq!(var("RAFTKV_CLUSTER_TOKEN"), Some(json!("prod/kv")));
+        },
+    ));
+    script.push(Expect::apply(
+        "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/kv",
+        |_| {},
+    ));
+    script.push(Expect::event(NS, "ScalingUp"));
+    script.push(Expect::event_with_note(
+        NS,
+        "AdoptingVolumes",
+        "data-kv-0, data-kv-1, data-kv-2",
+    ));
+    script.push(status_write(|s| {
+        assert_eq!(s["phase"], "Bootstrapping");
+        assert_eq!(s["clusterToken"], "prod/kv");
+        let message = s["message"].as_str().unwrap();
+        assert!(
+            message.contains("adopting the volumes data-kv-0"),
+            "{message}"
+        );
+        assert_eq!(s["conditions"][1]["type"], "Progressing");
+        assert_eq!(s["conditions"][1]["reason"], "AdoptingVolumes");
+    }));
+    run_scenario(c, FakeNodes::default(), script).await.unwrap();
+}
+
+/// A member whose volume belongs to another cluster id crash-loops; the
+/// reason, from the pod's termination message, reaches the status and an
+/// event instead of an endless "Bootstrapping".
+#[tokio::test]
+async fn a_member_refusing_its_volume_fails_the_cluster_with_the_reason() {
+    let pod_list = json!({"apiVersion":"v1","kind":"PodList","metadata":{},"items":[{
+        "metadata":{"name":"kv-0","namespace":NS},
+        "status":{"containerStatuses":[{
+            "name":"raftkv","image":"raftkv","imageID":"","ready":false,"restartCount":4,
+            "state":{"waiting":{"reason":"CrashLoopBackOff"}},
+            "lastState":{"terminated":{"exitCode":1,
+                "message":"Error: /var/lib/raftkv/log.redb: belongs to cluster 0x1a, not to this node's cluster 0x2b"}}}]}}]});
+    let mut script = observe(Some(statefulset(1, 0)), pod_list, pvcs(&[0]));
+    script.extend(apply_owned_as(1, 0, "RAFTKV_INITIAL_CLUSTER"));
+    script.push(Expect::event_with_note(
+        NS,
+        "DataDirRefused",
+        "kv-0 refuses data-kv-0",
+    ));
+    script.push(status_write(|s| {
+        assert_eq!(s["phase"], "Failed");
+        assert!(
+            s["message"]
+                .as_str()
+                .unwrap()
+                .contains("belongs to cluster 0x1a"),
+            "{s}"
+        );
+        assert_eq!(s["conditions"][2]["type"], "Degraded");
+        assert_eq!(s["conditions"][2]["status"], "True");
+        assert_eq!(s["conditions"][2]["reason"], "DataDirRefused");
+        assert_eq!(s["conditions"][0]["reason"], "DataDirRefused");
+    }));
+    run_scenario(
+        cluster(3, PvcRetention::Retain),
+        FakeNodes::default(),
+        script,
+    )
+    .await
+    .unwrap();
 }

@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "RaftCluster",
     plural = "raftclusters",
-    shortname = "rc",
+    // Not "rc": kubectl resolves that to ReplicationControllers first.
+    shortname = "raftc",
     namespaced,
     doc = "A Raft-replicated raftkv key-value cluster managed by raftkv-operator",
     status = "RaftClusterStatus",
@@ -297,6 +298,11 @@ pub struct RaftClusterStatus {
     /// a new cluster, every pod joins. Never reset.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bootstrapped: bool,
+    /// The token the members derive the Raft cluster id from
+    /// (`RAFTKV_CLUSTER_TOKEN`). Recorded once, never changed: a member
+    /// refuses a data directory written for another cluster id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_token: Option<String>,
 }
 
 /// Lifecycle phase of a cluster.
@@ -365,9 +371,40 @@ mod tests {
         let crd = RaftCluster::crd();
         assert_eq!(crd.spec.group, "raftkv.io");
         assert_eq!(crd.spec.names.plural, "raftclusters");
-        assert_eq!(crd.spec.names.short_names, Some(vec!["rc".to_string()]));
+        assert_eq!(crd.spec.names.short_names, Some(vec!["raftc".to_string()]));
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.versions[0].name, "v1alpha1");
+    }
+
+    /// Short names kubectl already resolves, to built-in resources (as
+    /// listed by `kubectl api-resources` on Kubernetes 1.34) or to CRDs
+    /// that are installed almost everywhere (cert-manager, Prometheus
+    /// Operator, Argo, Istio, Knative). A short name that collides is
+    /// resolved to the other resource first: `kubectl get rc demo` read
+    /// ReplicationControllers.
+    const TAKEN_SHORT_NAMES: &[&str] = &[
+        // core/v1 and the built-in API groups
+        "cm", "cs", "ep", "ev", "limits", "no", "ns", "po", "pv", "pvc", "quota", "rc", "sa", "svc",
+        "crd", "crds", "ds", "deploy", "rs", "sts", "hpa", "cj", "csr", "ing", "netpol", "pdb",
+        "pc", "psp", "sc", "eps", "ingclass", "vac", // widespread CRDs
+        "cert", "certs", "cr", "crs", "smon", "pmon", "prom", "promrule", "am", "app", "apps",
+        "appproj", "wf", "cwf", "vs", "gw", "dr", "se", "pa", "ra", "ksvc", "rt", "cfg", "rev",
+        "vm", "vmi",
+    ];
+
+    #[test]
+    fn short_names_collide_with_no_builtin_or_common_resource() {
+        let names = RaftCluster::crd().spec.names;
+        let short = names.short_names.unwrap_or_default();
+        assert!(!short.is_empty(), "a short name saves typing");
+        for s in &short {
+            assert!(
+                !TAKEN_SHORT_NAMES.contains(&s.as_str()),
+                "short name {s:?} is already taken; kubectl would resolve it to another resource"
+            );
+            assert_ne!(s, &names.plural);
+            assert_ne!(Some(s), names.singular.as_ref());
+        }
     }
 
     #[test]

@@ -82,6 +82,23 @@ impl Expect {
     }
 }
 
+impl Expect {
+    /// A new event (a POST, not a series update of an earlier one) with
+    /// this reason and a note containing `note`.
+    pub fn event_with_note(ns: &str, reason: &'static str, note: &'static str) -> Self {
+        Self::new(
+            Method::POST,
+            &format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"),
+            move |body| {
+                assert_eq!(body["reason"], reason, "event: {body}");
+                let got = body["note"].as_str().unwrap_or_default();
+                assert!(got.contains(note), "event note {got:?} lacks {note:?}");
+                (StatusCode::CREATED, body.clone())
+            },
+        )
+    }
+}
+
 /// Serve `script` in order; panics (failing the returned task) on the first
 /// request that does not match.
 pub fn serve(mut handle: Handle, script: Vec<Expect>) -> tokio::task::JoinHandle<()> {

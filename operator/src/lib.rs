@@ -16,3 +16,5 @@ pub mod node_steps;
 pub mod observation;
 pub mod planner;
 pub mod resources;
+pub mod retained_volumes;
+pub mod shutdown;

@@ -14,7 +14,8 @@ use raftkv_operator::controller::{self, Context, Settings};
 use raftkv_operator::leader_election::{self, LeaseSettings};
 use raftkv_operator::metrics::Metrics;
 use raftkv_operator::node_client::{DnsResolver, HttpNodeClient};
-use tracing::{error, info};
+use raftkv_operator::shutdown::{self, Shutdown};
+use tracing::{error, info, warn};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -95,7 +96,11 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting tokio")?;
-            runtime.block_on(run(args))
+            let result = runtime.block_on(run(args));
+            // Blocking tasks (a DNS lookup of a node that does not answer)
+            // must not hold the exit up.
+            runtime.shutdown_timeout(shutdown::GRACE);
+            result
         }
     }
 }
@@ -162,10 +167,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         settings,
     ));
 
+    // One listener for SIGTERM/SIGINT; everything below waits on `shutdown`.
+    let (trigger, stopping) = Shutdown::new();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested");
+        trigger.fire();
+    });
+
     if !args.leader_elect {
         ready.store(true, Ordering::Relaxed);
         info!("leader election disabled; reconciling");
-        controller::run(ctx, shutdown_signal()).await;
+        run_controller(ctx, stopping.clone().requested(), stopping).await;
         return Ok(());
     }
 
@@ -192,24 +205,50 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 anyhow::bail!("the lease watcher stopped before this replica became leader");
             }
         }
-        _ = shutdown_signal() => return Ok(()),
+        () = stopping.clone().requested() => return Ok(()),
     }
     let lost = leader_election::lost(election.is_leader.clone());
     let lost_flag = Arc::new(AtomicBool::new(false));
     let flag = lost_flag.clone();
+    let requested = stopping.clone().requested();
     let stop = async move {
         tokio::select! {
-            _ = lost => flag.store(true, Ordering::Relaxed),
-            _ = shutdown_signal() => {}
+            () = lost => flag.store(true, Ordering::Relaxed),
+            () = requested => {}
         }
     };
-    controller::run(ctx, stop).await;
-    // Dropping the receiver makes the lease manager release the lease.
+    run_controller(ctx, stop, stopping).await;
+    // Dropping the receiver makes the lease manager release the lease; that
+    // is one more API call, which may fail for good (RBAC already deleted),
+    // so it gets a bounded time too.
     drop(election.is_leader);
-    let _ = election.task.await;
+    if tokio::time::timeout(shutdown::GRACE, election.task)
+        .await
+        .is_err()
+    {
+        warn!("could not release the operator lease in time; it expires on its own");
+    }
     if lost_flag.load(Ordering::Relaxed) {
         // Exit so a fresh process competes again with clean caches.
         anyhow::bail!("lost the operator lease; exiting");
     }
     Ok(())
+}
+
+/// Run the controller until `stop`; once shutdown is requested, reconciles
+/// in flight get [`shutdown::GRACE`] to finish and are then abandoned.
+async fn run_controller(
+    ctx: Arc<Context<HttpNodeClient<DnsResolver>, DnsResolver>>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    stopping: Shutdown,
+) {
+    if shutdown::bounded(controller::run(ctx, stop), stopping, shutdown::GRACE)
+        .await
+        .is_none()
+    {
+        warn!(
+            grace = ?shutdown::GRACE,
+            "reconciles still running after the shutdown grace period; exiting anyway"
+        );
+    }
 }

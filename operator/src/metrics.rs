@@ -154,4 +154,62 @@ mod tests {
         m.forget_cluster("prod", "kv");
         assert!(!m.render().unwrap().contains(r#"cluster="kv""#));
     }
+
+    /// Every `raftkv_operator_*` name in `text`.
+    fn operator_metric_names(text: &str) -> Vec<String> {
+        let prefix = "raftkv_operator_";
+        let mut names = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(prefix) {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            names.push(name);
+        }
+        names
+    }
+
+    /// `helm test` greps the operator's `/metrics` for a metric name, and
+    /// the alert rules query some: a name the operator does not export makes
+    /// the test fail forever and the alert never fire.
+    #[test]
+    fn metric_names_used_by_the_chart_test_and_the_alerts_are_exported() {
+        let m = Metrics::new().unwrap();
+        // Labelled families only appear once they have a series.
+        m.failures.with_label_values(&["kube"]).inc();
+        m.observe_cluster("prod", "kv", &RaftClusterStatus::default());
+        let exported: Vec<String> = m
+            .render()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_string)
+            .collect();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let tests_dir = root.join("charts/raftkv-operator/templates/tests");
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&tests_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.push(root.join("deploy/prometheus/alerts.yaml"));
+        let mut checked = 0;
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for name in operator_metric_names(&text) {
+                assert!(
+                    exported.contains(&name),
+                    "{} uses {name}, which the operator does not export (it exports {exported:?})",
+                    file.display()
+                );
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 2,
+            "the chart test and the alerts name operator metrics"
+        );
+    }
 }

@@ -35,6 +35,24 @@ pub enum NodeError {
     BadResponse { pod: String, reason: String },
 }
 
+/// An error and its sources, `outer: inner: root`. reqwest's own message
+/// is only "error sending request for url (...)"; the cause a user needs
+/// (a DNS failure, a refused connection, a timeout) is in the sources.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        // Some errors repeat their source's message in their own.
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
+}
+
 /// Calls to the raftkv admin API of one pod of a cluster.
 pub trait NodeClient: Send + Sync + 'static {
     fn status(
@@ -161,7 +179,7 @@ impl<R: AddressResolver> HttpNodeClient<R> {
     ) -> Result<reqwest::Response, NodeError> {
         let resp = req.send().await.map_err(|e| NodeError::Unreachable {
             pod: pod.to_string(),
-            reason: e.to_string(),
+            reason: error_chain(&e),
         })?;
         let status = resp.status();
         if status.is_success() {
@@ -361,6 +379,29 @@ mod tests {
         // A pod the resolver does not know is an error, not a panic.
         assert!(client.status(&id, "kv-7").await.is_err());
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_node_error_says_why() {
+        // Nothing listens on port 1. The error must carry the cause (here a
+        // refused connection; in a cluster often a DNS failure), not only
+        // reqwest's "error sending request".
+        let resolver = StaticResolver {
+            nodes: BTreeMap::from([(
+                "kv-0".to_string(),
+                StaticAddresses {
+                    http: "http://127.0.0.1:1".into(),
+                    ..Default::default()
+                },
+            )]),
+        };
+        let client = HttpNodeClient::new(resolver, Duration::from_secs(5)).unwrap();
+        let err = client
+            .status(&ClusterIdentity::new("kv", "ns"), "kv-0")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.to_lowercase().contains("refused"), "{err}");
     }
 
     #[test]

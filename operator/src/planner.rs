@@ -255,11 +255,52 @@ pub fn next_step(input: &PlanInput) -> Step {
     Step::Stable
 }
 
+/// The step before [`next_step`] for a cluster that has never had a leader
+/// but found the volumes of an earlier cluster of the same name
+/// (`retained`, by ordinal; see `retained_volumes`): start a pod for every
+/// one of them at once. Their members may need each other for a quorum, so
+/// the one-pod bootstrap of a new cluster would wait forever. `None` once
+/// they all have pods, or when there is nothing to adopt.
+pub fn adopt_retained(
+    statefulset_replicas: u32,
+    raft: Option<&ObservedRaft>,
+    retained: &BTreeSet<u32>,
+) -> Option<Step> {
+    if raft.is_some() {
+        return None;
+    }
+    let highest = *retained.iter().max()?;
+    (highest >= statefulset_replicas).then_some(Step::RaiseStatefulSet {
+        replicas: highest + 1,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const LAG: u64 = 10;
+
+    #[test]
+    fn retained_volumes_all_get_their_pods_before_a_leader_exists() {
+        let retained = BTreeSet::from([0, 1, 2]);
+        assert_eq!(
+            adopt_retained(0, None, &retained),
+            Some(Step::RaiseStatefulSet { replicas: 3 })
+        );
+        assert_eq!(
+            adopt_retained(1, None, &retained),
+            Some(Step::RaiseStatefulSet { replicas: 3 })
+        );
+        assert_eq!(adopt_retained(3, None, &retained), None);
+        assert_eq!(adopt_retained(0, None, &BTreeSet::new()), None);
+        let raft = ObservedRaft {
+            leader: NodeId(1),
+            commit_index: 5,
+            members: vec![],
+        };
+        assert_eq!(adopt_retained(0, Some(&raft), &retained), None);
+    }
 
     fn voter(id: u64, match_index: u64) -> ObservedMember {
         ObservedMember {

@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::crd::RaftCluster;
+use crate::crd::{PvcRetention, RaftCluster};
 use crate::identity::{
     CLIENT_PORT, ClusterIdentity, DATA_VOLUME, HTTP_PORT, PEER_PORT, owned_meta,
 };
@@ -69,11 +69,20 @@ pub fn build(cluster: &RaftCluster, replicas: i32, mode: StartMode) -> StatefulS
                 match_labels: Some(id.selector_labels()),
                 ..LabelSelector::default()
             },
-            // The operator deletes member volumes itself, after the member
-            // has left the Raft configuration (see pvcRetention).
+            // On scale-down the operator deletes a member's volume itself,
+            // once the member has left the Raft configuration. When the
+            // cluster is deleted, Kubernetes deletes the volumes with the
+            // StatefulSet if pvcRetention says so: no finalizer, so deleting
+            // a cluster never depends on the operator still running.
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some("Retain".into()),
+                    when_deleted: Some(
+                        match spec.pvc_retention {
+                            PvcRetention::Retain => "Retain",
+                            PvcRetention::Delete => "Delete",
+                        }
+                        .into(),
+                    ),
                     when_scaled: Some("Retain".into()),
                 },
             ),
@@ -146,6 +155,10 @@ fn container(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Co
             ..http_probe("/healthz", 10, 6)
         }),
         resources: spec.resources.clone(),
+        // A node that refuses to start (e.g. a volume of another cluster)
+        // says why on stderr; this puts the tail of that log into the pod
+        // status, where the operator reads it and reports it.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             read_only_root_filesystem: Some(true),
@@ -172,10 +185,26 @@ fn container(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Co
     }
 }
 
-/// The token all pods of `cluster` share (see `env`).
-fn cluster_token(cluster: &RaftCluster, id: &ClusterIdentity) -> String {
-    let uid = cluster.metadata.uid.as_deref().unwrap_or_default();
-    format!("{}/{}/{uid}", id.namespace, id.name)
+/// The token all pods of `cluster` share; raftkv hashes it into the
+/// cluster id, and a node refuses a data directory written for another id.
+///
+/// It is `<namespace>/<name>`: stable across deleting and re-creating the
+/// RaftCluster, so that a cluster re-created under the same name adopts the
+/// volumes `pvcRetention: Retain` kept (as a StatefulSet re-created under
+/// the same name gets its pods' volumes back). Once used, the token is kept
+/// in `status.clusterToken` and never changes. Clusters bootstrapped by
+/// earlier operator versions, which added the RaftCluster's UID, keep that
+/// token: their volumes were written for it.
+pub fn cluster_token(cluster: &RaftCluster) -> String {
+    let id = ClusterIdentity::of(cluster);
+    match cluster.status.as_ref() {
+        Some(s) if s.cluster_token.is_some() => s.cluster_token.clone().unwrap_or_default(),
+        Some(s) if s.bootstrapped => {
+            let uid = cluster.metadata.uid.as_deref().unwrap_or_default();
+            format!("{}/{}/{uid}", id.namespace, id.name)
+        }
+        _ => format!("{}/{}", id.namespace, id.name),
+    }
 }
 
 /// Environment that configures `raftkv serve`. Every pod shares one
@@ -199,10 +228,8 @@ fn env(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Vec<EnvV
         plain("RAFTKV_ADVERTISE_PEER", &id.peer_url(this_pod)),
         plain("RAFTKV_ADVERTISE_CLIENT", &id.client_url(this_pod)),
         // Every pod, bootstrapping or joining, derives the same cluster id
-        // from this token, and a node refuses a data directory written for
-        // another id. The UID makes a re-created cluster of the same name a
-        // different cluster, so it never adopts an old volume.
-        plain("RAFTKV_CLUSTER_TOKEN", &cluster_token(cluster, id)),
+        // from this token (see `cluster_token`).
+        plain("RAFTKV_CLUSTER_TOKEN", &cluster_token(cluster)),
         match mode {
             StartMode::Bootstrap => plain(
                 "RAFTKV_INITIAL_CLUSTER",
@@ -322,6 +349,25 @@ mod tests {
     }
 
     #[test]
+    fn deleting_the_cluster_deletes_volumes_only_with_pvc_retention_delete() {
+        let policy = |retention| {
+            let mut c = cluster();
+            c.spec.pvc_retention = retention;
+            build(&c, 3, StartMode::Join)
+                .spec
+                .persistent_volume_claim_retention_policy
+                .unwrap()
+        };
+        let delete = policy(PvcRetention::Delete);
+        assert_eq!(delete.when_deleted.as_deref(), Some("Delete"));
+        // Scale-down volumes go only after the member left the configuration.
+        assert_eq!(delete.when_scaled.as_deref(), Some("Retain"));
+        let retain = policy(PvcRetention::Retain);
+        assert_eq!(retain.when_deleted.as_deref(), Some("Retain"));
+        assert_eq!(retain.when_scaled.as_deref(), Some("Retain"));
+    }
+
+    #[test]
     fn statefulset_claims_a_volume_per_member_for_the_data_dir() {
         let spec = build(&cluster(), 3, StartMode::Join).spec;
         let claim = &spec.volume_claim_templates.unwrap()[0];
@@ -422,7 +468,7 @@ mod tests {
         assert_eq!(env["RAFTKV_JOIN"], "true");
         assert!(!env.contains_key("RAFTKV_INITIAL_CLUSTER"));
         // A joining node can only start if it knows the cluster id.
-        assert!(env["RAFTKV_CLUSTER_TOKEN"].starts_with("prod/kv/"));
+        assert_eq!(env["RAFTKV_CLUSTER_TOKEN"], "prod/kv");
         assert_eq!(
             env_of(&build(&c, 1, StartMode::Bootstrap))["RAFTKV_CLUSTER_TOKEN"],
             env["RAFTKV_CLUSTER_TOKEN"],
@@ -447,6 +493,51 @@ mod tests {
                 .unwrap()
                 .field_path,
             "metadata.name"
+        );
+    }
+
+    #[test]
+    fn a_cluster_recreated_under_the_same_name_keeps_its_token() {
+        // Deleted and applied again: another UID, the same cluster id, so
+        // the retained volumes are accepted.
+        let first = cluster();
+        let mut again = cluster();
+        again.metadata.uid = Some("uid-2".into());
+        assert_eq!(cluster_token(&first), cluster_token(&again));
+        assert_eq!(cluster_token(&again), "prod/kv");
+        // Another namespace or name is another cluster.
+        let mut other = cluster();
+        other.metadata.namespace = Some("staging".into());
+        assert_ne!(cluster_token(&first), cluster_token(&other));
+    }
+
+    #[test]
+    fn a_recorded_or_legacy_token_never_changes() {
+        let mut c = cluster();
+        c.status = Some(crate::crd::RaftClusterStatus {
+            cluster_token: Some("prod/kv/uid-0".into()),
+            bootstrapped: true,
+            ..Default::default()
+        });
+        assert_eq!(cluster_token(&c), "prod/kv/uid-0");
+        // Bootstrapped by an operator that used the UID and did not record it.
+        c.status = Some(crate::crd::RaftClusterStatus {
+            bootstrapped: true,
+            ..Default::default()
+        });
+        assert_eq!(cluster_token(&c), "prod/kv/uid-1");
+    }
+
+    #[test]
+    fn a_refusing_node_leaves_its_reason_in_the_pod_status() {
+        let pod = build(&cluster(), 3, StartMode::Join)
+            .spec
+            .template
+            .spec
+            .unwrap();
+        assert_eq!(
+            pod.containers[0].termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
         );
     }
 
