@@ -319,7 +319,7 @@ async fn forged_and_garbage_peer_input_is_refused_and_counted_without_disturbing
         index: LogIndex(index),
         payload: EntryPayload::Command(Bytes::from_static(b"forged")),
     };
-    let messages = vec![
+    let messages = [
         // One message with the last term there is.
         forged(
             lid.get(),

@@ -2,8 +2,11 @@
 //! snapshot path under a simulated network, crashes, partitions,
 //! membership changes and leadership transfers, from many seeds.
 //!
-//! `RAFTKV_NODE_SIM_SEEDS=N` runs N seeds (default 200);
+//! `RAFTKV_NODE_SIM_SEEDS=N` runs N seeds (default 2000);
 //! `RAFTKV_NODE_SIM_SEED=S` replays one.
+
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use raftkv::server::sim::{Report, SimCluster, SimOptions};
 
@@ -29,7 +32,7 @@ fn whole_nodes_keep_every_invariant_under_faults() {
             let n = std::env::var("RAFTKV_NODE_SIM_SEEDS")
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .unwrap_or(200u64);
+                .unwrap_or(2000u64);
             (1..=n).collect()
         }
     };

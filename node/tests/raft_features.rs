@@ -911,3 +911,24 @@ fn failed_snapshot_transfers_back_off_instead_of_retrying_every_heartbeat() {
     c.set_filter(None);
     assert!(c.run_until(|c| c.applied(lagging) >= p.index, 3000));
 }
+
+#[test]
+fn a_follower_whose_configuration_lags_keeps_hearing_a_leader_it_does_not_know_yet() {
+    let mut n = three_member_node(1, 48);
+    // Member 4 was added and elected while we were away: our configuration
+    // does not name it. Its first message counts once no leader is heard...
+    for _ in 0..25 {
+        n.tick();
+    }
+    drive(&mut n);
+    let term = n.status().term.get() + 1;
+    n.step(heartbeat(4, term, 0)).unwrap();
+    assert_eq!(n.status().leader, Some(NodeId(4)));
+    // ...and so does every later one of its term, though we now hear it.
+    n.step(heartbeat(4, term, 0)).unwrap();
+    assert_eq!(
+        refusal(n.step(heartbeat(5, term, 0))),
+        Refusal::NotAMember,
+        "a stranger is still refused"
+    );
+}

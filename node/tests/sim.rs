@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Seeds CI runs by default.
-const DEFAULT_SEEDS: u64 = 2000;
+const DEFAULT_SEEDS: u64 = 10_000;
 /// Ticks of chaos per seed.
 const CHAOS_TICKS: u64 = 1500;
 

@@ -245,12 +245,11 @@ fn an_image_is_checked_as_it_arrives_without_storing_anything() {
     let fed: Result<(), StoreError> = chunks[..chunks.len() - 1]
         .iter()
         .chain(std::iter::once(&Bytes::from(last)))
-        .map(|c| corrupt.feed(c))
-        .collect();
+        .try_for_each(|c| corrupt.feed(c));
     assert!(fed.is_err() || corrupt.finish().is_err());
 
     let mut too_large = ImageCheck::new(total - 1);
-    let fed: Result<(), StoreError> = chunks.iter().map(|c| too_large.feed(c)).collect();
+    let fed: Result<(), StoreError> = chunks.iter().try_for_each(|c| too_large.feed(c));
     assert!(fed.unwrap_err().to_string().contains("larger than"));
 }
 

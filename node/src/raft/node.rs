@@ -292,11 +292,14 @@ impl<S: Storage> RaftNode<S> {
         );
         // A node that is still joining knows no configuration yet and must
         // hear its leader. A follower whose configuration lags may not yet
-        // know a newly elected leader: it accepts one only once it has
-        // heard from no leader for an election timeout, as for votes.
+        // know a newly elected leader: it accepts one once it has heard
+        // from no leader for an election timeout (as for votes), and from
+        // then on for the rest of that leader's term, until the log brings
+        // the configuration that names it.
+        let known_leader = m.term == self.term && self.leader == Some(m.from);
         if !self.membership.is_empty()
             && !self.membership.contains(m.from)
-            && !(leader_message && !self.in_leader_lease())
+            && !(leader_message && (known_leader || !self.in_leader_lease()))
         {
             return Err(Refusal::NotAMember);
         }
