@@ -675,9 +675,10 @@ fn a_follower_does_not_serve_read_index() {
 
 // ------------------------------------------------------------ 9. snapshots
 
-#[test]
-fn a_follower_behind_compaction_catches_up_by_snapshot() {
-    let (mut c, l) = elected(3, 28);
+/// A cluster whose leader compacted 40 entries away while one follower was
+/// down: (cluster, leader, the follower that was down, the last proposal).
+fn behind_compaction(seed: u64) -> (Cluster, NodeId, NodeId, raftkv::raft::Proposal) {
+    let (mut c, l) = elected(3, seed);
     let lagging = c.ids().into_iter().find(|id| *id != l).unwrap();
     c.crash(lagging);
     let mut last = None;
@@ -690,6 +691,12 @@ fn a_follower_behind_compaction_catches_up_by_snapshot() {
     for id in c.up_ids() {
         c.compact(id, 0);
     }
+    (c, l, lagging, p)
+}
+
+#[test]
+fn a_follower_behind_compaction_catches_up_by_snapshot() {
+    let (mut c, l, lagging, p) = behind_compaction(28);
     assert!(c.storage(l).unwrap().first_index().unwrap() > LogIndex(20));
     let snapshots = counter(
         &mut c,
@@ -878,19 +885,7 @@ fn a_learner_that_has_not_caught_up_cannot_be_promoted() {
 
 #[test]
 fn failed_snapshot_transfers_back_off_instead_of_retrying_every_heartbeat() {
-    let (mut c, l) = elected(3, 47);
-    let lagging = c.ids().into_iter().find(|id| *id != l).unwrap();
-    c.crash(lagging);
-    let mut last = None;
-    for i in 0..40 {
-        last = Some(c.propose(l, Bytes::from(format!("{i}"))).unwrap());
-        c.tick();
-    }
-    let p = last.unwrap();
-    assert!(c.run_until(|c| c.committed_term(p.index) == Some(p.term), 100));
-    for id in c.up_ids() {
-        c.compact(id, 0);
-    }
+    let (mut c, l, lagging, p) = behind_compaction(47);
     // Every snapshot transfer fails (say, the follower's disk is full).
     let attempts = counter(
         &mut c,
