@@ -885,7 +885,7 @@ fn a_learner_that_has_not_caught_up_cannot_be_promoted() {
 
 #[test]
 fn failed_snapshot_transfers_back_off_instead_of_retrying_every_heartbeat() {
-    let (mut c, l, lagging, p) = behind_compaction(47);
+    let (mut c, _, lagging, p) = behind_compaction(47);
     // Every snapshot transfer fails (say, the follower's disk is full).
     let attempts = counter(
         &mut c,
