@@ -370,22 +370,32 @@ impl KvStore {
 
     /// The index of the last applied entry.
     pub fn applied_index(&self) -> LogIndex {
-        self.state().applied_index
+        self.with_state(|s| s.applied_index)
     }
 
     /// The term of the last applied entry.
     pub fn applied_term(&self) -> Term {
-        self.state().applied_term
+        self.with_state(|s| s.applied_term)
     }
 
     /// The current global revision.
     pub fn revision(&self) -> i64 {
-        self.state().revision
+        self.with_state(|s| s.revision)
     }
 
     /// The membership as of the applied index.
     pub fn membership(&self) -> Membership {
         self.state().membership
+    }
+
+    /// Reads one field of the state without cloning the rest (the
+    /// configuration): the driver asks for the applied index every turn.
+    fn with_state<T>(&self, f: impl FnOnce(&KvState) -> T) -> T {
+        f(&self
+            .inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner))
     }
 
     pub(crate) fn state(&self) -> KvState {
