@@ -19,7 +19,7 @@ use crate::raft::NodeId;
 use crate::server::{
     Bootstrap, MemberInfo, NodeConfig, cluster_id_of_token, start, validate_member_url,
 };
-use crate::storage::{DEFAULT_KV_CACHE_BYTES, Limits, SnapshotPolicy};
+use crate::storage::{DEFAULT_KV_CACHE_BYTES, Disk, Limits, SnapshotPolicy};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -252,6 +252,7 @@ impl ServeArgs {
             },
             kv_cache_bytes: self.kv_cache_mb.saturating_mul(1 << 20),
             max_snapshot_bytes: self.max_snapshot_mb.saturating_mul(1 << 20),
+            disk: Disk::default(),
         })
     }
 

@@ -21,7 +21,7 @@ use crate::server::member_info::MemberInfo;
 use crate::server::peer_proto::peer_server::PeerServer;
 use crate::server::peer_service::PeerService;
 use crate::server::transport::{MAX_PEER_MESSAGE_BYTES, Transport};
-use crate::storage::{Identity, KvStore, Limits, LogStore, SnapshotPolicy};
+use crate::storage::{Disk, Identity, KvStore, Limits, LogStore, SnapshotPolicy};
 
 /// Client requests queued for the driver before callers wait.
 const REQUEST_QUEUE: usize = 4096;
@@ -61,6 +61,8 @@ pub struct NodeConfig {
     pub kv_cache_bytes: usize,
     /// The largest snapshot image this node accepts from a leader.
     pub max_snapshot_bytes: u64,
+    /// Where the databases live (the system's files but in simulations).
+    pub disk: Disk,
 }
 
 /// A started node.
@@ -231,14 +233,15 @@ pub(crate) fn open_node(cfg: &NodeConfig, seed: u64) -> anyhow::Result<OpenedNod
             bail!("a node started with --join needs --cluster-id or --cluster-token")
         }
     };
-    let log = LogStore::open(
+    let log = LogStore::open_on(
+        &cfg.disk,
         &cfg.data_dir,
         Identity {
             cluster_id,
             node_id: cfg.id,
         },
     )?;
-    let kv = KvStore::open_with_cache(&cfg.data_dir, cfg.limits, cfg.kv_cache_bytes)?;
+    let kv = KvStore::open_on(&cfg.disk, &cfg.data_dir, cfg.limits, cfg.kv_cache_bytes)?;
     if log.is_new() {
         match &cfg.bootstrap {
             Bootstrap::Initial(members) => {

@@ -39,6 +39,7 @@ use redb::{
 
 use super::codec;
 use super::command::{Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, TxnOp};
+use super::disk::Disk;
 use super::error::{DecodeError, StoreError, corrupt, db_err};
 use super::outcome::{
     ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult, decode_client_record,
@@ -287,6 +288,8 @@ pub(crate) struct KvInner {
     pub limits: Limits,
     /// redb's page cache size for this database (and its replacements).
     pub cache_bytes: usize,
+    /// Where this database and its replacements live.
+    pub disk: Disk,
     /// Replaced as a whole when a snapshot is installed.
     pub db: RwLock<Arc<Database>>,
     pub state: RwLock<KvState>,
@@ -321,6 +324,17 @@ impl KvStore {
         limits: Limits,
         cache_bytes: usize,
     ) -> Result<KvStore, StoreError> {
+        KvStore::open_on(&Disk::default(), dir, limits, cache_bytes)
+    }
+
+    /// Like [`KvStore::open_with_cache`], with the database files (this one
+    /// and every snapshot installed into it) on `disk`.
+    pub fn open_on(
+        disk: &Disk,
+        dir: &Path,
+        limits: Limits,
+        cache_bytes: usize,
+    ) -> Result<KvStore, StoreError> {
         let staging = dir.join(KV_STAGING_FILE);
         if staging.exists() {
             std::fs::remove_file(&staging).map_err(|source| StoreError::Io {
@@ -331,12 +345,11 @@ impl KvStore {
         }
         let path = dir.join(KV_FILE);
         let db = if path.exists() {
-            super::db_with_cache(cache_bytes)
-                .open(&path)
+            disk.open(&super::db_with_cache(cache_bytes), &path)
                 .map_err(db_err(&path, "open"))?
         } else {
-            let db = super::db_with_cache(cache_bytes)
-                .create(&path)
+            let db = disk
+                .create(&super::db_with_cache(cache_bytes), &path)
                 .map_err(db_err(&path, "create"))?;
             init_tables(&db, &path, &KvState::default())?;
             super::sync_dir(dir)?;
@@ -350,6 +363,7 @@ impl KvStore {
                 path,
                 limits,
                 cache_bytes,
+                disk: disk.clone(),
                 db: RwLock::new(Arc::new(db)),
                 state: RwLock::new(state),
                 writer: Mutex::new(durable),

@@ -32,6 +32,7 @@ use redb::{
 };
 
 use super::codec::{self, StoredIdentity};
+use super::disk::Disk;
 use super::error::{StoreError, corrupt, db_err};
 use crate::raft::{
     Entry, EntryPayload, HardState, InitialState, LogIndex, Membership, NodeId, Snapshot,
@@ -108,6 +109,11 @@ impl LogStore {
     /// belongs to another cluster or node, has an unknown format version, or
     /// cannot be read.
     pub fn open(dir: &Path, identity: Identity) -> Result<LogStore, StoreError> {
+        LogStore::open_on(&Disk::default(), dir, identity)
+    }
+
+    /// Like [`LogStore::open`], with the database file on `disk`.
+    pub fn open_on(disk: &Disk, dir: &Path, identity: Identity) -> Result<LogStore, StoreError> {
         let path = dir.join(LOG_FILE);
         let exists = path.try_exists().map_err(|source| StoreError::Io {
             file: path.clone(),
@@ -117,13 +123,12 @@ impl LogStore {
         let recovered = Arc::new(AtomicBool::new(false));
         let db = if exists {
             let flag = recovered.clone();
-            super::db_with_cache(LOG_CACHE_BYTES)
-                .set_repair_callback(move |_| flag.store(true, Ordering::Relaxed))
-                .open(&path)
-                .map_err(db_err(&path, "open"))?
+            let mut builder = super::db_with_cache(LOG_CACHE_BYTES);
+            builder.set_repair_callback(move |_| flag.store(true, Ordering::Relaxed));
+            disk.open(&builder, &path).map_err(db_err(&path, "open"))?
         } else {
-            let db = super::db_with_cache(LOG_CACHE_BYTES)
-                .create(&path)
+            let db = disk
+                .create(&super::db_with_cache(LOG_CACHE_BYTES), &path)
                 .map_err(db_err(&path, "create"))?;
             let txn = db.begin_write().map_err(db_err(&path, "begin write"))?;
             {

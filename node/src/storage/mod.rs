@@ -31,6 +31,8 @@
 //!
 //! Where to find what:
 //! - `codec.rs`: the stored form of the core's values (prost);
+//! - `disk.rs`: where the databases live: the system's files, or a disk a
+//!   simulation can fill up, make fail or switch off;
 //! - `log_store.rs`: the log ([`raft::Storage`](crate::raft::Storage));
 //! - `command.rs`: the commands clients propose and their encoding;
 //! - `outcome.rs`: what applying a command produces;
@@ -42,6 +44,7 @@
 
 mod codec;
 mod command;
+mod disk;
 mod error;
 mod image;
 pub mod kv_store;
@@ -57,6 +60,7 @@ pub use codec::{
 pub use command::{
     Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, RequestId, TxnOp,
 };
+pub use disk::{Disk, DiskMode, DiskStats, FaultyDisk};
 pub use error::{DecodeError, StoreError};
 pub use image::{CHUNK_BYTES, ImageCheck, SnapshotError};
 pub use kv_store::{

@@ -236,8 +236,10 @@ impl KvStore {
                 source,
             })?;
         }
-        let db = super::db_with_cache(self.inner.cache_bytes)
-            .create(&staging)
+        let db = self
+            .inner
+            .disk
+            .create(&super::db_with_cache(self.inner.cache_bytes), &staging)
             .map_err(db_err(&staging, "create"))?;
         Ok(SnapshotInstaller {
             store: self.clone(),
@@ -339,8 +341,9 @@ impl SnapshotInstaller {
             source,
         })?;
         super::sync_dir(&inner.dir)?;
-        let db = super::db_with_cache(inner.cache_bytes)
-            .open(&inner.path)
+        let db = inner
+            .disk
+            .open(&super::db_with_cache(inner.cache_bytes), &inner.path)
             .map_err(db_err(&inner.path, "open"))?;
         // The state is re-read from the installed file: what it says wins.
         let loaded = load_state(&db, &inner.path)?;
