@@ -418,6 +418,13 @@ impl LogStore {
         self.cached().hard_state
     }
 
+    /// The highest index this log both holds and knows to be committed:
+    /// how far it can be compacted.
+    pub fn stored_commit(&self) -> LogIndex {
+        let c = self.cached();
+        c.hard_state.commit.min(c.last_index)
+    }
+
     /// The stored base snapshot meta.
     pub fn snapshot_meta(&self) -> SnapshotMeta {
         self.cached().snapshot

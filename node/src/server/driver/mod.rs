@@ -861,7 +861,13 @@ impl Driver {
     /// The state machine is made durable first: the log must never be
     /// compacted past what a restart can recover without it.
     fn maybe_compact(&mut self) -> Result<(), DriverError> {
-        let applied = self.kv.applied_index();
+        // A crash between installing a snapshot into the state machine and
+        // recording it in the log leaves the state machine ahead of the
+        // log: only what the log holds and knows committed can go.
+        let applied = self
+            .kv
+            .applied_index()
+            .min(self.node.storage().stored_commit());
         let log_snapshot = self.node.storage().snapshot_meta().index;
         let Some(to) = self.cfg.snapshot_policy.compact_to(applied, log_snapshot) else {
             return Ok(());
