@@ -45,6 +45,10 @@ fn whole_nodes_keep_every_invariant_under_faults() {
         total.writes_acked += r.writes_acked;
         total.writes_failed += r.writes_failed;
         total.crashes += r.crashes;
+        total.power_losses += r.power_losses;
+        total.disk_faults += r.disk_faults;
+        total.disk_stops += r.disk_stops;
+        total.pages_lost += r.pages_lost;
         total.partitions += r.partitions;
         total.membership_changes += r.membership_changes;
         total.transfers += r.transfers;
@@ -56,7 +60,7 @@ fn whole_nodes_keep_every_invariant_under_faults() {
     }
     println!(
         "node sim: {} seeds, {} ticks, {} turns, writes {} acked / {} failed, \
-         {} crashes, {} partitions, {} membership changes, {} transfers, \
+         {} crashes ({} with power loss), {} disk faults ({} stops, {} unsynced pages lost), {} partitions, {} membership changes, {} transfers, \
          {} snapshots installed, {} violations",
         seeds.len(),
         total.ticks,
@@ -64,6 +68,10 @@ fn whole_nodes_keep_every_invariant_under_faults() {
         total.writes_acked,
         total.writes_failed,
         total.crashes,
+        total.power_losses,
+        total.disk_faults,
+        total.disk_stops,
+        total.pages_lost,
         total.partitions,
         total.membership_changes,
         total.transfers,
@@ -71,8 +79,13 @@ fn whole_nodes_keep_every_invariant_under_faults() {
         failures.len()
     );
     assert!(
-        total.snapshots_installed > 0 && total.crashes > 0 && total.membership_changes > 0,
-        "the schedule must exercise snapshots, crashes and membership changes"
+        total.snapshots_installed > 0
+            && total.crashes > 0
+            && total.membership_changes > 0
+            && total.power_losses > 0
+            && total.disk_stops > 0
+            && total.pages_lost > 0,
+        "the schedule must exercise snapshots, crashes, power losses, disk faults and membership changes"
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -87,14 +100,18 @@ fn the_same_seed_replays_the_same_run() {
             a.turns,
             a.writes_acked,
             a.crashes,
-            a.snapshots_installed
+            a.snapshots_installed,
+            a.disk_stops,
+            a.pages_lost
         ),
         (
             b.ticks,
             b.turns,
             b.writes_acked,
             b.crashes,
-            b.snapshots_installed
+            b.snapshots_installed,
+            b.disk_stops,
+            b.pages_lost
         )
     );
 }

@@ -20,7 +20,10 @@ use crate::server::driver::{Driver, Event, Health, Inbound};
 use crate::server::handle::{DriverReply, MemberChange, NewMember, Request, WriteResult};
 use crate::server::member_info::MemberInfo;
 use crate::server::start::{Bootstrap, NodeConfig, driver_config, open_node};
-use crate::storage::{ApplyOutcome, Command, ImageCheck, KvStore, Limits, Op, SnapshotPolicy};
+use crate::storage::{
+    ApplyOutcome, Command, Disk, DiskMode, FaultyDisk, ImageCheck, KvStore, Limits, Op,
+    SnapshotPolicy,
+};
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -34,6 +37,13 @@ pub struct SimOptions {
     pub faults: Faults,
     /// Mean ticks between crashes of a random member (0: none).
     pub crash_every: u64,
+    /// Whether a crash may also be a power loss: the member's disk then
+    /// loses some of what it wrote since its last sync.
+    pub power_loss: bool,
+    /// Mean ticks between disk faults below redb on a random member (0:
+    /// none): a full disk or one failing writes and syncs for a while, or
+    /// the power going off in the middle of a turn.
+    pub disk_fault_every: u64,
     /// Mean ticks between partitions that isolate a random member (0: none).
     pub partition_every: u64,
     /// Mean ticks between membership changes (0: none).
@@ -63,6 +73,8 @@ impl SimOptions {
                 max_delay: 3,
             },
             crash_every: 60,
+            power_loss: true,
+            disk_fault_every: 100,
             partition_every: 80,
             membership_every: 90,
             transfer_every: 120,
@@ -84,6 +96,14 @@ pub struct Report {
     pub writes_acked: u64,
     pub writes_failed: u64,
     pub crashes: u64,
+    /// Of those, crashes with a power loss (unsynced writes lost).
+    pub power_losses: u64,
+    /// Disk faults injected (full, failing, power off mid-turn).
+    pub disk_faults: u64,
+    /// Members that stopped on a disk error, as a real process does.
+    pub disk_stops: u64,
+    /// Unsynced pages the disks threw away.
+    pub pages_lost: u64,
     pub partitions: u64,
     pub membership_changes: u64,
     pub transfers: u64,
@@ -99,6 +119,12 @@ const CONVERGE_TICKS: u64 = 3000;
 
 struct SimNode {
     cfg: NodeConfig,
+    disk: Arc<FaultyDisk>,
+    /// The tick at which the disk's fault mode ends.
+    disk_healthy_at: u64,
+    /// The disk's fault count and generation when the member last started:
+    /// a member may stop on its own only if its disk failed since.
+    disk_at_start: (u64, u64),
     driver: Option<Driver>,
     outbox: SimOutbox,
     health: Option<watch::Receiver<Health>>,
@@ -199,12 +225,18 @@ impl SimCluster {
             self.converge();
         }
         self.report.ticks = self.now;
+        self.report.pages_lost = self.nodes.values().map(|n| n.disk.stats().pages_lost).sum();
         self.report
     }
 
     // ------------------------------------------------------------ nodes
 
-    fn node_config(&mut self, id: NodeId, bootstrap: Bootstrap) -> NodeConfig {
+    fn node_config(
+        &mut self,
+        id: NodeId,
+        bootstrap: Bootstrap,
+        disk: &Arc<FaultyDisk>,
+    ) -> NodeConfig {
         let mut limits = Limits::default();
         if self.opts.mixed_limits && id.get() % 2 == 0 {
             // A member started with much smaller limits than the leader it
@@ -229,15 +261,20 @@ impl SimCluster {
             snapshot_policy: self.opts.snapshot_policy,
             kv_cache_bytes: 4 << 20,
             max_snapshot_bytes: 1 << 30,
+            disk: Disk::faulty(disk.clone()),
         }
     }
 
     fn add_node(&mut self, id: NodeId, bootstrap: Bootstrap) {
-        let cfg = self.node_config(id, bootstrap);
+        let disk = FaultyDisk::new(self.rng.random());
+        let cfg = self.node_config(id, bootstrap, &disk);
         self.nodes.insert(
             id,
             SimNode {
                 cfg,
+                disk,
+                disk_healthy_at: 0,
+                disk_at_start: (0, 0),
                 driver: None,
                 outbox: SimOutbox::default(),
                 health: None,
@@ -254,14 +291,23 @@ impl SimCluster {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
+        let faults_before = n.disk.stats().faults;
         let opened = match open_node(&n.cfg, seed) {
             Ok(o) => o,
+            // A failing disk may keep a member from starting, as it would a
+            // real process; it is tried again later.
+            Err(_)
+                if n.disk.mode() != DiskMode::Healthy || n.disk.stats().faults > faults_before =>
+            {
+                return;
+            }
             Err(e) => {
                 let detail = format!("member {id} cannot start: {e:#}");
                 self.fail("a member restarts from its data directory", detail);
                 return;
             }
         };
+        n.disk_at_start = (faults_before, n.disk.generation());
         let (req_tx, req_rx) = mpsc::channel(64);
         let (in_tx, in_rx) = mpsc::channel(64);
         let (health_tx, health_rx) = watch::channel(Health {
@@ -297,6 +343,24 @@ impl SimCluster {
         n.health = Some(health_rx);
         n._senders = Some((req_tx, in_tx));
         self.checks.forget(id);
+    }
+
+    /// The member's machine loses power: its disk loses part of what was
+    /// written since the last sync, then the member crashes.
+    fn power_off(&mut self, id: NodeId) {
+        if let Some(n) = self.nodes.get(&id) {
+            n.disk.power_loss();
+            self.report.power_losses += 1;
+        }
+        self.crash(id);
+    }
+
+    /// Whether the member's disk failed since it started (a fault, or the
+    /// power went off).
+    fn disk_failed(&self, id: NodeId) -> bool {
+        self.nodes
+            .get(&id)
+            .is_some_and(|n| (n.disk.stats().faults, n.disk.generation()) != n.disk_at_start)
     }
 
     /// Everything in memory is lost; the data directory stays.
@@ -338,18 +402,42 @@ impl SimCluster {
         })
     }
 
-    /// One turn of `id`'s driver loop. A driver that stops on input from
-    /// the network or its own disk is a broken invariant: nothing here
-    /// injects disk faults.
+    /// One turn of `id`'s driver loop. A driver may stop on an error of
+    /// its own disk (a real node exits, and is restarted); stopping on
+    /// anything else, input from the network included, is a broken
+    /// invariant.
     fn turn(&mut self, id: NodeId, event: Event) {
         let Some(driver) = self.nodes.get_mut(&id).and_then(|n| n.driver.as_mut()) else {
             return;
         };
         self.report.turns += 1;
-        if let Err(e) = driver.turn(event) {
-            let detail = format!("member {id}: {e}");
-            self.fail("a member never stops on its own", detail);
-            self.crash(id);
+        let result = driver.turn(event);
+        let powered_off = self
+            .nodes
+            .get(&id)
+            .is_some_and(|n| n.disk.generation() != n.disk_at_start.1);
+        match result {
+            // The machine is gone: whatever the turn did after its disk
+            // went away never left it.
+            _ if powered_off => {
+                self.report.disk_stops += 1;
+                self.crash(id);
+            }
+            Ok(_) => {}
+            Err(_) if self.disk_failed(id) => {
+                // What it sent before the error is on the wire.
+                self.report.disk_stops += 1;
+                let sent = self.nodes.get(&id).map(|n| n.outbox.take().messages);
+                for m in sent.into_iter().flatten() {
+                    self.net.send(m, self.now, &mut self.rng);
+                }
+                self.crash(id);
+            }
+            Err(e) => {
+                let detail = format!("member {id}: {e}");
+                self.fail("a member never stops on its own", detail);
+                self.crash(id);
+            }
         }
     }
 
@@ -564,9 +652,14 @@ impl SimCluster {
             if !ups.is_empty() {
                 let id = ups[self.rng.random_range(0..ups.len())];
                 self.report.crashes += 1;
-                self.crash(id);
+                if self.opts.power_loss && self.rng.random_bool(0.5) {
+                    self.power_off(id);
+                } else {
+                    self.crash(id);
+                }
             }
         }
+        self.inject_disk_faults(&members);
         for id in down {
             if self.chance(self.opts.crash_every / 2 + 1) {
                 self.start(id);
@@ -604,6 +697,41 @@ impl SimCluster {
                     self.turn(l, Event::Request(Request::TransferLeader { to, reply }));
                 }
             }
+        }
+    }
+
+    /// Ends disk faults whose time is up (the operator freed space or
+    /// replaced the disk), and starts a new one on a member now and then,
+    /// while fewer than a majority are down: a disk fault usually stops
+    /// its member.
+    fn inject_disk_faults(&mut self, members: &[NodeId]) {
+        let now = self.now;
+        for n in self.nodes.values_mut() {
+            if n.disk_healthy_at <= now {
+                n.disk.set_mode(DiskMode::Healthy);
+            }
+        }
+        let down = members.iter().filter(|id| !self.is_up(**id)).count();
+        if !self.chance(self.opts.disk_fault_every) || down >= (members.len() - 1) / 2 {
+            return;
+        }
+        let ups: Vec<NodeId> = members.iter().copied().filter(|i| self.is_up(*i)).collect();
+        if ups.is_empty() {
+            return;
+        }
+        let id = ups[self.rng.random_range(0..ups.len())];
+        let mode = match self.rng.random_range(0..3) {
+            0 => DiskMode::Full,
+            1 => DiskMode::Flaky { one_in: 20 },
+            _ => DiskMode::PowerOffAfter {
+                after: self.rng.random_range(1..=300),
+            },
+        };
+        let lasts = self.rng.random_range(20..100);
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.disk.set_mode(mode);
+            n.disk_healthy_at = now + lasts;
+            self.report.disk_faults += 1;
         }
     }
 
@@ -721,6 +849,9 @@ impl SimCluster {
     fn converge(&mut self) {
         self.net.heal();
         self.net.faults = Faults::none();
+        for n in self.nodes.values() {
+            n.disk.set_mode(DiskMode::Healthy);
+        }
         for id in self.nodes.keys().copied().collect::<Vec<_>>() {
             if !self.is_up(id) {
                 self.start(id);
