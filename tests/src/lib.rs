@@ -121,6 +121,9 @@ pub struct Node {
     pub log: PathBuf,
     /// Started with `--join` (restarts keep it).
     joined: bool,
+    /// The largest file the process may write (RLIMIT_FSIZE), standing in
+    /// for a disk that is full: writes past it fail with EFBIG.
+    file_size_limit: Option<u64>,
     child: Option<Child>,
 }
 
@@ -215,6 +218,7 @@ impl Cluster {
                 data_dir: dir.path().join(format!("node-{id}")),
                 log: dir.path().join(format!("node-{id}.log")),
                 joined: false,
+                file_size_limit: None,
                 child: None,
             });
         }
@@ -267,7 +271,22 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&node.log)?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = match node.file_size_limit {
+            None => Command::new(bin),
+            Some(bytes) => {
+                // SIGXFSZ would kill the process at the limit; ignored
+                // (the disposition survives exec), the write fails with
+                // EFBIG as on a full disk. Both execs keep the pid.
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    "trap '' XFSZ; exec prlimit --fsize=\"$0\" -- \"$@\"",
+                    &bytes.to_string(),
+                ])
+                .arg(bin);
+                c
+            }
+        };
         cmd.arg("serve")
             .args(["--id", &id.to_string()])
             .arg("--data-dir")
@@ -333,6 +352,7 @@ impl Cluster {
             data_dir: dir.join(format!("node-{id}")),
             log: dir.join(format!("node-{id}.log")),
             joined: true,
+            file_size_limit: None,
             child: None,
         });
         self.spawn(id)?;
@@ -407,7 +427,63 @@ impl Cluster {
         if self.node(id)?.is_running() {
             bail!("node {id} is running");
         }
+        self.node_mut(id)?.file_size_limit = None;
         self.spawn(id)
+    }
+
+    /// Starts a killed node again with no file allowed to grow past
+    /// `bytes`: its disk is as good as full.
+    pub fn restart_with_file_size_limit(&mut self, id: u64, bytes: u64) -> anyhow::Result<()> {
+        if self.node(id)?.is_running() {
+            bail!("node {id} is running");
+        }
+        self.node_mut(id)?.file_size_limit = Some(bytes);
+        self.spawn(id)
+    }
+
+    /// Lifts a running node's file size limit (space was freed).
+    pub fn lift_file_size_limit(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.node_mut(id)?;
+        let pid = node
+            .pid()
+            .with_context(|| format!("node {id} is not running"))?;
+        node.file_size_limit = None;
+        let status = Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), "--fsize=unlimited"])
+            .status()?;
+        if !status.success() {
+            bail!("prlimit --pid {pid} --fsize=unlimited failed");
+        }
+        Ok(())
+    }
+
+    /// The size of the largest file in node `id`'s data directory.
+    pub fn largest_data_file(&self, id: u64) -> anyhow::Result<u64> {
+        let dir = &self.node(id)?.data_dir;
+        let mut largest = 0;
+        for e in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
+            let meta = e?.metadata()?;
+            if meta.is_file() {
+                largest = largest.max(meta.len());
+            }
+        }
+        Ok(largest)
+    }
+
+    /// How node `id`'s process ended, if it ended on its own (it is then
+    /// no longer running).
+    pub fn exited(&mut self, id: u64) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let pids = self.pids.clone();
+        let node = self.node_mut(id)?;
+        let Some(child) = node.child.as_mut() else {
+            return Ok(None);
+        };
+        let Some(status) = child.try_wait()? else {
+            return Ok(None);
+        };
+        pids.unset(child.id());
+        node.child = None;
+        Ok(Some(status))
     }
 
     pub fn http(&self, id: u64) -> anyhow::Result<String> {

@@ -1,5 +1,6 @@
 //! The nemesis: faults injected into a running cluster at seeded random
-//! times — `kill -9` and restart, SIGSTOP/SIGCONT, network partitions
+//! times — `kill -9` and restart, a full disk (a file size limit, which
+//! needs no privileges), SIGSTOP/SIGCONT, network partitions
 //! through the peer proxies (a node isolated, a minority split off, a
 //! one-way link cut), leadership transfers, and membership changes (a new
 //! node added as a learner, promoted, an old voter removed).
@@ -34,6 +35,9 @@ const STEP_DEADLINE: Duration = Duration::from_secs(60);
 enum Fault {
     Kill(u64),
     Pause(u64),
+    /// Restarted with a file size limit at its largest file's size: the
+    /// first write that grows a file fails (EFBIG), as on a full disk.
+    DiskFull(u64),
     /// Directed links (from, to) that are cut.
     Partition {
         links: Vec<(u64, u64)>,
@@ -44,7 +48,7 @@ enum Fault {
 impl Fault {
     fn impaired(&self) -> Vec<u64> {
         match self {
-            Fault::Kill(n) | Fault::Pause(n) => vec![*n],
+            Fault::Kill(n) | Fault::Pause(n) | Fault::DiskFull(n) => vec![*n],
             Fault::Partition { impaired, .. } => impaired.clone(),
         }
     }
@@ -174,7 +178,8 @@ impl Nemesis {
         let roll = self.rng.below(100);
         let hold = self.rng.millis(300, 4000);
         let result = match roll {
-            0..18 => self.kill(hold).await,
+            0..13 => self.kill(hold).await,
+            13..18 => self.fill_disk(hold).await,
             18..32 => self.pause(hold),
             32..46 => self.isolate(hold).await,
             46..56 => self.split(hold),
@@ -232,6 +237,48 @@ impl Nemesis {
         self.count("kill");
         self.hold(Fault::Kill(v), hold);
         Ok(())
+    }
+
+    /// A voter's disk fills up: it must stop with a clear error, never a
+    /// panic, while the others serve; once space is freed it restarts and
+    /// catches up (checked by the caller with everything else).
+    async fn fill_disk(&mut self, hold: Duration) -> anyhow::Result<()> {
+        let healthy = self.healthy_if_room_for(1)?;
+        let v = self.victim(&healthy).await;
+        self.cluster.kill(v)?;
+        let limit = self.cluster.largest_data_file(v)?;
+        self.cluster.restart_with_file_size_limit(v, limit)?;
+        self.note(&format!(
+            "fill the disk of node {v} (no file may grow past {limit} bytes) for {hold:?}"
+        ));
+        self.count("disk-full");
+        self.hold(Fault::DiskFull(v), hold);
+        Ok(())
+    }
+
+    /// Frees the space: a node that stopped must have said why, and is
+    /// started again; one that did not get to grow a file keeps running.
+    fn free_disk(&mut self, n: u64) -> anyhow::Result<String> {
+        match self.cluster.exited(n)? {
+            Some(status) => {
+                let log = self.cluster.log_tail(n);
+                if log.contains("panicked") {
+                    self.problem(format!("node {n} panicked on a full disk:\n{log}"));
+                } else if status.success() || !log.contains("File too large") {
+                    self.problem(format!(
+                        "node {n} stopped on a full disk ({status}) without saying so:\n{log}"
+                    ));
+                }
+                self.cluster.restart(n)?;
+                Ok(format!(
+                    "free the disk of node {n}, which stopped ({status}); restart it"
+                ))
+            }
+            None => {
+                self.cluster.lift_file_size_limit(n)?;
+                Ok(format!("free the disk of node {n}, which is still running"))
+            }
+        }
     }
 
     fn pause(&mut self, hold: Duration) -> anyhow::Result<()> {
@@ -379,6 +426,7 @@ impl Nemesis {
                 .cluster
                 .signal(*n, "CONT")
                 .map(|()| format!("resume (SIGCONT) node {n}")),
+            Fault::DiskFull(n) => self.free_disk(*n),
             Fault::Partition { links, .. } => {
                 self.apply_partitions();
                 Ok(format!("heal links {links:?}"))

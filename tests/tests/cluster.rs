@@ -567,3 +567,67 @@ async fn metrics_text(c: &Cluster, id: u64) -> String {
     assert_eq!(a.status, 200);
     String::from_utf8(a.raw).unwrap()
 }
+
+/// A follower whose disk fills up (no file may grow: a file size limit,
+/// which needs no privileges) stops with a clear error, never a panic; the
+/// others keep acknowledging writes; once space is freed it restarts,
+/// catches up and serves everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_a_follower_clearly_and_it_catches_up_once_space_is_freed() {
+    let mut c = Cluster::start(3, Options::default()).unwrap();
+    let leader = c.wait_leader(LEADER_WAIT).await.unwrap();
+    let full = (1..=3).find(|id| *id != leader).unwrap();
+    c.kill(full).unwrap();
+    let limit = c.largest_data_file(full).unwrap();
+    c.restart_with_file_size_limit(full, limit).unwrap();
+    let value = "v".repeat(4096);
+    let mut written = 0;
+    let status = loop {
+        let a = c
+            .put(leader, &format!("full-{written:05}"), &value)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "write {written}: {:?}", a.body);
+        written += 1;
+        if let Some(status) = c.exited(full).unwrap() {
+            break status;
+        }
+        assert!(
+            written < 20_000,
+            "node {full} never filled its disk:\n{}",
+            c.log_tail(full)
+        );
+    };
+    let log = c.log_tail(full);
+    assert!(!status.success(), "exit status {status}:\n{log}");
+    assert!(
+        log.contains("File too large") && !log.contains("panicked"),
+        "a clear error naming the cause:\n{log}"
+    );
+    for i in 0..20 {
+        let a = c.put(leader, &format!("after-{i}"), "w").await.unwrap();
+        assert_eq!(a.status, 200, "the others keep serving: {:?}", a.body);
+    }
+    c.restart(full).unwrap();
+    let commit = c.status(leader).await.unwrap()["commit_index"]
+        .as_u64()
+        .unwrap();
+    Cluster::eventually(Duration::from_secs(30), "the node to catch up", || async {
+        let s = c.status(full).await.ok()?;
+        (s["applied_index"].as_u64()? >= commit).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(full)));
+    for key in [
+        "full-00000".to_string(),
+        format!("full-{:05}", written - 1),
+        "after-19".to_string(),
+    ] {
+        let a = c.get_serializable(full, &key).await.unwrap();
+        assert_eq!(a.status, 200, "{key} on node {full}: {:?}", a.body);
+    }
+    let a = c.put(full, "through-the-refilled-node", "w").await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let said = log.lines().find(|l| l.contains("File too large")).unwrap_or_default();
+    println!("node {full} filled its disk after {written} writes of 4 KiB: {said}");
+}
