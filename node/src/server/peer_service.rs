@@ -35,6 +35,9 @@ pub(crate) struct PeerService {
     pub max_snapshot_bytes: u64,
 }
 
+/// Numbers the images staged by this process (see `install_snapshot`).
+static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn driver_gone() -> Status {
     Status::unavailable("the node is shutting down")
 }
@@ -132,9 +135,14 @@ impl pb::peer_server::Peer for PeerService {
         tokio::fs::create_dir_all(&self.snapshot_dir)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
+        // A name of its own per transfer: a leader that sends the same
+        // image again must not overwrite the one the driver may be reading.
         let path = self.snapshot_dir.join(format!(
-            "incoming-{}-{}-{}.snap",
-            header.from, meta.index, meta.term
+            "incoming-{}-{}-{}-{}.snap",
+            header.from,
+            meta.index,
+            meta.term,
+            STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let result = stage(&mut stream, &path, &meta, self.max_snapshot_bytes).await;
         let bytes = match result {

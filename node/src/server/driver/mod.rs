@@ -290,8 +290,12 @@ impl Driver {
             }
             Inbound::SnapshotReceived { message, staged } => {
                 if let MessageBody::InstallSnapshot(s) = &message.body {
-                    // Keep only the newest staged image per index.
-                    if let Some(old) = self.staged_snapshots.insert(s.meta.index, staged) {
+                    // Keep only the newest staged image per index (the
+                    // same image may arrive again, and be staged again
+                    // under the same name: that one must stay).
+                    if let Some(old) = self.staged_snapshots.insert(s.meta.index, staged.clone())
+                        && old != staged
+                    {
                         let _ = std::fs::remove_file(old);
                     }
                 }

@@ -526,7 +526,9 @@ impl SimCluster {
     }
 
     /// What the peer service does with an incoming image: check it while
-    /// writing it to the staging directory.
+    /// writing it to the staging directory. Unlike the peer service, which
+    /// names every transfer apart, a duplicated image is staged again under
+    /// the same name: the driver must keep it all the same.
     fn stage(&self, to: NodeId, m: &Message, chunks: Option<&Vec<Bytes>>) -> Option<PathBuf> {
         let MessageBody::InstallSnapshot(snap) = &m.body else {
             return None;
