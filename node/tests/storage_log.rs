@@ -376,3 +376,54 @@ fn a_new_cluster_starts_its_log_with_its_configuration_committed_at_term_1() {
     assert_eq!(store.membership_at(LogIndex(1)).unwrap(), voters(3));
     assert_eq!(store.initial_state().unwrap().membership, voters(3));
 }
+
+#[test]
+fn force_new_cluster_drops_the_uncommitted_tail_and_commits_a_configuration_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LogStore::open(dir.path(), ID).unwrap();
+    store.bootstrap(&voters(3)).unwrap();
+    let entries: Vec<_> = (1..=6).map(|i| entry(i, 2)).collect(); // 3: voters(4)
+    let hs = HardState {
+        term: Term(5),
+        vote: Some(NodeId(2)),
+        commit: LogIndex(4),
+    };
+    store.persist(None, &entries, Some(&hs)).unwrap();
+    let at = store.force_new_cluster().unwrap();
+    assert_eq!(at, LogIndex(5), "right after the last committed entry");
+    drop(store);
+    let store = LogStore::open(dir.path(), ID).unwrap();
+    assert_eq!(
+        store.last_index().unwrap(),
+        LogIndex(5),
+        "5 and 6 were dropped"
+    );
+    let e = store.entries(LogIndex(5), LogIndex(6), None).unwrap();
+    let EntryPayload::Membership(m) = &e[0].payload else {
+        panic!("{e:?}")
+    };
+    assert_eq!(m.voters().collect::<Vec<_>>(), vec![NodeId(1)]);
+    assert_eq!(
+        m.get(NodeId(1)).unwrap().context,
+        voters(4).get(NodeId(1)).unwrap().context,
+        "this node's member info is kept"
+    );
+    assert_eq!(e[0].term, Term(5), "the current term: terms never go down");
+    assert_eq!(store.hard_state().commit, LogIndex(5));
+    assert_eq!(store.hard_state().term, Term(5));
+    assert_eq!(store.membership_at(LogIndex(5)).unwrap(), m.clone());
+}
+
+#[test]
+fn force_new_cluster_is_refused_for_a_node_its_log_does_not_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = Identity {
+        cluster_id: 0xc1,
+        node_id: NodeId(9),
+    };
+    let store = LogStore::open(dir.path(), other).unwrap();
+    store.bootstrap_cluster(&voters(3)).unwrap();
+    let err = store.force_new_cluster().unwrap_err();
+    assert!(matches!(err, StoreError::NotAMember { .. }), "{err}");
+    assert_eq!(store.last_index().unwrap(), LogIndex(1), "nothing written");
+}

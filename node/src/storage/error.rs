@@ -85,6 +85,9 @@ pub enum StoreError {
     /// A snapshot image could not be read or installed.
     #[error("snapshot: {0}")]
     Snapshot(#[from] crate::storage::SnapshotError),
+    /// `force_new_cluster` for a node its own log does not list.
+    #[error("{file}: node {id} is not a member of the configuration its log holds")]
+    NotAMember { file: PathBuf, id: NodeId },
     /// `bootstrap` on a store that already holds state.
     #[error("{file}: already holds state; refusing to bootstrap it again")]
     AlreadyBootstrapped { file: PathBuf },

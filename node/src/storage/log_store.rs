@@ -74,6 +74,7 @@ pub struct LogStore {
 
 struct Inner {
     path: PathBuf,
+    identity: Identity,
     db: Database,
     /// What is on disk, kept in memory so that bounds checks and
     /// `initial_state` need no read transaction. Updated only after a commit
@@ -153,6 +154,7 @@ impl LogStore {
         Ok(LogStore {
             inner: Arc::new(Inner {
                 path,
+                identity,
                 db,
                 state: RwLock::new(state),
                 write: Mutex::new(()),
@@ -160,6 +162,41 @@ impl LogStore {
                 recovered: recovered.load(Ordering::Relaxed),
             }),
         })
+    }
+
+    /// The cluster and node `dir`'s log belongs to, read without opening
+    /// it as any particular node (for offline tools). Fails if a node has
+    /// the file open.
+    pub fn identity_of(dir: &Path) -> Result<Identity, StoreError> {
+        let path = dir.join(LOG_FILE);
+        let db = super::db_with_cache(LOG_CACHE_BYTES)
+            .open(&path)
+            .map_err(db_err(&path, "open"))?;
+        let txn = db.begin_read().map_err(db_err(&path, "begin read"))?;
+        let not_a_store = |missing| StoreError::NotAStore {
+            file: path.clone(),
+            kind: "log",
+            missing,
+        };
+        let meta = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Err(not_a_store("meta table")),
+            Err(e) => return Err(db_err(&path, "open meta")(e)),
+        };
+        let id = meta
+            .get(KEY_IDENTITY)
+            .map_err(db_err(&path, "read identity"))?
+            .ok_or_else(|| not_a_store("identity record"))?;
+        let id = codec::decode_identity(id.value()).map_err(corrupt(&path, "identity"))?;
+        Ok(Identity {
+            cluster_id: id.cluster_id,
+            node_id: NodeId(id.node_id),
+        })
+    }
+
+    /// The identity this store was opened with.
+    pub fn identity(&self) -> Identity {
+        self.inner.identity
     }
 
     /// The file this store lives in.
@@ -416,6 +453,71 @@ impl LogStore {
     /// The stored hard state.
     pub fn hard_state(&self) -> HardState {
         self.cached().hard_state
+    }
+
+    /// Makes this node the only voter of its cluster, to recover from the
+    /// permanent loss of a quorum (etcd's `--force-new-cluster`): the
+    /// uncommitted tail is dropped, since no quorum can commit it any more,
+    /// and a configuration naming only this node is appended after the
+    /// last committed entry, at the current term, and marked committed.
+    /// The node then elects itself; the others are added back as learners.
+    /// Returns the index of the new configuration.
+    pub fn force_new_cluster(&self) -> Result<LogIndex, StoreError> {
+        let id = self.inner.identity.node_id;
+        let path = self.inner.path.clone();
+        let commit = self.stored_commit();
+        let in_force = self.membership_at(commit)?;
+        let me = in_force.get(id).ok_or_else(|| StoreError::NotAMember {
+            file: path.clone(),
+            id,
+        })?;
+        let membership = Membership::with_voters([(id, me.context.clone())]);
+        let _w = self.lock_writes();
+        let mut next = self.cached();
+        let last_term = if commit == next.snapshot.index {
+            next.snapshot.term
+        } else {
+            self.read_term(commit)?
+        };
+        let entry = Entry {
+            term: next.hard_state.term.max(last_term),
+            index: commit.next(),
+            payload: EntryPayload::Membership(membership),
+        };
+        let hard_state = HardState {
+            term: entry.term,
+            vote: next.hard_state.vote,
+            commit: entry.index,
+        };
+        self.write("force a new cluster", |txn, path| {
+            let mut t = txn
+                .open_table(ENTRIES)
+                .map_err(db_err(path, "open entries"))?;
+            loop {
+                let last = t
+                    .last()
+                    .map_err(db_err(path, "read last entry"))?
+                    .map(|(k, _)| k.value());
+                if last.is_none_or(|k| k <= commit.get()) {
+                    break;
+                }
+                t.pop_last()
+                    .map_err(db_err(path, "drop uncommitted entries"))?;
+            }
+            t.insert(entry.index.get(), codec::encode_entry(&entry).as_slice())
+                .map_err(db_err(path, "append configuration"))?;
+            let mut m = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+            m.insert(
+                KEY_HARD_STATE,
+                codec::encode_hard_state(&hard_state).as_slice(),
+            )
+            .map_err(db_err(path, "write hard state"))?;
+            Ok(())
+        })?;
+        next.last_index = entry.index;
+        next.hard_state = hard_state;
+        self.set_cached(next);
+        Ok(entry.index)
     }
 
     /// The highest index this log both holds and knows to be committed:
