@@ -5,7 +5,8 @@
 //! - `kv`, `cluster`, `member`, `leader`: a client of the HTTP API
 //!   (`client.rs` holds the HTTP plumbing and output formatting shared by
 //!   them);
-//! - `bench`: a load generator over etcd's v3 gRPC API.
+//! - `bench`: a load generator over etcd's v3 gRPC API;
+//! - `recover`: offline tools for a cluster that lost its quorum for good.
 //!
 //! Every flag has a `RAFTKV_*` environment variable equivalent.
 
@@ -14,6 +15,7 @@ pub mod bench;
 mod client;
 mod dev;
 mod kv;
+mod recover;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +47,8 @@ pub enum Command {
     Leader(admin::LeaderArgs),
     /// Load-test raftkv or etcd over etcd's v3 gRPC API.
     Bench(bench::BenchArgs),
+    /// Recover from the permanent loss of a quorum (offline).
+    Recover(recover::RecoverArgs),
 }
 
 /// Runs the parsed command line.
@@ -57,6 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Member(args) => admin::run_member(args).await,
         Command::Leader(args) => admin::run_leader(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Recover(args) => recover::run(args).await,
     }
 }
 
