@@ -115,6 +115,14 @@ class ProcessKubelet:
         ip = self.address(namespace, pod)
         return None if ip is None else f"http://{ip}:8080"
 
+    def process_uid(self, namespace, pod):
+        """The UID of the pod whose live process serves that pod name."""
+        with self.lock:
+            for p in self.procs.values():
+                if p.pod_key == (namespace, pod) and p.popen.poll() is None:
+                    return p.uid
+        return None
+
     def running(self, namespace):
         """Pod names of the namespace whose process is alive."""
         with self.lock:

@@ -365,18 +365,22 @@ class Suite:
     def step_pod_deleted_rejoins(self):
         old_uid = kjson("get", "pod", "demo-1")["metadata"]["uid"]
         kubectl("delete", "pod", "demo-1", "--wait=false")
-        eventually(
+        new_uid = eventually(
             "demo-1 recreated",
-            lambda: kjson("get", "pod", "demo-1")["metadata"]["uid"] != old_uid,
+            lambda: (uid := kjson("get", "pod", "demo-1")["metadata"]["uid"]) != old_uid and uid,
             60,
         )
+        before = len(self.acked)
 
         def caught_up():
+            # Only the new pod's process counts, not the old one on its way out.
+            if self.kubelet.process_uid("default", "demo-1") != new_uid:
+                return False
             leader = self.leader_status()
             st = self.node_status("demo-1")
             return leader and st and st["cluster_id"] == leader["cluster_id"] and (
                 st["applied_index"] >= leader["commit_index"] - 5
-            ) and st["role"] in ("follower", "leader")
+            ) and st["role"] in ("follower", "leader") and st["applied_index"] >= before
 
         eventually("demo-1 back and caught up", caught_up, 60)
         eventually("demo healthy with 3 voters", lambda: self.healthy("demo", 3), 60)
@@ -447,6 +451,10 @@ class Suite:
         assert not cluster_wide, [o["metadata"]["name"] for o in cluster_wide]
         took = self.stop_operator(deadline=5)
         log(f"  operator exited {took:.1f}s after SIGTERM")
+        # The chart's RBAC sufficed: the API server never refused the operator.
+        with open(os.path.join(WORK, "logs", "operator.log"), errors="replace") as f:
+            refused = [line for line in f if "forbidden" in line.lower() or " 403" in line]
+        assert not refused, f"the operator was refused: {refused[:3]}"
 
     # --- driver ---------------------------------------------------------------
 
