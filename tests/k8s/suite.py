@@ -420,12 +420,26 @@ class Suite:
             .get("whenDeleted") == "Delete",
             30,
         )
+
+        # Delete frees the volumes of removed members (demo-3 and demo-4,
+        # kept while the policy was Retain): the operator deletes them.
+        def member_claims_only():
+            left = kjson("get", "pvc", "-l", "app.kubernetes.io/instance=demo")["items"]
+            names = sorted(c["metadata"]["name"] for c in left)
+            if len(names) != 3:
+                raise AssertionError(f"claims: {names}")
+            return True
+
+        eventually("the removed members' claims deleted", member_claims_only, 60)
         kubectl("delete", "raftc", "demo", "--wait=true", "--timeout=60s")
-        eventually(
-            "demo's claims deleted",
-            lambda: not kjson("get", "pvc", "-l", "app.kubernetes.io/instance=demo")["items"],
-            90,
-        )
+
+        def no_claims():
+            left = kjson("get", "pvc", "-l", "app.kubernetes.io/instance=demo")["items"]
+            if left:
+                raise AssertionError(f"claims left: {[c['metadata']['name'] for c in left]}")
+            return True
+
+        eventually("demo's claims deleted", no_claims, 90)
 
     def step_helm_uninstall_with_cluster(self):
         run(
