@@ -90,6 +90,8 @@ class ProcessKubelet:
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="process-kubelet", daemon=True)
         self.errors = []
+        # RaftClusters (app.kubernetes.io/instance) whose pods get no process.
+        self.ignored_instances = set()
         self.lock = threading.Lock()
         os.makedirs(os.path.join(work, "volumes"), exist_ok=True)
         os.makedirs(os.path.join(work, "pods"), exist_ok=True)
@@ -180,6 +182,8 @@ class ProcessKubelet:
         for pod in pods:
             meta = pod["metadata"]
             if meta.get("deletionTimestamp") or pod["status"].get("phase") != "Running":
+                continue
+            if meta.get("labels", {}).get("app.kubernetes.io/instance") in self.ignored_instances:
                 continue
             wanted[meta["uid"]] = pod
         with self.lock:

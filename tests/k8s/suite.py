@@ -325,6 +325,32 @@ class Suite:
         )
         assert res.returncode != 0 and "immutable" in res.stderr, res.stderr
 
+    def step_unreachable_members_explained(self):
+        # Pods that never run (no process behind them, their names unknown to
+        # the resolver): the status must say why there is no leader.
+        self.kubelet.ignored_instances.add("ghost")
+        ghost = yaml.safe_load(open(EXAMPLE))
+        ghost["metadata"]["name"] = "ghost"
+        ghost["spec"]["replicas"] = 1
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(ghost))
+
+        def explained():
+            st = self.raftc("ghost").get("status") or {}
+            conds = {c["type"]: c for c in st.get("conditions", [])}
+            avail = conds.get("Available", {})
+            if not (
+                avail.get("status") == "False"
+                and avail.get("reason") in ("MembersUnreachable", "NoLeader")
+                and "ghost-0" in avail.get("message", "")
+            ):
+                raise AssertionError(f"Available condition: {avail}")
+            return avail
+
+        avail = eventually("ghost's status explains the missing leader", explained, 60)
+        log(f"  {avail['reason']}: {avail['message'][:160]}")
+        kubectl("delete", "raftc", "ghost", "--wait=true", "--timeout=60s")
+        kubectl("delete", "pvc", "-l", "app.kubernetes.io/instance=ghost", "--wait=false")
+
     def kubelet_check(self):
         assert not self.kubelet.errors, f"process kubelet: {self.kubelet.errors[-3:]}"
 
@@ -477,6 +503,7 @@ class Suite:
             ("helm install: CRD established, short name raftc", self.step_helm_install),
             ("CEL rules reject a bad spec", self.step_cel_rules),
             ("operator runs as the chart's ServiceAccount", self.step_operator_as_chart_sa),
+            ("no leader: the status says why", self.step_unreachable_members_explained),
             ("kubectl apply the example: leader, term, commit in columns", self.step_apply_example),
             ("kubectl scale raftc/demo 3 -> 5 under writes", self.step_scale_up_under_writes),
             ("kubectl scale raftc/demo 5 -> 3, nothing acknowledged lost", self.step_scale_down_under_writes),
