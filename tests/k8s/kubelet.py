@@ -1,0 +1,293 @@
+"""A test-side "process kubelet" and volume provisioner for the k8s suite.
+
+kwok marks pods Running on a fake node but runs nothing. For every raftkv pod
+that kwok has marked Running, this starts a real `raftkv serve` with the pod's
+own command, args and environment (field references resolved as a kubelet
+would), listening on an address of the loopback range of its own, and adds
+the pod's DNS name (`<hostname>.<subdomain>.<namespace>.svc`) to the hosts
+file that the suite's private network namespace bind-mounts over /etc/hosts.
+The operator's unchanged DNS addressing thus reaches real processes.
+
+It also binds every pending PersistentVolumeClaim to a new PersistentVolume
+(there is no storage provisioner); a claim's data lives in a folder named by
+the claim's UID, so a retained claim keeps its data across pods and a claim
+deleted and made anew starts empty. A process that exits is started again
+after a back-off, as a container with `restartPolicy: Always` would be.
+"""
+
+import json
+import os
+import re
+import signal
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+# What the image sets (deploy/Dockerfile) and the operator does not.
+IMAGE_DATA_DIR = "/var/lib/raftkv"
+PORTS = {"RAFTKV_LISTEN_CLIENT": 2379, "RAFTKV_LISTEN_PEER": 2380, "RAFTKV_LISTEN_HTTP": 8080}
+POD_SELECTOR = "app.kubernetes.io/name=raftkv"
+
+
+def expand(value, defined):
+    """Kubernetes' `$(VAR)` expansion of env values, commands and args."""
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else defined.get(m.group(1), m.group(0)),
+        value,
+    )
+
+
+class Api:
+    """The API server, as cluster admin (client certificate)."""
+
+    def __init__(self, server, pki):
+        self.server = server
+        self.ctx = ssl.create_default_context(cafile=os.path.join(pki, "ca.crt"))
+        self.ctx.load_cert_chain(os.path.join(pki, "admin.crt"), os.path.join(pki, "admin.key"))
+
+    def request(self, method, path, body=None, content_type="application/json"):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        with urllib.request.urlopen(req, context=self.ctx, timeout=10) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def get(self, path):
+        return self.request("GET", path)
+
+    def try_get(self, path):
+        try:
+            return self.get(path)
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            raise
+
+
+class Proc:
+    def __init__(self, pod_key, uid, popen, log):
+        self.pod_key = pod_key
+        self.uid = uid
+        self.popen = popen
+        self.log = log
+        self.restarts = 0
+        self.exited_at = None
+
+
+class ProcessKubelet:
+    def __init__(self, api, raftkv_bin, work, hosts_file):
+        self.api = api
+        self.raftkv_bin = raftkv_bin
+        self.work = work
+        self.hosts_file = hosts_file
+        self.procs = {}  # pod uid -> Proc
+        self.ips = {}  # (namespace, pod name) -> loopback address
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="process-kubelet", daemon=True)
+        self.errors = []
+        # RaftClusters (app.kubernetes.io/instance) whose pods get no process.
+        self.ignored_instances = set()
+        self.lock = threading.Lock()
+        os.makedirs(os.path.join(work, "volumes"), exist_ok=True)
+        os.makedirs(os.path.join(work, "pods"), exist_ok=True)
+
+    # --- public -------------------------------------------------------------
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        self.stop_event.set()
+        self.thread.join(timeout=30)
+        with self.lock:
+            for proc in list(self.procs.values()):
+                self._kill(proc)
+            self.procs.clear()
+
+    def address(self, namespace, pod):
+        """The loopback address a pod's process listens on."""
+        return self.ips.get((namespace, pod))
+
+    def http_url(self, namespace, pod):
+        ip = self.address(namespace, pod)
+        return None if ip is None else f"http://{ip}:8080"
+
+    def process_uid(self, namespace, pod):
+        """The UID of the pod whose live process serves that pod name."""
+        with self.lock:
+            for p in self.procs.values():
+                if p.pod_key == (namespace, pod) and p.popen.poll() is None:
+                    return p.uid
+        return None
+
+    def running(self, namespace):
+        """Pod names of the namespace whose process is alive."""
+        with self.lock:
+            return sorted(
+                p.pod_key[1]
+                for p in self.procs.values()
+                if p.pod_key[0] == namespace and p.popen.poll() is None
+            )
+
+    # --- the loop -----------------------------------------------------------
+
+    def _loop(self):
+        while not self.stop_event.is_set():
+            try:
+                self._provision_volumes()
+                self._sync_pods()
+            except Exception as e:  # keep serving; the suite reports it
+                self.errors.append(repr(e))
+            self.stop_event.wait(0.3)
+
+    def _provision_volumes(self):
+        pvcs = self.api.get("/api/v1/persistentvolumeclaims")["items"]
+        for pvc in pvcs:
+            if pvc["status"].get("phase") != "Pending" or pvc["spec"].get("volumeName"):
+                continue
+            meta = pvc["metadata"]
+            path = os.path.join(self.work, "volumes", meta["uid"])
+            os.makedirs(path, exist_ok=True)
+            pv = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": "pv-" + meta["uid"]},
+                "spec": {
+                    "capacity": {"storage": pvc["spec"]["resources"]["requests"]["storage"]},
+                    "accessModes": pvc["spec"]["accessModes"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": pvc["spec"].get("storageClassName") or "",
+                    "hostPath": {"path": path},
+                    "claimRef": {
+                        "namespace": meta["namespace"],
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                    },
+                },
+            }
+            try:
+                self.api.request("POST", "/api/v1/persistentvolumes", pv)
+            except urllib.error.HTTPError as e:
+                if e.code != 409:
+                    raise
+
+    def _sync_pods(self):
+        pods = self.api.get(f"/api/v1/pods?labelSelector={POD_SELECTOR}")["items"]
+        wanted = {}
+        for pod in pods:
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp") or pod["status"].get("phase") != "Running":
+                continue
+            if meta.get("labels", {}).get("app.kubernetes.io/instance") in self.ignored_instances:
+                continue
+            wanted[meta["uid"]] = pod
+        with self.lock:
+            for uid in [u for u in self.procs if u not in wanted]:
+                self._kill(self.procs.pop(uid))
+            for uid, pod in wanted.items():
+                proc = self.procs.get(uid)
+                if proc is None:
+                    self.procs[uid] = self._start(pod)
+                elif proc.popen.poll() is not None:
+                    # Exited: start again after a back-off, as a kubelet would.
+                    if proc.exited_at is None:
+                        proc.exited_at = time.monotonic()
+                    if time.monotonic() - proc.exited_at >= min(2 ** proc.restarts, 10):
+                        fresh = self._start(pod)
+                        fresh.restarts = proc.restarts + 1
+                        self.procs[uid] = fresh
+
+    # --- one pod ------------------------------------------------------------
+
+    def _ip_for(self, namespace, name, fqdn):
+        key = (namespace, name)
+        if key not in self.ips:
+            n = len(self.ips) + 2
+            self.ips[key] = f"127.0.{1 + n // 250}.{n % 250 + 1}"
+            # Appended in place: the namespace's /etc/hosts is a bind mount of
+            # this file, and glibc reads it on every lookup.
+            with open(self.hosts_file, "a") as f:
+                f.write(f"{self.ips[key]} {fqdn} {fqdn}.cluster.local\n")
+        return self.ips[key]
+
+    def _start(self, pod):
+        meta, spec = pod["metadata"], pod["spec"]
+        ns, name = meta["namespace"], meta["name"]
+        hostname = spec.get("hostname", name)
+        fqdn = f"{hostname}.{spec['subdomain']}.{ns}.svc" if spec.get("subdomain") else None
+        ip = self._ip_for(ns, name, fqdn or f"{name}.{ns}.pod")
+        container = spec["containers"][0]
+
+        volumes = {}
+        for vol in spec.get("volumes", []):
+            claim = vol.get("persistentVolumeClaim")
+            if claim:
+                pvc = self.api.get(
+                    f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim['claimName']}"
+                )
+                volumes[vol["name"]] = os.path.join(self.work, "volumes", pvc["metadata"]["uid"])
+        mounts = {
+            m["mountPath"]: volumes[m["name"]]
+            for m in container.get("volumeMounts", [])
+            if m["name"] in volumes
+        }
+
+        # A container runtime sets HOSTNAME to the pod's host name.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.work, "HOSTNAME": hostname}
+        env["RAFTKV_DATA_DIR"] = mounts.get(IMAGE_DATA_DIR, IMAGE_DATA_DIR)
+        for var, port in PORTS.items():
+            env[var] = f"{ip}:{port}"
+        fields = {
+            "metadata.name": name,
+            "metadata.namespace": ns,
+            "metadata.uid": meta["uid"],
+            "spec.nodeName": spec.get("nodeName", ""),
+            "status.podIP": ip,
+        }
+        defined = {}
+        for var in container.get("env", []):
+            if "value" in var:
+                value = expand(var["value"], defined)
+            elif "fieldRef" in (var.get("valueFrom") or {}):
+                value = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+            else:
+                raise RuntimeError(f"pod {ns}/{name}: unsupported env source {var}")
+            defined[var["name"]] = value
+            # A path inside a mounted volume is that volume's folder here.
+            for mount_path, folder in mounts.items():
+                if value == mount_path or value.startswith(mount_path + "/"):
+                    value = folder + value[len(mount_path) :]
+            env[var["name"]] = value
+        for var in PORTS:  # listen on the pod's own address, whatever was set
+            env[var] = f"{ip}:{PORTS[var]}"
+
+        command = container.get("command") or ["raftkv"]
+        args = container.get("args") or (["serve"] if not container.get("command") else [])
+        argv = [expand(a, defined) for a in command + args]
+        if os.path.basename(argv[0]) == "raftkv":
+            argv[0] = self.raftkv_bin
+        else:
+            raise RuntimeError(f"pod {ns}/{name}: unexpected command {argv}")
+
+        log_path = os.path.join(self.work, "pods", f"{ns}_{name}_{meta['uid']}.log")
+        log = open(log_path, "ab")
+        popen = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        return Proc((ns, name), meta["uid"], popen, log)
+
+    @staticmethod
+    def _kill(proc):
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+        proc.log.close()

@@ -1,0 +1,546 @@
+#!/usr/bin/env python3
+"""End-to-end suite of the chart and the operator on a real control plane.
+
+Run by tests/k8s/run (which builds the tools, makes the private network
+namespace and starts the control plane); it needs KUBECONFIG and K8S_WORK
+from tests/k8s/control-plane. The user's path, asserted step by step with
+deadlines: helm install, the CRD and its CEL rules, the operator running as
+the chart's ServiceAccount, `kubectl apply` of the example, status columns,
+`kubectl scale` 3 -> 5 -> 3 under writes with nothing acknowledged lost and
+one membership change at a time, a deleted pod rejoining, the helm test
+hook's check, pvcRetention Retain and Delete, and helm uninstall.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+
+import yaml
+
+from kubelet import Api, ProcessKubelet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORK = os.environ["K8S_WORK"]
+HOSTS = os.environ["K8S_HOSTS_FILE"]
+RAFTKV = os.path.join(ROOT, "target", "release", "raftkv")
+OPERATOR = os.path.join(ROOT, "target", "release", "raftkv-operator")
+RELEASE, OP_NS = "raftkv-operator", "raftkv-system"
+OPERATOR_IP = "127.0.3.1"  # the operator's metrics Service name maps here
+CHART = os.path.join(ROOT, "charts", "raftkv-operator")
+EXAMPLE = os.path.join(ROOT, "deploy", "examples", "raftcluster.yaml")
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(*argv, check=True, input=None, env=None):
+    res = subprocess.run(
+        list(argv), capture_output=True, text=True, input=input, env=env, timeout=180
+    )
+    if check and res.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
+        )
+    return res
+
+
+def kubectl(*args, **kw):
+    return run("kubectl", *args, **kw)
+
+
+def kjson(*args):
+    return json.loads(kubectl(*args, "-o", "json").stdout)
+
+
+def eventually(what, fn, timeout, interval=0.3):
+    """Polls fn until it returns a truthy value; fails with the last answer."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001 - reported if the deadline passes
+            last = f"{type(e).__name__}: {e}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s; last: {last}")
+        time.sleep(interval)
+
+
+def http(method, url, data=None, timeout=3):
+    req = urllib.request.Request(url, data=data, method=method)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.status, resp.read()
+
+
+class Suite:
+    def __init__(self):
+        self.api = Api("https://127.0.0.1:6443", os.path.join(WORK, "pki"))
+        self.kubelet = ProcessKubelet(self.api, RAFTKV, WORK, HOSTS)
+        self.operator = None
+        self.passed, self.failed = 0, 0
+        self.acked = {}  # key -> value of every acknowledged write
+        self.writer_stop = threading.Event()
+        self.writer = None
+        self.writer_errors = 0
+        self.config_samples = []  # (voters, learners) seen on the leader
+
+    # --- helpers ------------------------------------------------------------
+
+    def raftc(self, name, ns="default"):
+        return kjson("get", "raftc", name, "-n", ns)
+
+    def columns(self, name, ns="default"):
+        """`kubectl get raftc NAME` as the user sees it: header -> value."""
+        out = kubectl("get", "raftc", name, "-n", ns).stdout.splitlines()
+        return dict(zip(out[0].split(), out[1].split()))
+
+    def node_status(self, pod, ns="default"):
+        url = self.kubelet.http_url(ns, pod)
+        if url is None:
+            return None
+        return json.loads(http("GET", url + "/v1/status", timeout=1)[1])
+
+    def leader_status(self, ns="default", name="demo"):
+        for pod in self.kubelet.running(ns):
+            if not pod.startswith(name + "-"):
+                continue
+            try:
+                st = self.node_status(pod, ns)
+            except Exception:  # noqa: BLE001 - a member may be starting
+                continue
+            if st and st["role"] == "leader":
+                return st
+        return None
+
+    def healthy(self, name, replicas, ns="default"):
+        """Status and the nodes agree: `replicas` voters, a leader, all ready."""
+        st = self.raftc(name, ns).get("status") or {}
+        cols = self.columns(name, ns)
+        leader = self.leader_status(ns, name)
+        if not leader:
+            raise AssertionError(
+                f"no leader among {self.kubelet.running(ns)}; status {st.get('phase')} "
+                f"{[c.get('reason') for c in st.get('conditions', [])]}"
+            )
+        voters = [m for m in leader["members"] if m["role"] == "voter"]
+        learners = [m for m in leader["members"] if m["role"] == "learner"]
+        ok = (
+            st.get("phase") == "Running"
+            and st.get("readyReplicas") == replicas
+            and len(voters) == replicas
+            and not learners
+            and cols.get("READY") == str(replicas)
+            and cols.get("LEADER", "<none>") == leader["name"]
+            and int(cols.get("TERM", 0)) >= 1
+            and int(cols.get("COMMIT", 0)) >= 1
+            and len(st.get("members", [])) == replicas
+            and len(self.kubelet.running(ns)) >= replicas
+        )
+        if not ok:
+            raise AssertionError(
+                f"status phase={st.get('phase')} ready={st.get('readyReplicas')} "
+                f"members={[m.get('name') for m in st.get('members', [])]}; columns {cols}; "
+                f"leader {leader['name']} voters={len(voters)} learners={len(learners)}; "
+                f"processes {self.kubelet.running(ns)}"
+            )
+        return st, cols, leader
+
+    # --- writer: nothing acknowledged may be lost ---------------------------
+
+    def start_writer(self, name="demo", ns="default"):
+        def loop():
+            i = 0
+            while not self.writer_stop.is_set():
+                pods = [p for p in self.kubelet.running(ns) if p.startswith(name + "-")]
+                if not pods:
+                    time.sleep(0.1)
+                    continue
+                pod = pods[i % len(pods)]
+                key, value = f"w{i:06d}", f"v{i}"
+                try:
+                    status, _ = http(
+                        "PUT", f"{self.kubelet.http_url(ns, pod)}/v1/kv/{key}", value.encode()
+                    )
+                    if status == 200:
+                        self.acked[key] = value
+                except Exception:  # noqa: BLE001 - unacknowledged: allowed to be lost
+                    self.writer_errors += 1
+                i += 1
+                self.sample_config(ns, name)
+                time.sleep(0.02)
+
+        self.writer_stop.clear()
+        self.writer = threading.Thread(target=loop, name="writer", daemon=True)
+        self.writer.start()
+
+    def stop_writer(self):
+        self.writer_stop.set()
+        self.writer.join(timeout=30)
+
+    def sample_config(self, ns, name):
+        try:
+            leader = self.leader_status(ns, name)
+        except Exception:  # noqa: BLE001
+            return
+        if leader:
+            members = leader["members"]
+            self.config_samples.append(
+                (
+                    sum(m["role"] == "voter" for m in members),
+                    sum(m["role"] == "learner" for m in members),
+                )
+            )
+
+    def check_acked(self, name="demo", ns="default"):
+        leader = eventually("a leader", lambda: self.leader_status(ns, name), 60)
+        url = self.kubelet.http_url(ns, leader["name"])
+        lost = []
+        for key, value in self.acked.items():
+            status, body = http("GET", f"{url}/v1/kv/{key}")
+            if status != 200 or body.decode() != value:
+                lost.append(key)
+        assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+        return len(self.acked)
+
+    # --- the operator, as the chart's ServiceAccount ------------------------
+
+    def start_operator(self):
+        deploy = kjson("get", "deployment", RELEASE, "-n", OP_NS)
+        pod = deploy["spec"]["template"]["spec"]
+        sa = pod["serviceAccountName"]
+        token = kubectl("create", "token", sa, "-n", OP_NS, "--duration", "2h").stdout.strip()
+        server = kjson("config", "view", "--raw", "--minify")["clusters"][0]["cluster"]
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "test", "cluster": server}],
+            "users": [{"name": sa, "user": {"token": token}}],
+            "contexts": [
+                {"name": "test", "context": {"cluster": "test", "user": sa, "namespace": OP_NS}}
+            ],
+            "current-context": "test",
+        }
+        path = os.path.join(WORK, "operator.kubeconfig")
+        with open(path, "w") as f:
+            json.dump(kubeconfig, f)
+        # The container's environment, as the chart renders it.
+        container = pod["containers"][0]
+        env = {"PATH": os.environ["PATH"], "KUBECONFIG": path, "HOME": WORK}
+        fields = {"metadata.name": "raftkv-operator-test", "metadata.namespace": OP_NS}
+        for var in container.get("env", []):
+            if "value" in var:
+                env[var["name"]] = var["value"]
+            else:
+                env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+        port = env["RAFTKV_OPERATOR_LISTEN"].rsplit(":", 1)[1]
+        env["RAFTKV_OPERATOR_LISTEN"] = f"{OPERATOR_IP}:{port}"
+        env["RAFTKV_OPERATOR_LOG_JSON"] = "false"
+        with open(HOSTS, "a") as f:
+            f.write(f"{OPERATOR_IP} {RELEASE}.{OP_NS}.svc\n")
+        argv = [OPERATOR] + container.get("args", [])
+        assert container["command"] == ["raftkv-operator"], container["command"]
+        self.operator_log = open(os.path.join(WORK, "logs", "operator.log"), "ab")
+        self.operator = subprocess.Popen(
+            argv, env=env, stdout=self.operator_log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        eventually(
+            "operator /readyz",
+            lambda: http("GET", f"http://{OPERATOR_IP}:{port}/readyz")[0] == 200,
+            60,
+        )
+
+    def stop_operator(self, deadline=10):
+        if self.operator and self.operator.poll() is None:
+            t0 = time.monotonic()
+            self.operator.send_signal(signal.SIGTERM)
+            try:
+                self.operator.wait(timeout=deadline)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+                self.operator.wait()
+                raise AssertionError(f"operator did not exit within {deadline}s of SIGTERM")
+            return time.monotonic() - t0
+        return 0.0
+
+    # --- the steps ----------------------------------------------------------
+
+    def step_helm_install(self):
+        run(
+            "helm", "install", RELEASE, CHART, "--namespace", OP_NS, "--create-namespace",
+        )
+        crd = eventually(
+            "CRD established",
+            lambda: any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in kjson("get", "crd", "raftclusters.raftkv.io")["status"]["conditions"]
+            ),
+            30,
+        )
+        assert crd
+        names = kjson("get", "crd", "raftclusters.raftkv.io")["spec"]["names"]
+        assert names["shortNames"] == ["raftc"], names
+        # The short name must not collide with a built-in resource.
+        resources = kubectl("api-resources", "--no-headers").stdout.split("\n")
+        owners = [r for r in resources if r.split() and "raftc" in r.split()[1].split(",")]
+        assert len(owners) == 1 and "raftclusters" in owners[0], owners
+
+    def step_cel_rules(self):
+        bad = yaml.safe_load(open(EXAMPLE))
+        bad["metadata"]["name"] = "bad-timing"
+        bad["spec"]["raft"]["heartbeatIntervalMs"] = 500
+        res = kubectl("apply", "-f", "-", input=yaml.safe_dump(bad), check=False)
+        assert res.returncode != 0 and "at most a third" in res.stderr, res.stderr
+        assert kubectl("get", "raftc", "bad-timing", check=False).returncode != 0
+
+    def step_operator_as_chart_sa(self):
+        self.start_operator()
+        can = kubectl(
+            "auth", "can-i", "create", "statefulsets", "-n", "default",
+            f"--as=system:serviceaccount:{OP_NS}:{RELEASE}",
+        )
+        assert can.stdout.strip() == "yes", can.stdout
+
+    def step_apply_example(self):
+        kubectl("apply", "-f", EXAMPLE)
+        self.kubelet_check()
+        st, cols, leader = eventually("demo healthy with 3 voters", lambda: self.healthy("demo", 3), 120)
+        log(f"  columns: {cols}")
+        names = sorted(m["name"] for m in st["members"])
+        assert names == ["demo-0", "demo-1", "demo-2"], f"status.members names: {names}"
+        # Immutable storage (a CEL transition rule), checked on a live object.
+        res = kubectl(
+            "patch", "raftc", "demo", "--type", "merge", "-p",
+            '{"spec":{"storage":{"size":"2Gi"}}}', check=False,
+        )
+        assert res.returncode != 0 and "immutable" in res.stderr, res.stderr
+
+    def step_unreachable_members_explained(self):
+        # Pods that never run (no process behind them, their names unknown to
+        # the resolver): the status must say why there is no leader.
+        self.kubelet.ignored_instances.add("ghost")
+        ghost = yaml.safe_load(open(EXAMPLE))
+        ghost["metadata"]["name"] = "ghost"
+        ghost["spec"]["replicas"] = 1
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(ghost))
+
+        def explained():
+            st = self.raftc("ghost").get("status") or {}
+            conds = {c["type"]: c for c in st.get("conditions", [])}
+            avail = conds.get("Available", {})
+            if not (
+                avail.get("status") == "False"
+                and avail.get("reason") in ("MembersUnreachable", "NoLeader")
+                and "ghost-0" in avail.get("message", "")
+            ):
+                raise AssertionError(f"Available condition: {avail}")
+            return avail
+
+        avail = eventually("ghost's status explains the missing leader", explained, 60)
+        log(f"  {avail['reason']}: {avail['message'][:160]}")
+        kubectl("delete", "raftc", "ghost", "--wait=true", "--timeout=60s")
+        kubectl("delete", "pvc", "-l", "app.kubernetes.io/instance=ghost", "--wait=false")
+
+    def kubelet_check(self):
+        assert not self.kubelet.errors, f"process kubelet: {self.kubelet.errors[-3:]}"
+
+    def step_scale_up_under_writes(self):
+        self.start_writer()
+        eventually("writes acknowledged", lambda: len(self.acked) >= 20, 30)
+        kubectl("scale", "raftc/demo", "--replicas=5")
+        eventually("demo healthy with 5 voters", lambda: self.healthy("demo", 5), 180)
+        self.kubelet_check()
+
+    def step_scale_down_under_writes(self):
+        kubectl("scale", "raftc/demo", "--replicas=3")
+        eventually("demo healthy with 3 voters", lambda: self.healthy("demo", 3), 180)
+        eventually(
+            "demo-3 and demo-4 gone",
+            lambda: sorted(p["metadata"]["name"] for p in kjson("get", "pods", "-l", "app.kubernetes.io/instance=demo")["items"]) == ["demo-0", "demo-1", "demo-2"],
+            60,
+        )
+        before = len(self.acked)
+        eventually("writes continue after scaling", lambda: len(self.acked) >= before + 20, 30)
+        self.stop_writer()
+        n = self.check_acked()
+        log(f"  {n} acknowledged writes all present ({self.writer_errors} unacknowledged)")
+        # One membership change at a time: the configuration never holds
+        # more than one learner, and the voter count moves by one.
+        assert self.config_samples, "no configuration samples"
+        assert max(learners for _, learners in self.config_samples) <= 1, "two learners at once"
+        voters_seen = sorted({v for v, _ in self.config_samples})
+        assert voters_seen == [3, 4, 5], f"voter counts seen: {voters_seen}"
+        for (v1, _), (v2, _) in zip(self.config_samples, self.config_samples[1:]):
+            assert abs(v2 - v1) <= 1, f"voters jumped {v1} -> {v2}"
+        # Every scaling event keeps its own message (events are not merged
+        # into the first one's text).
+        events = kjson("get", "events", "--field-selector", "involvedObject.name=demo")["items"]
+        ups = {e["message"] for e in events if e["reason"] == "ScalingUp"}
+        assert len(ups) >= 2, f"ScalingUp messages: {ups}"
+
+    def step_pod_deleted_rejoins(self):
+        old_uid = kjson("get", "pod", "demo-1")["metadata"]["uid"]
+        kubectl("delete", "pod", "demo-1", "--wait=false")
+        new_uid = eventually(
+            "demo-1 recreated",
+            lambda: (uid := kjson("get", "pod", "demo-1")["metadata"]["uid"]) != old_uid and uid,
+            60,
+        )
+        before = len(self.acked)
+
+        def caught_up():
+            # Only the new pod's process counts, not the old one on its way out.
+            if self.kubelet.process_uid("default", "demo-1") != new_uid:
+                return False
+            leader = self.leader_status()
+            st = self.node_status("demo-1")
+            return leader and st and st["cluster_id"] == leader["cluster_id"] and (
+                st["applied_index"] >= leader["commit_index"] - 5
+            ) and st["role"] in ("follower", "leader") and st["applied_index"] >= before
+
+        eventually("demo-1 back and caught up", caught_up, 60)
+        eventually("demo healthy with 3 voters", lambda: self.healthy("demo", 3), 60)
+
+    def step_helm_test_check(self):
+        # A test pod cannot run without a container runtime: run the hook's
+        # own script here, its Service name resolving to the operator.
+        hooks = list(yaml.safe_load_all(run("helm", "get", "hooks", RELEASE, "-n", OP_NS).stdout))
+        pods = [h for h in hooks if h and h["kind"] == "Pod"]
+        assert len(pods) == 1, hooks
+        assert pods[0]["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        container = pods[0]["spec"]["containers"][0]
+        res = run(*container["command"], check=False)
+        assert res.returncode == 0, f"helm test script failed: {res.stdout} {res.stderr}"
+        log(f"  {res.stdout.strip()}")
+
+    def step_delete_retain_adopts(self):
+        value = self.acked[next(iter(self.acked))]
+        key = next(iter(self.acked))
+        kubectl("delete", "raftc", "demo", "--wait=true", "--timeout=60s")
+        eventually("demo's pods gone", lambda: not kjson("get", "pods", "-l", "app.kubernetes.io/instance=demo")["items"], 60)
+        pvcs = kjson("get", "pvc", "-l", "app.kubernetes.io/instance=demo")["items"]
+        assert len(pvcs) >= 3, f"Retain kept {len(pvcs)} claims"
+        kubectl("apply", "-f", EXAMPLE)
+        eventually("demo healthy again with 3 voters", lambda: self.healthy("demo", 3), 120)
+        leader = self.leader_status()
+        status, body = http("GET", f"{self.kubelet.http_url('default', leader['name'])}/v1/kv/{key}")
+        assert status == 200 and body.decode() == value, (status, body)
+        self.check_acked()
+
+    def step_delete_with_pvc_delete(self):
+        kubectl("patch", "raftc", "demo", "--type", "merge", "-p", '{"spec":{"pvcRetention":"Delete"}}')
+        eventually(
+            "StatefulSet's retention policy updated",
+            lambda: kjson("get", "statefulset", "demo")["spec"]
+            .get("persistentVolumeClaimRetentionPolicy", {})
+            .get("whenDeleted") == "Delete",
+            30,
+        )
+
+        # Delete frees the volumes of removed members (demo-3 and demo-4,
+        # kept while the policy was Retain): the operator deletes them.
+        def member_claims_only():
+            left = kjson("get", "pvc", "-l", "app.kubernetes.io/instance=demo")["items"]
+            names = sorted(c["metadata"]["name"] for c in left)
+            if len(names) != 3:
+                raise AssertionError(f"claims: {names}")
+            return True
+
+        eventually("the removed members' claims deleted", member_claims_only, 60)
+        kubectl("delete", "raftc", "demo", "--wait=true", "--timeout=60s")
+
+        def no_claims():
+            left = kjson("get", "pvc", "-l", "app.kubernetes.io/instance=demo")["items"]
+            if left:
+                raise AssertionError(f"claims left: {[c['metadata']['name'] for c in left]}")
+            return True
+
+        eventually("demo's claims deleted", no_claims, 90)
+
+    def step_helm_uninstall_with_cluster(self):
+        run(
+            "helm", "upgrade", RELEASE, CHART, "-n", OP_NS, "--reuse-values",
+            "--set", "cluster.enabled=true", "--set", "cluster.spec.replicas=3",
+        )
+        eventually("chart's cluster healthy", lambda: self.healthy("raftkv", 3, OP_NS), 120)
+        run("helm", "uninstall", RELEASE, "-n", OP_NS)
+        eventually(
+            "release's cluster gone",
+            lambda: not kjson("get", "raftc", "-n", OP_NS)["items"]
+            and not kjson("get", "statefulsets,pods", "-n", OP_NS, "-l", "app.kubernetes.io/name=raftkv")["items"],
+            60,
+        )
+        left = kjson("get", "deployments,services,serviceaccounts,roles,rolebindings,configmaps", "-n", OP_NS)["items"]
+        ours = [
+            f"{o['kind']}/{o['metadata']['name']}"
+            for o in left
+            if o["metadata"]["name"] not in ("default", "kube-root-ca.crt")
+        ]
+        assert not ours, f"left behind in {OP_NS}: {ours}"
+        cluster_wide = kjson("get", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
+        assert not cluster_wide, [o["metadata"]["name"] for o in cluster_wide]
+        took = self.stop_operator(deadline=5)
+        log(f"  operator exited {took:.1f}s after SIGTERM")
+        # The chart's RBAC sufficed: the API server never refused the operator.
+        with open(os.path.join(WORK, "logs", "operator.log"), errors="replace") as f:
+            refused = [line for line in f if "forbidden" in line.lower() or " 403" in line]
+        assert not refused, f"the operator was refused: {refused[:3]}"
+
+    # --- driver ---------------------------------------------------------------
+
+    def main(self):
+        steps = [
+            ("helm install: CRD established, short name raftc", self.step_helm_install),
+            ("CEL rules reject a bad spec", self.step_cel_rules),
+            ("operator runs as the chart's ServiceAccount", self.step_operator_as_chart_sa),
+            ("no leader: the status says why", self.step_unreachable_members_explained),
+            ("kubectl apply the example: leader, term, commit in columns", self.step_apply_example),
+            ("kubectl scale raftc/demo 3 -> 5 under writes", self.step_scale_up_under_writes),
+            ("kubectl scale raftc/demo 5 -> 3, nothing acknowledged lost", self.step_scale_down_under_writes),
+            ("a pod deleted by hand comes back and catches up", self.step_pod_deleted_rejoins),
+            ("the helm test hook's check holds", self.step_helm_test_check),
+            ("delete + re-apply with pvcRetention Retain adopts the data", self.step_delete_retain_adopts),
+            ("delete with pvcRetention Delete removes the claims", self.step_delete_with_pvc_delete),
+            ("helm uninstall with cluster.enabled leaves nothing behind", self.step_helm_uninstall_with_cluster),
+        ]
+        self.kubelet.start()
+        t0 = time.monotonic()
+        try:
+            for name, fn in steps:
+                log(f"STEP {name}")
+                t = time.monotonic()
+                try:
+                    fn()
+                    self.kubelet_check()
+                except Exception:  # noqa: BLE001 - reported, later steps depend on it
+                    self.failed += 1
+                    log(f"FAIL {name} ({time.monotonic() - t:.1f}s)")
+                    traceback.print_exc()
+                    break
+                self.passed += 1
+                log(f"ok   {name} ({time.monotonic() - t:.1f}s)")
+        finally:
+            self.writer_stop.set()
+            try:
+                self.stop_operator(deadline=15)
+            except AssertionError as e:
+                log(str(e))
+            self.kubelet.stop()
+        skipped = len(steps) - self.passed - self.failed
+        log(f"suite took {time.monotonic() - t0:.0f}s")
+        print(f"k8s: {self.passed} passed, {self.failed} failed, {skipped} skipped", flush=True)
+        return 0 if self.failed == 0 and skipped == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(Suite().main())
