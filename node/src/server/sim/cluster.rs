@@ -229,6 +229,7 @@ impl SimCluster {
             snapshot_policy: self.opts.snapshot_policy,
             kv_cache_bytes: 4 << 20,
             max_snapshot_bytes: 1 << 30,
+            peer_security: crate::server::PeerSecurity::none(),
         }
     }
 
