@@ -599,6 +599,73 @@ mod tests {
         assert!(id_from_hostname("raftkv-x").is_err());
     }
 
+    fn serve(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["raftkv", "serve", "--id", "1"];
+        argv.extend_from_slice(extra);
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not serve")
+        };
+        *args
+    }
+
+    #[test]
+    fn the_peer_port_is_never_open_unless_asked_for() {
+        let err = serve(&[]).node_config().unwrap_err().to_string();
+        assert!(err.contains("--peer-auth none"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a secret of more than sixteen bytes\n").unwrap();
+        let good = dir.path().join("good");
+        std::fs::copy(&secret, &good).unwrap();
+        let cfg = serve(&["--peer-secret-file", secret.to_str().unwrap()])
+            .node_config()
+            .unwrap();
+        assert!(cfg.peer_security.secret.is_some());
+        std::fs::write(&secret, "short").unwrap();
+        assert!(
+            serve(&["--peer-secret-file", secret.to_str().unwrap()])
+                .node_config()
+                .is_err()
+        );
+        // Certificates: https:// advertised URLs, identity checks on.
+        let cert = dir.path().join("c.pem");
+        let cfg = serve(&[
+            "--peer-cert-file",
+            cert.to_str().unwrap(),
+            "--peer-key-file",
+            cert.to_str().unwrap(),
+            "--peer-trusted-ca-file",
+            cert.to_str().unwrap(),
+            "--peer-client-cert-auth",
+        ])
+        .node_config()
+        .unwrap();
+        assert!(cfg.peer_security.certificate_auth);
+        assert!(cfg.advertise_peer.starts_with("https://"));
+        // TLS alone authenticates nobody.
+        assert!(
+            serve(&[
+                "--peer-cert-file",
+                cert.to_str().unwrap(),
+                "--peer-key-file",
+                cert.to_str().unwrap(),
+            ])
+            .node_config()
+            .is_err()
+        );
+        assert!(
+            serve(&[
+                "--peer-auth",
+                "none",
+                "--peer-secret-file",
+                good.to_str().unwrap()
+            ])
+            .node_config()
+            .is_err(),
+            "none contradicts a secret"
+        );
+    }
+
     #[test]
     fn serve_flags_become_a_node_config() {
         let cli = Cli::try_parse_from([
@@ -612,12 +679,15 @@ mod tests {
             "500",
             "--heartbeat-interval-ms",
             "50",
+            "--peer-auth",
+            "none",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {
             panic!("not serve")
         };
         let cfg = args.node_config().unwrap();
+        assert!(!cfg.peer_security.authenticates());
         assert_eq!(cfg.id, NodeId(2));
         assert_eq!(cfg.election_ticks, 50);
         assert_eq!(cfg.heartbeat_ticks, 5);
@@ -631,6 +701,8 @@ mod tests {
             "--join",
             "--kv-cache-mb",
             "64",
+            "--peer-auth",
+            "none",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {
