@@ -18,3 +18,4 @@ pub mod metrics;
 pub mod raft;
 pub mod server;
 pub mod storage;
+pub mod tls;

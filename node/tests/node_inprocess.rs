@@ -74,6 +74,7 @@ async fn three_nodes_with(dir: &std::path::Path, limits: Limits) -> Vec<RunningN
             kv_cache_bytes: 16 << 20,
             max_snapshot_bytes: 1 << 30,
             disk: Default::default(),
+            peer_security: raftkv::server::PeerSecurity::none(),
         };
         nodes.push(start(cfg, Arc::new(Metrics::new().unwrap())).await.unwrap());
     }

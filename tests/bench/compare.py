@@ -148,6 +148,10 @@ def start_raftkv(raftkv, workdir):
     ports = free_ports(9)
     peer, client, http = ports[:3], ports[3:6], ports[6:]
     initial = ",".join(f"{i + 1}=127.0.0.1:{peer[i]}" for i in range(3))
+    # raftkv serve refuses an unauthenticated peer port: a secret per run.
+    secret = os.path.join(workdir, "peer-secret")
+    with open(secret, "w") as f:
+        f.write(os.urandom(32).hex())
     for i in range(3):
         c.spawn(
             [
@@ -158,6 +162,7 @@ def start_raftkv(raftkv, workdir):
                 "--listen-peer", f"127.0.0.1:{peer[i]}",
                 "--listen-http", f"127.0.0.1:{http[i]}",
                 "--initial-cluster", initial,
+                "--peer-secret-file", secret,
             ],
             f"n{i + 1}.log",
         )

@@ -91,6 +91,8 @@ pub struct Options {
     pub snapshot_keep_trailing: u64,
     pub max_value_bytes: usize,
     pub max_key_bytes: usize,
+    /// More `raftkv serve` flags for every node (TLS files, say).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -103,6 +105,7 @@ impl Default for Options {
             snapshot_keep_trailing: 5_000,
             max_value_bytes: 64 * 1024,
             max_key_bytes: 256,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -150,6 +153,8 @@ pub struct Cluster {
     pub opts: Options,
     initial: String,
     cluster_id: u64,
+    /// The cluster's shared peer secret (each test cluster has its own).
+    peer_secret: String,
     _dir: tempfile::TempDir,
     bin: PathBuf,
     http: reqwest::Client,
@@ -232,6 +237,11 @@ impl Cluster {
             opts,
             initial,
             cluster_id: 4242,
+            peer_secret: format!(
+                "test-cluster-secret-{}-{:?}",
+                std::process::id(),
+                std::time::SystemTime::now()
+            ),
             _dir: dir,
             bin,
             http: reqwest::Client::builder()
@@ -265,6 +275,7 @@ impl Cluster {
         let cluster_id = self.cluster_id;
         let bin = self.bin.clone();
         let pids = self.pids.clone();
+        let peer_secret = self.peer_secret.clone();
         let node = self.node_mut(id)?;
         let join = node.joined;
         let log = std::fs::OpenOptions::new()
@@ -315,7 +326,9 @@ impl Cluster {
             ])
             .args(["--max-value-bytes", &opts.max_value_bytes.to_string()])
             .args(["--max-key-bytes", &opts.max_key_bytes.to_string()])
+            .args(&opts.extra_args)
             .env("RAFTKV_LOG", "info,raftkv::server::transport=warn")
+            .env("RAFTKV_PEER_SECRET", peer_secret)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -628,6 +628,9 @@ async fn a_full_disk_stops_a_follower_clearly_and_it_catches_up_once_space_is_fr
     }
     let a = c.put(full, "through-the-refilled-node", "w").await.unwrap();
     assert_eq!(a.status, 200, "{:?}", a.body);
-    let said = log.lines().find(|l| l.contains("File too large")).unwrap_or_default();
+    let said = log
+        .lines()
+        .find(|l| l.contains("File too large"))
+        .unwrap_or_default();
     println!("node {full} filled its disk after {written} writes of 4 KiB: {said}");
 }

@@ -157,3 +157,138 @@ async fn etcdctl_works_unchanged_against_raftkv() -> anyhow::Result<()> {
     assert_eq!(etcdctl(&e1, &["get", "after"], "")?, "after\nchanges\n");
     Ok(())
 }
+
+/// Certificates for the client-TLS test: a cluster CA with a server
+/// certificate for 127.0.0.1 and a client certificate, and a client
+/// certificate from an unrelated CA. Returns their paths.
+struct TestCerts {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+    stranger: (String, String),
+}
+
+fn make_certs(dir: &std::path::Path) -> anyhow::Result<TestCerts> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let write = |name: &str, pem: &str| -> anyhow::Result<String> {
+        let path = dir.join(name);
+        std::fs::write(&path, pem)?;
+        Ok(path.display().to_string())
+    };
+    let ca = |name: &str| -> anyhow::Result<(String, Issuer<'static, KeyPair>)> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key)?;
+        Ok((cert.pem(), Issuer::new(params, key)))
+    };
+    let leaf = |issuer: &Issuer<'static, KeyPair>,
+                cn: &str,
+                sans: Vec<String>|
+     -> anyhow::Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(sans)?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        Ok((params.signed_by(&key, issuer)?.pem(), key.serialize_pem()))
+    };
+    let (ca_pem, issuer) = ca("raftkv test CA")?;
+    let (_, other) = ca("someone else's CA")?;
+    let server = leaf(
+        &issuer,
+        "raftkv",
+        vec!["127.0.0.1".into(), "localhost".into()],
+    )?;
+    let client = leaf(&issuer, "alice", vec![])?;
+    let stranger = leaf(&other, "mallory", vec![])?;
+    Ok(TestCerts {
+        ca: write("ca.pem", &ca_pem)?,
+        server: (
+            write("server.pem", &server.0)?,
+            write("server-key.pem", &server.1)?,
+        ),
+        client: (
+            write("client.pem", &client.0)?,
+            write("client-key.pem", &client.1)?,
+        ),
+        stranger: (
+            write("stranger.pem", &stranger.0)?,
+            write("stranger-key.pem", &stranger.1)?,
+        ),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_with_client_certificates_and_strangers_refused() -> anyhow::Result<()> {
+    let certs_dir = tempfile::tempdir()?;
+    let certs = make_certs(certs_dir.path())?;
+    let opts = Options {
+        extra_args: vec![
+            "--cert-file".into(),
+            certs.server.0.clone(),
+            "--key-file".into(),
+            certs.server.1.clone(),
+            "--trusted-ca-file".into(),
+            certs.ca.clone(),
+            "--client-cert-auth".into(),
+        ],
+        ..Options::default()
+    };
+    let c = Cluster::start(3, opts)?;
+    let https = |id| format!("https://{}", client(&c, id));
+    let with_cert = |cert: &(String, String)| {
+        vec![
+            format!("--cacert={}", certs.ca),
+            format!("--cert={}", cert.0),
+            format!("--key={}", cert.1),
+        ]
+    };
+    let run = |endpoint: &str, tls: &[String], args: &[&str]| {
+        let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        etcdctl(endpoint, &all, "")
+    };
+    let alice = with_cert(&certs.client);
+
+    // The cluster elects a leader and serves etcdctl over mutual TLS, from
+    // any member (followers forward the writes).
+    Cluster::eventually(Duration::from_secs(30), "a write over mTLS", || {
+        let r = run(&https(1), &alice, &["put", "/tls/a", "1"]);
+        async move { r.ok().filter(|out| out.trim() == "OK") }
+    })
+    .await?;
+    assert_eq!(
+        run(&https(2), &alice, &["put", "/tls/b", "2"])?.trim(),
+        "OK"
+    );
+    assert_eq!(
+        run(&https(3), &alice, &["get", "--prefix", "/tls/"])?,
+        "/tls/a\n1\n/tls/b\n2\n"
+    );
+
+    // No client certificate, a certificate from another CA, plaintext: all
+    // refused.
+    let no_cert = vec![format!("--cacert={}", certs.ca)];
+    let err = run(&https(1), &no_cert, &["get", "/tls/a"]).expect_err("no client certificate");
+    assert!(!err.to_string().contains("/tls/a\n1"), "{err}");
+    run(&https(1), &with_cert(&certs.stranger), &["get", "/tls/a"])
+        .expect_err("a client certificate from another CA");
+    etcdctl(&client(&c, 1), &["get", "/tls/a"], "").expect_err("plaintext to the TLS port");
+
+    // None of that disturbed anyone.
+    assert_eq!(
+        run(&https(1), &alice, &["put", "/tls/c", "3"])?.trim(),
+        "OK"
+    );
+    assert_eq!(
+        run(&https(2), &alice, &["get", "--print-value-only", "/tls/c"])?,
+        "3\n"
+    );
+    Ok(())
+}

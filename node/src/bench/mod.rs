@@ -93,6 +93,8 @@ pub struct BenchConfig {
     pub value_size: usize,
     /// Show a live progress bar on stderr (only drawn on a terminal).
     pub progress: bool,
+    /// TLS for `https://` endpoints (trusted CA, client certificate).
+    pub tls: crate::tls::ClientTls,
 }
 
 /// Why a bench run could not be done.
@@ -100,6 +102,8 @@ pub struct BenchConfig {
 pub enum BenchError {
     #[error("invalid bench configuration: {0}")]
     Config(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     KeySpace(#[from] keyspace::KeySpaceError),
     #[error("cannot connect to {endpoint}: {source}")]

@@ -196,6 +196,10 @@ fn validate(config: &BenchConfig) -> Result<(), BenchError> {
 /// to endpoint `i mod len`, so that load spreads over the members.
 async fn connect(config: &BenchConfig) -> Result<Vec<Channel>, BenchError> {
     let conns = config.conns.min(config.clients);
+    let connector = crate::tls::connect::Connector::new(match config.tls.trusted_ca {
+        Some(_) => Some(config.tls.client_config()?),
+        None => None,
+    });
     let mut channels = Vec::with_capacity(conns);
     for i in 0..conns {
         let endpoint = &config.endpoints[i % config.endpoints.len()];
@@ -211,10 +215,8 @@ async fn connect(config: &BenchConfig) -> Result<Vec<Channel>, BenchError> {
         let channel = Endpoint::from_shared(uri)
             .map_err(failed)?
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(failed)?;
+            .connect_timeout(Duration::from_secs(5));
+        let channel = connector.connect(channel).await.map_err(failed)?;
         channels.push(channel);
     }
     Ok(channels)
@@ -275,6 +277,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(crate::grpc::serve_with_shutdown(
             listener,
+            None,
             backend.clone(),
             None,
             async move {
@@ -286,6 +289,7 @@ mod tests {
 
     fn config(endpoint: &str, workload: Workload, stop: Stop) -> BenchConfig {
         BenchConfig {
+            tls: crate::tls::ClientTls::default(),
             workload,
             endpoints: vec![endpoint.to_string()],
             clients: 4,

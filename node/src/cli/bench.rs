@@ -90,6 +90,8 @@ pub struct BenchArgs {
     /// Do not draw the live progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub tls: crate::cli::client::TlsClientArgs,
 }
 
 impl BenchArgs {
@@ -116,6 +118,7 @@ impl BenchArgs {
             (None, None) => Stop::After(Duration::from_secs(10)),
         };
         BenchConfig {
+            tls: self.tls.client_tls(),
             workload,
             endpoints: self.endpoints.clone(),
             clients: self.clients,

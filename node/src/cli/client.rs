@@ -33,6 +33,36 @@ pub struct ClientArgs {
     pub timeout_ms: u64,
 }
 
+/// TLS flags of the gRPC client commands, named as etcdctl's.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsClientArgs {
+    /// CA bundle that the server certificates must chain to (needed for
+    /// `https://` endpoints).
+    #[arg(long, env = "RAFTKV_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate to present (servers with --client-cert-auth).
+    #[arg(long, env = "RAFTKV_CERT", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key of --cert.
+    #[arg(long, env = "RAFTKV_KEY", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsClientArgs {
+    pub fn client_tls(&self) -> crate::tls::ClientTls {
+        crate::tls::ClientTls {
+            trusted_ca: self.cacert.clone(),
+            key_pair: match (&self.cert, &self.key) {
+                (Some(cert), Some(key)) => Some(crate::tls::reload::KeyPairFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,

@@ -12,6 +12,8 @@ use clap::Args;
 use tokio::process::{Child, Command};
 
 use crate::server::NodeStatus;
+use crate::tls::local_ca::LocalCa;
+use crate::tls::reload::KeyPairFiles;
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -33,6 +35,36 @@ pub struct DevArgs {
     /// HTTP port of node 1; node i uses this + (i-1).
     #[arg(long, env = "RAFTKV_DEV_HTTP_PORT", default_value_t = 8080)]
     pub http_port: u16,
+    /// TLS on every port: a local CA under the data directory issues the
+    /// nodes' certificates and a client certificate; clients (etcdctl,
+    /// curl) must present it.
+    #[arg(long, env = "RAFTKV_DEV_TLS")]
+    pub tls: bool,
+}
+
+/// The files `raftkv dev --tls` makes (fresh on every start).
+#[derive(Debug)]
+struct DevCerts {
+    ca: PathBuf,
+    node: KeyPairFiles,
+    client: KeyPairFiles,
+}
+
+/// A new local CA, one certificate for the nodes (all on loopback) used on
+/// every port and for dialling peers, and one client certificate.
+fn dev_certs(data_dir: &std::path::Path) -> anyhow::Result<DevCerts> {
+    let dir = data_dir.join("tls");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ca = LocalCa::new("raftkv dev CA")?;
+    let node = ca
+        .issue("raftkv dev node", &["127.0.0.1", "localhost"])?
+        .write(&dir, "node")?;
+    let client = ca.issue("raftkv dev client", &[])?.write(&dir, "client")?;
+    Ok(DevCerts {
+        ca: ca.write_ca(&dir)?,
+        node,
+        client,
+    })
 }
 
 /// The addresses of one dev node.
@@ -63,6 +95,30 @@ pub fn layout(args: &DevArgs) -> anyhow::Result<Vec<DevNode>> {
         .collect()
 }
 
+/// The dev cluster's shared peer secret: made once, at random, and kept in
+/// the data directory (readable by its owner only) so restarts agree.
+fn dev_peer_secret(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use rand::RngCore as _;
+    use std::io::Write as _;
+    let path = data_dir.join("peer-secret");
+    if path.exists() {
+        return Ok(path);
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(secret.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let nodes = layout(&args)?;
     if args.fresh && args.data_dir.exists() {
@@ -72,11 +128,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the raftkv executable")?;
+    let certs = if args.tls {
+        Some(dev_certs(&args.data_dir)?)
+    } else {
+        None
+    };
+    let scheme = if args.tls { "https" } else { "http" };
     let initial: Vec<String> = nodes
         .iter()
-        .map(|n| format!("{}=http://{}", n.id, n.peer))
+        .map(|n| format!("{}={scheme}://{}", n.id, n.peer))
         .collect();
     let initial = initial.join(",");
+    let peer_secret = dev_peer_secret(&args.data_dir)?;
 
     let mut children: Vec<(u64, Child)> = Vec::new();
     for n in &nodes {
@@ -103,9 +166,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .args(["--listen-client", &n.client])
             .args(["--listen-peer", &n.peer])
             .args(["--listen-http", &n.http])
-            .args(["--advertise-client", &format!("http://{}", n.client)])
+            .args(["--advertise-client", &format!("{scheme}://{}", n.client)])
             .args(["--initial-cluster", &initial])
-            .stdin(Stdio::null())
+            .arg("--peer-secret-file")
+            .arg(&peer_secret);
+        if let Some(c) = &certs {
+            cmd.arg("--cert-file")
+                .arg(&c.node.cert)
+                .arg("--key-file")
+                .arg(&c.node.key)
+                .arg("--trusted-ca-file")
+                .arg(&c.ca)
+                .arg("--client-cert-auth")
+                .arg("--peer-cert-file")
+                .arg(&c.node.cert)
+                .arg("--peer-key-file")
+                .arg(&c.node.key)
+                .arg("--peer-trusted-ca-file")
+                .arg(&c.ca)
+                .arg("--peer-client-cert-auth");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
@@ -136,41 +217,89 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             "  {:<4} {:<8} {:<22} {:<22} {:<22}",
             n.id,
             pid,
-            format!("http://{}", n.http),
+            format!("{scheme}://{}", n.http),
             n.client,
             n.peer
         );
     }
     println!();
-    let http_endpoints: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
+    let http_endpoints: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{scheme}://{}", n.http))
+        .collect();
+    let client_endpoints: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{scheme}://{}", n.client))
+        .collect();
 
-    tokio::select! {
-        res = wait_for_leader(&http_endpoints, Duration::from_secs(30)) => match res {
-            Ok(s) => println!("leader: node {} (term {})", s.leader_id.unwrap_or(0), s.term),
-            Err(e) => println!("no leader yet: {e} (see the node logs in {})", args.data_dir.display()),
-        },
+    let wait = async {
+        match &certs {
+            None => wait_for_leader(&http_endpoints, Duration::from_secs(30))
+                .await
+                .map(|s| (s.leader_id.unwrap_or(0), s.term)),
+            Some(c) => {
+                let tls = crate::tls::ClientTls {
+                    trusted_ca: Some(c.ca.clone()),
+                    key_pair: Some(c.client.clone()),
+                };
+                wait_for_leader_grpc(&client_endpoints, &tls, Duration::from_secs(30)).await
+            }
+        }
+    };
+    let waited = tokio::select! {
+        w = wait => w,
         _ = tokio::signal::ctrl_c() => {
             stop_all(&mut children).await;
             return Ok(());
         }
+    };
+    match waited {
+        Ok((leader, term)) => println!("leader: node {leader} (term {term})"),
+        Err(e) => println!(
+            "no leader yet: {e} (see the node logs in {})",
+            args.data_dir.display()
+        ),
     }
     let first = &nodes[0];
     println!();
     println!("try:");
-    println!(
-        "  curl -X PUT --data-binary hello http://{}/v1/kv/greeting",
-        first.http
-    );
-    println!("  curl http://{}/v1/kv/greeting", first.http);
-    println!(
-        "  raftkv kv get greeting --endpoints {}",
-        http_endpoints.join(",")
-    );
-    println!(
-        "  raftkv cluster status --endpoints {}",
-        http_endpoints.join(",")
-    );
-    println!("  etcdctl --endpoints {} put foo bar", first.client);
+    match &certs {
+        None => {
+            println!(
+                "  curl -X PUT --data-binary hello http://{}/v1/kv/greeting",
+                first.http
+            );
+            println!("  curl http://{}/v1/kv/greeting", first.http);
+            println!(
+                "  raftkv kv get greeting --endpoints {}",
+                http_endpoints.join(",")
+            );
+            println!(
+                "  raftkv cluster status --endpoints {}",
+                http_endpoints.join(",")
+            );
+            println!("  etcdctl --endpoints {} put foo bar", first.client);
+        }
+        Some(c) => {
+            let (ca, cert, key) = (
+                c.ca.display(),
+                c.client.cert.display(),
+                c.client.key.display(),
+            );
+            println!(
+                "  etcdctl --endpoints {} --cacert {ca} --cert {cert} --key {key} put foo bar",
+                client_endpoints.join(",")
+            );
+            println!(
+                "  curl --cacert {ca} --cert {cert} --key {key} https://{}/v1/status",
+                first.http
+            );
+            println!(
+                "  raftkv bench put --endpoints {} --cacert {ca} --cert {cert} --key {key}",
+                client_endpoints.join(",")
+            );
+        }
+    }
     println!();
     println!(
         "Ctrl-C stops the cluster; node logs are in {}/node-*/raftkv.log",
@@ -243,6 +372,38 @@ async fn stop_all(children: &mut [(u64, Child)]) {
     println!("all nodes stopped");
 }
 
+/// Polls the nodes' gRPC ports (etcd's Maintenance.Status, over TLS) until
+/// one of them reports a leader; returns (leader, term).
+async fn wait_for_leader_grpc(
+    endpoints: &[String],
+    tls: &crate::tls::ClientTls,
+    within: Duration,
+) -> anyhow::Result<(u64, u64)> {
+    use crate::grpc::proto::etcdserverpb::{StatusRequest, maintenance_client::MaintenanceClient};
+    let connector = crate::tls::connect::Connector::new(Some(tls.client_config()?));
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        for ep in endpoints {
+            let endpoint = tonic::transport::Endpoint::from_shared(ep.clone())?
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(1));
+            if let Ok(channel) = connector.connect(endpoint).await {
+                if let Ok(s) = MaintenanceClient::new(channel)
+                    .status(StatusRequest {})
+                    .await
+                {
+                    let s = s.into_inner();
+                    if s.leader != 0 {
+                        return Ok((s.leader, s.raft_term));
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no leader within {within:?}")
+}
+
 /// Polls the nodes until one of them reports a leader.
 pub async fn wait_for_leader(endpoints: &[String], within: Duration) -> anyhow::Result<NodeStatus> {
     let client = reqwest::Client::builder()
@@ -277,6 +438,7 @@ mod tests {
             client_port: 2379,
             peer_port: 2380,
             http_port: 8080,
+            tls: false,
         };
         let l = layout(&args).unwrap();
         let mut all: Vec<&String> = l

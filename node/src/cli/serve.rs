@@ -19,7 +19,10 @@ use crate::raft::NodeId;
 use crate::server::{
     Bootstrap, MemberInfo, NodeConfig, cluster_id_of_token, start, validate_member_url,
 };
+use crate::server::{PeerSecret, PeerSecurity};
 use crate::storage::{DEFAULT_KV_CACHE_BYTES, Disk, Limits, SnapshotPolicy};
+use crate::tls::reload::KeyPairFiles;
+use crate::tls::{ClientTls, ServerTls};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -121,6 +124,132 @@ pub struct ServeArgs {
     /// closed to make room.
     #[arg(long, env = "RAFTKV_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
     pub http_max_connections: usize,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS and peer authentication (names as etcd's flags).
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// Certificate (PEM chain) of the client gRPC and HTTP ports; turns TLS
+    /// on for both. Re-read when the file changes.
+    #[arg(long, env = "RAFTKV_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "RAFTKV_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// CA bundle that client certificates must chain to.
+    #[arg(long, env = "RAFTKV_TRUSTED_CA_FILE", requires = "cert_file")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse client connections without a certificate from
+    /// --trusted-ca-file (client gRPC and HTTP ports).
+    #[arg(long, env = "RAFTKV_CLIENT_CERT_AUTH", requires = "trusted_ca_file")]
+    pub client_cert_auth: bool,
+    /// Certificate of the peer port, also presented when dialling peers;
+    /// turns TLS on for the peer port. Re-read when the file changes.
+    #[arg(long, env = "RAFTKV_PEER_CERT_FILE", requires = "peer_key_file")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(long, env = "RAFTKV_PEER_KEY_FILE", requires = "peer_cert_file")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA bundle that peer certificates must chain to (both ways).
+    #[arg(long, env = "RAFTKV_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Refuse peers without a certificate from --peer-trusted-ca-file that
+    /// names the host of the member they claim to be.
+    #[arg(
+        long,
+        env = "RAFTKV_PEER_CLIENT_CERT_AUTH",
+        requires_all = ["peer_trusted_ca_file", "peer_cert_file"]
+    )]
+    pub peer_client_cert_auth: bool,
+    /// File holding the cluster's shared peer secret (16+ bytes): peers
+    /// prove membership with tokens derived from it.
+    #[arg(long, env = "RAFTKV_PEER_SECRET_FILE", conflicts_with = "peer_secret")]
+    pub peer_secret_file: Option<PathBuf>,
+    /// The shared peer secret itself (for an environment variable filled
+    /// from a Kubernetes Secret; never on a command line, which any local
+    /// user can read).
+    #[arg(long, env = "RAFTKV_PEER_SECRET", hide = true, hide_env_values = true)]
+    pub peer_secret: Option<String>,
+    /// `auto`: peers must authenticate (a shared secret, or certificates
+    /// with --peer-client-cert-auth) and the node refuses to start without
+    /// either. `none`: anyone who reaches the peer port is believed.
+    #[arg(long, env = "RAFTKV_PEER_AUTH", value_enum, default_value_t = PeerAuthMode::Auto)]
+    pub peer_auth: PeerAuthMode,
+}
+
+/// See `--peer-auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerAuthMode {
+    Auto,
+    None,
+}
+
+impl TlsArgs {
+    /// TLS of the client gRPC and HTTP ports.
+    pub fn client_tls(&self) -> Option<ServerTls> {
+        Some(ServerTls {
+            key_pair: KeyPairFiles {
+                cert: self.cert_file.clone()?,
+                key: self.key_file.clone()?,
+            },
+            trusted_ca: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+        })
+    }
+
+    /// The peer port's security, or why the node must not start.
+    pub fn peer_security(&self) -> anyhow::Result<PeerSecurity> {
+        let key_pair = match (&self.peer_cert_file, &self.peer_key_file) {
+            (Some(cert), Some(key)) => Some(KeyPairFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        let secret = match (&self.peer_secret_file, &self.peer_secret) {
+            (Some(path), _) => Some(Arc::new(
+                PeerSecret::load(path).context("--peer-secret-file")?,
+            )),
+            (None, Some(s)) => Some(Arc::new(
+                PeerSecret::from_bytes(s.as_bytes()).context("RAFTKV_PEER_SECRET")?,
+            )),
+            (None, None) => None,
+        };
+        let security = PeerSecurity {
+            tls: key_pair.clone().map(|key_pair| ServerTls {
+                key_pair,
+                trusted_ca: self.peer_trusted_ca_file.clone(),
+                client_cert_auth: self.peer_client_cert_auth,
+            }),
+            dial: ClientTls {
+                trusted_ca: self.peer_trusted_ca_file.clone(),
+                key_pair,
+            },
+            secret,
+            certificate_auth: self.peer_client_cert_auth,
+        };
+        match self.peer_auth {
+            PeerAuthMode::Auto if !security.authenticates() => bail!(
+                "the peer port would believe anyone who reaches it: give the cluster a \
+                 shared secret (--peer-secret-file or RAFTKV_PEER_SECRET), or use peer \
+                 certificates with --peer-client-cert-auth; --peer-auth none accepts the risk"
+            ),
+            PeerAuthMode::Auto => Ok(security),
+            PeerAuthMode::None => {
+                if security.authenticates() {
+                    bail!("--peer-auth none contradicts a peer secret or --peer-client-cert-auth");
+                }
+                warn!(
+                    "PEER AUTHENTICATION IS OFF (--peer-auth none): anyone who can reach \
+                     the peer port can send Raft messages as any member, rewrite data and \
+                     depose the leader; use only where nothing else can reach that port"
+                );
+                Ok(security)
+            }
+        }
+    }
 }
 
 /// Parses `1=http://a:2380,2=b:2380`.
@@ -234,7 +363,7 @@ impl ServeArgs {
             advertise_peer: self.advertise_peer_url()?,
             advertise_client: match &self.advertise_client {
                 Some(u) => validate_member_url(u).context("--advertise-client")?,
-                None => format!("http://{}", self.listen_client),
+                None => format!("{}://{}", self.client_scheme(), self.listen_client),
             },
             bootstrap,
             tick: Duration::from_millis(self.tick_ms),
@@ -253,6 +382,7 @@ impl ServeArgs {
             kv_cache_bytes: self.kv_cache_mb.saturating_mul(1 << 20),
             max_snapshot_bytes: self.max_snapshot_mb.saturating_mul(1 << 20),
             disk: Disk::default(),
+            peer_security: self.tls.peer_security()?,
         })
     }
 
@@ -271,10 +401,26 @@ impl ServeArgs {
         }
     }
 
+    fn client_scheme(&self) -> &'static str {
+        if self.tls.cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    fn peer_scheme(&self) -> &'static str {
+        if self.tls.peer_cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     fn advertise_peer_url(&self) -> anyhow::Result<String> {
         match &self.advertise_peer {
             Some(u) => validate_member_url(u).context("--advertise-peer"),
-            None => Ok(format!("http://{}", self.listen_peer)),
+            None => Ok(format!("{}://{}", self.peer_scheme(), self.listen_peer)),
         }
     }
 }
@@ -308,6 +454,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "connection limits"
     );
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
+    let client_tls = match args.tls.client_tls() {
+        Some(tls) => Some(
+            tls.server_config(&[crate::tls::ALPN_H2])
+                .context("client TLS")?
+                .0,
+        ),
+        None => None,
+    };
+    let http_tls = match args.tls.client_tls() {
+        Some(tls) => Some(
+            tls.server_config(&[crate::tls::ALPN_H2, crate::tls::ALPN_HTTP1])
+                .context("HTTP TLS")?
+                .0,
+        ),
+        None => None,
+    };
     let node = start(cfg.clone(), metrics.clone()).await?;
     let state = HttpState {
         handle: node.handle.clone(),
@@ -333,6 +495,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut grpc_stop = stop_rx.clone();
     let grpc_task = tokio::spawn(crate::grpc::serve_with_shutdown(
         client,
+        client_tls,
         node.handle.clone(),
         Some(metrics.clone()),
         async move {
@@ -344,6 +507,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         http,
         router(state),
         http_limits,
+        http_tls,
         async move {
             let _ = http_stop.wait_for(|s| *s).await;
         },
@@ -436,6 +600,73 @@ mod tests {
         assert!(id_from_hostname("raftkv-x").is_err());
     }
 
+    fn serve(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["raftkv", "serve", "--id", "1"];
+        argv.extend_from_slice(extra);
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not serve")
+        };
+        *args
+    }
+
+    #[test]
+    fn the_peer_port_is_never_open_unless_asked_for() {
+        let err = serve(&[]).node_config().unwrap_err().to_string();
+        assert!(err.contains("--peer-auth none"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a secret of more than sixteen bytes\n").unwrap();
+        let good = dir.path().join("good");
+        std::fs::copy(&secret, &good).unwrap();
+        let cfg = serve(&["--peer-secret-file", secret.to_str().unwrap()])
+            .node_config()
+            .unwrap();
+        assert!(cfg.peer_security.secret.is_some());
+        std::fs::write(&secret, "short").unwrap();
+        assert!(
+            serve(&["--peer-secret-file", secret.to_str().unwrap()])
+                .node_config()
+                .is_err()
+        );
+        // Certificates: https:// advertised URLs, identity checks on.
+        let cert = dir.path().join("c.pem");
+        let cfg = serve(&[
+            "--peer-cert-file",
+            cert.to_str().unwrap(),
+            "--peer-key-file",
+            cert.to_str().unwrap(),
+            "--peer-trusted-ca-file",
+            cert.to_str().unwrap(),
+            "--peer-client-cert-auth",
+        ])
+        .node_config()
+        .unwrap();
+        assert!(cfg.peer_security.certificate_auth);
+        assert!(cfg.advertise_peer.starts_with("https://"));
+        // TLS alone authenticates nobody.
+        assert!(
+            serve(&[
+                "--peer-cert-file",
+                cert.to_str().unwrap(),
+                "--peer-key-file",
+                cert.to_str().unwrap(),
+            ])
+            .node_config()
+            .is_err()
+        );
+        assert!(
+            serve(&[
+                "--peer-auth",
+                "none",
+                "--peer-secret-file",
+                good.to_str().unwrap()
+            ])
+            .node_config()
+            .is_err(),
+            "none contradicts a secret"
+        );
+    }
+
     #[test]
     fn serve_flags_become_a_node_config() {
         let cli = Cli::try_parse_from([
@@ -449,12 +680,15 @@ mod tests {
             "500",
             "--heartbeat-interval-ms",
             "50",
+            "--peer-auth",
+            "none",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {
             panic!("not serve")
         };
         let cfg = args.node_config().unwrap();
+        assert!(!cfg.peer_security.authenticates());
         assert_eq!(cfg.id, NodeId(2));
         assert_eq!(cfg.election_ticks, 50);
         assert_eq!(cfg.heartbeat_ticks, 5);
@@ -468,6 +702,8 @@ mod tests {
             "--join",
             "--kv-cache-mb",
             "64",
+            "--peer-auth",
+            "none",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {

@@ -93,14 +93,30 @@ pub fn serve(
 /// TCP_NODELAY is set on every accepted connection here because tonic
 /// ignores its builder's `tcp_nodelay` for a listener it did not bind; without
 /// it a small response can wait ~40 ms for the peer's delayed ACK (Nagle).
-pub fn serve_with_shutdown<B: Backend>(
+///
+/// With `tls`, every connection must complete a TLS handshake first (see
+/// [`crate::tls::accept`]); a failed one never reaches the services.
+pub async fn serve_with_shutdown<B: Backend>(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     backend: B,
     metrics: Option<Arc<Metrics>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> impl Future<Output = Result<(), tonic::transport::Error>> {
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE));
-    router(backend, metrics).serve_with_incoming_shutdown(incoming, shutdown)
+) -> Result<(), tonic::transport::Error> {
+    let router = router(backend, metrics);
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(crate::tls::accept::incoming(listener, tls), shutdown)
+                .await
+        }
+        None => {
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(TCP_KEEPALIVE));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
 }

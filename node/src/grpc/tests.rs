@@ -31,6 +31,7 @@ impl Running {
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(super::serve_with_shutdown(
             listener,
+            None,
             backend.clone(),
             None,
             async move {
@@ -709,6 +710,7 @@ async fn every_call_is_counted_in_the_nodes_metrics() {
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(super::serve_with_shutdown(
         listener,
+        None,
         FakeBackend::new(),
         Some(metrics.clone()),
         async move {

@@ -207,13 +207,13 @@ impl hyper::body::Body for Held {
     }
 }
 
-/// A TCP stream that reports reads to its connection's [`Activity`].
-struct Watched {
-    tcp: TcpStream,
+/// A stream that reports reads to its connection's [`Activity`].
+struct Watched<S> {
+    tcp: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -228,7 +228,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -324,12 +324,19 @@ impl Drop for Registered {
 /// Serves `router` on `listener` under `limits` until `shutdown` completes,
 /// then lets the connections finish the requests they are serving (each
 /// for at most a few seconds) and returns.
+///
+/// With `tls`, each connection's handshake runs in its own task and counts
+/// against the connection bound; it must finish within the header timeout,
+/// so a client that stalls mid-handshake is treated like a slow request
+/// head.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let connections = Arc::new(Connections::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
@@ -352,13 +359,26 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         match connections.admit(limits.max_connections.max(1)) {
             Some(registered) => {
-                tokio::spawn(serve_connection(
-                    tcp,
-                    router.clone(),
-                    limits,
-                    registered,
-                    stop_rx.clone(),
-                ));
+                let router = router.clone();
+                let stop = stop_rx.clone();
+                match acceptor.clone() {
+                    None => {
+                        tokio::spawn(serve_connection(tcp, router, limits, registered, stop));
+                    }
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            let handshake =
+                                tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp));
+                            match handshake.await {
+                                Ok(Ok(tls)) => {
+                                    serve_connection(tls, router, limits, registered, stop).await
+                                }
+                                Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                                Err(_) => debug!("TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             None => {
                 tokio::spawn(refuse(tcp));
@@ -391,13 +411,15 @@ async fn refuse(mut tcp: TcpStream) {
     .await;
 }
 
-async fn serve_connection(
-    tcp: TcpStream,
+async fn serve_connection<S>(
+    tcp: S,
     router: Router,
     limits: HttpLimits,
     registered: Registered,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = registered.activity.clone();
     let io = TokioIo::new(Watched {
         tcp,

@@ -55,6 +55,7 @@ async fn start(limits: HttpLimits, max_body_bytes: usize) -> Running {
         listener,
         router(state),
         limits,
+        None,
         std::future::pending(),
     ));
     Running {

@@ -21,11 +21,13 @@ use crate::raft::{NodeId, Term};
 use crate::server::handle::{
     Forwarded, ForwardedReply, Forwarder, LeaderHint, MemberChange, NewMember,
 };
+use crate::server::peer_auth::PeerAuth;
 use crate::server::peer_proto as pb;
 use crate::server::peer_proto::peer_client::PeerClient;
 use crate::server::transport::{MAX_PEER_MESSAGE_BYTES, normalize_url};
 use crate::server::{ClientError, MemberStatus, ReadResult, WriteResult, validate_member_url};
 use crate::storage::{ApplyOutcome, Command, KeyValue, RangeRequest, RangeResult, TxnOpResult};
+use crate::tls::connect::Connector;
 
 /// The forwarded form of a [`WriteResult`].
 #[derive(Clone, PartialEq, prost::Message)]
@@ -357,9 +359,14 @@ fn error_from_code(code: &str, message: String) -> ClientError {
 
 /// The [`Forwarder`] that talks to the leader's peer endpoint: one lazily
 /// connected channel and one long-lived [`Pipe`] per leader URL.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct GrpcForwarder {
     pipes: Mutex<HashMap<String, Arc<Pipe>>>,
+    /// Dials the leader (with TLS for an `https://` peer URL).
+    connector: Connector,
+    /// Proves to the leader that the call comes from a member.
+    auth: PeerAuth,
+    self_id: NodeId,
 }
 
 impl GrpcForwarder {
@@ -371,13 +378,15 @@ impl GrpcForwarder {
         if let Some(p) = pipes.get(url) {
             return Ok(p.clone());
         }
-        let channel = Endpoint::from_shared(normalize_url(url))
+        let endpoint = Endpoint::from_shared(normalize_url(url))
             .map_err(|e| ClientError::Internal(format!("bad leader URL {url}: {e}")))?
             .connect_timeout(std::time::Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel = self.connector.connect_lazy(endpoint);
         let pipe = Arc::new(Pipe {
             channel,
+            auth: self.auth.clone(),
+            self_id: self.self_id,
             stream: tokio::sync::Mutex::new(None),
         });
         pipes.insert(url.to_string(), pipe.clone());
@@ -406,6 +415,8 @@ impl Forwarder for GrpcForwarder {
 #[derive(Debug)]
 struct Pipe {
     channel: Channel,
+    auth: PeerAuth,
+    self_id: NodeId,
     stream: tokio::sync::Mutex<Option<Arc<OpenStream>>>,
 }
 
@@ -525,8 +536,10 @@ impl Pipe {
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         // A refused connection proves the leader never saw anything: "no
         // leader", which the caller retries with the leader it learns next.
+        let mut request = tonic::Request::new(outbound);
+        self.auth.stamp(&mut request, self.self_id);
         let answers = client
-            .forward(outbound)
+            .forward(request)
             .await
             .map_err(|_| ClientError::NoLeader)?
             .into_inner();
@@ -594,8 +607,17 @@ async fn dispatch(mut answers: tonic::Streaming<pb::ForwardAnswer>, stream: Arc<
 }
 
 /// Shared form for the handle.
-pub(crate) fn grpc_forwarder() -> Arc<dyn Forwarder> {
-    Arc::new(GrpcForwarder::default())
+pub(crate) fn grpc_forwarder(
+    connector: Connector,
+    auth: PeerAuth,
+    self_id: NodeId,
+) -> Arc<dyn Forwarder> {
+    Arc::new(GrpcForwarder {
+        pipes: Mutex::default(),
+        connector,
+        auth,
+        self_id,
+    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! - `pending.rs`: client requests waiting for their answer;
 //! - `outbox.rs`: what the driver needs of the network;
 //! - `transport.rs` / `peer_service.rs`: the peer protocol, out and in;
+//! - `peer_auth.rs`: who may speak on the peer port (certificates, a shared
+//!   secret);
 //! - `forward.rs`: followers forwarding client requests to the leader;
 //! - `wire.rs`: core messages ⇄ protobuf;
 //! - `member_info.rs`: what a member's configuration context holds;
@@ -18,6 +20,7 @@ mod forward;
 mod handle;
 mod member_info;
 mod outbox;
+pub mod peer_auth;
 pub mod peer_proto;
 mod peer_service;
 mod pending;
@@ -34,5 +37,6 @@ pub use handle::{
 #[cfg(test)]
 pub(crate) use member_info::bad_member_urls;
 pub use member_info::{MAX_MEMBER_URL_BYTES, MemberInfo, MemberUrlError, validate_member_url};
+pub use peer_auth::{MemberDirectory, PeerAuth, PeerSecret, PeerSecurity};
 pub use start::{Bootstrap, NodeConfig, RunningNode, cluster_id_of, cluster_id_of_token, start};
 pub use transport::normalize_url;

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::raft::{Message, MessageBody, NodeId, Snapshot, SnapshotMeta, Term};
 use crate::server::driver::Inbound;
 use crate::server::forward;
+use crate::server::peer_auth::{MemberDirectory, PeerAuth, Refused};
 use crate::server::peer_proto as pb;
 use crate::server::transport::{
     CLIENT_URL_HEADER, MAX_PEER_MESSAGE_BYTES, PEER_ID_HEADER, PEER_URL_HEADER,
@@ -33,6 +34,39 @@ pub(crate) struct PeerService {
     pub metrics: Arc<Metrics>,
     /// The largest snapshot image accepted; a larger stream is cut off.
     pub max_snapshot_bytes: u64,
+    /// Who may call (see [`crate::server::peer_auth`]).
+    pub auth: PeerAuth,
+    /// The members' peer URLs, which certificates are checked against.
+    pub members: MemberDirectory,
+}
+
+impl PeerService {
+    /// The sender `request` proved to be, or the refusal (counted).
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Option<NodeId>, Status> {
+        self.auth
+            .verify(request, &self.members)
+            .map_err(|refused| self.refuse(refused))
+    }
+
+    fn refuse(&self, refused: Refused) -> Status {
+        self.metrics
+            .peer_messages_refused_total
+            .with_label_values(&[refused.reason])
+            .inc();
+        warn!(reason = refused.reason, detail = %refused.detail, "refused a peer call");
+        refused.into_status()
+    }
+
+    /// Once a sender is proven, everything it sends must be from it.
+    fn check_from(&self, proven: Option<NodeId>, from: NodeId) -> Result<(), Status> {
+        match proven {
+            Some(id) if self.auth.authenticates() && id != from => Err(self.refuse(Refused {
+                reason: "from_mismatch",
+                detail: format!("node {id} sent a message from node {from}"),
+            })),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Numbers the images staged by this process (see `install_snapshot`).
@@ -48,6 +82,7 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         request: Request<Streaming<pb::Message>>,
     ) -> Result<Response<pb::SendSummary>, Status> {
+        let proven = self.authenticate(&request)?;
         let sender_url = request
             .metadata()
             .get(PEER_URL_HEADER)
@@ -81,6 +116,7 @@ impl pb::peer_server::Peer for PeerService {
             let m =
                 wire::message_from_pb(m).map_err(|e| Status::invalid_argument(e.to_string()))?;
             received += 1;
+            self.check_from(proven, m.from)?;
             if m.to != self.id {
                 continue;
             }
@@ -110,6 +146,7 @@ impl pb::peer_server::Peer for PeerService {
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::SnapshotAck>, Status> {
         use pb::snapshot_chunk::Chunk;
+        let proven = self.authenticate(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(pb::SnapshotChunk {
@@ -132,6 +169,7 @@ impl pb::peer_server::Peer for PeerService {
                 "snapshot addressed to another node",
             ));
         }
+        self.check_from(proven, NodeId(header.from))?;
         tokio::fs::create_dir_all(&self.snapshot_dir)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -185,6 +223,8 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         request: Request<Streaming<pb::ForwardCall>>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
+        // Only members may have their clients' writes run here.
+        self.authenticate(&request)?;
         let mut calls = request.into_inner();
         let (answers, stream) = mpsc::channel(FORWARD_ANSWERS_QUEUED);
         let handle = self.handle.clone();

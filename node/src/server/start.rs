@@ -18,10 +18,12 @@ use crate::server::driver::{Driver, DriverConfig, DriverError, Health};
 use crate::server::forward::grpc_forwarder;
 use crate::server::handle::NodeHandle;
 use crate::server::member_info::MemberInfo;
+use crate::server::peer_auth::PeerSecurity;
 use crate::server::peer_proto::peer_server::PeerServer;
 use crate::server::peer_service::PeerService;
 use crate::server::transport::{MAX_PEER_MESSAGE_BYTES, Transport};
 use crate::storage::{Disk, Identity, KvStore, Limits, LogStore, SnapshotPolicy};
+use crate::tls::connect::Connector;
 
 /// Client requests queued for the driver before callers wait.
 const REQUEST_QUEUE: usize = 4096;
@@ -63,6 +65,8 @@ pub struct NodeConfig {
     pub max_snapshot_bytes: u64,
     /// Where the databases live (the system's files but in simulations).
     pub disk: Disk,
+    /// TLS and authentication on the peer port.
+    pub peer_security: PeerSecurity,
 }
 
 /// A started node.
@@ -112,6 +116,26 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
         kv,
     } = open_node(&cfg, seed)?;
     let applied = kv.applied_index();
+    let peer_auth = cfg.peer_security.auth(cluster_id);
+    // Dialling https:// peers needs the peer CA; plain http:// peers are
+    // dialled as they are.
+    let connector = Connector::new(match &cfg.peer_security.dial.trusted_ca {
+        Some(_) => Some(
+            cfg.peer_security
+                .dial
+                .client_config()
+                .context("peer TLS (dialling peers)")?,
+        ),
+        None => None,
+    });
+    let peer_tls = match &cfg.peer_security.tls {
+        Some(tls) => Some(
+            tls.server_config(&[crate::tls::ALPN_H2])
+                .context("peer TLS (the peer listener)")?
+                .0,
+        ),
+        None => None,
+    };
 
     let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
@@ -134,10 +158,18 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
         cluster_id,
         cfg.request_timeout,
         req_tx,
-        Some(grpc_forwarder()),
+        Some(grpc_forwarder(connector.clone(), peer_auth.clone(), cfg.id)),
     );
     let driver_cfg = driver_config(&cfg, cluster_id);
     let snapshot_dir = driver_cfg.snapshot_dir.clone();
+    let members = driver_cfg.members.clone();
+    // Known before the peer port opens, so no caller is ever checked
+    // against an empty directory by a node that has a configuration.
+    members.set(
+        node.membership()
+            .members()
+            .map(|(id, m)| (id, MemberInfo::from_context(&m.context).peer_url)),
+    );
     let driver = Driver::new(
         driver_cfg,
         node,
@@ -147,6 +179,8 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
             cfg.id,
             cfg.advertise_peer.clone(),
             cfg.advertise_client.clone(),
+            connector,
+            peer_auth.clone(),
         )),
         metrics.clone(),
         req_rx,
@@ -162,30 +196,38 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
         handle: handle.clone(),
         metrics: metrics.clone(),
         max_snapshot_bytes: cfg.max_snapshot_bytes,
+        auth: peer_auth,
+        members,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen_peer)
         .await
         .with_context(|| format!("cannot listen for peers on {}", cfg.listen_peer))?;
-    // tonic ignores the builder's tcp_nodelay for a listener it did not bind:
-    // without it a follower's small answers wait ~40 ms (Nagle + delayed ACK),
-    // which made 1-client linearizable reads take 44 ms instead of 0.8 ms.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(crate::grpc::TCP_KEEPALIVE));
-    let peer_server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            // A peer that vanished without closing its streams (a dead host)
-            // is found by pings and its connection freed.
-            .http2_keepalive_interval(Some(crate::grpc::HTTP2_KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(crate::grpc::HTTP2_KEEPALIVE_TIMEOUT))
-            .add_service(
-                PeerServer::new(service)
-                    .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
-            )
-            .serve_with_incoming(incoming),
-    );
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // A peer that vanished without closing its streams (a dead host)
+        // is found by pings and its connection freed.
+        .http2_keepalive_interval(Some(crate::grpc::HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(crate::grpc::HTTP2_KEEPALIVE_TIMEOUT))
+        .add_service(
+            PeerServer::new(service)
+                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+        );
+    let peer_server = match peer_tls {
+        Some(tls) => {
+            tokio::spawn(server.serve_with_incoming(crate::tls::accept::incoming(listener, tls)))
+        }
+        None => {
+            // tonic ignores the builder's tcp_nodelay for a listener it did
+            // not bind: without it a follower's small answers wait ~40 ms
+            // (Nagle + delayed ACK), which made 1-client linearizable reads
+            // take 44 ms instead of 0.8 ms.
+            let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(crate::grpc::TCP_KEEPALIVE));
+            tokio::spawn(server.serve_with_incoming(incoming))
+        }
+    };
 
     Ok(RunningNode {
         handle,
@@ -206,6 +248,7 @@ pub(crate) fn driver_config(cfg: &NodeConfig, cluster_id: u64) -> DriverConfig {
         tick: cfg.tick,
         snapshot_policy: cfg.snapshot_policy,
         snapshot_dir: cfg.data_dir.join("snapshots"),
+        members: crate::server::MemberDirectory::default(),
     }
 }
 

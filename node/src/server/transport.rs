@@ -17,10 +17,12 @@ use tracing::{debug, warn};
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::server::driver::Inbound;
 use crate::server::outbox::Outbox;
+use crate::server::peer_auth::PeerAuth;
 use crate::server::peer_proto as pb;
 use crate::server::peer_proto::peer_client::PeerClient;
 use crate::server::wire;
 use crate::storage::SnapshotReader;
+use crate::tls::connect::Connector;
 
 /// Messages queued for one peer before new ones are dropped.
 const PEER_QUEUE: usize = 4096;
@@ -62,6 +64,10 @@ pub(crate) struct Transport {
     self_url: String,
     self_client_url: String,
     self_id: NodeId,
+    /// Dials peers (with TLS for `https://` URLs).
+    connector: Connector,
+    /// Proves who we are on every stream.
+    auth: PeerAuth,
 }
 
 impl std::fmt::Debug for Transport {
@@ -109,6 +115,8 @@ impl Transport {
         self_id: NodeId,
         self_url: String,
         self_client_url: String,
+        connector: Connector,
+        auth: PeerAuth,
     ) -> Self {
         Transport {
             reports,
@@ -116,6 +124,8 @@ impl Transport {
             self_url,
             self_client_url,
             self_id,
+            connector,
+            auth,
         }
     }
 
@@ -143,6 +153,7 @@ impl Transport {
                 ),
                 rx,
                 self.reports.clone(),
+                (self.connector.clone(), self.auth.clone()),
             ));
             self.peers.insert(
                 *id,
@@ -168,12 +179,13 @@ impl Transport {
     pub(crate) fn send_snapshot(&mut self, m: Message, reader: SnapshotReader) {
         let to = m.to;
         let reports = self.reports.clone();
+        let dial = (self.connector.clone(), self.auth.clone(), self.self_id);
         let Some(url) = self.peers.get(&to).map(|p| p.url.clone()) else {
             let _ = reports.try_send(Inbound::SnapshotSent { to, ok: false });
             return;
         };
         tokio::spawn(async move {
-            let ok = match stream_snapshot(&url, m, reader).await {
+            let ok = match stream_snapshot(&url, m, reader, dial).await {
                 Ok(bytes) => {
                     debug!(to = %to, bytes, "snapshot sent");
                     true
@@ -204,11 +216,12 @@ async fn run_peer(
     (self_id, self_url, self_client_url): (NodeId, String, String),
     mut queue: mpsc::Receiver<pb::Message>,
     reports: mpsc::Sender<Inbound>,
+    (connector, auth): (Connector, PeerAuth),
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let connected = match endpoint(&url) {
-            Ok(ep) => ep.connect().await.map_err(|e| e.to_string()),
+            Ok(ep) => connector.connect(ep).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match connected {
@@ -217,6 +230,7 @@ async fn run_peer(
                 let err = pump(
                     channel,
                     (self_id, self_url.as_str(), self_client_url.as_str()),
+                    &auth,
                     &mut queue,
                 )
                 .await;
@@ -240,6 +254,7 @@ async fn run_peer(
 async fn pump(
     channel: Channel,
     (self_id, self_url, self_client_url): (NodeId, &str, &str),
+    auth: &PeerAuth,
     queue: &mut mpsc::Receiver<pb::Message>,
 ) -> String {
     let mut client = PeerClient::new(channel);
@@ -251,9 +266,7 @@ async fn pump(
     if let Ok(v) = tonic::metadata::MetadataValue::try_from(self_client_url) {
         request.metadata_mut().insert(CLIENT_URL_HEADER, v);
     }
-    if let Ok(v) = tonic::metadata::MetadataValue::try_from(self_id.get().to_string()) {
-        request.metadata_mut().insert(PEER_ID_HEADER, v);
-    }
+    auth.stamp(&mut request, self_id);
     let call = client.send(request);
     tokio::pin!(call);
     loop {
@@ -274,7 +287,12 @@ async fn pump(
     }
 }
 
-async fn stream_snapshot(url: &str, m: Message, mut reader: SnapshotReader) -> Result<u64, String> {
+async fn stream_snapshot(
+    url: &str,
+    m: Message,
+    mut reader: SnapshotReader,
+    (connector, auth, self_id): (Connector, PeerAuth, NodeId),
+) -> Result<u64, String> {
     let MessageBody::InstallSnapshot(snapshot) = &m.body else {
         return Err("not an InstallSnapshot message".into());
     };
@@ -284,9 +302,8 @@ async fn stream_snapshot(url: &str, m: Message, mut reader: SnapshotReader) -> R
         term: m.term.get(),
         meta: Some(wire::meta_to_pb(&snapshot.meta)),
     };
-    let channel = endpoint(url)
-        .map_err(|e| e.to_string())?
-        .connect()
+    let channel = connector
+        .connect(endpoint(url).map_err(|e| e.to_string())?)
         .await
         .map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel::<pb::SnapshotChunk>(4);
@@ -318,8 +335,10 @@ async fn stream_snapshot(url: &str, m: Message, mut reader: SnapshotReader) -> R
         let _ = tx.blocking_send(end);
         Ok(())
     });
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    auth.stamp(&mut request, self_id);
     let ack = PeerClient::new(channel)
-        .install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .install_snapshot(request)
         .await
         .map_err(|s| s.to_string())?;
     producer

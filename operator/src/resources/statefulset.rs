@@ -253,6 +253,11 @@ fn env(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Vec<EnvV
             "RAFTKV_REQUEST_TIMEOUT_MS",
             &raft.request_timeout_ms.to_string(),
         ),
+        // `raftkv serve` refuses to start with an unauthenticated peer port
+        // unless told so. Until the operator provisions a per-cluster peer
+        // secret or peer certificates (the operator part of issue 15), it
+        // says so explicitly, and each node logs a warning at start.
+        plain("RAFTKV_PEER_AUTH", "none"),
     ]
 }
 
@@ -466,6 +471,10 @@ mod tests {
             "http://$(RAFTKV_NAME).kv-peers.prod.svc:2379"
         );
         assert_eq!(env["RAFTKV_JOIN"], "true");
+        assert_eq!(
+            env["RAFTKV_PEER_AUTH"], "none",
+            "an explicit, logged choice"
+        );
         assert!(!env.contains_key("RAFTKV_INITIAL_CLUSTER"));
         // A joining node can only start if it knows the cluster id.
         assert_eq!(env["RAFTKV_CLUSTER_TOKEN"], "prod/kv");

@@ -61,6 +61,9 @@ pub struct DriverConfig {
     pub snapshot_policy: SnapshotPolicy,
     /// Where received snapshot images are staged until they are installed.
     pub snapshot_dir: PathBuf,
+    /// Published here: the members' peer URLs, which peer authentication
+    /// checks certificates against.
+    pub members: crate::server::MemberDirectory,
 }
 
 /// What the network side hands the driver.
@@ -921,10 +924,18 @@ impl Driver {
     /// configuration in force.
     fn update_peers(&mut self) {
         let membership = self.node.membership();
-        let mut peers: Vec<(NodeId, String)> = membership
+        let members: Vec<(NodeId, String)> = membership
             .members()
-            .filter(|(id, _)| *id != self.cfg.id)
             .map(|(id, m)| (id, MemberInfo::from_context(&m.context).peer_url))
+            .collect();
+        // Published whole (us included) so that an empty directory means
+        // "no configuration yet", not "a cluster of one".
+        if !self.cfg.members.holds(&members) {
+            self.cfg.members.set(members.iter().cloned());
+        }
+        let mut peers: Vec<(NodeId, String)> = members
+            .into_iter()
+            .filter(|(id, _)| *id != self.cfg.id)
             .collect();
         for (id, url) in &self.peer_hints {
             if *id != self.cfg.id && !membership.contains(*id) {

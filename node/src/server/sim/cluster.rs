@@ -262,6 +262,7 @@ impl SimCluster {
             kv_cache_bytes: 4 << 20,
             max_snapshot_bytes: 1 << 30,
             disk: Disk::faulty(disk.clone()),
+            peer_security: crate::server::PeerSecurity::none(),
         }
     }
 
