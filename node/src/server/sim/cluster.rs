@@ -494,6 +494,8 @@ impl SimCluster {
                     key: key.clone(),
                     value: value.clone(),
                     prev_kv: false,
+                    ignore_value: false,
+                    ignore_lease: false,
                 },
             };
             self.writes.push(PendingWrite {
