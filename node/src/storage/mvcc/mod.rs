@@ -18,9 +18,11 @@
 //! - `range.rs`: a range read at any revision, with etcd's filters, sorting
 //!   and limit;
 //! - `compaction.rs`: dropping the versions a compaction made unreachable,
-//!   in bounded steps.
+//!   in bounded steps;
+//! - `hash.rs`: a checksum of history, equal on members at the same index.
 
 pub(crate) mod compaction;
+pub(crate) mod hash;
 pub(crate) mod key_index;
 pub(crate) mod range;
 
