@@ -190,6 +190,8 @@ fn put(key: &str, value: &str) -> Command {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::copy_from_slice(value.as_bytes()),
             prev_kv: false,
+            ignore_value: false,
+            ignore_lease: false,
         },
     }
 }

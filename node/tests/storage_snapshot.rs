@@ -25,6 +25,8 @@ fn put(i: u64, key: &str, value_len: usize) -> Entry {
                     key: Bytes::from(key.to_string()),
                     value: Bytes::from(vec![(i % 251) as u8; value_len]),
                     prev_kv: false,
+                    ignore_value: false,
+                    ignore_lease: false,
                 },
             }
             .encode(),
@@ -98,7 +100,7 @@ fn an_image_streamed_and_installed_on_a_fresh_store_is_identical() {
         }])
         .unwrap();
     assert!(
-        matches!(retry[0].1, ApplyOutcome::Put { revision: 600, .. }),
+        matches!(retry[0].1, ApplyOutcome::Put { revision: 601, .. }),
         "{:?}",
         retry[0].1
     );

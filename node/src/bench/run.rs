@@ -321,8 +321,9 @@ mod tests {
             .unwrap()
             .into_inner();
         assert_eq!(all.count, 50);
-        // One revision per put: no key was written twice.
-        assert_eq!(all.header.unwrap().revision, 50);
+        // One revision per put (a fresh store is at 1): no key was written
+        // twice.
+        assert_eq!(all.header.unwrap().revision, 51);
     }
 
     #[tokio::test]

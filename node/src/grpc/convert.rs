@@ -18,6 +18,7 @@ pub fn status_from(err: ClientError) -> Status {
         ClientError::Timeout => Status::unavailable("etcdserver: request timed out"),
         ClientError::Unavailable(m) => Status::unavailable(m),
         ClientError::InvalidArgument(m) => Status::invalid_argument(m),
+        ClientError::OutOfRange(m) => Status::out_of_range(m),
         // etcd answers an oversized request with InvalidArgument.
         ClientError::TooLarge(m) => {
             Status::invalid_argument(format!("etcdserver: request is too large: {m}"))
@@ -77,37 +78,11 @@ fn require_key(key: &[u8]) -> Result<(), Status> {
     Ok(())
 }
 
-/// What a Range needs beyond the state machine's read: sorting and
-/// revision filters are applied by the service on the full result, then the
-/// limit, as etcd itself does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RangePlan {
-    pub read: store::RangeRequest,
-    /// The revision the client asked to read at (0: current).
-    pub at_revision: i64,
-    pub post: Option<PostProcess>,
-}
-
-/// Sorting, filters and the limit, applied after the read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PostProcess {
-    order: SortOrder,
-    target: SortTarget,
-    limit: usize,
-    min_mod: i64,
-    max_mod: i64,
-    min_create: i64,
-    max_create: i64,
-}
-
-/// Plans a Range: the read to do and what to do with its result.
-pub fn range_plan(req: &pb::RangeRequest) -> Result<RangePlan, Status> {
+/// A Range as the state machine's read. Sorting, revision filters and the
+/// revision to read at are the state machine's to apply (inside a Txn as
+/// well), so this is a plain translation.
+pub fn range_request(req: &pb::RangeRequest) -> Result<store::RangeRequest, Status> {
     require_key(&req.key)?;
-    if req.limit < 0 {
-        return Err(Status::invalid_argument(
-            "etcdserver: limit must not be negative",
-        ));
-    }
     if req.revision < 0 {
         return Err(Status::invalid_argument(
             "etcdserver: revision must not be negative",
@@ -117,97 +92,42 @@ pub fn range_plan(req: &pb::RangeRequest) -> Result<RangePlan, Status> {
         .map_err(|_| Status::invalid_argument("etcdserver: invalid sort option"))?;
     let target = SortTarget::try_from(req.sort_target)
         .map_err(|_| Status::invalid_argument("etcdserver: invalid sort option"))?;
-    // Ascending by key is the store's own order.
-    let sorted =
-        !(order == SortOrder::None || (order == SortOrder::Ascend && target == SortTarget::Key));
-    let filtered = req.min_mod_revision != 0
-        || req.max_mod_revision != 0
-        || req.min_create_revision != 0
-        || req.max_create_revision != 0;
-    let limit = u64::try_from(req.limit).unwrap_or(0);
-    let post = (sorted || filtered).then(|| PostProcess {
-        order,
-        target,
-        limit: usize::try_from(limit).unwrap_or(usize::MAX),
-        min_mod: req.min_mod_revision,
-        max_mod: req.max_mod_revision,
-        min_create: req.min_create_revision,
-        max_create: req.max_create_revision,
-    });
-    Ok(RangePlan {
+    Ok(store::RangeRequest {
         // etcd's range encoding is the store's too: an empty `range_end` is
         // the single key, "\0" every key from `key` on, else [key, range_end).
-        read: store::RangeRequest {
-            key: req.key.clone(),
-            range_end: req.range_end.clone(),
-            // With post-processing the limit applies after it.
-            limit: if post.is_some() { 0 } else { limit },
-            count_only: req.count_only,
-            keys_only: req.keys_only,
-        },
-        at_revision: req.revision,
-        post,
+        key: req.key.clone(),
+        range_end: req.range_end.clone(),
+        // etcd reads a negative limit as no limit.
+        limit: u64::try_from(req.limit).unwrap_or(0),
+        keys_only: req.keys_only,
+        count_only: req.count_only,
+        revision: req.revision,
+        sort_order: match order {
+            SortOrder::None => store::SortOrder::None,
+            SortOrder::Ascend => store::SortOrder::Ascend,
+            SortOrder::Descend => store::SortOrder::Descend,
+        } as i32,
+        sort_target: match target {
+            SortTarget::Key => store::SortTarget::Key,
+            SortTarget::Version => store::SortTarget::Version,
+            SortTarget::Create => store::SortTarget::Create,
+            SortTarget::Mod => store::SortTarget::Mod,
+            SortTarget::Value => store::SortTarget::Value,
+        } as i32,
+        min_mod_revision: req.min_mod_revision,
+        max_mod_revision: req.max_mod_revision,
+        min_create_revision: req.min_create_revision,
+        max_create_revision: req.max_create_revision,
     })
 }
 
-/// Refuses a read at a revision other than the current one: raftkv keeps
-/// only the latest version of each key, which is what etcd calls having
-/// compacted everything before the current revision.
-pub fn check_revision(asked: i64, current: i64) -> Result<(), Status> {
-    if asked == 0 || asked == current {
-        Ok(())
-    } else if asked > current {
-        Err(Status::out_of_range(
-            "etcdserver: mvcc: required revision is a future revision",
-        ))
-    } else {
-        Err(Status::out_of_range(format!(
-            "etcdserver: mvcc: required revision has been compacted (raftkv keeps no history; the current revision is {current})"
-        )))
-    }
-}
-
 /// Builds a Range response body (without header) from a read's result.
-pub fn range_response(result: store::RangeResult, post: Option<&PostProcess>) -> pb::RangeResponse {
-    let count = to_i64(result.count);
-    let mut kvs: Vec<mvccpb::KeyValue> = result.kvs.into_iter().map(key_value).collect();
-    let mut more = result.more;
-    if let Some(p) = post {
-        kvs.retain(|kv| {
-            (p.min_mod == 0 || kv.mod_revision >= p.min_mod)
-                && (p.max_mod == 0 || kv.mod_revision <= p.max_mod)
-                && (p.min_create == 0 || kv.create_revision >= p.min_create)
-                && (p.max_create == 0 || kv.create_revision <= p.max_create)
-        });
-        let order = if p.order == SortOrder::None {
-            SortOrder::Ascend
-        } else {
-            p.order
-        };
-        kvs.sort_by(|a, b| {
-            let o = match p.target {
-                SortTarget::Key => a.key.cmp(&b.key),
-                SortTarget::Version => a.version.cmp(&b.version),
-                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
-                SortTarget::Value => a.value.cmp(&b.value),
-            };
-            if order == SortOrder::Descend {
-                o.reverse()
-            } else {
-                o
-            }
-        });
-        if p.limit > 0 && kvs.len() > p.limit {
-            kvs.truncate(p.limit);
-            more = true;
-        }
-    }
+pub fn range_response(result: store::RangeResult) -> pb::RangeResponse {
     pb::RangeResponse {
         header: None,
-        kvs,
-        more,
-        count,
+        kvs: result.kvs.into_iter().map(key_value).collect(),
+        more: result.more,
+        count: to_i64(result.count),
     }
 }
 
@@ -218,13 +138,17 @@ fn command(op: Op) -> Command {
     }
 }
 
+/// etcd's checks of a Put that need no state.
 fn check_put(req: &pb::PutRequest) -> Result<(), Status> {
     require_key(&req.key)?;
+    if req.ignore_value && !req.value.is_empty() {
+        return Err(Status::invalid_argument("etcdserver: value is provided"));
+    }
+    if req.ignore_lease && req.lease != 0 {
+        return Err(Status::invalid_argument("etcdserver: lease is provided"));
+    }
     if req.lease != 0 {
         return Err(unimplemented("leases"));
-    }
-    if req.ignore_value || req.ignore_lease {
-        return Err(unimplemented("ignore_value / ignore_lease"));
     }
     Ok(())
 }
@@ -236,7 +160,17 @@ pub fn put_command(req: pb::PutRequest) -> Result<Command, Status> {
         key: req.key,
         value: req.value,
         prev_kv: req.prev_kv,
+        ignore_value: req.ignore_value,
+        ignore_lease: req.ignore_lease,
     }))
+}
+
+/// A Compact as a state-machine command: it goes through the log so that
+/// every member compacts at the same point.
+pub fn compact_command(req: &pb::CompactionRequest) -> Command {
+    command(Op::Compact {
+        revision: req.revision,
+    })
 }
 
 /// A DeleteRange as a state-machine command.
@@ -252,6 +186,17 @@ pub fn delete_command(req: pb::DeleteRangeRequest) -> Result<Command, Status> {
 /// A Txn as one state-machine command: the compares and both branches are
 /// applied atomically at one revision.
 pub fn txn_command(req: pb::TxnRequest) -> Result<Command, Status> {
+    let (compares, success, failure) = txn_parts(req)?;
+    Ok(command(Op::Txn {
+        compares,
+        success,
+        failure,
+    }))
+}
+
+type TxnParts = (Vec<store::Compare>, Vec<store::TxnOp>, Vec<store::TxnOp>);
+
+fn txn_parts(req: pb::TxnRequest) -> Result<TxnParts, Status> {
     let compares = req
         .compare
         .into_iter()
@@ -267,11 +212,7 @@ pub fn txn_command(req: pb::TxnRequest) -> Result<Command, Status> {
         .into_iter()
         .map(txn_op)
         .collect::<Result<_, _>>()?;
-    Ok(command(Op::Txn {
-        compares,
-        success,
-        failure,
-    }))
+    Ok((compares, success, failure))
 }
 
 fn compare(c: pb::Compare) -> Result<store::Compare, Status> {
@@ -320,21 +261,15 @@ fn compare(c: pb::Compare) -> Result<store::Compare, Status> {
 fn txn_op(op: pb::RequestOp) -> Result<store::TxnOp, Status> {
     use pb::request_op::Request;
     match op.request {
-        Some(Request::RequestRange(r)) => {
-            let plan = range_plan(&r)?;
-            if plan.post.is_some() || plan.at_revision != 0 {
-                return Err(unimplemented(
-                    "sorting, revision filters or historical revisions inside a Txn",
-                ));
-            }
-            Ok(store::TxnOp::Range(plan.read))
-        }
+        Some(Request::RequestRange(r)) => Ok(store::TxnOp::Range(range_request(&r)?)),
         Some(Request::RequestPut(p)) => {
             check_put(&p)?;
             Ok(store::TxnOp::Put {
                 key: p.key,
                 value: p.value,
                 prev_kv: p.prev_kv,
+                ignore_value: p.ignore_value,
+                ignore_lease: p.ignore_lease,
             })
         }
         Some(Request::RequestDeleteRange(d)) => {
@@ -345,7 +280,14 @@ fn txn_op(op: pb::RequestOp) -> Result<store::TxnOp, Status> {
                 prev_kv: d.prev_kv,
             })
         }
-        Some(Request::RequestTxn(_)) => Err(unimplemented("nested transactions")),
+        Some(Request::RequestTxn(t)) => {
+            let (compares, success, failure) = txn_parts(t)?;
+            Ok(store::TxnOp::Txn {
+                compares,
+                success,
+                failure,
+            })
+        }
         None => Err(Status::invalid_argument(
             "etcdserver: empty request op in Txn",
         )),
@@ -363,7 +305,7 @@ pub fn txn_responses(
         .map(|r| pb::ResponseOp {
             response: Some(match r {
                 store::TxnOpResult::Range(range) => {
-                    let mut resp = range_response(range, None);
+                    let mut resp = range_response(range);
                     resp.header = Some(*header);
                     Response::ResponseRange(resp)
                 }
@@ -378,6 +320,14 @@ pub fn txn_responses(
                         prev_kvs: prev_kvs.into_iter().map(key_value).collect(),
                     })
                 }
+                store::TxnOpResult::Txn {
+                    succeeded,
+                    responses,
+                } => Response::ResponseTxn(pb::TxnResponse {
+                    header: Some(*header),
+                    succeeded,
+                    responses: txn_responses(responses, header),
+                }),
             }),
         })
         .collect()
@@ -398,6 +348,11 @@ pub fn rejected(err: &store::KvError) -> Status {
             Status::failed_precondition(err.to_string())
         }
         E::Undecodable(_) => Status::internal(err.to_string()),
+        // These carry etcd's own messages.
+        E::DuplicateKey | E::KeyNotFound | E::ValueProvided => {
+            Status::invalid_argument(err.to_string())
+        }
+        E::Compacted | E::FutureRevision => Status::out_of_range(err.to_string()),
     }
 }
 
@@ -444,67 +399,40 @@ mod tests {
 
     #[test]
     fn etcd_range_encoding_passes_through_unchanged() {
-        let single = range_plan(&pb::RangeRequest {
+        let single = range_request(&pb::RangeRequest {
             key: Bytes::from_static(b"a"),
             ..Default::default()
         })
         .unwrap();
-        assert!(single.read.range_end.is_empty());
-        let from = range_plan(&pb::RangeRequest {
+        assert!(single.range_end.is_empty());
+        let from = range_request(&pb::RangeRequest {
             key: Bytes::from_static(b"a"),
             range_end: Bytes::from_static(b"\0"),
             limit: 5,
+            revision: 3,
+            sort_order: SortOrder::Descend as i32,
+            sort_target: SortTarget::Mod as i32,
+            min_mod_revision: 2,
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(&from.read.range_end[..], b"\0");
-        assert_eq!(from.read.limit, 5);
-        assert!(from.post.is_none());
+        assert_eq!(&from.range_end[..], b"\0");
+        assert_eq!(from.limit, 5);
+        assert_eq!(from.revision, 3);
+        assert_eq!(from.sort_order(), store::SortOrder::Descend);
+        assert_eq!(from.sort_target(), store::SortTarget::Mod);
+        assert_eq!(from.min_mod_revision, 2);
     }
 
     #[test]
-    fn sorting_or_filtering_moves_the_limit_after_the_read() {
-        let plan = range_plan(&pb::RangeRequest {
+    fn a_negative_limit_is_no_limit_like_etcd() {
+        let r = range_request(&pb::RangeRequest {
             key: Bytes::from_static(b"a"),
-            range_end: Bytes::from_static(b"b"),
-            limit: 2,
-            min_mod_revision: 3,
+            limit: -3,
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(plan.read.limit, 0);
-        let result = store::RangeResult {
-            kvs: (1..=4)
-                .map(|r| store::KeyValue {
-                    key: Bytes::from(vec![b'a', b'0' + r as u8]),
-                    value: Bytes::new(),
-                    create_revision: r,
-                    mod_revision: r,
-                    version: 1,
-                })
-                .collect(),
-            count: 4,
-            more: false,
-            revision: 4,
-        };
-        let resp = range_response(result, plan.post.as_ref());
-        let mods: Vec<i64> = resp.kvs.iter().map(|kv| kv.mod_revision).collect();
-        assert_eq!(mods, vec![3, 4]);
-        assert_eq!(resp.count, 4);
-    }
-
-    #[test]
-    fn only_the_current_revision_can_be_read() {
-        assert!(check_revision(0, 7).is_ok());
-        assert!(check_revision(7, 7).is_ok());
-        assert_eq!(
-            check_revision(6, 7).unwrap_err().code(),
-            tonic::Code::OutOfRange
-        );
-        assert_eq!(
-            check_revision(8, 7).unwrap_err().code(),
-            tonic::Code::OutOfRange
-        );
+        assert_eq!(r.limit, 0);
     }
 
     #[test]

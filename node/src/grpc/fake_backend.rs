@@ -8,7 +8,7 @@ use crate::raft::{Entry, EntryPayload, LogIndex, NodeId, Term};
 use crate::server::{
     ClientError, Consistency, MemberStatus, NewMember, NodeStatus, ReadResult, WriteResult,
 };
-use crate::storage::{KvStore, Limits};
+use crate::storage::{KvStore, Limits, StoreError};
 
 use super::backend::Backend;
 use super::store::{Command, RangeRequest};
@@ -87,6 +87,10 @@ impl Backend for FakeBackend {
     async fn write(&self, cmd: Command) -> Result<WriteResult, ClientError> {
         self.check()?;
         let mut s = self.state.lock().unwrap();
+        // What the driver checks when it proposes.
+        s.kv.limits()
+            .check_op(&cmd.op)
+            .map_err(crate::server::kv_error)?;
         let index = LogIndex(s.next_index);
         s.next_index += 1;
         let entry = Entry {
@@ -112,8 +116,12 @@ impl Backend for FakeBackend {
         s.kv.limits()
             .check_range(&req)
             .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        let range = s.kv.range(&req).map_err(|e| match e {
+            StoreError::InvalidRequest(e) => crate::server::kv_error(e),
+            e => ClientError::Internal(e.to_string()),
+        })?;
         Ok(ReadResult {
-            range: s.kv.range(&req).unwrap(),
+            range,
             raft_term: Term(TERM),
         })
     }

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::backend::Backend;
 use super::convert::{
-    check_revision, delete_command, header, key_value, put_command, range_plan, range_response,
+    compact_command, delete_command, header, key_value, put_command, range_request, range_response,
     rejected, status_from, to_i64, txn_command, txn_responses,
 };
 use super::observe::Observer;
@@ -46,7 +46,7 @@ impl<B: Backend> Kv for KvService<B> {
         let started = Instant::now();
         let result: Result<Response<pb::RangeResponse>, Status> = async {
             let req = request.into_inner();
-            let plan = range_plan(&req)?;
+            let read = range_request(&req)?;
             let consistency = if req.serializable {
                 Consistency::Serializable
             } else {
@@ -54,12 +54,13 @@ impl<B: Backend> Kv for KvService<B> {
             };
             let read = self
                 .backend
-                .range(plan.read, consistency)
+                .range(read, consistency)
                 .await
                 .map_err(status_from)?;
-            check_revision(plan.at_revision, read.range.revision)?;
+            // etcd's header carries the store's revision, also for a read
+            // at a past one.
             let revision = read.range.revision;
-            let mut resp = range_response(read.range, plan.post.as_ref());
+            let mut resp = range_response(read.range);
             resp.header = self.header(revision, read.raft_term.0);
             Ok(Response::new(resp))
         }
@@ -151,10 +152,11 @@ impl<B: Backend> Kv for KvService<B> {
         result
     }
 
-    /// raftkv keeps only the latest version of every key: all history before
-    /// the current revision is, in etcd's words, already compacted. So
-    /// compacting at or below the current revision is a true no-op; above it
-    /// is etcd's "future revision" error.
+    /// Compaction goes through the log: reads below the revision fail from
+    /// the entry on, on every member, and the history it frees is deleted in
+    /// bounded steps as the following entries apply. The header's revision
+    /// is the store's when the compaction applied, so it never lags a write
+    /// acknowledged before. `physical` is accepted but not waited for.
     async fn compact(
         &self,
         request: Request<pb::CompactionRequest>,
@@ -162,16 +164,17 @@ impl<B: Backend> Kv for KvService<B> {
         let started = Instant::now();
         let result: Result<Response<pb::CompactionResponse>, Status> = async {
             let req = request.into_inner();
-            let status = self.backend.status().await.map_err(status_from)?;
-            let current = to_i64(status.revision);
-            if req.revision > current {
-                return Err(Status::out_of_range(
-                    "etcdserver: mvcc: required revision is a future revision",
-                ));
+            let written = self
+                .backend
+                .write(compact_command(&req))
+                .await
+                .map_err(status_from)?;
+            match written.outcome {
+                ApplyOutcome::Compact { revision } => Ok(Response::new(pb::CompactionResponse {
+                    header: self.header(revision, written.raft_term.0),
+                })),
+                other => Err(unexpected("Compact", &other)),
             }
-            Ok(Response::new(pb::CompactionResponse {
-                header: self.header(current, status.term),
-            }))
         }
         .await;
         self.observer.record("Compact", started, &result);

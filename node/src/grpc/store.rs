@@ -3,5 +3,5 @@
 
 pub use crate::storage::{
     ApplyOutcome, Command, Compare, CompareResult, CompareTarget, KeyValue, KvError, Op,
-    RangeRequest, RangeResult, TxnOp, TxnOpResult,
+    RangeRequest, RangeResult, SortOrder, SortTarget, TxnOp, TxnOpResult,
 };

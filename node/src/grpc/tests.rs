@@ -94,7 +94,8 @@ async fn a_put_is_read_back_with_etcd_metadata_and_headers() {
     let h = first.header.unwrap();
     assert_eq!(
         (h.cluster_id, h.member_id, h.revision, h.raft_term),
-        (CLUSTER_ID, MEMBER_ID, 1, TERM)
+        (CLUSTER_ID, MEMBER_ID, 2, TERM),
+        "a fresh store is at revision 1, like etcd: the first write makes 2"
     );
     put(&mut kv, "a", "2").await;
 
@@ -102,8 +103,8 @@ async fn a_put_is_read_back_with_etcd_metadata_and_headers() {
     assert_eq!(got.count, 1);
     let a = &got.kvs[0];
     assert_eq!((&a.key[..], &a.value[..]), (&b"a"[..], &b"2"[..]));
-    assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 2, 2));
-    assert_eq!(got.header.unwrap().revision, 2);
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (2, 3, 2));
+    assert_eq!(got.header.unwrap().revision, 3);
     assert_eq!(
         r.backend.last_consistency(),
         Some(Consistency::Linearizable)
@@ -211,22 +212,125 @@ async fn a_descending_sort_applies_before_the_limit() {
 }
 
 #[tokio::test]
-async fn reads_at_an_old_or_future_revision_are_refused_not_answered_wrongly() {
+async fn reads_at_past_revisions_see_history_until_compacted() {
     let r = Running::start().await;
     let mut kv = r.kv().await;
-    put(&mut kv, "a", "1").await;
-    put(&mut kv, "a", "2").await;
+    put(&mut kv, "a", "1").await; // 2
+    put(&mut kv, "a", "2").await; // 3
+    kv.delete_range(pb::DeleteRangeRequest {
+        key: b("a"),
+        ..Default::default()
+    })
+    .await
+    .unwrap(); // 4
     let at = |revision| pb::RangeRequest {
         revision,
         ..get("a")
     };
-    assert_eq!(kv.range(at(2)).await.unwrap().into_inner().kvs.len(), 1);
-    let old = kv.range(at(1)).await.unwrap_err();
-    assert_eq!(old.code(), Code::OutOfRange);
-    assert!(old.message().contains("compacted"), "{}", old.message());
-    let future = kv.range(at(9)).await.unwrap_err();
+    let value_at = |resp: pb::RangeResponse| {
+        assert_eq!(resp.header.unwrap().revision, 4, "the header is current");
+        resp.kvs
+            .first()
+            .map(|kv| (kv.value.clone(), kv.mod_revision))
+    };
+    assert_eq!(value_at(kv.range(at(1)).await.unwrap().into_inner()), None);
+    assert_eq!(
+        value_at(kv.range(at(2)).await.unwrap().into_inner()),
+        Some((b("1"), 2))
+    );
+    assert_eq!(
+        value_at(kv.range(at(3)).await.unwrap().into_inner()),
+        Some((b("2"), 3))
+    );
+    assert_eq!(value_at(kv.range(at(4)).await.unwrap().into_inner()), None);
+    let future = kv.range(at(5)).await.unwrap_err();
     assert_eq!(future.code(), Code::OutOfRange);
-    assert!(future.message().contains("future"), "{}", future.message());
+    assert_eq!(
+        future.message(),
+        "etcdserver: mvcc: required revision is a future revision"
+    );
+
+    kv.compact(pb::CompactionRequest {
+        revision: 3,
+        physical: false,
+    })
+    .await
+    .unwrap();
+    let old = kv.range(at(2)).await.unwrap_err();
+    assert_eq!(old.code(), Code::OutOfRange);
+    assert_eq!(
+        old.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    assert_eq!(
+        value_at(kv.range(at(3)).await.unwrap().into_inner()),
+        Some((b("2"), 3))
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn page_two_of_a_list_reads_at_the_revision_of_page_one_after_writes() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    for k in ["p/1", "p/2", "p/3", "p/4"] {
+        put(&mut kv, k, "old").await;
+    }
+    let page = |key: &str, revision| pb::RangeRequest {
+        key: b(key),
+        range_end: b("p0"),
+        limit: 2,
+        revision,
+        ..Default::default()
+    };
+    let first = kv.range(page("p/", 0)).await.unwrap().into_inner();
+    let rev = first.header.unwrap().revision;
+    assert!(first.more);
+    // Writes between the pages: a change, a delete and a new key.
+    put(&mut kv, "p/3", "new").await;
+    put(&mut kv, "p/35", "new").await;
+    kv.delete_range(pb::DeleteRangeRequest {
+        key: b("p/4"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let next_key = [&first.kvs[1].key[..], b"\0"].concat();
+    let second = kv
+        .range(page(std::str::from_utf8(&next_key).unwrap(), rev))
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<_> = second
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    assert_eq!(got, vec![(b("p/3"), b("old")), (b("p/4"), b("old"))]);
+    assert!(!second.more);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn sort_order_none_with_a_target_other_than_key_sorts_ascending() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    for k in ["k3", "k1", "k2"] {
+        put(&mut kv, k, "v").await;
+    }
+    let resp = kv
+        .range(pb::RangeRequest {
+            key: b("k"),
+            range_end: b("l"),
+            sort_order: SortOrder::None as i32,
+            sort_target: SortTarget::Mod as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let keys: Vec<_> = resp.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, vec![b("k3"), b("k1"), b("k2")]);
     r.shutdown().await;
 }
 
@@ -259,7 +363,7 @@ async fn put_and_delete_return_previous_values_when_asked() {
         .into_inner();
     assert_eq!(deleted.deleted, 2);
     assert_eq!(deleted.prev_kvs.len(), 2);
-    assert_eq!(deleted.header.unwrap().revision, 4);
+    assert_eq!(deleted.header.unwrap().revision, 5);
     let nothing = kv
         .delete_range(pb::DeleteRangeRequest {
             key: b("d/1"),
@@ -305,14 +409,27 @@ async fn bad_requests_are_invalid_arguments() {
     let mut kv = r.kv().await;
     let empty = kv.range(get("")).await.unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
-    let negative = kv
+    let negative_rev = kv
         .range(pb::RangeRequest {
-            limit: -1,
+            revision: -1,
             ..get("a")
         })
         .await
         .unwrap_err();
-    assert_eq!(negative.code(), Code::InvalidArgument);
+    assert_eq!(negative_rev.code(), Code::InvalidArgument);
+    let ignored_value = kv
+        .put(pb::PutRequest {
+            key: b("a"),
+            value: b("v"),
+            ignore_value: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (ignored_value.code(), ignored_value.message()),
+        (Code::InvalidArgument, "etcdserver: value is provided")
+    );
     let no_key = kv.put(pb::PutRequest::default()).await.unwrap_err();
     assert_eq!(no_key.code(), Code::InvalidArgument);
     r.shutdown().await;
@@ -352,7 +469,7 @@ async fn node_errors_become_the_codes_etcd_clients_expect() {
 }
 
 #[tokio::test]
-async fn compact_is_a_no_op_up_to_the_current_revision_and_refused_beyond() {
+async fn compact_goes_through_the_log_and_answers_like_etcd() {
     let r = Running::start().await;
     let mut kv = r.kv().await;
     put(&mut kv, "a", "1").await;
@@ -365,15 +482,150 @@ async fn compact_is_a_no_op_up_to_the_current_revision_and_refused_beyond() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(ok.header.unwrap().revision, 2);
-    let future = kv
+    // The header is the store's revision once the compaction applied: it
+    // never lags a write acknowledged before.
+    assert_eq!(ok.header.unwrap().revision, 3);
+    let again = kv
         .compact(pb::CompactionRequest {
-            revision: 3,
+            revision: 2,
             physical: false,
         })
         .await
         .unwrap_err();
-    assert_eq!(future.code(), Code::OutOfRange);
+    assert_eq!(
+        (again.code(), again.message()),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted"
+        )
+    );
+    let future = kv
+        .compact(pb::CompactionRequest {
+            revision: 4,
+            physical: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (future.code(), future.message()),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision"
+        )
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_txn_writing_one_key_twice_is_refused_like_etcd() {
+    use pb::request_op::Request;
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    let put_op = |k: &str, v: &str| pb::RequestOp {
+        request: Some(Request::RequestPut(pb::PutRequest {
+            key: b(k),
+            value: b(v),
+            ..Default::default()
+        })),
+    };
+    let dup = kv
+        .txn(pb::TxnRequest {
+            success: vec![put_op("k", "1"), put_op("k", "2")],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (dup.code(), dup.message()),
+        (
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request"
+        )
+    );
+    assert_eq!(kv.range(get("k")).await.unwrap().into_inner().count, 0);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn nested_txns_and_reads_at_a_revision_inside_a_txn_work() {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use pb::request_op::Request;
+    use pb::response_op::Response;
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    put(&mut kv, "k", "1").await; // 2
+    put(&mut kv, "k", "2").await; // 3
+    let inner = pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Value as i32,
+            key: b("k"),
+            target_union: Some(TargetUnion::Value(b("2"))),
+            ..Default::default()
+        }],
+        success: vec![
+            pb::RequestOp {
+                request: Some(Request::RequestRange(pb::RangeRequest {
+                    revision: 2,
+                    ..get("k")
+                })),
+            },
+            pb::RequestOp {
+                request: Some(Request::RequestPut(pb::PutRequest {
+                    key: b("k"),
+                    value: b("3"),
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    let resp = kv
+        .txn(pb::TxnRequest {
+            success: vec![pb::RequestOp {
+                request: Some(Request::RequestTxn(inner)),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(resp.succeeded);
+    assert_eq!(resp.header.unwrap().revision, 4);
+    let Some(Response::ResponseTxn(nested)) = &resp.responses[0].response else {
+        panic!("{resp:?}");
+    };
+    assert!(nested.succeeded);
+    let Some(Response::ResponseRange(old)) = &nested.responses[0].response else {
+        panic!("{nested:?}");
+    };
+    assert_eq!(&old.kvs[0].value[..], b"1");
+    let now = kv.range(get("k")).await.unwrap().into_inner();
+    assert_eq!(&now.kvs[0].value[..], b"3");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn ignore_value_keeps_the_value_and_needs_the_key() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    let ignoring = |key: &str| pb::PutRequest {
+        key: b(key),
+        ignore_value: true,
+        ..Default::default()
+    };
+    let missing = kv.put(ignoring("k")).await.unwrap_err();
+    assert_eq!(
+        (missing.code(), missing.message()),
+        (Code::InvalidArgument, "etcdserver: key not found")
+    );
+    put(&mut kv, "k", "kept").await;
+    kv.put(ignoring("k")).await.unwrap();
+    let got = kv.range(get("k")).await.unwrap().into_inner();
+    assert_eq!(
+        (&got.kvs[0].value[..], got.kvs[0].version),
+        (&b"kept"[..], 2)
+    );
     r.shutdown().await;
 }
 
@@ -624,7 +876,7 @@ async fn a_txn_runs_the_branch_its_compares_choose() {
     };
     let won = kv.txn(cas("10", "20")).await.unwrap().into_inner();
     assert!(won.succeeded);
-    assert_eq!(won.header.unwrap().revision, 2);
+    assert_eq!(won.header.unwrap().revision, 3);
     match &won.responses[0].response {
         Some(Response::ResponsePut(p)) => assert_eq!(&p.prev_kv.as_ref().unwrap().value[..], b"10"),
         other => panic!("{other:?}"),
@@ -660,7 +912,7 @@ async fn a_txn_runs_the_branch_its_compares_choose() {
             on(
                 CompareTarget::Create,
                 CompareResult::Equal,
-                TargetUnion::CreateRevision(1),
+                TargetUnion::CreateRevision(2),
             ),
             true,
         ),
@@ -668,7 +920,7 @@ async fn a_txn_runs_the_branch_its_compares_choose() {
             on(
                 CompareTarget::Mod,
                 CompareResult::Greater,
-                TargetUnion::ModRevision(2),
+                TargetUnion::ModRevision(3),
             ),
             false,
         ),
@@ -676,7 +928,7 @@ async fn a_txn_runs_the_branch_its_compares_choose() {
             on(
                 CompareTarget::Mod,
                 CompareResult::Less,
-                TargetUnion::ModRevision(3),
+                TargetUnion::ModRevision(4),
             ),
             true,
         ),

@@ -136,6 +136,8 @@ pub async fn put(
                 key: key.into_bytes().into(),
                 value,
                 prev_kv: false,
+                ignore_value: false,
+                ignore_lease: false,
             },
         })
         .await?;
@@ -271,7 +273,7 @@ pub fn revision_and_deleted(outcome: &ApplyOutcome) -> (i64, u64) {
         ApplyOutcome::Delete {
             revision, deleted, ..
         } => (*revision, *deleted),
-        ApplyOutcome::Txn { revision, .. } => (*revision, 0),
+        ApplyOutcome::Txn { revision, .. } | ApplyOutcome::Compact { revision } => (*revision, 0),
         ApplyOutcome::Rejected(_) => (0, 0),
     }
 }

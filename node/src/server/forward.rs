@@ -36,7 +36,7 @@ struct WireWrite {
     raft_term: u64,
     #[prost(int64, tag = "2")]
     revision: i64,
-    /// 1 = put, 2 = delete, 3 = txn.
+    /// 1 = put, 2 = delete, 3 = txn, 4 = compact.
     #[prost(uint32, tag = "3")]
     kind: u32,
     #[prost(message, optional, tag = "4")]
@@ -53,7 +53,7 @@ struct WireWrite {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct WireTxnOpResult {
-    /// 1 = range, 2 = put, 3 = delete.
+    /// 1 = range, 2 = put, 3 = delete, 4 = nested txn.
     #[prost(uint32, tag = "1")]
     kind: u32,
     #[prost(message, optional, tag = "2")]
@@ -64,6 +64,11 @@ struct WireTxnOpResult {
     deleted: u64,
     #[prost(message, repeated, tag = "5")]
     prev_kvs: Vec<KeyValue>,
+    /// A nested transaction's branch and results.
+    #[prost(bool, tag = "6")]
+    succeeded: bool,
+    #[prost(message, repeated, tag = "7")]
+    responses: Vec<WireTxnOpResult>,
 }
 
 /// The forwarded form of a [`ReadResult`].
@@ -104,31 +109,67 @@ fn write_to_wire(w: WriteResult) -> Result<WireWrite, ClientError> {
             out.kind = 3;
             out.revision = revision;
             out.succeeded = succeeded;
-            out.responses = responses
-                .into_iter()
-                .map(|r| match r {
-                    TxnOpResult::Range(range) => WireTxnOpResult {
-                        kind: 1,
-                        range: Some(range),
-                        ..Default::default()
-                    },
-                    TxnOpResult::Put { prev_kv } => WireTxnOpResult {
-                        kind: 2,
-                        prev_kv,
-                        ..Default::default()
-                    },
-                    TxnOpResult::DeleteRange { deleted, prev_kvs } => WireTxnOpResult {
-                        kind: 3,
-                        deleted,
-                        prev_kvs,
-                        ..Default::default()
-                    },
-                })
-                .collect();
+            out.responses = txn_results_to_wire(responses);
         }
-        ApplyOutcome::Rejected(e) => return Err(ClientError::InvalidArgument(e.to_string())),
+        ApplyOutcome::Compact { revision } => {
+            out.kind = 4;
+            out.revision = revision;
+        }
+        ApplyOutcome::Rejected(e) => return Err(crate::server::kv_error(e)),
     }
     Ok(out)
+}
+
+fn txn_results_to_wire(results: Vec<TxnOpResult>) -> Vec<WireTxnOpResult> {
+    results
+        .into_iter()
+        .map(|r| match r {
+            TxnOpResult::Range(range) => WireTxnOpResult {
+                kind: 1,
+                range: Some(range),
+                ..Default::default()
+            },
+            TxnOpResult::Put { prev_kv } => WireTxnOpResult {
+                kind: 2,
+                prev_kv,
+                ..Default::default()
+            },
+            TxnOpResult::DeleteRange { deleted, prev_kvs } => WireTxnOpResult {
+                kind: 3,
+                deleted,
+                prev_kvs,
+                ..Default::default()
+            },
+            TxnOpResult::Txn {
+                succeeded,
+                responses,
+            } => WireTxnOpResult {
+                kind: 4,
+                succeeded,
+                responses: txn_results_to_wire(responses),
+                ..Default::default()
+            },
+        })
+        .collect()
+}
+
+fn txn_results_from_wire(results: Vec<WireTxnOpResult>) -> Result<Vec<TxnOpResult>, ClientError> {
+    results
+        .into_iter()
+        .map(|r| match r.kind {
+            1 => Ok(TxnOpResult::Range(r.range.unwrap_or_default())),
+            2 => Ok(TxnOpResult::Put { prev_kv: r.prev_kv }),
+            3 => Ok(TxnOpResult::DeleteRange {
+                deleted: r.deleted,
+                prev_kvs: r.prev_kvs,
+            }),
+            4 => Ok(TxnOpResult::Txn {
+                succeeded: r.succeeded,
+                responses: txn_results_from_wire(r.responses)?,
+            }),
+            k => Err(bad("txn result", format!("unknown kind {k}"))),
+        })
+        .collect()
 }
 
 fn write_from_wire(w: WireWrite) -> Result<WriteResult, ClientError> {
@@ -145,19 +186,10 @@ fn write_from_wire(w: WireWrite) -> Result<WriteResult, ClientError> {
         3 => ApplyOutcome::Txn {
             revision: w.revision,
             succeeded: w.succeeded,
-            responses: w
-                .responses
-                .into_iter()
-                .map(|r| match r.kind {
-                    1 => Ok(TxnOpResult::Range(r.range.unwrap_or_default())),
-                    2 => Ok(TxnOpResult::Put { prev_kv: r.prev_kv }),
-                    3 => Ok(TxnOpResult::DeleteRange {
-                        deleted: r.deleted,
-                        prev_kvs: r.prev_kvs,
-                    }),
-                    k => Err(bad("txn result", format!("unknown kind {k}"))),
-                })
-                .collect::<Result<_, _>>()?,
+            responses: txn_results_from_wire(w.responses)?,
+        },
+        4 => ApplyOutcome::Compact {
+            revision: w.revision,
         },
         k => return Err(bad("write result", format!("unknown kind {k}"))),
     };
@@ -347,6 +379,7 @@ fn error_from_code(code: &str, message: String) -> ClientError {
         "no_leader" => ClientError::NoLeader,
         "timeout" => ClientError::Timeout,
         "invalid_argument" => ClientError::InvalidArgument(message),
+        "out_of_range" => ClientError::OutOfRange(message),
         "too_large" => ClientError::TooLarge(message),
         "response_too_large" => ClientError::ResponseTooLarge(message),
         "not_found" => ClientError::NotFound(message),
@@ -633,6 +666,8 @@ mod tests {
                 key: bytes::Bytes::from_static(b"k"),
                 value: bytes::Bytes::from_static(b"v"),
                 prev_kv: true,
+                ignore_value: false,
+                ignore_lease: true,
             },
         };
         let decoded = decode_request(encode_request(&Forwarded::Write(cmd.clone())).unwrap());

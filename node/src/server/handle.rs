@@ -46,6 +46,10 @@ pub enum ClientError {
     /// voter or promoting a voter (409).
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// A read or compaction at a revision that is compacted or not reached
+    /// yet (etcd's OutOfRange; 400).
+    #[error("out of range: {0}")]
+    OutOfRange(String),
     /// The node is shutting down or overloaded (503).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -58,7 +62,7 @@ impl ClientError {
     /// The HTTP status code for this error.
     pub fn http_status(&self) -> u16 {
         match self {
-            ClientError::InvalidArgument(_) => 400,
+            ClientError::InvalidArgument(_) | ClientError::OutOfRange(_) => 400,
             ClientError::NotFound(_) => 404,
             ClientError::MembershipChangeInProgress | ClientError::FailedPrecondition(_) => 409,
             ClientError::TooLarge(_) | ClientError::ResponseTooLarge(_) => 413,
@@ -73,6 +77,7 @@ impl ClientError {
             ClientError::NoLeader => "no_leader",
             ClientError::Timeout => "timeout",
             ClientError::InvalidArgument(_) => "invalid_argument",
+            ClientError::OutOfRange(_) => "out_of_range",
             ClientError::TooLarge(_) => "too_large",
             ClientError::ResponseTooLarge(_) => "response_too_large",
             ClientError::NotFound(_) => "not_found",

@@ -16,6 +16,7 @@
 //!   storage, simulated clock and network).
 
 mod driver;
+pub(crate) use driver::kv_error;
 mod forward;
 mod handle;
 mod member_info;

@@ -35,10 +35,16 @@ pub struct Command {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Sets `key` to `value`; with `prev_kv`, returns the previous pair.
+    /// With `ignore_value` the key keeps its current value (and `value` must
+    /// be empty); with `ignore_value` or `ignore_lease` the key must exist
+    /// (etcd's semantics; raftkv has no leases, so `ignore_lease` only adds
+    /// that check).
     Put {
         key: Bytes,
         value: Bytes,
         prev_kv: bool,
+        ignore_value: bool,
+        ignore_lease: bool,
     },
     /// Deletes the keys of a range (etcd `range_end` semantics, see
     /// [`RangeRequest`]); with `prev_kv`, returns the deleted pairs.
@@ -54,6 +60,10 @@ pub enum Op {
         success: Vec<TxnOp>,
         failure: Vec<TxnOp>,
     },
+    /// Discards the history before `revision` (etcd's Compact): reads below
+    /// it fail as compacted from the moment it applies; the superseded
+    /// versions are deleted in bounded steps over the following entries.
+    Compact { revision: i64 },
 }
 
 /// A condition of a transaction. Over a range (non-empty `range_end`), every
@@ -93,12 +103,42 @@ pub enum TxnOp {
         key: Bytes,
         value: Bytes,
         prev_kv: bool,
+        ignore_value: bool,
+        ignore_lease: bool,
     },
     DeleteRange {
         key: Bytes,
         range_end: Bytes,
         prev_kv: bool,
     },
+    /// A nested transaction: its compares are evaluated, like every compare
+    /// of the enclosing transaction, against the state before it ran.
+    Txn {
+        compares: Vec<Compare>,
+        success: Vec<TxnOp>,
+        failure: Vec<TxnOp>,
+    },
+}
+
+/// How a range's result is ordered (etcd's numbering). `None` with a
+/// target other than the key sorts ascending, as etcd does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum SortOrder {
+    None = 0,
+    Ascend = 1,
+    Descend = 2,
+}
+
+/// What a range's result is ordered by (etcd's numbering).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum SortTarget {
+    Key = 0,
+    Version = 1,
+    Create = 2,
+    Mod = 3,
+    Value = 4,
 }
 
 /// A read of a key or a range of keys.
@@ -120,6 +160,24 @@ pub struct RangeRequest {
     /// Return only the count.
     #[prost(bool, tag = "5")]
     pub count_only: bool,
+    /// Read as of this revision (0 = the current one); it must not be
+    /// compacted nor in the future.
+    #[prost(int64, tag = "6")]
+    pub revision: i64,
+    #[prost(enumeration = "SortOrder", tag = "7")]
+    pub sort_order: i32,
+    #[prost(enumeration = "SortTarget", tag = "8")]
+    pub sort_target: i32,
+    /// Filters on the keys' revisions (0 = no bound); like sorting, applied
+    /// before the limit.
+    #[prost(int64, tag = "9")]
+    pub min_mod_revision: i64,
+    #[prost(int64, tag = "10")]
+    pub max_mod_revision: i64,
+    #[prost(int64, tag = "11")]
+    pub min_create_revision: i64,
+    #[prost(int64, tag = "12")]
+    pub max_create_revision: i64,
 }
 
 impl RangeRequest {
@@ -138,7 +196,7 @@ impl RangeRequest {
 struct WireCommand {
     #[prost(message, optional, tag = "1")]
     request_id: Option<RequestId>,
-    #[prost(oneof = "WireOp", tags = "2, 3, 4")]
+    #[prost(oneof = "WireOp", tags = "2, 3, 4, 5")]
     op: Option<WireOp>,
 }
 
@@ -150,6 +208,14 @@ enum WireOp {
     Delete(WireDelete),
     #[prost(message, tag = "4")]
     Txn(WireTxn),
+    #[prost(message, tag = "5")]
+    Compact(WireCompact),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireCompact {
+    #[prost(int64, tag = "1")]
+    revision: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -160,6 +226,10 @@ struct WirePut {
     value: Bytes,
     #[prost(bool, tag = "3")]
     prev_kv: bool,
+    #[prost(bool, tag = "4")]
+    ignore_value: bool,
+    #[prost(bool, tag = "5")]
+    ignore_lease: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -209,7 +279,7 @@ enum WireTarget {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct WireTxnOp {
-    #[prost(oneof = "WireTxnOpKind", tags = "1, 2, 3")]
+    #[prost(oneof = "WireTxnOpKind", tags = "1, 2, 3, 4")]
     op: Option<WireTxnOpKind>,
 }
 
@@ -221,6 +291,8 @@ enum WireTxnOpKind {
     Put(WirePut),
     #[prost(message, tag = "3")]
     Delete(WireDelete),
+    #[prost(message, tag = "4")]
+    Txn(WireTxn),
 }
 
 const WHAT: &str = "command";
@@ -250,10 +322,14 @@ impl Command {
                 key,
                 value,
                 prev_kv,
+                ignore_value,
+                ignore_lease,
             } => WireOp::Put(WirePut {
                 key: key.clone(),
                 value: value.clone(),
                 prev_kv: *prev_kv,
+                ignore_value: *ignore_value,
+                ignore_lease: *ignore_lease,
             }),
             Op::DeleteRange {
                 key,
@@ -268,10 +344,9 @@ impl Command {
                 compares,
                 success,
                 failure,
-            } => WireOp::Txn(WireTxn {
-                compares: compares.iter().map(compare_to_wire).collect(),
-                success: success.iter().map(txn_op_to_wire).collect(),
-                failure: failure.iter().map(txn_op_to_wire).collect(),
+            } => WireOp::Txn(txn_to_wire(compares, success, failure)),
+            Op::Compact { revision } => WireOp::Compact(WireCompact {
+                revision: *revision,
             }),
         };
         Bytes::from(
@@ -292,28 +367,24 @@ impl Command {
                 key: p.key,
                 value: p.value,
                 prev_kv: p.prev_kv,
+                ignore_value: p.ignore_value,
+                ignore_lease: p.ignore_lease,
             },
             Some(WireOp::Delete(d)) => Op::DeleteRange {
                 key: d.key,
                 range_end: d.range_end,
                 prev_kv: d.prev_kv,
             },
-            Some(WireOp::Txn(t)) => Op::Txn {
-                compares: t
-                    .compares
-                    .into_iter()
-                    .map(compare_from_wire)
-                    .collect::<Result<_, _>>()?,
-                success: t
-                    .success
-                    .into_iter()
-                    .map(txn_op_from_wire)
-                    .collect::<Result<_, _>>()?,
-                failure: t
-                    .failure
-                    .into_iter()
-                    .map(txn_op_from_wire)
-                    .collect::<Result<_, _>>()?,
+            Some(WireOp::Txn(t)) => {
+                let (compares, success, failure) = txn_from_wire(t)?;
+                Op::Txn {
+                    compares,
+                    success,
+                    failure,
+                }
+            }
+            Some(WireOp::Compact(c)) => Op::Compact {
+                revision: c.revision,
             },
             None => {
                 return Err(DecodeError::Missing {
@@ -382,6 +453,33 @@ fn compare_from_wire(w: WireCompare) -> Result<Compare, DecodeError> {
     })
 }
 
+fn txn_to_wire(compares: &[Compare], success: &[TxnOp], failure: &[TxnOp]) -> WireTxn {
+    WireTxn {
+        compares: compares.iter().map(compare_to_wire).collect(),
+        success: success.iter().map(txn_op_to_wire).collect(),
+        failure: failure.iter().map(txn_op_to_wire).collect(),
+    }
+}
+
+type TxnParts = (Vec<Compare>, Vec<TxnOp>, Vec<TxnOp>);
+
+fn txn_from_wire(t: WireTxn) -> Result<TxnParts, DecodeError> {
+    Ok((
+        t.compares
+            .into_iter()
+            .map(compare_from_wire)
+            .collect::<Result<_, _>>()?,
+        t.success
+            .into_iter()
+            .map(txn_op_from_wire)
+            .collect::<Result<_, _>>()?,
+        t.failure
+            .into_iter()
+            .map(txn_op_from_wire)
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
 fn txn_op_to_wire(op: &TxnOp) -> WireTxnOp {
     let op = match op {
         TxnOp::Range(r) => WireTxnOpKind::Range(r.clone()),
@@ -389,10 +487,14 @@ fn txn_op_to_wire(op: &TxnOp) -> WireTxnOp {
             key,
             value,
             prev_kv,
+            ignore_value,
+            ignore_lease,
         } => WireTxnOpKind::Put(WirePut {
             key: key.clone(),
             value: value.clone(),
             prev_kv: *prev_kv,
+            ignore_value: *ignore_value,
+            ignore_lease: *ignore_lease,
         }),
         TxnOp::DeleteRange {
             key,
@@ -403,6 +505,11 @@ fn txn_op_to_wire(op: &TxnOp) -> WireTxnOp {
             range_end: range_end.clone(),
             prev_kv: *prev_kv,
         }),
+        TxnOp::Txn {
+            compares,
+            success,
+            failure,
+        } => WireTxnOpKind::Txn(txn_to_wire(compares, success, failure)),
     };
     WireTxnOp { op: Some(op) }
 }
@@ -414,12 +521,22 @@ fn txn_op_from_wire(w: WireTxnOp) -> Result<TxnOp, DecodeError> {
             key: p.key,
             value: p.value,
             prev_kv: p.prev_kv,
+            ignore_value: p.ignore_value,
+            ignore_lease: p.ignore_lease,
         },
         Some(WireTxnOpKind::Delete(d)) => TxnOp::DeleteRange {
             key: d.key,
             range_end: d.range_end,
             prev_kv: d.prev_kv,
         },
+        Some(WireTxnOpKind::Txn(t)) => {
+            let (compares, success, failure) = txn_from_wire(t)?;
+            TxnOp::Txn {
+                compares,
+                success,
+                failure,
+            }
+        }
         None => {
             return Err(DecodeError::Missing {
                 what: WHAT,
@@ -449,6 +566,8 @@ mod tests {
                     key: b("k"),
                     value: b("v"),
                     prev_kv: true,
+                    ignore_value: true,
+                    ignore_lease: false,
                 },
             },
             Command {
@@ -495,11 +614,25 @@ mod tests {
                             limit: 3,
                             keys_only: true,
                             count_only: false,
+                            revision: 7,
+                            sort_order: SortOrder::Descend as i32,
+                            sort_target: SortTarget::Mod as i32,
+                            min_mod_revision: 1,
+                            max_mod_revision: 2,
+                            min_create_revision: 3,
+                            max_create_revision: 4,
                         }),
                         TxnOp::Put {
                             key: b("x"),
                             value: Bytes::new(),
                             prev_kv: false,
+                            ignore_value: false,
+                            ignore_lease: false,
+                        },
+                        TxnOp::Txn {
+                            compares: vec![],
+                            success: vec![TxnOp::Range(RangeRequest::key(b("n")))],
+                            failure: vec![],
                         },
                     ],
                     failure: vec![TxnOp::DeleteRange {
@@ -508,6 +641,10 @@ mod tests {
                         prev_kv: true,
                     }],
                 },
+            },
+            Command {
+                request_id: None,
+                op: Op::Compact { revision: 42 },
             },
         ];
         for c in cmds {

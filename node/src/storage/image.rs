@@ -5,11 +5,18 @@
 //! ```text
 //! magic "RKVSNAP1"
 //! frame*   = len: u32 | kind: u8 | payload (len bytes)
-//!   kind 1 = state record (applied index/term, revision, membership), first
-//!   kind 2 = one key (prost: key, stored value)
+//!   kind 1 = state record (applied index/term, revision, membership,
+//!            compaction), first
 //!   kind 3 = one client's last outcome (prost: client id, record)
 //!   kind 4 = trailer (prost: frame count, crc32 of every byte before it), last
+//!   kind 5 = one version of a key (prost: key, revision, stored version),
+//!            in key then revision order
 //! ```
+//!
+//! Images of state format 2 carry history (kind 5) instead of the latest
+//! values (kind 2, format 1): the installer rebuilds the latest value of
+//! every key from its last version. A format 1 image is refused, by the
+//! check and the installer alike.
 //!
 //! [`FrameParser`] splits a stream of chunks (cut anywhere) into frames and
 //! checks the magic, frame sizes, the checksum and the frame count; the
@@ -28,9 +35,9 @@ use crate::raft::SnapshotMeta;
 
 pub(super) const MAGIC: &[u8; 8] = b"RKVSNAP1";
 pub(super) const KIND_STATE: u8 = 1;
-pub(super) const KIND_KV: u8 = 2;
 pub(super) const KIND_CLIENT: u8 = 3;
 pub(super) const KIND_TRAILER: u8 = 4;
+pub(super) const KIND_VERSION: u8 = 5;
 /// The size a chunk grows to before it is handed out.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// The largest frame an installer accepts (a key + value at the default
@@ -74,11 +81,14 @@ pub enum SnapshotError {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub(super) struct KvFrame {
+pub(super) struct VersionFrame {
     #[prost(bytes = "bytes", tag = "1")]
     pub(super) key: Bytes,
-    #[prost(bytes = "bytes", tag = "2")]
-    pub(super) value: Bytes,
+    #[prost(int64, tag = "2")]
+    pub(super) revision: i64,
+    /// A `StoredValue` as history holds it.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub(super) version: Bytes,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -271,8 +281,10 @@ impl ImageCheck {
                     }
                     *state = Some(s);
                 }
-                KIND_KV => {
-                    KvFrame::decode(payload).map_err(malformed("key"))?;
+                KIND_VERSION => {
+                    let f = VersionFrame::decode(payload).map_err(malformed("version"))?;
+                    super::kv_store::StoredValue::decode(f.version.as_ref())
+                        .map_err(malformed("version"))?;
                 }
                 KIND_CLIENT => {
                     ClientFrame::decode(payload).map_err(malformed("client"))?;

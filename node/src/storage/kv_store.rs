@@ -41,6 +41,7 @@ use super::codec;
 use super::command::{Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, TxnOp};
 use super::disk::Disk;
 use super::error::{DecodeError, StoreError, corrupt, db_err};
+use super::mvcc::{CHANGES, HISTORY, compaction, range};
 use super::outcome::{
     ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult, decode_client_record,
     encode_client_record,
@@ -52,7 +53,9 @@ pub const KV_FILE: &str = "kv.redb";
 /// Where a snapshot being installed is built before it replaces `kv.redb`.
 pub const KV_STAGING_FILE: &str = "kv.redb.staging";
 /// The on-disk format this build writes and reads.
-pub const KV_FORMAT_VERSION: u64 = 1;
+/// Version 2 added history (`mvcc/`); a version 1 file is upgraded when
+/// opened (see [`upgrade_v1`]).
+pub const KV_FORMAT_VERSION: u64 = 2;
 /// How many applied entries may be held by non-durable commits at most.
 pub const DURABLE_EVERY_ENTRIES: u64 = 1024;
 
@@ -138,64 +141,110 @@ impl Limits {
                 compares,
                 success,
                 failure,
-            } => {
-                for c in compares {
-                    key(&c.key)?;
-                }
-                for op in success.iter().chain(failure) {
-                    match op {
-                        TxnOp::Range(r) => key(&r.key)?,
-                        TxnOp::Put { key: k, .. } | TxnOp::DeleteRange { key: k, .. } => key(k)?,
-                    }
-                }
-                Ok(())
-            }
+            } => txn_keys_present(compares, success, failure),
+            Op::Compact { .. } => Ok(()),
         }
     }
 
     /// Checks every key, value and the size of a command.
     pub fn check_op(&self, op: &Op) -> Result<(), KvError> {
         match op {
-            Op::Put { key, value, .. } => {
-                self.key(key)?;
-                self.value(value)
-            }
+            Op::Put {
+                key,
+                value,
+                ignore_value,
+                ..
+            } => self.put(key, value, *ignore_value),
             Op::DeleteRange { key, range_end, .. } => self.range(key, range_end),
             Op::Txn {
                 compares,
                 success,
                 failure,
-            } => {
-                let count = compares.len() + success.len().max(failure.len());
-                if count > self.max_txn_ops {
-                    return Err(KvError::TooManyTxnOps {
-                        count,
-                        max: self.max_txn_ops,
-                    });
-                }
-                for c in compares {
-                    self.range(&c.key, &c.range_end)?;
-                    if let CompareTarget::Value(v) = &c.target {
-                        self.value(v)?;
-                    }
-                }
-                for op in success.iter().chain(failure) {
-                    match op {
-                        TxnOp::Range(r) => self.check_range(r)?,
-                        TxnOp::Put { key, value, .. } => {
-                            self.key(key)?;
-                            self.value(value)?;
-                        }
-                        TxnOp::DeleteRange { key, range_end, .. } => self.range(key, range_end)?,
-                    }
-                }
-                Ok(())
+            } => self.txn(compares, success, failure),
+            Op::Compact { .. } => Ok(()),
+        }
+    }
+
+    fn put(&self, key: &[u8], value: &[u8], ignore_value: bool) -> Result<(), KvError> {
+        self.key(key)?;
+        if ignore_value && !value.is_empty() {
+            return Err(KvError::ValueProvided);
+        }
+        self.value(value)
+    }
+
+    fn txn(
+        &self,
+        compares: &[Compare],
+        success: &[TxnOp],
+        failure: &[TxnOp],
+    ) -> Result<(), KvError> {
+        let count = compares.len() + success.len().max(failure.len());
+        if count > self.max_txn_ops {
+            return Err(KvError::TooManyTxnOps {
+                count,
+                max: self.max_txn_ops,
+            });
+        }
+        for c in compares {
+            self.range(&c.key, &c.range_end)?;
+            if let CompareTarget::Value(v) = &c.target {
+                self.value(v)?;
             }
         }
+        for op in success.iter().chain(failure) {
+            match op {
+                TxnOp::Range(r) => self.check_range(r)?,
+                TxnOp::Put {
+                    key,
+                    value,
+                    ignore_value,
+                    ..
+                } => self.put(key, value, *ignore_value)?,
+                TxnOp::DeleteRange { key, range_end, .. } => self.range(key, range_end)?,
+                TxnOp::Txn {
+                    compares,
+                    success,
+                    failure,
+                } => self.txn(compares, success, failure)?,
+            }
+        }
+        super::txn_keys::check(success, failure)
     }
 }
 
-/// The value of a key as stored (the key is the table key).
+/// Every key of a transaction (nested ones included) is present.
+fn txn_keys_present(
+    compares: &[Compare],
+    success: &[TxnOp],
+    failure: &[TxnOp],
+) -> Result<(), KvError> {
+    let present = |k: &[u8]| {
+        if k.is_empty() {
+            Err(KvError::EmptyKey)
+        } else {
+            Ok(())
+        }
+    };
+    for c in compares {
+        present(&c.key)?;
+    }
+    for op in success.iter().chain(failure) {
+        match op {
+            TxnOp::Range(r) => present(&r.key)?,
+            TxnOp::Put { key: k, .. } | TxnOp::DeleteRange { key: k, .. } => present(k)?,
+            TxnOp::Txn {
+                compares,
+                success,
+                failure,
+            } => txn_keys_present(compares, success, failure)?,
+        }
+    }
+    Ok(())
+}
+
+/// A version of a key as stored: the latest live one in the `kv` table
+/// (keyed by the key), every one in history (keyed by key and revision).
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct StoredValue {
     #[prost(bytes = "bytes", tag = "1")]
@@ -206,6 +255,12 @@ pub(crate) struct StoredValue {
     pub mod_revision: i64,
     #[prost(int64, tag = "4")]
     pub version: i64,
+    /// In history: this version is a delete.
+    #[prost(bool, tag = "5")]
+    pub tombstone: bool,
+    /// In history: the position of this write inside its revision.
+    #[prost(uint32, tag = "6")]
+    pub sub: u32,
 }
 
 /// The state record, stored under [`KEY_STATE`] and at the head of a
@@ -222,6 +277,16 @@ pub(crate) struct StoredState {
     pub revision: i64,
     #[prost(bytes = "vec", tag = "5")]
     pub membership: Vec<u8>,
+    /// Reads below this revision fail as compacted.
+    #[prost(int64, tag = "6")]
+    pub compacted: i64,
+    /// Where the physical deletion of compacted history stands.
+    #[prost(int64, tag = "7")]
+    pub purge_revision: i64,
+    #[prost(uint32, tag = "8")]
+    pub purge_sub: u32,
+    #[prost(bool, tag = "9")]
+    pub purge_done: bool,
 }
 
 /// What the state machine is at, decoded.
@@ -231,9 +296,24 @@ pub(crate) struct KvState {
     pub applied_term: Term,
     pub revision: i64,
     pub membership: Membership,
+    pub compaction: compaction::Progress,
 }
 
 impl KvState {
+    /// A new, empty state machine. Its revision is 1, as a fresh etcd's:
+    /// the first write makes revision 2 (clients such as Kubernetes read a
+    /// revision of 0 as "any").
+    pub(crate) fn fresh() -> Self {
+        KvState {
+            revision: 1,
+            compaction: compaction::Progress {
+                done: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
         StoredState {
             format_version: KV_FORMAT_VERSION,
@@ -241,6 +321,10 @@ impl KvState {
             applied_term: self.applied_term.get(),
             revision: self.revision,
             membership: codec::encode_membership(&self.membership),
+            compacted: self.compaction.compacted,
+            purge_revision: self.compaction.cursor.0,
+            purge_sub: self.compaction.cursor.1,
+            purge_done: self.compaction.done,
         }
         .encode_to_vec()
     }
@@ -259,6 +343,11 @@ impl KvState {
             applied_term: Term(s.applied_term),
             revision: s.revision,
             membership: codec::decode_membership(&s.membership)?,
+            compaction: compaction::Progress {
+                compacted: s.compacted,
+                cursor: (s.purge_revision, s.purge_sub),
+                done: s.purge_done,
+            },
         }))
     }
 
@@ -351,10 +440,11 @@ impl KvStore {
             let db = disk
                 .create(&super::db_with_cache(cache_bytes), &path)
                 .map_err(db_err(&path, "create"))?;
-            init_tables(&db, &path, &KvState::default())?;
+            init_tables(&db, &path, &KvState::fresh())?;
             super::sync_dir(dir)?;
             db
         };
+        upgrade_v1(&db, &path)?;
         let state = load_state(&db, &path)?;
         let durable = state.applied_index;
         Ok(KvStore {
@@ -502,10 +592,11 @@ impl KvStore {
                         EntryPayload::Noop => {}
                         EntryPayload::Membership(m) => state.membership = m.clone(),
                         EntryPayload::Command(data) => {
-                            let outcome = exec.apply_command(data, &mut state.revision)?;
+                            let outcome = exec.apply_command(data, &mut state)?;
                             outcomes.push((e.index, outcome));
                         }
                     }
+                    exec.compact_step(&mut state)?;
                     state.applied_index = e.index;
                     state.applied_term = e.term;
                 }
@@ -621,10 +712,20 @@ impl KvStore {
             .limits
             .check_range(req)
             .map_err(StoreError::InvalidRequest)?;
+        self.read(req)
+    }
+
+    /// A range read without this member's size limits (the node checks
+    /// those where a request comes in; the simulation's checks read keys
+    /// larger than a small member's limits).
+    pub(crate) fn read(&self, req: &RangeRequest) -> Result<RangeResult, StoreError> {
         let path = self.inner.path.as_path();
         let db = self.db();
         let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
         let t = txn.open_table(KV).map_err(db_err(path, "open kv"))?;
+        let history = txn
+            .open_table(HISTORY)
+            .map_err(db_err(path, "open history"))?;
         let meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
         // The revision from the same read transaction as the keys.
         let state = meta
@@ -635,7 +736,51 @@ impl KvStore {
             .map_err(corrupt(path, "state"))?
             .and_then(Result::ok)
             .unwrap_or_default();
-        range(&t, path, req, state.revision)
+        range::Source {
+            kv: &t,
+            history: &history,
+            path,
+            current: state.revision,
+            kv_revision: Some(state.revision),
+            compacted: state.compaction.compacted,
+        }
+        .range(req)
+    }
+
+    /// A checksum of every stored version at or below `revision` (0: the
+    /// current one) and of the compacted revision, read in one transaction;
+    /// returns it with the revision it covers. Members that applied the
+    /// same entries agree on it.
+    pub fn hash_history(&self, revision: i64) -> Result<(u32, i64), StoreError> {
+        let path = self.inner.path.as_path();
+        let db = self.db();
+        let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
+        let history = txn
+            .open_table(HISTORY)
+            .map_err(db_err(path, "open history"))?;
+        let meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+        let state = meta
+            .get(KEY_STATE)
+            .map_err(db_err(path, "read state"))?
+            .map(|v| KvState::decode(v.value()))
+            .transpose()
+            .map_err(corrupt(path, "state"))?
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        range::check_revision(revision, state.revision, state.compaction.compacted)
+            .map_err(StoreError::InvalidRequest)?;
+        let at = if revision == 0 {
+            state.revision
+        } else {
+            revision
+        };
+        let hash = super::mvcc::hash::hash_history(&history, path, at, state.compaction.compacted)?;
+        Ok((hash, at))
+    }
+
+    /// The compacted revision: reads below it fail.
+    pub fn compacted_revision(&self) -> i64 {
+        self.with_state(|s| s.compaction.compacted)
     }
 }
 
@@ -643,6 +788,10 @@ fn init_tables(db: &Database, path: &Path, state: &KvState) -> Result<(), StoreE
     let txn = db.begin_write().map_err(db_err(path, "begin write"))?;
     {
         txn.open_table(KV).map_err(db_err(path, "create tables"))?;
+        txn.open_table(HISTORY)
+            .map_err(db_err(path, "create tables"))?;
+        txn.open_table(CHANGES)
+            .map_err(db_err(path, "create tables"))?;
         txn.open_table(CLIENTS)
             .map_err(db_err(path, "create tables"))?;
         let mut meta = txn
@@ -680,7 +829,71 @@ pub(crate) fn load_state(db: &Database, path: &Path) -> Result<KvState, StoreErr
     }
 }
 
-fn decode_kv(path: &Path, key: &[u8], buf: &[u8]) -> Result<KeyValue, StoreError> {
+/// Upgrades a version 1 file (no history) in place, in one durable
+/// transaction: every live key gets its one known version in history, and
+/// the file's revision becomes the compacted revision, since no version
+/// before it was kept. Any other file is left alone.
+fn upgrade_v1(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let old = {
+        let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
+        let meta = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(db_err(path, "open meta")(e)),
+        };
+        let Some(v) = meta.get(KEY_STATE).map_err(db_err(path, "read state"))? else {
+            return Ok(());
+        };
+        StoredState::decode(v.value())
+            .map_err(|source| DecodeError::Prost {
+                what: "state machine state",
+                source,
+            })
+            .map_err(corrupt(path, "state"))?
+    };
+    if old.format_version != 1 {
+        return Ok(());
+    }
+    let txn = db.begin_write().map_err(db_err(path, "begin write"))?;
+    {
+        let kv = txn.open_table(KV).map_err(db_err(path, "open kv"))?;
+        let mut history = txn
+            .open_table(HISTORY)
+            .map_err(db_err(path, "open history"))?;
+        let mut changes = txn
+            .open_table(CHANGES)
+            .map_err(db_err(path, "open changes"))?;
+        let mut subs: std::collections::HashMap<i64, u32> = std::collections::HashMap::new();
+        for item in kv.iter().map_err(db_err(path, "read kv"))? {
+            let (k, v) = item.map_err(db_err(path, "read kv"))?;
+            let mut stored = super::mvcc::key_index::decode_version(path, v.value())?;
+            let sub = subs.entry(stored.mod_revision).or_default();
+            stored.sub = *sub;
+            *sub = sub.saturating_add(1);
+            history
+                .insert(
+                    (k.value(), stored.mod_revision),
+                    stored.encode_to_vec().as_slice(),
+                )
+                .map_err(db_err(path, "write history"))?;
+            changes
+                .insert((stored.mod_revision, stored.sub), k.value())
+                .map_err(db_err(path, "write history"))?;
+        }
+        let mut meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+        let upgraded = StoredState {
+            format_version: KV_FORMAT_VERSION,
+            compacted: old.revision,
+            purge_done: true,
+            ..old
+        };
+        meta.insert(KEY_STATE, upgraded.encode_to_vec().as_slice())
+            .map_err(db_err(path, "write state"))?;
+    }
+    txn.commit().map_err(db_err(path, "commit"))
+}
+
+pub(crate) fn decode_kv(path: &Path, key: &[u8], buf: &[u8]) -> Result<KeyValue, StoreError> {
     let v = StoredValue::decode(buf)
         .map_err(|source| DecodeError::Prost {
             what: "key value",
@@ -697,7 +910,7 @@ fn decode_kv(path: &Path, key: &[u8], buf: &[u8]) -> Result<KeyValue, StoreError
 }
 
 /// Calls `f` for every stored pair in the etcd range `[key, range_end)`.
-fn for_each_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
+pub(crate) fn for_each_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     t: &T,
     path: &Path,
     key: &[u8],
@@ -725,32 +938,6 @@ fn for_each_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok(())
 }
 
-fn range<T: ReadableTable<&'static [u8], &'static [u8]>>(
-    t: &T,
-    path: &Path,
-    req: &RangeRequest,
-    revision: i64,
-) -> Result<RangeResult, StoreError> {
-    let mut out = RangeResult {
-        revision,
-        ..Default::default()
-    };
-    for_each_in(t, path, &req.key, &req.range_end, |k, v| {
-        out.count += 1;
-        if req.count_only || (req.limit != 0 && out.kvs.len() as u64 >= req.limit) {
-            return Ok(());
-        }
-        let mut kv = decode_kv(path, k, v)?;
-        if req.keys_only {
-            kv.value = Bytes::new();
-        }
-        out.kvs.push(kv);
-        Ok(())
-    })?;
-    out.more = !req.count_only && req.limit != 0 && out.count > req.limit;
-    Ok(out)
-}
-
 fn compare_holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
     use std::cmp::Ordering;
     let ord = match &c.target {
@@ -770,30 +957,62 @@ fn compare_holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
     }
 }
 
+type HistoryTable<'t> = Table<'t, (&'static [u8], i64), &'static [u8]>;
+
 /// The tables of one apply transaction and the operations on them.
 struct Exec<'t> {
     kv: Table<'t, &'static [u8], &'static [u8]>,
+    history: HistoryTable<'t>,
+    changes: Table<'t, (i64, u32), &'static [u8]>,
     clients: Table<'t, u64, &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
     path: &'t Path,
+    /// The position of the next write inside the revision being written.
+    sub: u32,
+}
+
+/// One transaction's branches, borrowed.
+struct TxnRef<'a> {
+    compares: &'a [Compare],
+    success: &'a [TxnOp],
+    failure: &'a [TxnOp],
 }
 
 impl<'t> Exec<'t> {
     fn open(txn: &'t WriteTransaction, path: &'t Path) -> Result<Self, StoreError> {
         Ok(Exec {
             kv: txn.open_table(KV).map_err(db_err(path, "open kv"))?,
+            history: txn
+                .open_table(HISTORY)
+                .map_err(db_err(path, "open history"))?,
+            changes: txn
+                .open_table(CHANGES)
+                .map_err(db_err(path, "open changes"))?,
             clients: txn
                 .open_table(CLIENTS)
                 .map_err(db_err(path, "open clients"))?,
             meta: txn.open_table(META).map_err(db_err(path, "open meta"))?,
             path,
+            sub: 0,
         })
+    }
+
+    /// Deletes some of the garbage the last compaction left; called once
+    /// per applied entry, so the work is the same on every member.
+    fn compact_step(&mut self, state: &mut KvState) -> Result<(), StoreError> {
+        compaction::step(
+            &mut self.history,
+            &mut self.changes,
+            self.path,
+            &mut state.compaction,
+            compaction::STEP_BUDGET,
+        )
     }
 
     fn apply_command(
         &mut self,
         data: &[u8],
-        revision: &mut i64,
+        state: &mut KvState,
     ) -> Result<ApplyOutcome, StoreError> {
         let cmd = match Command::decode(data) {
             Ok(c) => c,
@@ -834,7 +1053,11 @@ impl<'t> Exec<'t> {
         } else {
             0
         };
-        let outcome = self.execute(cmd.op, revision)?;
+        self.sub = 0;
+        let outcome = match self.execute(cmd.op, state)? {
+            Ok(outcome) => outcome,
+            Err(e) => ApplyOutcome::Rejected(e),
+        };
         if let Some(rid) = cmd.request_id {
             if let Some(record) = encode_client_record(rid.seq, fingerprint, &outcome) {
                 self.clients
@@ -845,16 +1068,32 @@ impl<'t> Exec<'t> {
         Ok(outcome)
     }
 
-    fn execute(&mut self, op: Op, revision: &mut i64) -> Result<ApplyOutcome, StoreError> {
-        let next = *revision + 1;
-        Ok(match op {
+    /// Applies one operation. The inner error is a deterministic rejection,
+    /// decided before anything is written.
+    fn execute(
+        &mut self,
+        op: Op,
+        state: &mut KvState,
+    ) -> Result<Result<ApplyOutcome, KvError>, StoreError> {
+        let next = state.revision + 1;
+        Ok(Ok(match op {
             Op::Put {
                 key,
                 value,
                 prev_kv,
+                ignore_value,
+                ignore_lease,
             } => {
+                let prev = self.get(&key)?;
+                if (ignore_value || ignore_lease) && prev.is_none() {
+                    return Ok(Err(KvError::KeyNotFound));
+                }
+                let value = match (&prev, ignore_value) {
+                    (Some(p), true) => p.value.clone(),
+                    _ => value,
+                };
                 let prev = self.put(&key, value, next)?;
-                *revision = next;
+                state.revision = next;
                 ApplyOutcome::Put {
                     revision: next,
                     prev_kv: prev.filter(|_| prev_kv),
@@ -865,12 +1104,12 @@ impl<'t> Exec<'t> {
                 range_end,
                 prev_kv,
             } => {
-                let prev = self.delete_range(&key, &range_end)?;
+                let prev = self.delete_range(&key, &range_end, next)?;
                 if !prev.is_empty() {
-                    *revision = next;
+                    state.revision = next;
                 }
                 ApplyOutcome::Delete {
-                    revision: *revision,
+                    revision: state.revision,
                     deleted: prev.len() as u64,
                     prev_kvs: if prev_kv { prev } else { Vec::new() },
                 }
@@ -880,61 +1119,206 @@ impl<'t> Exec<'t> {
                 success,
                 failure,
             } => {
-                let mut succeeded = true;
-                for c in &compares {
-                    if !self.compare(c)? {
-                        succeeded = false;
-                        break;
-                    }
+                let txn = TxnRef {
+                    compares: &compares,
+                    success: &success,
+                    failure: &failure,
+                };
+                // Like etcd, every compare (nested ones too) is evaluated
+                // against the state before the transaction, and the path
+                // chosen is checked before anything is written.
+                let mut path = Vec::new();
+                self.txn_path(&txn, &mut path)?;
+                if let Err(e) = self.check_path(&txn, &mut path.iter().copied(), state)? {
+                    return Ok(Err(e));
                 }
-                let ops = if succeeded { success } else { failure };
                 let mut wrote = false;
-                let mut responses = Vec::with_capacity(ops.len());
-                for op in ops {
-                    responses.push(match op {
-                        TxnOp::Range(r) => TxnOpResult::Range(range(&self.kv, self.path, &r, 0)?),
-                        TxnOp::Put {
-                            key,
-                            value,
-                            prev_kv,
-                        } => {
-                            let prev = self.put(&key, value, next)?;
-                            wrote = true;
-                            TxnOpResult::Put {
-                                prev_kv: prev.filter(|_| prev_kv),
-                            }
-                        }
-                        TxnOp::DeleteRange {
-                            key,
-                            range_end,
-                            prev_kv,
-                        } => {
-                            let prev = self.delete_range(&key, &range_end)?;
-                            wrote |= !prev.is_empty();
-                            TxnOpResult::DeleteRange {
-                                deleted: prev.len() as u64,
-                                prev_kvs: if prev_kv { prev } else { Vec::new() },
-                            }
-                        }
-                    });
-                }
+                let (succeeded, mut responses) =
+                    self.run_txn(&txn, &mut path.iter().copied(), state, &mut wrote)?;
                 if wrote {
-                    *revision = next;
+                    state.revision = next;
                 }
                 // Reads inside the transaction report the revision the
                 // transaction as a whole produced.
-                for r in &mut responses {
-                    if let TxnOpResult::Range(r) = r {
-                        r.revision = *revision;
-                    }
-                }
+                set_range_revisions(&mut responses, state.revision);
                 ApplyOutcome::Txn {
-                    revision: *revision,
+                    revision: state.revision,
                     succeeded,
                     responses,
                 }
             }
-        })
+            Op::Compact { revision } => {
+                if revision <= state.compaction.compacted {
+                    return Ok(Err(KvError::Compacted));
+                }
+                if revision > state.revision {
+                    return Ok(Err(KvError::FutureRevision));
+                }
+                state.compaction = compaction::Progress::start(revision);
+                ApplyOutcome::Compact {
+                    revision: state.revision,
+                }
+            }
+        }))
+    }
+
+    /// Which branch every (nested) transaction takes, in the order they
+    /// run, decided on the state before any of them writes.
+    fn txn_path(&self, txn: &TxnRef<'_>, path: &mut Vec<bool>) -> Result<(), StoreError> {
+        let mut succeeded = true;
+        for c in txn.compares {
+            if !self.compare(c)? {
+                succeeded = false;
+                break;
+            }
+        }
+        path.push(succeeded);
+        let ops = if succeeded { txn.success } else { txn.failure };
+        for op in ops {
+            if let TxnOp::Txn {
+                compares,
+                success,
+                failure,
+            } = op
+            {
+                let nested = TxnRef {
+                    compares,
+                    success,
+                    failure,
+                };
+                self.txn_path(&nested, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// etcd's checks of the operations on the chosen path: reads at a
+    /// readable revision, puts that ignore the value or lease on a key that
+    /// exists.
+    fn check_path(
+        &self,
+        txn: &TxnRef<'_>,
+        path: &mut impl Iterator<Item = bool>,
+        state: &KvState,
+    ) -> Result<Result<(), KvError>, StoreError> {
+        let ops = if path.next().unwrap_or(false) {
+            txn.success
+        } else {
+            txn.failure
+        };
+        for op in ops {
+            match op {
+                TxnOp::Range(r) => {
+                    if let Err(e) = range::check_revision(
+                        r.revision,
+                        state.revision,
+                        state.compaction.compacted,
+                    ) {
+                        return Ok(Err(e));
+                    }
+                }
+                TxnOp::Put {
+                    key,
+                    ignore_value,
+                    ignore_lease,
+                    ..
+                } => {
+                    if (*ignore_value || *ignore_lease) && self.get(key)?.is_none() {
+                        return Ok(Err(KvError::KeyNotFound));
+                    }
+                }
+                TxnOp::DeleteRange { .. } => {}
+                TxnOp::Txn {
+                    compares,
+                    success,
+                    failure,
+                } => {
+                    let nested = TxnRef {
+                        compares,
+                        success,
+                        failure,
+                    };
+                    if let Err(e) = self.check_path(&nested, path, state)? {
+                        return Ok(Err(e));
+                    }
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn run_txn(
+        &mut self,
+        txn: &TxnRef<'_>,
+        path: &mut impl Iterator<Item = bool>,
+        state: &KvState,
+        wrote: &mut bool,
+    ) -> Result<(bool, Vec<TxnOpResult>), StoreError> {
+        let succeeded = path.next().unwrap_or(false);
+        let ops = if succeeded { txn.success } else { txn.failure };
+        let next = state.revision + 1;
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                TxnOp::Range(r) => {
+                    let source = range::Source {
+                        kv: &self.kv,
+                        history: &self.history,
+                        path: self.path,
+                        current: state.revision,
+                        kv_revision: (!*wrote).then_some(state.revision),
+                        compacted: state.compaction.compacted,
+                    };
+                    TxnOpResult::Range(source.range(r)?)
+                }
+                TxnOp::Put {
+                    key,
+                    value,
+                    prev_kv,
+                    ignore_value,
+                    ..
+                } => {
+                    let value = match self.get(key)? {
+                        Some(p) if *ignore_value => p.value,
+                        _ => value.clone(),
+                    };
+                    let prev = self.put(key, value, next)?;
+                    *wrote = true;
+                    TxnOpResult::Put {
+                        prev_kv: prev.filter(|_| *prev_kv),
+                    }
+                }
+                TxnOp::DeleteRange {
+                    key,
+                    range_end,
+                    prev_kv,
+                } => {
+                    let prev = self.delete_range(key, range_end, next)?;
+                    *wrote |= !prev.is_empty();
+                    TxnOpResult::DeleteRange {
+                        deleted: prev.len() as u64,
+                        prev_kvs: if *prev_kv { prev } else { Vec::new() },
+                    }
+                }
+                TxnOp::Txn {
+                    compares,
+                    success,
+                    failure,
+                } => {
+                    let nested = TxnRef {
+                        compares,
+                        success,
+                        failure,
+                    };
+                    let (succeeded, responses) = self.run_txn(&nested, path, state, wrote)?;
+                    TxnOpResult::Txn {
+                        succeeded,
+                        responses,
+                    }
+                }
+            });
+        }
+        Ok((succeeded, responses))
     }
 
     fn compare(&self, c: &Compare) -> Result<bool, StoreError> {
@@ -950,26 +1334,50 @@ impl<'t> Exec<'t> {
         Ok(if any { all } else { compare_holds(None, c) })
     }
 
-    fn put(&mut self, key: &[u8], value: Bytes, rev: i64) -> Result<Option<KeyValue>, StoreError> {
-        let prev = self
-            .kv
+    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        self.kv
             .get(key)
             .map_err(db_err(self.path, "read key"))?
             .map(|v| decode_kv(self.path, key, v.value()))
-            .transpose()?;
+            .transpose()
+    }
+
+    /// Records a new version of `key` at `rev` in history.
+    fn record(&mut self, key: &[u8], rev: i64, stored: &StoredValue) -> Result<(), StoreError> {
+        self.history
+            .insert((key, rev), stored.encode_to_vec().as_slice())
+            .map_err(db_err(self.path, "write history"))?;
+        self.changes
+            .insert((rev, stored.sub), key)
+            .map_err(db_err(self.path, "write history"))?;
+        self.sub = self.sub.saturating_add(1);
+        Ok(())
+    }
+
+    fn put(&mut self, key: &[u8], value: Bytes, rev: i64) -> Result<Option<KeyValue>, StoreError> {
+        let prev = self.get(key)?;
         let stored = StoredValue {
             value,
             create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
             mod_revision: rev,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
+            tombstone: false,
+            sub: self.sub,
         };
+        self.record(key, rev, &stored)?;
+        let latest = StoredValue { sub: 0, ..stored };
         self.kv
-            .insert(key, stored.encode_to_vec().as_slice())
+            .insert(key, latest.encode_to_vec().as_slice())
             .map_err(db_err(self.path, "write key"))?;
         Ok(prev)
     }
 
-    fn delete_range(&mut self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+    fn delete_range(
+        &mut self,
+        key: &[u8],
+        range_end: &[u8],
+        rev: i64,
+    ) -> Result<Vec<KeyValue>, StoreError> {
         let mut prev = Vec::new();
         for_each_in(&self.kv, self.path, key, range_end, |k, v| {
             prev.push(decode_kv(self.path, k, v)?);
@@ -979,7 +1387,24 @@ impl<'t> Exec<'t> {
             self.kv
                 .remove(kv.key.as_ref())
                 .map_err(db_err(self.path, "delete key"))?;
+            let tombstone = StoredValue {
+                mod_revision: rev,
+                tombstone: true,
+                sub: self.sub,
+                ..Default::default()
+            };
+            self.record(&kv.key, rev, &tombstone)?;
         }
         Ok(prev)
+    }
+}
+
+fn set_range_revisions(responses: &mut [TxnOpResult], revision: i64) {
+    for r in responses {
+        match r {
+            TxnOpResult::Range(r) => r.revision = revision,
+            TxnOpResult::Txn { responses, .. } => set_range_revisions(responses, revision),
+            _ => {}
+        }
     }
 }

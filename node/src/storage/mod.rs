@@ -37,6 +37,8 @@
 //! - `command.rs`: the commands clients propose and their encoding;
 //! - `outcome.rs`: what applying a command produces;
 //! - `kv_store.rs`: the state machine (apply, reads);
+//! - `mvcc/`: the history of every key, reads at past revisions, compaction;
+//! - `txn_keys.rs`: etcd's "duplicate key" rule for transactions;
 //! - `image.rs`: the snapshot image format, and checking an image as it arrives;
 //! - `snapshot.rs`: streaming a state machine image out and installing one;
 //! - `policy.rs`: when to snapshot and how far to compact;
@@ -49,16 +51,19 @@ mod error;
 mod image;
 pub mod kv_store;
 mod log_store;
+mod mvcc;
 mod outcome;
 mod policy;
 mod snapshot;
+mod txn_keys;
 
 pub use codec::{
     decode_entry, decode_hard_state, decode_membership, decode_snapshot_meta, encode_entry,
     encode_hard_state, encode_membership, encode_snapshot_meta,
 };
 pub use command::{
-    Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, RequestId, TxnOp,
+    Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, RequestId, SortOrder,
+    SortTarget, TxnOp,
 };
 pub use disk::{Disk, DiskMode, DiskStats, FaultyDisk};
 pub use error::{DecodeError, StoreError};

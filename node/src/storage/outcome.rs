@@ -51,6 +51,10 @@ pub enum TxnOpResult {
         deleted: u64,
         prev_kvs: Vec<KeyValue>,
     },
+    Txn {
+        succeeded: bool,
+        responses: Vec<TxnOpResult>,
+    },
 }
 
 /// Why a command was rejected. Rejection is deterministic (it depends only
@@ -68,6 +72,25 @@ pub enum KvError {
     TooManyTxnOps { count: usize, max: usize },
     #[error("undecodable command: {0}")]
     Undecodable(String),
+    /// A transaction writes one key twice in one branch (or a put overlaps a
+    /// delete): etcd refuses it, since one revision holds one version of a
+    /// key. The messages of these variants are etcd's, verbatim: clients
+    /// match on them.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// A read or compaction at a revision that compaction already discarded.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// A read or compaction at a revision the store has not reached.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// A put with `ignore_value` or `ignore_lease` on a key that does not
+    /// exist.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// `ignore_value` with a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
     #[error(
         "request {seq} of client {client_id} is older than its last applied request {last_seq}"
     )]
@@ -103,6 +126,11 @@ pub enum ApplyOutcome {
         succeeded: bool,
         responses: Vec<TxnOpResult>,
     },
+    /// History before the command's revision is gone; `revision` is the
+    /// store's revision when it applied.
+    Compact {
+        revision: i64,
+    },
     Rejected(KvError),
 }
 
@@ -112,7 +140,7 @@ pub enum ApplyOutcome {
 struct StoredOutcome {
     #[prost(int64, tag = "1")]
     revision: i64,
-    #[prost(oneof = "StoredKind", tags = "2, 3, 4")]
+    #[prost(oneof = "StoredKind", tags = "2, 3, 4, 5")]
     kind: Option<StoredKind>,
 }
 
@@ -124,7 +152,12 @@ enum StoredKind {
     Delete(StoredDelete),
     #[prost(message, tag = "4")]
     Txn(StoredTxn),
+    #[prost(message, tag = "5")]
+    Compact(StoredCompact),
 }
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredCompact {}
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct StoredPut {
@@ -150,7 +183,7 @@ struct StoredTxn {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct StoredTxnOpResult {
-    #[prost(oneof = "StoredOpKind", tags = "1, 2, 3")]
+    #[prost(oneof = "StoredOpKind", tags = "1, 2, 3, 4")]
     kind: Option<StoredOpKind>,
 }
 
@@ -162,6 +195,8 @@ enum StoredOpKind {
     Put(StoredPut),
     #[prost(message, tag = "3")]
     Delete(StoredDelete),
+    #[prost(message, tag = "4")]
+    Txn(StoredTxn),
 }
 
 /// The last applied request of a client and its outcome.
@@ -218,27 +253,9 @@ pub(crate) fn encode_client_record(
             responses,
         } => (
             *revision,
-            StoredKind::Txn(StoredTxn {
-                succeeded: *succeeded,
-                responses: responses
-                    .iter()
-                    .map(|r| StoredTxnOpResult {
-                        kind: Some(match r {
-                            TxnOpResult::Range(r) => StoredOpKind::Range(r.clone()),
-                            TxnOpResult::Put { prev_kv } => StoredOpKind::Put(StoredPut {
-                                prev_kv: prev_kv.clone(),
-                            }),
-                            TxnOpResult::DeleteRange { deleted, prev_kvs } => {
-                                StoredOpKind::Delete(StoredDelete {
-                                    deleted: *deleted,
-                                    prev_kvs: prev_kvs.clone(),
-                                })
-                            }
-                        }),
-                    })
-                    .collect(),
-            }),
+            StoredKind::Txn(stored_txn(*succeeded, responses)),
         ),
+        ApplyOutcome::Compact { revision } => (*revision, StoredKind::Compact(StoredCompact {})),
         ApplyOutcome::Rejected(_) => return None,
     };
     Some(
@@ -252,6 +269,56 @@ pub(crate) fn encode_client_record(
         }
         .encode_to_vec(),
     )
+}
+
+fn stored_txn(succeeded: bool, responses: &[TxnOpResult]) -> StoredTxn {
+    StoredTxn {
+        succeeded,
+        responses: responses
+            .iter()
+            .map(|r| StoredTxnOpResult {
+                kind: Some(match r {
+                    TxnOpResult::Range(r) => StoredOpKind::Range(r.clone()),
+                    TxnOpResult::Put { prev_kv } => StoredOpKind::Put(StoredPut {
+                        prev_kv: prev_kv.clone(),
+                    }),
+                    TxnOpResult::DeleteRange { deleted, prev_kvs } => {
+                        StoredOpKind::Delete(StoredDelete {
+                            deleted: *deleted,
+                            prev_kvs: prev_kvs.clone(),
+                        })
+                    }
+                    TxnOpResult::Txn {
+                        succeeded,
+                        responses,
+                    } => StoredOpKind::Txn(stored_txn(*succeeded, responses)),
+                }),
+            })
+            .collect(),
+    }
+}
+
+fn txn_results(t: StoredTxn) -> Result<Vec<TxnOpResult>, DecodeError> {
+    t.responses
+        .into_iter()
+        .map(|r| {
+            match r.kind.ok_or(DecodeError::Missing {
+                what: WHAT,
+                field: "txn op result",
+            })? {
+                StoredOpKind::Range(r) => Ok(TxnOpResult::Range(r)),
+                StoredOpKind::Put(p) => Ok(TxnOpResult::Put { prev_kv: p.prev_kv }),
+                StoredOpKind::Delete(d) => Ok(TxnOpResult::DeleteRange {
+                    deleted: d.deleted,
+                    prev_kvs: d.prev_kvs,
+                }),
+                StoredOpKind::Txn(t) => Ok(TxnOpResult::Txn {
+                    succeeded: t.succeeded,
+                    responses: txn_results(t)?,
+                }),
+            }
+        })
+        .collect()
 }
 
 /// Decodes a per-client record.
@@ -273,18 +340,10 @@ pub(crate) fn decode_client_record(buf: &[u8]) -> Result<ClientRecord, DecodeErr
         StoredKind::Txn(t) => ApplyOutcome::Txn {
             revision: o.revision,
             succeeded: t.succeeded,
-            responses: t
-                .responses
-                .into_iter()
-                .map(|r| match r.kind.ok_or_else(|| missing("txn op result"))? {
-                    StoredOpKind::Range(r) => Ok(TxnOpResult::Range(r)),
-                    StoredOpKind::Put(p) => Ok(TxnOpResult::Put { prev_kv: p.prev_kv }),
-                    StoredOpKind::Delete(d) => Ok(TxnOpResult::DeleteRange {
-                        deleted: d.deleted,
-                        prev_kvs: d.prev_kvs,
-                    }),
-                })
-                .collect::<Result<_, DecodeError>>()?,
+            responses: txn_results(t)?,
+        },
+        StoredKind::Compact(_) => ApplyOutcome::Compact {
+            revision: o.revision,
         },
     };
     Ok(ClientRecord {

@@ -20,19 +20,20 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransac
 
 use super::error::{StoreError, db_err};
 use super::image::{
-    CHUNK_BYTES, ClientFrame, FrameParser, KIND_CLIENT, KIND_KV, KIND_STATE, KIND_TRAILER, KvFrame,
-    MAGIC, SnapshotError, Trailer, decode_state, push_frame,
+    CHUNK_BYTES, ClientFrame, FrameParser, KIND_CLIENT, KIND_STATE, KIND_TRAILER, KIND_VERSION,
+    MAGIC, SnapshotError, Trailer, VersionFrame, decode_state, push_frame,
 };
 use super::kv_store::{
-    CLIENTS, KEY_STATE, KV, KV_STAGING_FILE, KvState, KvStore, META, load_state,
+    CLIENTS, KEY_STATE, KV, KV_STAGING_FILE, KvState, KvStore, META, StoredValue, load_state,
 };
+use super::mvcc::{CHANGES, HISTORY};
 use crate::raft::SnapshotMeta;
 
 /// How much an installer writes per staging transaction.
 const STAGING_TXN_BYTES: usize = 8 * 1024 * 1024;
 
 enum Phase {
-    Kvs(redb::Range<'static, &'static [u8], &'static [u8]>),
+    History(redb::Range<'static, (&'static [u8], i64), &'static [u8]>),
     Clients(redb::Range<'static, u64, &'static [u8]>),
     Trailer,
     Done,
@@ -92,15 +93,17 @@ impl SnapshotReader {
         let file = self.file.clone();
         while self.pending.len() < CHUNK_BYTES {
             match &mut self.phase {
-                Phase::Kvs(iter) => match iter.next() {
+                Phase::History(iter) => match iter.next() {
                     Some(item) => {
                         let (k, v) = item.map_err(db_err(&file, "read snapshot"))?;
-                        let frame = KvFrame {
-                            key: Bytes::copy_from_slice(k.value()),
-                            value: Bytes::copy_from_slice(v.value()),
+                        let (key, revision) = k.value();
+                        let frame = VersionFrame {
+                            key: Bytes::copy_from_slice(key),
+                            revision,
+                            version: Bytes::copy_from_slice(v.value()),
                         }
                         .encode_to_vec();
-                        self.frame(KIND_KV, &frame);
+                        self.frame(KIND_VERSION, &frame);
                     }
                     None => {
                         let txn = &self._txn;
@@ -150,6 +153,9 @@ pub struct SnapshotInstaller {
     txn_bytes: usize,
     parser: FrameParser,
     state: Option<KvState>,
+    /// The last version received: once the next key starts (or the image
+    /// ends), it is that key's latest version, and if live, its value.
+    last: Option<(Bytes, StoredValue)>,
 }
 
 impl fmt::Debug for SnapshotInstaller {
@@ -204,16 +210,16 @@ impl KvStore {
                 });
             }
         };
-        let kvs = txn
-            .open_table(KV)
-            .map_err(db_err(&path, "open kv"))?
-            .range::<&[u8]>(..)
+        let history = txn
+            .open_table(HISTORY)
+            .map_err(db_err(&path, "open history"))?
+            .range::<(&[u8], i64)>(..)
             .map_err(db_err(&path, "read snapshot"))?;
         let mut reader = SnapshotReader {
             file: path,
             meta: decoded.meta(),
             _txn: txn,
-            phase: Phase::Kvs(kvs),
+            phase: Phase::History(history),
             pending: Vec::with_capacity(CHUNK_BYTES + 4096),
             crc: crc32fast::Hasher::new(),
             frames: 0,
@@ -249,6 +255,7 @@ impl KvStore {
             txn_bytes: 0,
             parser: FrameParser::default(),
             state: None,
+            last: None,
         })
     }
 }
@@ -285,14 +292,29 @@ impl SnapshotInstaller {
                     .map_err(db_err(&staging, "write"))?;
                 drop(meta);
                 txn.open_table(KV).map_err(db_err(&staging, "write"))?;
+                txn.open_table(HISTORY).map_err(db_err(&staging, "write"))?;
+                txn.open_table(CHANGES).map_err(db_err(&staging, "write"))?;
                 txn.open_table(CLIENTS).map_err(db_err(&staging, "write"))?;
                 self.state = Some(state);
             }
-            KIND_KV => {
-                let f = KvFrame::decode(payload).map_err(malformed("key"))?;
-                let mut t = txn.open_table(KV).map_err(db_err(&staging, "write"))?;
-                t.insert(f.key.as_ref(), f.value.as_ref())
-                    .map_err(db_err(&staging, "write"))?;
+            KIND_VERSION => {
+                let f = VersionFrame::decode(payload).map_err(malformed("version"))?;
+                let stored =
+                    StoredValue::decode(f.version.as_ref()).map_err(malformed("version"))?;
+                {
+                    let mut history = txn.open_table(HISTORY).map_err(db_err(&staging, "write"))?;
+                    history
+                        .insert((f.key.as_ref(), f.revision), f.version.as_ref())
+                        .map_err(db_err(&staging, "write"))?;
+                    let mut changes = txn.open_table(CHANGES).map_err(db_err(&staging, "write"))?;
+                    changes
+                        .insert((f.revision, stored.sub), f.key.as_ref())
+                        .map_err(db_err(&staging, "write"))?;
+                }
+                if self.last.as_ref().is_some_and(|(k, _)| *k != f.key) {
+                    flush_latest(&txn, &staging, self.last.take())?;
+                }
+                self.last = Some((f.key, stored));
             }
             KIND_CLIENT => {
                 let f = ClientFrame::decode(payload).map_err(malformed("client"))?;
@@ -326,6 +348,7 @@ impl SnapshotInstaller {
             }
             None => db.begin_write().map_err(db_err(&staging, "begin write"))?,
         };
+        flush_latest(&txn, &staging, self.last.take())?;
         txn.commit().map_err(db_err(&staging, "commit"))?;
         db.close().map_err(db_err(&staging, "close"))?;
 
@@ -352,6 +375,25 @@ impl SnapshotInstaller {
         *durable = loaded.applied_index;
         Ok(loaded.meta())
     }
+}
+
+/// Writes a key's last version into the `kv` table, unless it is a delete.
+fn flush_latest(
+    txn: &WriteTransaction,
+    staging: &std::path::Path,
+    last: Option<(Bytes, StoredValue)>,
+) -> Result<(), StoreError> {
+    let Some((key, stored)) = last else {
+        return Ok(());
+    };
+    if stored.tombstone {
+        return Ok(());
+    }
+    let latest = StoredValue { sub: 0, ..stored };
+    let mut kv = txn.open_table(KV).map_err(db_err(staging, "write"))?;
+    kv.insert(key.as_ref(), latest.encode_to_vec().as_slice())
+        .map_err(db_err(staging, "write"))?;
+    Ok(())
 }
 
 impl Drop for SnapshotInstaller {

@@ -42,6 +42,7 @@ use crate::server::pending::{Pending, PendingChange, PendingRead, PendingTransfe
 use crate::server::{ClientError, Consistency};
 use crate::storage::{
     ApplyOutcome, CHUNK_BYTES, Command, KvError, KvStore, LogStore, RangeRequest, SnapshotPolicy,
+    StoreError,
 };
 
 /// How many requests or messages the driver takes per wake-up before it
@@ -430,10 +431,10 @@ impl Driver {
 
     fn read_local(&self, req: &RangeRequest) -> Result<ReadResult, ClientError> {
         self.kv.limits().check_range(req).map_err(kv_error)?;
-        let range = self
-            .kv
-            .range(req)
-            .map_err(|e| ClientError::Internal(e.to_string()))?;
+        let range = self.kv.range(req).map_err(|e| match e {
+            StoreError::InvalidRequest(e) => kv_error(e),
+            e => ClientError::Internal(e.to_string()),
+        })?;
         Ok(ReadResult {
             range,
             raft_term: self.node.status().term,
@@ -972,14 +973,18 @@ struct Batch {
 }
 
 /// What a client sees when the state machine refuses a command or read.
-fn kv_error(e: KvError) -> ClientError {
+pub(crate) fn kv_error(e: KvError) -> ClientError {
     match e {
         KvError::KeyTooLarge { .. }
         | KvError::ValueTooLarge { .. }
         | KvError::TooManyTxnOps { .. } => ClientError::TooLarge(e.to_string()),
-        KvError::EmptyKey | KvError::Undecodable(_) | KvError::StaleRequest { .. } => {
-            ClientError::InvalidArgument(e.to_string())
-        }
+        KvError::EmptyKey
+        | KvError::Undecodable(_)
+        | KvError::StaleRequest { .. }
+        | KvError::DuplicateKey
+        | KvError::KeyNotFound
+        | KvError::ValueProvided => ClientError::InvalidArgument(e.to_string()),
+        KvError::Compacted | KvError::FutureRevision => ClientError::OutOfRange(e.to_string()),
         KvError::IdempotencyConflict { .. } => ClientError::FailedPrecondition(e.to_string()),
     }
 }

@@ -1,13 +1,15 @@
 //! The invariants the whole-node simulation checks after every tick:
 //!
 //! - **one state per index**: two members that applied the same index hold
-//!   the same state machine (keys, values, metadata, revision, and the
-//!   configuration), by a hash of all of it;
+//!   the same state machine (keys, values, metadata, revision, the
+//!   configuration, and the whole history with the compacted revision),
+//!   by a hash of all of it;
 //! - **a configuration in force**: a member that applied anything knows at
 //!   least one voter (a snapshot-installed member must not forget the
 //!   configuration);
 //! - **nothing acknowledged is lost**: a member whose revision reached an
-//!   acknowledged write's revision holds that write;
+//!   acknowledged write's revision holds that write in its history (unless
+//!   compacted);
 //! - **readiness is earned**: a member does not say it is ready while it is
 //!   behind the cluster's commit index for longer than a leader needs to
 //!   tell it so.
@@ -70,6 +72,7 @@ pub(super) fn state_hash(kv: &KvStore) -> Result<u64, String> {
         (kv.create_revision, kv.mod_revision, kv.version).hash(&mut h);
     }
     kv.revision().hash(&mut h);
+    kv.hash_history(0).map_err(|e| e.to_string())?.hash(&mut h);
     crate::storage::encode_membership(&kv.membership()).hash(&mut h);
     Ok(h.finish())
 }
@@ -111,10 +114,21 @@ impl Checks {
         acked: &[Acked],
     ) -> Result<(), (&'static str, String)> {
         let revision = kv.revision();
-        for a in acked.iter().filter(|a| a.revision <= revision) {
+        let compacted = kv.compacted_revision();
+        // Each write is read back at its own revision, from history; what
+        // a compaction discarded can no longer be read.
+        for a in acked
+            .iter()
+            .filter(|a| a.revision <= revision && a.revision >= compacted)
+        {
             let found = kv
-                .get(&a.key)
-                .map_err(|e| ("readable state", format!("member {id}: {e}")))?;
+                .read(&RangeRequest {
+                    revision: a.revision,
+                    ..RangeRequest::key(a.key.clone())
+                })
+                .map_err(|e| ("readable state", format!("member {id}: {e}")))?
+                .kvs
+                .pop();
             let ok = found
                 .as_ref()
                 .is_some_and(|kv| kv.value == a.value && kv.mod_revision == a.revision);

@@ -574,9 +574,27 @@ impl SimCluster {
                 _ => ups[self.rng.random_range(0..ups.len())],
             };
             self.next_key += 1;
+            // Now and then a compaction well behind the writes, so that
+            // history is both kept and deleted while members crash, lag
+            // and install snapshots.
+            if self.next_key % 10 == 0 {
+                let newest = self.acked.iter().map(|a| a.revision).max().unwrap_or(0);
+                if newest > 10 {
+                    let (reply, _ignored) = oneshot::channel();
+                    let cmd = Command {
+                        request_id: None,
+                        op: Op::Compact {
+                            revision: newest - 5,
+                        },
+                    };
+                    self.turn(id, Event::Request(Request::Write { cmd, reply }));
+                    continue;
+                }
+            }
+            // Keys are written again and again, so they have history.
             // Values longer than the small members' limits: the leader
             // decides, every member applies.
-            let key = Bytes::from(format!("key-{:05}", self.next_key));
+            let key = Bytes::from(format!("key-{:05}", self.next_key % 13));
             let value = Bytes::from(format!("value-{}", self.next_key));
             let (reply, rx) = oneshot::channel();
             let cmd = Command {
@@ -585,6 +603,8 @@ impl SimCluster {
                     key: key.clone(),
                     value: value.clone(),
                     prev_kv: false,
+                    ignore_value: false,
+                    ignore_lease: false,
                 },
             };
             self.writes.push(PendingWrite {
