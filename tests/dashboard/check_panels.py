@@ -81,6 +81,10 @@ def wait_for(what, deadline_s, probe, interval=0.2):
     raise Failure(f"timed out after {deadline_s}s waiting for {what}")
 
 
+# The peers' shared secret, one per run.
+PEER_SECRET = os.urandom(32).hex()
+
+
 class Node:
     def __init__(self, binary, node_id, ports, initial_cluster, workdir):
         self.id = node_id
@@ -110,6 +114,8 @@ class Node:
         # but is not among the flags every version must have.
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAFTKV_")}
         env["RAFTKV_NAME"] = self.name
+        # raftkv serve refuses an unauthenticated peer port.
+        env["RAFTKV_PEER_SECRET"] = PEER_SECRET
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
