@@ -67,14 +67,20 @@ struct Holding {
     members: Membership,
 }
 
-fn holding(dir: &Path) -> anyhow::Result<Holding> {
+/// The log of a stopped node, opened as the node it belongs to.
+fn open_stopped(dir: &Path) -> anyhow::Result<LogStore> {
     let identity = LogStore::identity_of(dir).with_context(|| {
         format!(
             "{}: cannot read the log (is the node stopped?)",
             dir.display()
         )
     })?;
-    let log = LogStore::open(dir, identity)?;
+    Ok(LogStore::open(dir, identity)?)
+}
+
+fn holding(dir: &Path) -> anyhow::Result<Holding> {
+    let log = open_stopped(dir)?;
+    let identity = log.identity();
     let last_index = log.last_index()?;
     let last_term = log.term(last_index)?;
     let applied = if dir.join(KV_FILE).exists() {
@@ -168,13 +174,8 @@ async fn answers(url: &str, within: Duration) -> bool {
 }
 
 async fn force_new_cluster(dir: &Path, probe_timeout: Duration) -> anyhow::Result<()> {
-    let identity = LogStore::identity_of(dir).with_context(|| {
-        format!(
-            "{}: cannot read the log (is the node stopped?)",
-            dir.display()
-        )
-    })?;
-    let log = LogStore::open(dir, identity)?;
+    let log = open_stopped(dir)?;
+    let identity = log.identity();
     let me = identity.node_id;
     let in_force = log.membership_at(log.stored_commit())?;
     if !in_force.is_voter(me) {

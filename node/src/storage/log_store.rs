@@ -173,21 +173,7 @@ impl LogStore {
             .open(&path)
             .map_err(db_err(&path, "open"))?;
         let txn = db.begin_read().map_err(db_err(&path, "begin read"))?;
-        let not_a_store = |missing| StoreError::NotAStore {
-            file: path.clone(),
-            kind: "log",
-            missing,
-        };
-        let meta = match txn.open_table(META) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Err(not_a_store("meta table")),
-            Err(e) => return Err(db_err(&path, "open meta")(e)),
-        };
-        let id = meta
-            .get(KEY_IDENTITY)
-            .map_err(db_err(&path, "read identity"))?
-            .ok_or_else(|| not_a_store("identity record"))?;
-        let id = codec::decode_identity(id.value()).map_err(corrupt(&path, "identity"))?;
+        let id = stored_identity(&open_meta(&txn, &path)?, &path)?;
         Ok(Identity {
             cluster_id: id.cluster_id,
             node_id: NodeId(id.node_id),
@@ -758,23 +744,37 @@ impl Storage for LogStore {
 }
 
 /// Reads and checks what an opened file holds.
-fn load(db: &Database, path: &Path, identity: Identity) -> Result<Cached, StoreError> {
-    let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
-    let not_a_store = |missing| StoreError::NotAStore {
+fn not_a_store(path: &Path, missing: &'static str) -> StoreError {
+    StoreError::NotAStore {
         file: path.to_path_buf(),
         kind: "log",
         missing,
-    };
-    let meta = match txn.open_table(META) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Err(not_a_store("meta table")),
-        Err(e) => return Err(db_err(path, "open meta")(e)),
-    };
+    }
+}
+
+type MetaTable = redb::ReadOnlyTable<&'static str, &'static [u8]>;
+
+fn open_meta(txn: &redb::ReadTransaction, path: &Path) -> Result<MetaTable, StoreError> {
+    match txn.open_table(META) {
+        Ok(t) => Ok(t),
+        Err(redb::TableError::TableDoesNotExist(_)) => Err(not_a_store(path, "meta table")),
+        Err(e) => Err(db_err(path, "open meta")(e)),
+    }
+}
+
+/// The identity record every log store has from its creation on.
+fn stored_identity(meta: &MetaTable, path: &Path) -> Result<StoredIdentity, StoreError> {
     let id = meta
         .get(KEY_IDENTITY)
         .map_err(db_err(path, "read identity"))?
-        .ok_or_else(|| not_a_store("identity record"))?;
-    let id = codec::decode_identity(id.value()).map_err(corrupt(path, "identity"))?;
+        .ok_or_else(|| not_a_store(path, "identity record"))?;
+    codec::decode_identity(id.value()).map_err(corrupt(path, "identity"))
+}
+
+fn load(db: &Database, path: &Path, identity: Identity) -> Result<Cached, StoreError> {
+    let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
+    let meta = open_meta(&txn, path)?;
+    let id = stored_identity(&meta, path)?;
     if id.format_version != LOG_FORMAT_VERSION {
         return Err(StoreError::UnknownFormat {
             file: path.to_path_buf(),
