@@ -32,6 +32,7 @@ async fn three_nodes(dir: &std::path::Path) -> Vec<RunningNode> {
             max_key_bytes: 64,
             max_value_bytes: 1024,
             max_txn_ops: 16,
+            ..Limits::default()
         },
     )
     .await
@@ -200,6 +201,7 @@ async fn a_large_forwarded_read_succeeds_alongside_forwarded_writes() {
             max_key_bytes: 64,
             max_value_bytes: 1 << 20,
             max_txn_ops: 16,
+            ..Limits::default()
         },
     )
     .await;

@@ -127,6 +127,7 @@ async fn start_cluster(dir: &Path, mode: Mode) -> Cluster {
                 max_key_bytes: 64,
                 max_value_bytes: 1024,
                 max_txn_ops: 16,
+                ..Limits::default()
             },
             snapshot_policy: SnapshotPolicy::default(),
             kv_cache_bytes: 16 << 20,

@@ -234,6 +234,7 @@ fn malformed_commands_are_rejected_and_the_log_moves_on() {
         max_key_bytes: 4,
         max_value_bytes: 8,
         max_txn_ops: 2,
+        ..Limits::default()
     };
     let store = KvStore::open(dir.path(), limits).unwrap();
     let garbage = Entry {
@@ -288,6 +289,7 @@ fn size_limits_are_not_re_checked_at_apply() {
         max_key_bytes: 4,
         max_value_bytes: 8,
         max_txn_ops: 2,
+        ..Limits::default()
     };
     let store = KvStore::open(dir.path(), small).unwrap();
     let out = store

@@ -252,6 +252,8 @@ impl Model {
                 self.compacted = *revision;
                 ApplyOutcome::Compact { revision: current }
             }
+            // Alarms do not touch the keyspace; the generator makes none.
+            Op::Alarm { .. } => panic!("the model does not generate alarm commands"),
         }
     }
 

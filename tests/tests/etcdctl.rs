@@ -337,3 +337,74 @@ async fn etcdctl_reads_past_revisions_compacts_and_sorts_like_etcd() -> anyhow::
     // Dropping the cluster stops its processes.
     Ok(())
 }
+
+/// Runs etcdctl and returns its exit status, standard output and error.
+fn etcdctl_outcome(endpoints: &str, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            endpoints,
+            "--dial-timeout=5s",
+            "--command-timeout=10s",
+        ])
+        .args(args)
+        .output()
+        .context("etcdctl must be installed (.ci/install installs etcd-client)")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+/// Over its backend quota, the leader raises NOSPACE through the log: every
+/// member lists it and refuses writes; reads and deletes still work, and
+/// once disarmed writes pass again (here the quota is 1 byte, so the next
+/// write raises the alarm again, as in etcd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_sees_nospace_raised_by_the_quota_and_disarms_it() -> anyhow::Result<()> {
+    let c = Cluster::start(
+        3,
+        Options {
+            extra_args: vec!["--quota-backend-bytes".into(), "1".into()],
+            ..Options::default()
+        },
+    )?;
+    let leader = c.wait_leader(Duration::from_secs(20)).await?;
+    let follower = c.nodes.iter().map(|n| n.id).find(|id| *id != leader);
+    let (el, ef) = (client(&c, leader), client(&c, follower.unwrap_or(leader)));
+    let (ok, out, err) = etcdctl_outcome(&el, &["alarm", "list"])?;
+    assert!(ok && out.is_empty(), "{out} {err}");
+
+    let (ok, _, err) = etcdctl_outcome(&ef, &["put", "k", "v"])?;
+    assert!(!ok, "a write over the quota must be refused");
+    assert!(
+        err.contains("etcdserver: mvcc: database space exceeded"),
+        "{err}"
+    );
+    let expected = format!("memberID:{leader} alarm:NOSPACE");
+    for id in [1, 2, 3] {
+        let e = client(&c, id);
+        let (ok, out, err) = etcdctl_outcome(&e, &["alarm", "list"])?;
+        assert!(ok, "{err}");
+        assert_eq!(out.trim(), expected, "member {id}");
+    }
+    // Status lists the alarm among its errors.
+    let status = etcdctl(&ef, &["endpoint", "status", "-w", "json"], "")?;
+    let v: serde_json::Value = serde_json::from_str(&status)?;
+    assert_eq!(v[0]["Status"]["errors"][0], expected.as_str(), "{status}");
+    // Reads and deletes are not refused.
+    assert_eq!(etcdctl(&ef, &["get", "k"], "")?, "");
+    assert_eq!(etcdctl(&ef, &["del", "k"], "")?.trim(), "0");
+
+    let disarmed = etcdctl(&ef, &["alarm", "disarm"], "")?;
+    assert_eq!(disarmed.trim(), expected);
+    let (ok, out, err) = etcdctl_outcome(&el, &["alarm", "list"])?;
+    assert!(ok && out.is_empty(), "{out} {err}");
+    // Still over the quota: the next write raises the alarm again.
+    let (ok, _, err) = etcdctl_outcome(&el, &["put", "k", "v"])?;
+    assert!(!ok && err.contains("database space exceeded"), "{err}");
+    assert_eq!(etcdctl(&el, &["alarm", "list"], "")?.trim(), expected);
+    Ok(())
+}

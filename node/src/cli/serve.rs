@@ -20,7 +20,9 @@ use crate::server::{
     Bootstrap, MemberInfo, NodeConfig, cluster_id_of_token, start, validate_member_url,
 };
 use crate::server::{PeerSecret, PeerSecurity};
-use crate::storage::{DEFAULT_KV_CACHE_BYTES, Disk, Limits, SnapshotPolicy};
+use crate::storage::{
+    DEFAULT_KV_CACHE_BYTES, DEFAULT_QUOTA_BACKEND_BYTES, Disk, Limits, SnapshotPolicy,
+};
 use crate::tls::reload::KeyPairFiles;
 use crate::tls::{ClientTls, ServerTls};
 
@@ -89,6 +91,15 @@ pub struct ServeArgs {
     /// ...keeping this many entries for followers that are a little behind.
     #[arg(long, env = "RAFTKV_SNAPSHOT_KEEP_TRAILING", default_value_t = 5_000)]
     pub snapshot_keep_trailing: u64,
+    /// The backend quota in bytes (etcd's flag): a write that arrives while
+    /// the state machine's file is larger raises the NOSPACE alarm, and
+    /// writes are refused until `etcdctl alarm disarm`. 0: no quota.
+    #[arg(
+        long,
+        env = "RAFTKV_QUOTA_BACKEND_BYTES",
+        default_value_t = DEFAULT_QUOTA_BACKEND_BYTES
+    )]
+    pub quota_backend_bytes: u64,
     /// Most operations in one transaction.
     #[arg(long, env = "RAFTKV_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
@@ -374,6 +385,7 @@ impl ServeArgs {
                 max_key_bytes: self.max_key_bytes,
                 max_value_bytes: self.max_value_bytes,
                 max_txn_ops: self.max_txn_ops,
+                quota_backend_bytes: self.quota_backend_bytes,
             },
             snapshot_policy: SnapshotPolicy {
                 every_entries: self.snapshot_every.max(1),

@@ -30,9 +30,14 @@ pub fn status_from(err: ClientError) -> Status {
             "etcdserver: another membership change is in progress; retry when it has committed",
         ),
         ClientError::FailedPrecondition(m) => Status::failed_precondition(m),
+        ClientError::NoSpace => Status::resource_exhausted(NO_SPACE),
         ClientError::Internal(m) => Status::internal(m),
     }
 }
+
+/// etcd's message for a write refused under the NOSPACE alarm (clients
+/// match on it).
+pub const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 
 /// A response header.
 pub fn header(
@@ -353,6 +358,7 @@ pub fn rejected(err: &store::KvError) -> Status {
             Status::invalid_argument(err.to_string())
         }
         E::Compacted | E::FutureRevision => Status::out_of_range(err.to_string()),
+        E::NoSpace => Status::resource_exhausted(err.to_string()),
     }
 }
 
@@ -386,7 +392,7 @@ pub fn status_response(s: &NodeStatus, member_id: u64) -> pb::StatusResponse {
         raft_index: s.commit_index,
         raft_term: s.term,
         raft_applied_index: s.applied_index,
-        errors: Vec::new(),
+        errors: s.alarms.clone(),
         db_size_in_use: to_i64(db),
         is_learner: s.role == "learner",
     }

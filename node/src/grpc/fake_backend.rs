@@ -144,6 +144,7 @@ impl Backend for FakeBackend {
             members: s.members.clone(),
             log_db_size_bytes: 1000,
             kv_db_size_bytes: 24,
+            alarms: s.kv.alarms().iter().map(ToString::to_string).collect(),
         })
     }
 

@@ -1,16 +1,19 @@
-//! etcd's `Maintenance` service, of which raftkv serves `Status` (what
-//! `etcdctl endpoint status` shows). The other calls (alarms, defragment,
-//! hashes, snapshots, move-leader, downgrade) are not declared, so the
-//! server answers them UNIMPLEMENTED.
+//! etcd's `Maintenance` service: alarms (`etcdctl alarm`, and the alarm
+//! check of `etcdctl endpoint health`), `Status` (`etcdctl endpoint
+//! status`). Calls not declared
+//! in the proto are answered UNIMPLEMENTED.
 
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
 use super::backend::Backend;
-use super::convert::{status_from, status_response};
+use super::convert::{header, rejected, status_from, status_response};
 use super::observe::Observer;
-use super::proto::etcdserverpb::{self as pb, maintenance_server::Maintenance};
+use super::proto::etcdserverpb::{
+    self as pb, alarm_request::AlarmAction as PbAction, maintenance_server::Maintenance,
+};
+use super::store::{AlarmAction, AlarmKind, ApplyOutcome, Command, Op};
 
 /// The Maintenance service over a node.
 #[derive(Debug, Clone)]
@@ -23,10 +26,87 @@ impl<B: Backend> MaintenanceService<B> {
     pub fn new(backend: B, observer: Observer) -> Self {
         MaintenanceService { backend, observer }
     }
+
+    /// Lists, raises or disarms an alarm. Every action goes through the log
+    /// (as in etcd), so a list is as fresh as a linearizable read and a
+    /// raise or disarm is decided at one index on every member.
+    async fn alarm_call(&self, r: pb::AlarmRequest) -> Result<pb::AlarmResponse, Status> {
+        let action = match PbAction::try_from(r.action) {
+            Ok(PbAction::Get) => AlarmAction::Get,
+            Ok(PbAction::Activate) => AlarmAction::Activate,
+            Ok(PbAction::Deactivate) => AlarmAction::Deactivate,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown alarm action {}",
+                    r.action
+                )));
+            }
+        };
+        let kind = match (action, AlarmKind::from_number(r.alarm)) {
+            (_, Some(kind)) => kind,
+            // A list names no alarm type.
+            (AlarmAction::Get, None) => AlarmKind::NoSpace,
+            (_, None) => {
+                return Err(Status::invalid_argument(format!(
+                    "alarm type {} cannot be raised or disarmed",
+                    r.alarm
+                )));
+            }
+        };
+        let result = self
+            .backend
+            .write(Command {
+                request_id: None,
+                op: Op::Alarm {
+                    action,
+                    member_id: r.member_id,
+                    kind,
+                },
+            })
+            .await
+            .map_err(status_from)?;
+        let (revision, alarms) = match result.outcome {
+            ApplyOutcome::Alarms { revision, alarms } => (revision, alarms),
+            ApplyOutcome::Rejected(e) => return Err(rejected(&e)),
+            other => {
+                return Err(Status::internal(format!(
+                    "an alarm command applied as {other:?}"
+                )));
+            }
+        };
+        Ok(pb::AlarmResponse {
+            header: Some(header(
+                self.backend.cluster_id(),
+                self.backend.member_id(),
+                revision,
+                result.raft_term.get(),
+            )),
+            alarms: alarms
+                .into_iter()
+                .map(|a| pb::AlarmMember {
+                    member_id: a.member_id,
+                    alarm: a.kind.number(),
+                })
+                .collect(),
+        })
+    }
 }
 
 #[tonic::async_trait]
 impl<B: Backend> Maintenance for MaintenanceService<B> {
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        let started = Instant::now();
+        let result = self
+            .alarm_call(request.into_inner())
+            .await
+            .map(Response::new);
+        self.observer.record("Alarm", started, &result);
+        result
+    }
+
     async fn status(
         &self,
         _request: Request<pb::StatusRequest>,

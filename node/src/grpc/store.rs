@@ -2,6 +2,6 @@
 //! them (one import point for the services).
 
 pub use crate::storage::{
-    ApplyOutcome, Command, Compare, CompareResult, CompareTarget, KeyValue, KvError, Op,
-    RangeRequest, RangeResult, SortOrder, SortTarget, TxnOp, TxnOpResult,
+    AlarmAction, AlarmKind, ApplyOutcome, Command, Compare, CompareResult, CompareTarget, KeyValue,
+    KvError, Op, RangeRequest, RangeResult, SortOrder, SortTarget, TxnOp, TxnOpResult,
 };

@@ -985,3 +985,168 @@ async fn every_call_is_counted_in_the_nodes_metrics() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+fn alarm(action: pb::alarm_request::AlarmAction, member_id: u64) -> pb::AlarmRequest {
+    pb::AlarmRequest {
+        action: action as i32,
+        member_id,
+        alarm: pb::AlarmType::Nospace as i32,
+    }
+}
+
+#[tokio::test]
+async fn nospace_refuses_writes_but_not_reads_deletes_or_compaction_until_disarmed() {
+    use pb::alarm_request::AlarmAction as A;
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    let mut m = MaintenanceClient::new(r.channel().await);
+    put(&mut kv, "a", "1").await;
+    put(&mut kv, "b", "2").await;
+    let none = m.alarm(alarm(A::Get, 0)).await.unwrap().into_inner();
+    assert!(none.alarms.is_empty(), "{none:?}");
+
+    let raised = m.alarm(alarm(A::Activate, 9)).await.unwrap().into_inner();
+    assert_eq!(raised.alarms.len(), 1);
+    assert_eq!(raised.header.unwrap().member_id, MEMBER_ID);
+    let listed = m.alarm(alarm(A::Get, 0)).await.unwrap().into_inner();
+    assert_eq!(
+        listed.alarms,
+        vec![pb::AlarmMember {
+            member_id: 9,
+            alarm: pb::AlarmType::Nospace as i32
+        }]
+    );
+    let status = m.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.errors, vec!["memberID:9 alarm:NOSPACE".to_string()]);
+
+    let refused = kv
+        .put(pb::PutRequest {
+            key: b("c"),
+            value: b("3"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(
+        refused.message(),
+        "etcdserver: mvcc: database space exceeded"
+    );
+    let txn_put = kv
+        .txn(pb::TxnRequest {
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: b("c"),
+                    value: b("3"),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(txn_put.code(), Code::ResourceExhausted);
+    // Reads, deletes and compaction still work: space can be freed.
+    assert_eq!(kv.range(get("a")).await.unwrap().into_inner().count, 1);
+    let deleted = kv
+        .delete_range(pb::DeleteRangeRequest {
+            key: b("a"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.deleted, 1);
+    kv.compact(pb::CompactionRequest {
+        revision: deleted.header.unwrap().revision,
+        physical: false,
+    })
+    .await
+    .unwrap();
+    assert_eq!(kv.range(get("c")).await.unwrap().into_inner().count, 0);
+
+    // Disarming another member's alarm clears nothing.
+    let other = m.alarm(alarm(A::Deactivate, 8)).await.unwrap().into_inner();
+    assert!(other.alarms.is_empty(), "{other:?}");
+    let cleared = m.alarm(alarm(A::Deactivate, 9)).await.unwrap().into_inner();
+    assert_eq!(cleared.alarms.len(), 1);
+    assert!(
+        m.alarm(alarm(A::Get, 0))
+            .await
+            .unwrap()
+            .into_inner()
+            .alarms
+            .is_empty()
+    );
+    put(&mut kv, "c", "3").await;
+    assert_eq!(kv.range(get("c")).await.unwrap().into_inner().count, 1);
+    let status = m.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert!(status.errors.is_empty(), "{:?}", status.errors);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_alarm_without_a_type_cannot_be_raised() {
+    let r = Running::start().await;
+    let mut m = MaintenanceClient::new(r.channel().await);
+    let e = m
+        .alarm(pb::AlarmRequest {
+            action: pb::alarm_request::AlarmAction::Activate as i32,
+            member_id: 1,
+            alarm: pb::AlarmType::None as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    r.shutdown().await;
+}
+
+/// Runs etcdctl against `endpoint`; returns whether it succeeded, and its
+/// standard output and error.
+async fn etcdctl_run(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .arg("--dial-timeout=5s")
+        .arg("--command-timeout=5s")
+        .args(args)
+        .output()
+        .await
+        .expect("etcdctl must be installed (.ci/install installs etcd-client)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lists_and_disarms_alarms_and_sees_the_cluster_healthy() {
+    let r = Running::start().await;
+    let endpoint = r.addr.to_string();
+    let (ok, out, err) = etcdctl_run(&endpoint, &["alarm", "list"]).await;
+    assert!(ok && out.is_empty(), "{out} {err}");
+    let (ok, _, err) = etcdctl_run(&endpoint, &["endpoint", "health"]).await;
+    assert!(ok, "{err}");
+    assert!(err.contains("is healthy"), "{err}");
+
+    let mut m = MaintenanceClient::new(r.channel().await);
+    m.alarm(alarm(pb::alarm_request::AlarmAction::Activate, 9))
+        .await
+        .unwrap();
+    let (ok, out, err) = etcdctl_run(&endpoint, &["alarm", "list"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "memberID:9 alarm:NOSPACE");
+    let (ok, _, err) = etcdctl_run(&endpoint, &["put", "k", "v"]).await;
+    assert!(!ok);
+    assert!(err.contains("database space exceeded"), "{err}");
+    let (ok, out, err) = etcdctl_run(&endpoint, &["alarm", "disarm"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "memberID:9 alarm:NOSPACE");
+    let (ok, out, err) = etcdctl_run(&endpoint, &["alarm", "list"]).await;
+    assert!(ok && out.is_empty(), "{out} {err}");
+    let (ok, out, err) = etcdctl_run(&endpoint, &["put", "k", "v"]).await;
+    assert!(ok && out.trim() == "OK", "{out} {err}");
+    r.shutdown().await;
+}

@@ -273,7 +273,9 @@ pub fn revision_and_deleted(outcome: &ApplyOutcome) -> (i64, u64) {
         ApplyOutcome::Delete {
             revision, deleted, ..
         } => (*revision, *deleted),
-        ApplyOutcome::Txn { revision, .. } | ApplyOutcome::Compact { revision } => (*revision, 0),
+        ApplyOutcome::Txn { revision, .. }
+        | ApplyOutcome::Compact { revision }
+        | ApplyOutcome::Alarms { revision, .. } => (*revision, 0),
         ApplyOutcome::Rejected(_) => (0, 0),
     }
 }

@@ -26,7 +26,9 @@ use crate::server::peer_proto as pb;
 use crate::server::peer_proto::peer_client::PeerClient;
 use crate::server::transport::{MAX_PEER_MESSAGE_BYTES, normalize_url};
 use crate::server::{ClientError, MemberStatus, ReadResult, WriteResult, validate_member_url};
-use crate::storage::{ApplyOutcome, Command, KeyValue, RangeRequest, RangeResult, TxnOpResult};
+use crate::storage::{
+    Alarm, AlarmKind, ApplyOutcome, Command, KeyValue, RangeRequest, RangeResult, TxnOpResult,
+};
 use crate::tls::connect::Connector;
 
 /// The forwarded form of a [`WriteResult`].
@@ -36,7 +38,7 @@ struct WireWrite {
     raft_term: u64,
     #[prost(int64, tag = "2")]
     revision: i64,
-    /// 1 = put, 2 = delete, 3 = txn, 4 = compact.
+    /// 1 = put, 2 = delete, 3 = txn, 4 = compact, 5 = alarm.
     #[prost(uint32, tag = "3")]
     kind: u32,
     #[prost(message, optional, tag = "4")]
@@ -49,6 +51,17 @@ struct WireWrite {
     succeeded: bool,
     #[prost(message, repeated, tag = "8")]
     responses: Vec<WireTxnOpResult>,
+    /// The alarm list: (member, etcd alarm type) pairs.
+    #[prost(message, repeated, tag = "9")]
+    alarms: Vec<WireAlarm>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireAlarm {
+    #[prost(uint64, tag = "1")]
+    member_id: u64,
+    #[prost(int32, tag = "2")]
+    kind: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -114,6 +127,17 @@ fn write_to_wire(w: WriteResult) -> Result<WireWrite, ClientError> {
         ApplyOutcome::Compact { revision } => {
             out.kind = 4;
             out.revision = revision;
+        }
+        ApplyOutcome::Alarms { revision, alarms } => {
+            out.kind = 5;
+            out.revision = revision;
+            out.alarms = alarms
+                .into_iter()
+                .map(|a| WireAlarm {
+                    member_id: a.member_id,
+                    kind: a.kind.number(),
+                })
+                .collect();
         }
         ApplyOutcome::Rejected(e) => return Err(crate::server::kv_error(e)),
     }
@@ -190,6 +214,21 @@ fn write_from_wire(w: WireWrite) -> Result<WriteResult, ClientError> {
         },
         4 => ApplyOutcome::Compact {
             revision: w.revision,
+        },
+        5 => ApplyOutcome::Alarms {
+            revision: w.revision,
+            alarms: w
+                .alarms
+                .iter()
+                .map(|a| {
+                    AlarmKind::from_number(a.kind)
+                        .map(|kind| Alarm {
+                            member_id: a.member_id,
+                            kind,
+                        })
+                        .ok_or_else(|| bad("alarm", format!("unknown type {}", a.kind)))
+                })
+                .collect::<Result<_, _>>()?,
         },
         k => return Err(bad("write result", format!("unknown kind {k}"))),
     };
@@ -386,6 +425,7 @@ fn error_from_code(code: &str, message: String) -> ClientError {
         "membership_change_in_progress" => ClientError::MembershipChangeInProgress,
         "failed_precondition" => ClientError::FailedPrecondition(message),
         "unavailable" => ClientError::Unavailable(message),
+        "no_space" => ClientError::NoSpace,
         _ => ClientError::Internal(message),
     }
 }

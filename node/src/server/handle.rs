@@ -53,6 +53,10 @@ pub enum ClientError {
     /// The node is shutting down or overloaded (503).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A write while the NOSPACE alarm is raised: the backend quota was
+    /// exceeded; free space (delete, compact, defragment) and disarm (507).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     /// A bug or a storage failure (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,6 +72,7 @@ impl ClientError {
             ClientError::TooLarge(_) | ClientError::ResponseTooLarge(_) => 413,
             ClientError::NoLeader | ClientError::Timeout | ClientError::Unavailable(_) => 503,
             ClientError::Internal(_) => 500,
+            ClientError::NoSpace => 507,
         }
     }
 
@@ -85,6 +90,7 @@ impl ClientError {
             ClientError::FailedPrecondition(_) => "failed_precondition",
             ClientError::Unavailable(_) => "unavailable",
             ClientError::Internal(_) => "internal",
+            ClientError::NoSpace => "no_space",
         }
     }
 }
@@ -151,6 +157,10 @@ pub struct NodeStatus {
     pub log_db_size_bytes: u64,
     /// Size in bytes of the key-value database.
     pub kv_db_size_bytes: u64,
+    /// The raised alarms (replicated state), as etcd names them:
+    /// `memberID:<id> alarm:NOSPACE`.
+    #[serde(default)]
+    pub alarms: Vec<String>,
 }
 
 /// A member to add (always as a learner first).

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::error::DecodeError;
+use super::outcome::AlarmKind;
 
 /// A client-chosen idempotency key: a command that carries one and was
 /// already applied is answered with its original outcome instead of being
@@ -64,6 +65,25 @@ pub enum Op {
     /// it fail as compacted from the moment it applies; the superseded
     /// versions are deleted in bounded steps over the following entries.
     Compact { revision: i64 },
+    /// Lists, raises or disarms an alarm (etcd's Alarm call). Alarms are
+    /// replicated state: a member raises one by proposing it, and every
+    /// member applies it at the same index.
+    Alarm {
+        action: AlarmAction,
+        /// The member the alarm is about (ignored by `Get`).
+        member_id: u64,
+        /// What the alarm is about (ignored by `Get`).
+        kind: AlarmKind,
+    },
+}
+
+/// What an [`Op::Alarm`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlarmAction {
+    /// Only answers the alarm list.
+    Get,
+    Activate,
+    Deactivate,
 }
 
 /// A condition of a transaction. Over a range (non-empty `range_end`), every
@@ -196,7 +216,7 @@ impl RangeRequest {
 struct WireCommand {
     #[prost(message, optional, tag = "1")]
     request_id: Option<RequestId>,
-    #[prost(oneof = "WireOp", tags = "2, 3, 4, 5")]
+    #[prost(oneof = "WireOp", tags = "2, 3, 4, 5, 6")]
     op: Option<WireOp>,
 }
 
@@ -210,6 +230,20 @@ enum WireOp {
     Txn(WireTxn),
     #[prost(message, tag = "5")]
     Compact(WireCompact),
+    #[prost(message, tag = "6")]
+    Alarm(WireAlarm),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireAlarm {
+    /// 0 get, 1 activate, 2 deactivate (etcd's numbers).
+    #[prost(uint32, tag = "1")]
+    action: u32,
+    #[prost(uint64, tag = "2")]
+    member_id: u64,
+    /// etcd's alarm type number.
+    #[prost(int32, tag = "3")]
+    kind: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -298,6 +332,28 @@ enum WireTxnOpKind {
 const WHAT: &str = "command";
 
 impl Op {
+    /// Whether this operation stores data (a put anywhere in it): what the
+    /// NOSPACE alarm refuses. Deletes and compactions are not, so that
+    /// space can still be freed.
+    pub fn adds_data(&self) -> bool {
+        fn any_put(ops: &[TxnOp]) -> bool {
+            ops.iter().any(|op| match op {
+                TxnOp::Put { .. } => true,
+                TxnOp::Txn {
+                    success, failure, ..
+                } => any_put(success) || any_put(failure),
+                TxnOp::Range(_) | TxnOp::DeleteRange { .. } => false,
+            })
+        }
+        match self {
+            Op::Put { .. } => true,
+            Op::Txn {
+                success, failure, ..
+            } => any_put(success) || any_put(failure),
+            Op::DeleteRange { .. } | Op::Compact { .. } | Op::Alarm { .. } => false,
+        }
+    }
+
     /// A checksum of what this operation does, kept with a client's last
     /// request so that a retry can be told from a different command that
     /// reuses its sequence number. Stable across versions: it covers the
@@ -348,6 +404,19 @@ impl Command {
             Op::Compact { revision } => WireOp::Compact(WireCompact {
                 revision: *revision,
             }),
+            Op::Alarm {
+                action,
+                member_id,
+                kind,
+            } => WireOp::Alarm(WireAlarm {
+                action: match action {
+                    AlarmAction::Get => 0,
+                    AlarmAction::Activate => 1,
+                    AlarmAction::Deactivate => 2,
+                },
+                member_id: *member_id,
+                kind: kind.number(),
+            }),
         };
         Bytes::from(
             WireCommand {
@@ -385,6 +454,31 @@ impl Command {
             }
             Some(WireOp::Compact(c)) => Op::Compact {
                 revision: c.revision,
+            },
+            Some(WireOp::Alarm(a)) => Op::Alarm {
+                action: match a.action {
+                    0 => AlarmAction::Get,
+                    1 => AlarmAction::Activate,
+                    2 => AlarmAction::Deactivate,
+                    _ => {
+                        return Err(DecodeError::Missing {
+                            what: WHAT,
+                            field: "alarm action",
+                        });
+                    }
+                },
+                member_id: a.member_id,
+                kind: match AlarmKind::from_number(a.kind) {
+                    Some(kind) => kind,
+                    // A list names no alarm type (etcd sends NONE).
+                    None if a.action == 0 => AlarmKind::NoSpace,
+                    None => {
+                        return Err(DecodeError::Missing {
+                            what: WHAT,
+                            field: "alarm type",
+                        });
+                    }
+                },
             },
             None => {
                 return Err(DecodeError::Missing {
@@ -645,6 +739,22 @@ mod tests {
             Command {
                 request_id: None,
                 op: Op::Compact { revision: 42 },
+            },
+            Command {
+                request_id: None,
+                op: Op::Alarm {
+                    action: AlarmAction::Activate,
+                    member_id: 7,
+                    kind: AlarmKind::NoSpace,
+                },
+            },
+            Command {
+                request_id: None,
+                op: Op::Alarm {
+                    action: AlarmAction::Deactivate,
+                    member_id: 7,
+                    kind: AlarmKind::Corrupt,
+                },
             },
         ];
         for c in cmds {

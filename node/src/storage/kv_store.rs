@@ -38,13 +38,15 @@ use redb::{
 };
 
 use super::codec;
-use super::command::{Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, TxnOp};
+use super::command::{
+    AlarmAction, Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, TxnOp,
+};
 use super::disk::Disk;
 use super::error::{DecodeError, StoreError, corrupt, db_err};
 use super::mvcc::{CHANGES, HISTORY, compaction, range};
 use super::outcome::{
-    ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult, decode_client_record,
-    encode_client_record,
+    Alarm, AlarmKind, ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult,
+    decode_client_record, encode_client_record,
 };
 use crate::raft::{Entry, EntryPayload, LogIndex, Membership, SnapshotMeta, Term};
 
@@ -58,6 +60,8 @@ pub const KV_STAGING_FILE: &str = "kv.redb.staging";
 pub const KV_FORMAT_VERSION: u64 = 2;
 /// How many applied entries may be held by non-durable commits at most.
 pub const DURABLE_EVERY_ENTRIES: u64 = 1024;
+/// The backend quota unless configured otherwise: etcd's default, 2 GiB.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 << 30;
 
 pub(crate) const KV: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("kv");
 pub(crate) const CLIENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("clients");
@@ -73,6 +77,10 @@ pub struct Limits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub max_txn_ops: usize,
+    /// The backend quota (etcd's `--quota-backend-bytes`): a write that
+    /// arrives while the state machine's file is larger raises the NOSPACE
+    /// alarm and is refused. 0: no quota.
+    pub quota_backend_bytes: u64,
 }
 
 impl Default for Limits {
@@ -81,6 +89,7 @@ impl Default for Limits {
             max_key_bytes: 1536,
             max_value_bytes: 1536 * 1024,
             max_txn_ops: 128,
+            quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
         }
     }
 }
@@ -142,7 +151,7 @@ impl Limits {
                 success,
                 failure,
             } => txn_keys_present(compares, success, failure),
-            Op::Compact { .. } => Ok(()),
+            Op::Compact { .. } | Op::Alarm { .. } => Ok(()),
         }
     }
 
@@ -161,7 +170,7 @@ impl Limits {
                 success,
                 failure,
             } => self.txn(compares, success, failure),
-            Op::Compact { .. } => Ok(()),
+            Op::Compact { .. } | Op::Alarm { .. } => Ok(()),
         }
     }
 
@@ -287,6 +296,20 @@ pub(crate) struct StoredState {
     pub purge_sub: u32,
     #[prost(bool, tag = "9")]
     pub purge_done: bool,
+    /// The raised alarms, in order (absent in files written before alarms
+    /// existed: none raised).
+    #[prost(message, repeated, tag = "10")]
+    pub alarms: Vec<StoredAlarm>,
+}
+
+/// One raised alarm in the state record.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct StoredAlarm {
+    #[prost(uint64, tag = "1")]
+    pub member_id: u64,
+    /// etcd's alarm type number.
+    #[prost(int32, tag = "2")]
+    pub kind: i32,
 }
 
 /// What the state machine is at, decoded.
@@ -297,6 +320,8 @@ pub(crate) struct KvState {
     pub revision: i64,
     pub membership: Membership,
     pub compaction: compaction::Progress,
+    /// The raised alarms, sorted and without duplicates.
+    pub alarms: Vec<Alarm>,
 }
 
 impl KvState {
@@ -325,6 +350,14 @@ impl KvState {
             purge_revision: self.compaction.cursor.0,
             purge_sub: self.compaction.cursor.1,
             purge_done: self.compaction.done,
+            alarms: self
+                .alarms
+                .iter()
+                .map(|a| StoredAlarm {
+                    member_id: a.member_id,
+                    kind: a.kind.number(),
+                })
+                .collect(),
         }
         .encode_to_vec()
     }
@@ -338,7 +371,21 @@ impl KvState {
         if s.format_version != KV_FORMAT_VERSION {
             return Ok(Err(s.format_version));
         }
+        let mut alarms = Vec::with_capacity(s.alarms.len());
+        for a in &s.alarms {
+            let kind = AlarmKind::from_number(a.kind).ok_or(DecodeError::Missing {
+                what: "state machine state",
+                field: "alarm type",
+            })?;
+            alarms.push(Alarm {
+                member_id: a.member_id,
+                kind,
+            });
+        }
+        alarms.sort_unstable();
+        alarms.dedup();
         Ok(Ok(KvState {
+            alarms,
             applied_index: LogIndex(s.applied_index),
             applied_term: Term(s.applied_term),
             revision: s.revision,
@@ -349,6 +396,11 @@ impl KvState {
                 done: s.purge_done,
             },
         }))
+    }
+
+    /// Whether writes are refused: some member raised NOSPACE.
+    pub(crate) fn no_space(&self) -> bool {
+        self.alarms.iter().any(|a| a.kind == AlarmKind::NoSpace)
     }
 
     pub(crate) fn meta(&self) -> SnapshotMeta {
@@ -778,6 +830,11 @@ impl KvStore {
         Ok((hash, at))
     }
 
+    /// The raised alarms, as last applied.
+    pub fn alarms(&self) -> Vec<Alarm> {
+        self.with_state(|s| s.alarms.clone())
+    }
+
     /// The compacted revision: reads below it fail.
     pub fn compacted_revision(&self) -> i64 {
         self.with_state(|s| s.compaction.compacted)
@@ -1076,6 +1133,12 @@ impl<'t> Exec<'t> {
         state: &mut KvState,
     ) -> Result<Result<ApplyOutcome, KvError>, StoreError> {
         let next = state.revision + 1;
+        // Like etcd's capped applier: while NOSPACE is raised, nothing that
+        // adds data applies; reads, deletes and compaction still do, so
+        // that space can be freed.
+        if state.no_space() && op.adds_data() {
+            return Ok(Err(KvError::NoSpace));
+        }
         Ok(Ok(match op {
             Op::Put {
                 key,
@@ -1157,6 +1220,32 @@ impl<'t> Exec<'t> {
                 state.compaction = compaction::Progress::start(revision);
                 ApplyOutcome::Compact {
                     revision: state.revision,
+                }
+            }
+            Op::Alarm {
+                action,
+                member_id,
+                kind,
+            } => {
+                // As etcd answers: a list gives every alarm, a raise the
+                // alarm raised, a disarm the alarm it cleared (if any).
+                let alarm = Alarm { member_id, kind };
+                let alarms = match action {
+                    AlarmAction::Get => state.alarms.clone(),
+                    AlarmAction::Activate => {
+                        if let Err(at) = state.alarms.binary_search(&alarm) {
+                            state.alarms.insert(at, alarm);
+                        }
+                        vec![alarm]
+                    }
+                    AlarmAction::Deactivate => match state.alarms.binary_search(&alarm) {
+                        Ok(at) => vec![state.alarms.remove(at)],
+                        Err(_) => Vec::new(),
+                    },
+                };
+                ApplyOutcome::Alarms {
+                    revision: state.revision,
+                    alarms,
                 }
             }
         }))

@@ -91,6 +91,10 @@ pub enum KvError {
     /// `ignore_value` with a value.
     #[error("etcdserver: value is provided")]
     ValueProvided,
+    /// A write while the NOSPACE alarm is raised (the backend quota was
+    /// exceeded): refused until the alarm is disarmed.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error(
         "request {seq} of client {client_id} is older than its last applied request {last_seq}"
     )]
@@ -131,7 +135,65 @@ pub enum ApplyOutcome {
     Compact {
         revision: i64,
     },
+    /// The answer to an alarm command: for a list every raised alarm, for
+    /// a raise the alarm, for a disarm the alarm cleared (none if it was
+    /// not raised); `revision` is the store's revision.
+    Alarms {
+        revision: i64,
+        alarms: Vec<Alarm>,
+    },
     Rejected(KvError),
+}
+
+/// What an alarm is about (etcd's `AlarmType`; the numbers are etcd's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AlarmKind {
+    /// The backend quota (`--quota-backend-bytes`) was exceeded: writes
+    /// are refused until the alarm is disarmed.
+    NoSpace = 1,
+    /// A member found its state machine inconsistent with the others.
+    Corrupt = 2,
+}
+
+impl AlarmKind {
+    /// etcd's wire number of the alarm type.
+    pub fn number(self) -> i32 {
+        self as i32
+    }
+
+    /// The alarm type of an etcd wire number; `None` for NONE (0) or
+    /// unknown numbers.
+    pub fn from_number(n: i32) -> Option<AlarmKind> {
+        match n {
+            1 => Some(AlarmKind::NoSpace),
+            2 => Some(AlarmKind::Corrupt),
+            _ => None,
+        }
+    }
+
+    /// etcd's name for the alarm (what `etcdctl alarm list` prints).
+    pub fn name(self) -> &'static str {
+        match self {
+            AlarmKind::NoSpace => "NOSPACE",
+            AlarmKind::Corrupt => "CORRUPT",
+        }
+    }
+}
+
+/// One raised alarm: which member raised it, and what about. Ordered by
+/// member, then kind, which is the order alarm lists are kept in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Alarm {
+    pub member_id: u64,
+    pub kind: AlarmKind,
+}
+
+/// etcd's rendering, which `Maintenance.Status` lists as an error:
+/// `memberID:<id> alarm:NOSPACE`.
+impl std::fmt::Display for Alarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "memberID:{} alarm:{}", self.member_id, self.kind.name())
+    }
 }
 
 // ---- stored form (only accepted outcomes are stored) ------------------------
@@ -256,7 +318,9 @@ pub(crate) fn encode_client_record(
             StoredKind::Txn(stored_txn(*succeeded, responses)),
         ),
         ApplyOutcome::Compact { revision } => (*revision, StoredKind::Compact(StoredCompact {})),
-        ApplyOutcome::Rejected(_) => return None,
+        // Alarm commands are idempotent and carry no request id; their
+        // answer is not remembered.
+        ApplyOutcome::Alarms { .. } | ApplyOutcome::Rejected(_) => return None,
     };
     Some(
         StoredClient {

@@ -13,6 +13,7 @@
 //! `status.rs` holds what the driver publishes about itself: metrics, the
 //! health view and `/v1/status`.
 
+mod quota;
 mod status;
 
 use status::member_status;
@@ -146,6 +147,8 @@ pub(crate) struct Driver {
     peer_hints: HashMap<NodeId, String>,
     /// Client URLs members told us (the configuration may lack them).
     client_urls: HashMap<NodeId, String>,
+    /// The state machine's file size when last looked at (for the quota).
+    kv_file_bytes: u64,
 }
 
 impl std::fmt::Debug for Driver {
@@ -189,6 +192,7 @@ impl Driver {
             unreachable: Vec::new(),
             peer_hints: HashMap::new(),
             client_urls: HashMap::new(),
+            kv_file_bytes: 0,
         }
     }
 
@@ -343,7 +347,10 @@ impl Driver {
     fn on_request(&mut self, req: Request, batch: &mut Batch) {
         match req {
             Request::Write { cmd, reply } => {
-                if let Err(e) = self.check_command(&cmd) {
+                if let Err(e) = self
+                    .check_command(&cmd)
+                    .and_then(|()| self.check_quota(&cmd, batch))
+                {
                     let _ = reply.send(Err(e.into()));
                     return;
                 }
@@ -985,6 +992,7 @@ pub(crate) fn kv_error(e: KvError) -> ClientError {
         | KvError::KeyNotFound
         | KvError::ValueProvided => ClientError::InvalidArgument(e.to_string()),
         KvError::Compacted | KvError::FutureRevision => ClientError::OutOfRange(e.to_string()),
+        KvError::NoSpace => ClientError::NoSpace,
         KvError::IdempotencyConflict { .. } => ClientError::FailedPrecondition(e.to_string()),
     }
 }

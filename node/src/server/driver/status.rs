@@ -47,7 +47,8 @@ impl Driver {
         });
     }
 
-    pub(super) fn publish_sizes(&self) {
+    pub(super) fn publish_sizes(&mut self) {
+        self.kv_file_bytes = file_size(self.kv.path());
         self.metrics
             .db_size_bytes
             .with_label_values(&["log"])
@@ -55,7 +56,7 @@ impl Driver {
         self.metrics
             .db_size_bytes
             .with_label_values(&["kv"])
-            .set(file_size(self.kv.path()) as i64);
+            .set(self.kv_file_bytes as i64);
     }
 
     pub(super) fn status(&self) -> NodeStatus {
@@ -111,6 +112,7 @@ impl Driver {
             members,
             log_db_size_bytes: file_size(self.node.storage().path()),
             kv_db_size_bytes: file_size(self.kv.path()),
+            alarms: self.kv.alarms().iter().map(ToString::to_string).collect(),
         }
     }
 }
