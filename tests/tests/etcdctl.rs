@@ -408,3 +408,56 @@ async fn etcdctl_sees_nospace_raised_by_the_quota_and_disarms_it() -> anyhow::Re
     assert_eq!(etcdctl(&el, &["alarm", "list"], "")?.trim(), expected);
     Ok(())
 }
+
+/// HashKV as a cross-member consistency check: after writes, rewrites,
+/// deletes and a compaction, every member gives the same hash at the same
+/// revision, and a member's hash at a revision does not change with later
+/// writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_hashes_the_same_history_at_a_revision() -> anyhow::Result<()> {
+    let c = Cluster::start(3, Options::default())?;
+    c.wait_leader(Duration::from_secs(20)).await?;
+    let e1 = client(&c, 1);
+    for i in 0..20 {
+        etcdctl(&e1, &["put", &format!("/h/{}", i % 7), &i.to_string()], "")?;
+    }
+    etcdctl(&e1, &["del", "/h/3"], "")?;
+    etcdctl(&e1, &["compaction", "10"], "")?;
+    let put = etcdctl(&e1, &["put", "-w", "json", "/h/last", "x"], "")?;
+    let revision = serde_json::from_str::<serde_json::Value>(&put)?["header"]["revision"]
+        .as_i64()
+        .context("put answer without a revision")?;
+    let hash_of = |id: u64, rev: i64| -> Option<(u64, i64)> {
+        let out = etcdctl(
+            &client(&c, id),
+            &["endpoint", "hashkv", &format!("--rev={rev}"), "-w", "json"],
+            "",
+        )
+        .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        Some((
+            v[0]["HashKV"]["hash"].as_u64()?,
+            v[0]["HashKV"]["compact_revision"].as_i64()?,
+        ))
+    };
+    let mut hashes = Vec::new();
+    for id in [1, 2, 3] {
+        // A follower may not have applied `revision` yet.
+        let h = Cluster::eventually(
+            Duration::from_secs(10),
+            &format!("member {id}'s hash at {revision}"),
+            || async { hash_of(id, revision) },
+        )
+        .await?;
+        hashes.push(h);
+    }
+    assert_eq!(hashes[0].1, 10, "the compacted revision: {hashes:?}");
+    assert!(
+        hashes.iter().all(|h| *h == hashes[0]),
+        "members disagree: {hashes:?}"
+    );
+    etcdctl(&e1, &["put", "/h/after", "y"], "")?;
+    assert_eq!(hash_of(1, revision), Some(hashes[0]));
+    assert_ne!(hash_of(1, revision - 1).map(|h| h.0), Some(hashes[0].0));
+    Ok(())
+}

@@ -6,8 +6,8 @@ use std::future::Future;
 
 use crate::raft::NodeId;
 use crate::server::{
-    ClientError, Consistency, MemberStatus, NewMember, NodeHandle, NodeStatus, ReadResult,
-    WriteResult,
+    ClientError, Consistency, HashKvResult, MemberStatus, NewMember, NodeHandle, NodeStatus,
+    ReadResult, WriteResult,
 };
 
 use super::store::{Command, RangeRequest};
@@ -28,6 +28,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<ReadResult, ClientError>> + Send;
     /// This node's view of itself and the cluster.
     fn status(&self) -> impl Future<Output = Result<NodeStatus, ClientError>> + Send;
+    /// This member's checksum of its history up to `revision` (0: now).
+    fn hash_kv(
+        &self,
+        revision: i64,
+    ) -> impl Future<Output = Result<HashKvResult, ClientError>> + Send;
     /// Adds a learner.
     fn add_learner(
         &self,
@@ -59,6 +64,9 @@ impl Backend for NodeHandle {
     }
     async fn status(&self) -> Result<NodeStatus, ClientError> {
         NodeHandle::status(self).await
+    }
+    async fn hash_kv(&self, revision: i64) -> Result<HashKvResult, ClientError> {
+        NodeHandle::hash_kv(self, revision).await
     }
     async fn add_learner(&self, member: NewMember) -> Result<MemberStatus, ClientError> {
         NodeHandle::add_learner(self, member).await

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::raft::{Entry, EntryPayload, LogIndex, NodeId, Term};
 use crate::server::{
-    ClientError, Consistency, MemberStatus, NewMember, NodeStatus, ReadResult, WriteResult,
+    ClientError, Consistency, HashKvResult, MemberStatus, NewMember, NodeStatus, ReadResult,
+    WriteResult,
 };
 use crate::storage::{KvStore, Limits, StoreError};
 
@@ -145,6 +146,19 @@ impl Backend for FakeBackend {
             log_db_size_bytes: 1000,
             kv_db_size_bytes: 24,
             alarms: s.kv.alarms().iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    async fn hash_kv(&self, revision: i64) -> Result<HashKvResult, ClientError> {
+        self.check()?;
+        let s = self.state.lock().unwrap();
+        let hash = s.kv.hash_at(revision).map_err(|e| match e {
+            StoreError::InvalidRequest(e) => crate::server::kv_error(e),
+            e => ClientError::Internal(e.to_string()),
+        })?;
+        Ok(HashKvResult {
+            hash,
+            raft_term: Term(TERM),
         })
     }
 

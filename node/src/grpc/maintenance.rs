@@ -1,6 +1,7 @@
 //! etcd's `Maintenance` service: alarms (`etcdctl alarm`, and the alarm
 //! check of `etcdctl endpoint health`), `Status` (`etcdctl endpoint
-//! status`). Calls not declared
+//! status`) and `HashKV` (`etcdctl endpoint hashkv`, and the tests'
+//! cross-member consistency check). Calls not declared
 //! in the proto are answered UNIMPLEMENTED.
 
 use std::time::Instant;
@@ -121,6 +122,38 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         }
         .await;
         self.observer.record("Status", started, &result);
+        result
+    }
+
+    /// Served by the member asked, from its own applied history, never
+    /// forwarded: every member at the same revision must give the same hash.
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let started = Instant::now();
+        let revision = request.into_inner().revision;
+        let result: Result<Response<pb::HashKvResponse>, Status> = async {
+            if revision < 0 {
+                return Err(Status::invalid_argument(format!(
+                    "revision {revision} is negative"
+                )));
+            }
+            let r = self.backend.hash_kv(revision).await.map_err(status_from)?;
+            Ok(Response::new(pb::HashKvResponse {
+                header: Some(header(
+                    self.backend.cluster_id(),
+                    self.backend.member_id(),
+                    r.hash.revision,
+                    r.raft_term.get(),
+                )),
+                hash: r.hash.hash,
+                compact_revision: r.hash.compact_revision,
+                hash_revision: r.hash.hash_revision,
+            }))
+        }
+        .await;
+        self.observer.record("HashKV", started, &result);
         result
     }
 }

@@ -1150,3 +1150,55 @@ async fn etcdctl_lists_and_disarms_alarms_and_sees_the_cluster_healthy() {
     assert!(ok && out.trim() == "OK", "{out} {err}");
     r.shutdown().await;
 }
+
+#[tokio::test]
+async fn hash_kv_is_stable_per_revision_and_tells_different_histories_apart() {
+    let (r1, r2) = (Running::start().await, Running::start().await);
+    let (mut kv1, mut kv2) = (r1.kv().await, r2.kv().await);
+    let mut m1 = MaintenanceClient::new(r1.channel().await);
+    let mut m2 = MaintenanceClient::new(r2.channel().await);
+    let hash = |m: &mut MaintenanceClient<Channel>, revision| {
+        let mut m = m.clone();
+        async move {
+            m.hash_kv(pb::HashKvRequest { revision })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    for (k, v) in [("a", "1"), ("b", "2")] {
+        put(&mut kv1, k, v).await;
+        put(&mut kv2, k, v).await;
+    }
+    let at3 = hash(&mut m1, 3).await.unwrap();
+    assert_eq!(at3.hash_revision, 3);
+    assert_eq!(at3.header.as_ref().unwrap().revision, 3);
+    assert_eq!(at3.header.as_ref().unwrap().member_id, MEMBER_ID);
+    assert_eq!(hash(&mut m2, 3).await.unwrap().hash, at3.hash);
+    // Same keys, one value differs: the histories differ from revision 4.
+    put(&mut kv1, "a", "3").await;
+    put(&mut kv2, "a", "4").await;
+    let (now1, now2) = (
+        hash(&mut m1, 0).await.unwrap(),
+        hash(&mut m2, 0).await.unwrap(),
+    );
+    assert_eq!((now1.hash_revision, now2.hash_revision), (4, 4));
+    assert_ne!(now1.hash, now2.hash);
+    // An older revision hashes the same after later writes.
+    assert_eq!(hash(&mut m1, 3).await.unwrap().hash, at3.hash);
+    assert_ne!(hash(&mut m1, 2).await.unwrap().hash, at3.hash);
+    let future = hash(&mut m1, 99).await.unwrap_err();
+    assert_eq!(future.code(), Code::OutOfRange);
+    kv1.compact(pb::CompactionRequest {
+        revision: 3,
+        physical: false,
+    })
+    .await
+    .unwrap();
+    let after = hash(&mut m1, 0).await.unwrap();
+    assert_eq!(after.compact_revision, 3);
+    let compacted = hash(&mut m1, 2).await.unwrap_err();
+    assert_eq!(compacted.code(), Code::OutOfRange);
+    assert!(hash(&mut m1, -1).await.is_err());
+    r1.shutdown().await;
+    r2.shutdown().await;
+}

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::{NodeId, Term};
-use crate::storage::{ApplyOutcome, Command, RangeRequest, RangeResult};
+use crate::storage::{ApplyOutcome, Command, HistoryHash, RangeRequest, RangeResult};
 
 /// What a client may see go wrong. Each variant maps to one HTTP status and
 /// one gRPC code (see [`ClientError::http_status`] and the gRPC layer).
@@ -163,6 +163,14 @@ pub struct NodeStatus {
     pub alarms: Vec<String>,
 }
 
+/// A member's checksum of its history (etcd's HashKV), with the term it
+/// was read in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashKvResult {
+    pub hash: HistoryHash,
+    pub raft_term: Term,
+}
+
 /// A member to add (always as a learner first).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewMember {
@@ -226,6 +234,11 @@ pub(crate) enum Request {
     TransferLeader {
         to: NodeId,
         reply: oneshot::Sender<DriverReply<()>>,
+    },
+    /// A checksum of the local history up to `revision` (0: current).
+    HashKv {
+        revision: i64,
+        reply: oneshot::Sender<DriverReply<HashKvResult>>,
     },
     /// Stop: hand over leadership if we lead, then end the driver loop.
     Shutdown {
@@ -362,6 +375,19 @@ impl NodeHandle {
     /// Adds a member as a learner. Returns the member as added (with its id).
     pub async fn add_learner(&self, m: NewMember) -> Result<MemberStatus, ClientError> {
         self.change_membership(MemberChange::AddLearner(m)).await
+    }
+
+    /// This member's checksum of its history up to `revision` (0: its
+    /// current revision); never forwarded: comparing members' answers is
+    /// the point.
+    pub async fn hash_kv(&self, revision: i64) -> Result<HashKvResult, ClientError> {
+        let reply = self
+            .call(|reply| Request::HashKv { revision, reply }, None)
+            .await?;
+        match reply {
+            Answer::Local(r) => Ok(r),
+            Answer::Forwarded(other) => Err(unexpected(&other)),
+        }
     }
 
     /// Makes a learner a voter.

@@ -412,6 +412,18 @@ impl KvState {
     }
 }
 
+/// A checksum of the history up to a revision, from one read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryHash {
+    pub hash: u32,
+    /// The revision the hash covers.
+    pub hash_revision: i64,
+    /// The compacted revision (covered by the hash too).
+    pub compact_revision: i64,
+    /// The store's revision at the time of the read.
+    pub revision: i64,
+}
+
 /// The state machine's page cache unless configured otherwise: enough to
 /// keep the hot part of a few hundred thousand keys in memory, and a bound
 /// a container's memory limit can plan for.
@@ -804,6 +816,13 @@ impl KvStore {
     /// returns it with the revision it covers. Members that applied the
     /// same entries agree on it.
     pub fn hash_history(&self, revision: i64) -> Result<(u32, i64), StoreError> {
+        self.hash_at(revision).map(|h| (h.hash, h.hash_revision))
+    }
+
+    /// [`KvStore::hash_history`] with the compacted and current revisions
+    /// of the same read (what etcd's HashKV answers): two members' hashes
+    /// are comparable when their compacted revisions agree.
+    pub fn hash_at(&self, revision: i64) -> Result<HistoryHash, StoreError> {
         let path = self.inner.path.as_path();
         let db = self.db();
         let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
@@ -827,7 +846,12 @@ impl KvStore {
             revision
         };
         let hash = super::mvcc::hash::hash_history(&history, path, at, state.compaction.compacted)?;
-        Ok((hash, at))
+        Ok(HistoryHash {
+            hash,
+            hash_revision: at,
+            compact_revision: state.compaction.compacted,
+            revision: state.revision,
+        })
     }
 
     /// The raised alarms, as last applied.

@@ -69,8 +69,8 @@ pub use disk::{Disk, DiskMode, DiskStats, FaultyDisk};
 pub use error::{DecodeError, StoreError};
 pub use image::{CHUNK_BYTES, ImageCheck, SnapshotError};
 pub use kv_store::{
-    DEFAULT_KV_CACHE_BYTES, DEFAULT_QUOTA_BACKEND_BYTES, DURABLE_EVERY_ENTRIES, KV_FILE,
-    KV_FORMAT_VERSION, KvStore, Limits,
+    DEFAULT_KV_CACHE_BYTES, DEFAULT_QUOTA_BACKEND_BYTES, DURABLE_EVERY_ENTRIES, HistoryHash,
+    KV_FILE, KV_FORMAT_VERSION, KvStore, Limits,
 };
 pub use log_store::{Identity, LOG_FILE, LOG_FORMAT_VERSION, LogStore};
 pub use outcome::{Alarm, AlarmKind, ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult};

@@ -34,8 +34,8 @@ use crate::raft::{
 };
 use crate::raft::{ProposeError, RaftError, RaftNode};
 use crate::server::handle::{
-    DriverReply, LeaderHint, MemberChange, MemberStatus, ReadResult, Rejection, Request,
-    WriteResult,
+    DriverReply, HashKvResult, LeaderHint, MemberChange, MemberStatus, ReadResult, Rejection,
+    Request, WriteResult,
 };
 use crate::server::member_info::MemberInfo;
 use crate::server::outbox::Outbox;
@@ -379,6 +379,7 @@ impl Driver {
             }
             Request::ChangeMembership { change, reply } => self.change_membership(change, reply),
             Request::TransferLeader { to, reply } => self.transfer_leader(to, reply),
+            Request::HashKv { revision, reply } => self.hash_kv(revision, reply),
             Request::Shutdown { reply } => self.start_shutdown(reply),
         }
     }
@@ -434,6 +435,22 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Hashes the local history off the loop (it reads every version).
+    fn hash_kv(&self, revision: i64, reply: oneshot::Sender<DriverReply<HashKvResult>>) {
+        let kv = self.kv.clone();
+        let raft_term = self.node.status().term;
+        tokio::task::spawn_blocking(move || {
+            let result = kv
+                .hash_at(revision)
+                .map(|hash| HashKvResult { hash, raft_term })
+                .map_err(|e| match e {
+                    StoreError::InvalidRequest(e) => kv_error(e),
+                    e => ClientError::Internal(e.to_string()),
+                });
+            let _ = reply.send(result.map_err(Rejection::Failed));
+        });
     }
 
     fn read_local(&self, req: &RangeRequest) -> Result<ReadResult, ClientError> {
