@@ -33,6 +33,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
         &self,
         revision: i64,
     ) -> impl Future<Output = Result<HashKvResult, ClientError>> + Send;
+    /// Hands leadership to `to`; returns once `to` leads.
+    fn transfer_leader(&self, to: NodeId) -> impl Future<Output = Result<(), ClientError>> + Send;
     /// Adds a learner.
     fn add_learner(
         &self,
@@ -67,6 +69,9 @@ impl Backend for NodeHandle {
     }
     async fn hash_kv(&self, revision: i64) -> Result<HashKvResult, ClientError> {
         NodeHandle::hash_kv(self, revision).await
+    }
+    async fn transfer_leader(&self, to: NodeId) -> Result<(), ClientError> {
+        NodeHandle::transfer_leader(self, to).await
     }
     async fn add_learner(&self, member: NewMember) -> Result<MemberStatus, ClientError> {
         NodeHandle::add_learner(self, member).await

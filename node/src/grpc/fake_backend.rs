@@ -27,6 +27,8 @@ struct State {
     /// When set, every call fails with this error.
     failing: Option<ClientError>,
     last_consistency: Option<Consistency>,
+    /// Who leads (this member until a transfer).
+    leader: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +59,7 @@ impl FakeBackend {
                 members: vec![voter(1), voter(2), voter(3)],
                 failing: None,
                 last_consistency: None,
+                leader: MEMBER_ID,
             })),
         }
     }
@@ -136,7 +139,7 @@ impl Backend for FakeBackend {
             cluster_id: CLUSTER_ID,
             role: "leader".into(),
             term: TERM,
-            leader_id: Some(MEMBER_ID),
+            leader_id: Some(s.leader),
             commit_index: 42,
             applied_index: 41,
             last_log_index: 42,
@@ -160,6 +163,16 @@ impl Backend for FakeBackend {
             hash,
             raft_term: Term(TERM),
         })
+    }
+
+    async fn transfer_leader(&self, to: NodeId) -> Result<(), ClientError> {
+        self.check()?;
+        let mut s = self.state.lock().unwrap();
+        if !s.members.iter().any(|m| m.id == to.0) {
+            return Err(ClientError::NotFound(format!("member {to} does not exist")));
+        }
+        s.leader = to.0;
+        Ok(())
     }
 
     async fn add_learner(&self, m: NewMember) -> Result<MemberStatus, ClientError> {

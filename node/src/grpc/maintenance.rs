@@ -1,7 +1,8 @@
 //! etcd's `Maintenance` service: alarms (`etcdctl alarm`, and the alarm
 //! check of `etcdctl endpoint health`), `Status` (`etcdctl endpoint
 //! status`) and `HashKV` (`etcdctl endpoint hashkv`, and the tests'
-//! cross-member consistency check). Calls not declared
+//! cross-member consistency check) and `MoveLeader` (`etcdctl
+//! move-leader`). Calls not declared
 //! in the proto are answered UNIMPLEMENTED.
 
 use std::time::Instant;
@@ -9,12 +10,13 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::backend::Backend;
-use super::convert::{header, rejected, status_from, status_response};
+use super::convert::{header, rejected, status_from, status_response, to_i64};
 use super::observe::Observer;
 use super::proto::etcdserverpb::{
     self as pb, alarm_request::AlarmAction as PbAction, maintenance_server::Maintenance,
 };
 use super::store::{AlarmAction, AlarmKind, ApplyOutcome, Command, Op};
+use crate::raft::NodeId;
 
 /// The Maintenance service over a node.
 #[derive(Debug, Clone)]
@@ -154,6 +156,47 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         }
         .await;
         self.observer.record("HashKV", started, &result);
+        result
+    }
+
+    /// Asked of the leader (as etcdctl does), with etcd's errors for a
+    /// member that does not lead and for a target that is not a voter.
+    async fn move_leader(
+        &self,
+        request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let started = Instant::now();
+        let target = request.into_inner().target_id;
+        let result: Result<Response<pb::MoveLeaderResponse>, Status> = async {
+            let me = self.backend.member_id();
+            let status = self.backend.status().await.map_err(status_from)?;
+            if status.leader_id != Some(me) {
+                return Err(Status::failed_precondition("etcdserver: not leader"));
+            }
+            if !status
+                .members
+                .iter()
+                .any(|m| m.id == target && m.role == "voter")
+            {
+                return Err(Status::failed_precondition(
+                    "etcdserver: bad leader transferee",
+                ));
+            }
+            self.backend
+                .transfer_leader(NodeId(target))
+                .await
+                .map_err(status_from)?;
+            Ok(Response::new(pb::MoveLeaderResponse {
+                header: Some(header(
+                    self.backend.cluster_id(),
+                    me,
+                    to_i64(status.revision),
+                    status.term,
+                )),
+            }))
+        }
+        .await;
+        self.observer.record("MoveLeader", started, &result);
         result
     }
 }

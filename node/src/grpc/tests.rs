@@ -1202,3 +1202,44 @@ async fn hash_kv_is_stable_per_revision_and_tells_different_histories_apart() {
     r1.shutdown().await;
     r2.shutdown().await;
 }
+
+#[tokio::test]
+async fn move_leader_hands_over_and_refuses_like_etcd() {
+    let r = Running::start().await;
+    let mut m = MaintenanceClient::new(r.channel().await);
+    let unknown = m
+        .move_leader(pb::MoveLeaderRequest { target_id: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::FailedPrecondition);
+    assert_eq!(unknown.message(), "etcdserver: bad leader transferee");
+    let moved = m
+        .move_leader(pb::MoveLeaderRequest { target_id: 2 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.header.unwrap().member_id, MEMBER_ID);
+    let s = m.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(s.leader, 2);
+    // No longer the leader: asked again, this member refuses.
+    let not_leader = m
+        .move_leader(pb::MoveLeaderRequest { target_id: 3 })
+        .await
+        .unwrap_err();
+    assert_eq!(not_leader.code(), Code::FailedPrecondition);
+    assert_eq!(not_leader.message(), "etcdserver: not leader");
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_move_leader_works_against_the_service() {
+    let r = Running::start().await;
+    let endpoint = r.addr.to_string();
+    let (ok, out, err) = etcdctl_run(&endpoint, &["move-leader", "3"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("Leadership transferred"), "{out}");
+    let mut m = MaintenanceClient::new(r.channel().await);
+    let s = m.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(s.leader, 3);
+    r.shutdown().await;
+}
