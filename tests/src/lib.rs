@@ -127,6 +127,8 @@ pub struct Node {
     /// The largest file the process may write (RLIMIT_FSIZE), standing in
     /// for a disk that is full: writes past it fail with EFBIG.
     file_size_limit: Option<u64>,
+    /// The length of the log file when the process was last started.
+    log_start: u64,
     child: Option<Child>,
 }
 
@@ -224,6 +226,7 @@ impl Cluster {
                 log: dir.path().join(format!("node-{id}.log")),
                 joined: false,
                 file_size_limit: None,
+                log_start: 0,
                 child: None,
             });
         }
@@ -282,16 +285,20 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&node.log)?;
+        node.log_start = log.metadata()?.len();
         let mut cmd = match node.file_size_limit {
             None => Command::new(bin),
             Some(bytes) => {
                 // SIGXFSZ would kill the process at the limit; ignored
                 // (the disposition survives exec), the write fails with
-                // EFBIG as on a full disk. Both execs keep the pid.
+                // EFBIG as on a full disk. Both execs keep the pid. Only
+                // the soft limit is lowered: raising a hard limit back
+                // needs CAP_SYS_RESOURCE, which root in a container may
+                // lack.
                 let mut c = Command::new("sh");
                 c.args([
                     "-c",
-                    "trap '' XFSZ; exec prlimit --fsize=\"$0\" -- \"$@\"",
+                    "trap '' XFSZ; exec prlimit --fsize=\"$0\":unlimited -- \"$@\"",
                     &bytes.to_string(),
                 ])
                 .arg(bin);
@@ -366,6 +373,7 @@ impl Cluster {
             log: dir.join(format!("node-{id}.log")),
             joined: true,
             file_size_limit: None,
+            log_start: 0,
             child: None,
         });
         self.spawn(id)?;
@@ -462,12 +470,38 @@ impl Cluster {
             .with_context(|| format!("node {id} is not running"))?;
         node.file_size_limit = None;
         let status = Command::new("prlimit")
-            .args(["--pid", &pid.to_string(), "--fsize=unlimited"])
+            .args(["--pid", &pid.to_string(), "--fsize=unlimited:unlimited"])
             .status()?;
         if !status.success() {
-            bail!("prlimit --pid {pid} --fsize=unlimited failed");
+            bail!("prlimit --pid {pid} --fsize=unlimited:unlimited failed");
         }
         Ok(())
+    }
+
+    /// What node `id` has logged since it was last started.
+    pub fn log_since_start(&self, id: u64) -> anyhow::Result<String> {
+        let node = self.node(id)?;
+        let text = std::fs::read(&node.log)?;
+        let from = usize::try_from(node.log_start).unwrap_or(usize::MAX);
+        Ok(String::from_utf8_lossy(text.get(from..).unwrap_or_default()).into_owned())
+    }
+
+    /// Waits for node `id`'s process to end on its own.
+    pub fn wait_exited(
+        &mut self,
+        id: u64,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited(id)? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("node {id} did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The size of the largest file in node `id`'s data directory.

@@ -259,26 +259,33 @@ impl Nemesis {
     /// Frees the space: a node that stopped must have said why, and is
     /// started again; one that did not get to grow a file keeps running.
     fn free_disk(&mut self, n: u64) -> anyhow::Result<String> {
-        match self.cluster.exited(n)? {
-            Some(status) => {
-                let log = self.cluster.log_tail(n);
-                if log.contains("panicked") {
-                    self.problem(format!("node {n} panicked on a full disk:\n{log}"));
-                } else if status.success() || !log.contains("File too large") {
-                    self.problem(format!(
-                        "node {n} stopped on a full disk ({status}) without saying so:\n{log}"
-                    ));
-                }
-                self.cluster.restart(n)?;
-                Ok(format!(
-                    "free the disk of node {n}, which stopped ({status}); restart it"
-                ))
-            }
+        let status = match self.cluster.exited(n)? {
+            Some(status) => status,
             None => {
-                self.cluster.lift_file_size_limit(n)?;
-                Ok(format!("free the disk of node {n}, which is still running"))
+                let lifted = self.cluster.lift_file_size_limit(n);
+                let hit = self.cluster.log_since_start(n)?.contains("File too large");
+                if lifted.is_ok() && !hit {
+                    return Ok(format!("free the disk of node {n}, which is still running"));
+                }
+                // It met the full disk before the limit was lifted (or
+                // exited since it was last looked at): it is on its way out.
+                self.cluster
+                    .wait_exited(n, Duration::from_secs(30))
+                    .with_context(|| format!("the limit could not be lifted: {lifted:?}"))?
             }
+        };
+        let log = self.cluster.log_tail(n);
+        if log.contains("panicked") {
+            self.problem(format!("node {n} panicked on a full disk:\n{log}"));
+        } else if status.success() || !log.contains("File too large") {
+            self.problem(format!(
+                "node {n} stopped on a full disk ({status}) without saying so:\n{log}"
+            ));
         }
+        self.cluster.restart(n)?;
+        Ok(format!(
+            "free the disk of node {n}, which stopped ({status}); restart it"
+        ))
     }
 
     fn pause(&mut self, hold: Duration) -> anyhow::Result<()> {
