@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -34,7 +35,10 @@ use crate::node_steps::{self, NodeStepOutcome};
 use crate::observation::ClusterObservation;
 use crate::planner::{self, PlanInput, Step};
 use crate::resources::statefulset::StartMode;
-use crate::resources::{client_service, headless_service, pdb, service_monitor, statefulset};
+use crate::resources::{
+    client_service, headless_service, network_policy, pdb, peer_secret, service_monitor,
+    statefulset,
+};
 use crate::retained_volumes::{self, Refusal};
 
 /// Finalizer of earlier operator versions, which deleted volumes
@@ -251,6 +255,29 @@ where
     Ok(api.patch(name, &apply_params(), &Patch::Apply(obj)).await?)
 }
 
+/// Creates the cluster's peer secret unless it exists. Created, never
+/// applied: its value is random and must not change under running members
+/// (see `peer_secret`). Creating and accepting "already exists" spares the
+/// operator the right to read any Secret.
+async fn ensure_peer_secret(
+    client: &Client,
+    cluster: &RaftCluster,
+    id: &ClusterIdentity,
+) -> Result<(), Error> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), &id.namespace);
+    match secrets
+        .create(&PostParams::default(), &peer_secret::build(cluster))
+        .await
+    {
+        Ok(_) => {
+            info!(secret = %id.peer_secret(), "created the peer secret");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Everything read from the API server on one pass.
 struct KubeObservation {
     statefulset_replicas: u32,
@@ -323,6 +350,14 @@ async fn apply<N: NodeClient, R: AddressResolver>(
         &services,
         &id.client_service(),
         &client_service::build(cluster),
+    )
+    .await?;
+    ensure_peer_secret(client, cluster, &id).await?;
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
+    server_side_apply(
+        &policies,
+        &id.network_policy(),
+        &network_policy::build(cluster),
     )
     .await?;
 
@@ -674,7 +709,8 @@ pub async fn run<N: NodeClient, R: AddressResolver>(
     Controller::new(clusters, cfg.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), cfg.clone())
         .owns(Api::<Service>::all(client.clone()), cfg.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client), cfg)
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), cfg.clone())
+        .owns(Api::<NetworkPolicy>::all(client), cfg)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

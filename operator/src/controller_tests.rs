@@ -63,6 +63,7 @@ fn pvcs(ordinals: &[u32]) -> Value {
 
 /// The observation requests every apply pass starts with.
 fn observe(sts: Option<Value>, pod_list: Value, pvc_list: Value) -> Vec<Expect> {
+    let new = sts.is_none();
     vec![
         Expect::apply("/api/v1/namespaces/prod/services/kv-peers", |b| {
             assert_eq!(b["spec"]["publishNotReadyAddresses"], true)
@@ -70,6 +71,24 @@ fn observe(sts: Option<Value>, pod_list: Value, pvc_list: Value) -> Vec<Expect> 
         Expect::apply("/api/v1/namespaces/prod/services/kv", |b| {
             assert_eq!(b["spec"]["type"], "ClusterIP")
         }),
+        // A new cluster gets its peer secret; an existing one keeps it
+        // (created once, never replaced).
+        Expect::new(Method::POST, "/api/v1/namespaces/prod/secrets", move |b| {
+            assert_eq!(b["metadata"]["name"], "kv-peer");
+            assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "RaftCluster");
+            if new {
+                (StatusCode::CREATED, b.clone())
+            } else {
+                (
+                    StatusCode::CONFLICT,
+                    json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"AlreadyExists","code":409,"message":"secrets \"kv-peer\" already exists"}),
+                )
+            }
+        }),
+        Expect::apply(
+            "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/kv",
+            |b| assert_eq!(b["spec"]["ingress"][0]["ports"][0]["port"], 2380),
+        ),
         match sts {
             Some(s) => Expect::get("/apis/apps/v1/namespaces/prod/statefulsets/kv", s),
             None => Expect::not_found(Method::GET, "/apis/apps/v1/namespaces/prod/statefulsets/kv"),

@@ -85,6 +85,13 @@ impl ClusterIdentity {
     pub fn service_monitor(&self) -> String {
         self.name.clone()
     }
+    pub fn network_policy(&self) -> String {
+        self.name.clone()
+    }
+    /// The Secret holding the members' shared peer key.
+    pub fn peer_secret(&self) -> String {
+        format!("{}-peer", self.name)
+    }
     pub fn pod(&self, ordinal: u32) -> String {
         format!("{}-{ordinal}", self.name)
     }

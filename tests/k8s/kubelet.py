@@ -15,6 +15,7 @@ deleted and made anew starts empty. A process that exits is started again
 after a back-off, as a container with `restartPolicy: Always` would be.
 """
 
+import base64
 import json
 import os
 import re
@@ -255,6 +256,12 @@ class ProcessKubelet:
                 value = expand(var["value"], defined)
             elif "fieldRef" in (var.get("valueFrom") or {}):
                 value = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+            elif "secretKeyRef" in (var.get("valueFrom") or {}):
+                # As a kubelet does: the container does not start until
+                # the Secret exists (the loop tries again).
+                ref = var["valueFrom"]["secretKeyRef"]
+                secret = self.api.get(f"/api/v1/namespaces/{ns}/secrets/{ref['name']}")
+                value = base64.b64decode(secret["data"][ref["key"]]).decode()
             else:
                 raise RuntimeError(f"pod {ns}/{name}: unsupported env source {var}")
             defined[var["name"]] = value

@@ -11,6 +11,7 @@ one membership change at a time, a deleted pod rejoining, the helm test
 hook's check, pvcRetention Retain and Delete, and helm uninstall.
 """
 
+import base64
 import json
 import os
 import signal
@@ -325,6 +326,26 @@ class Suite:
         )
         assert res.returncode != 0 and "immutable" in res.stderr, res.stderr
 
+    def step_peers_authenticated(self):
+        secret = kjson("get", "secret", "demo-peer")
+        owners = [(o["kind"], o["name"]) for o in secret["metadata"].get("ownerReferences", [])]
+        assert owners == [("RaftCluster", "demo")], owners
+        assert len(base64.b64decode(secret["data"]["secret"])) == 64
+        policy = kjson("get", "networkpolicy", "demo")["spec"]
+        peer_rules = [r for r in policy["ingress"] if any(p.get("port") == 2380 for p in r.get("ports", []))]
+        assert len(peer_rules) == 1 and peer_rules[0].get("from"), policy
+        # Every member runs with peer authentication on: none says it is off,
+        # and the cluster is healthy, so they authenticated each other.
+        env = kjson("get", "statefulset", "demo")["spec"]["template"]["spec"]["containers"][0]["env"]
+        names = {e["name"] for e in env}
+        assert "RAFTKV_PEER_AUTH" not in names and "RAFTKV_PEER_SECRET" in names, names
+        logs = os.path.join(WORK, "pods")
+        members = [f for f in os.listdir(logs) if f.startswith("default_demo-")]
+        assert members, f"no member logs in {logs}"
+        for f in members:
+            with open(os.path.join(logs, f), errors="replace") as fh:
+                assert "PEER AUTHENTICATION IS OFF" not in fh.read(), f
+
     def step_unreachable_members_explained(self):
         # Pods that never run (no process behind them, their names unknown to
         # the resolver): the status must say why there is no leader.
@@ -477,7 +498,9 @@ class Suite:
         eventually(
             "release's cluster gone",
             lambda: not kjson("get", "raftc", "-n", OP_NS)["items"]
-            and not kjson("get", "statefulsets,pods", "-n", OP_NS, "-l", "app.kubernetes.io/name=raftkv")["items"],
+            and not kjson(
+                "get", "statefulsets,pods,secrets,networkpolicies", "-n", OP_NS, "-l", "app.kubernetes.io/name=raftkv"
+            )["items"],
             60,
         )
         left = kjson("get", "deployments,services,serviceaccounts,roles,rolebindings,configmaps", "-n", OP_NS)["items"]
@@ -505,6 +528,7 @@ class Suite:
             ("operator runs as the chart's ServiceAccount", self.step_operator_as_chart_sa),
             ("no leader: the status says why", self.step_unreachable_members_explained),
             ("kubectl apply the example: leader, term, commit in columns", self.step_apply_example),
+            ("members authenticate each other with the cluster's secret", self.step_peers_authenticated),
             ("kubectl scale raftc/demo 3 -> 5 under writes", self.step_scale_up_under_writes),
             ("kubectl scale raftc/demo 5 -> 3, nothing acknowledged lost", self.step_scale_down_under_writes),
             ("a pod deleted by hand comes back and catches up", self.step_pod_deleted_rejoins),

@@ -93,6 +93,9 @@ pub struct Options {
     pub max_key_bytes: usize,
     /// More `raftkv serve` flags for every node (TLS files, say).
     pub extra_args: Vec<String>,
+    /// Give every node a plain metrics and probes port (`--listen-metrics`,
+    /// see [`Node::metrics`]).
+    pub listen_metrics: bool,
 }
 
 impl Default for Options {
@@ -106,6 +109,7 @@ impl Default for Options {
             max_value_bytes: 64 * 1024,
             max_key_bytes: 256,
             extra_args: Vec::new(),
+            listen_metrics: false,
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct Node {
     /// port itself, or a proxy in front of it.
     pub advertised_peer_port: u16,
     pub client_port: u16,
+    /// Used when the cluster's options ask for `--listen-metrics`.
+    pub metrics_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     /// Started with `--join` (restarts keep it).
@@ -135,6 +141,10 @@ pub struct Node {
 impl Node {
     pub fn http(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+    /// The plain metrics and probes port's URL (with `listen_metrics`).
+    pub fn metrics(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
     }
     /// The peer URL other nodes use (see `advertised_peer_port`).
     pub fn peer_url(&self) -> String {
@@ -222,6 +232,7 @@ impl Cluster {
                 peer_port,
                 advertised_peer_port: route(id, peer_port)?,
                 client_port: free_port()?,
+                metrics_port: free_port()?,
                 data_dir: dir.path().join(format!("node-{id}")),
                 log: dir.path().join(format!("node-{id}.log")),
                 joined: false,
@@ -317,6 +328,14 @@ impl Cluster {
                 &format!("127.0.0.1:{}", node.client_port),
             ])
             .args(["--cluster-id", &cluster_id.to_string()])
+            .args(if opts.listen_metrics {
+                vec![
+                    "--listen-metrics".to_string(),
+                    format!("127.0.0.1:{}", node.metrics_port),
+                ]
+            } else {
+                Vec::new()
+            })
             .args([
                 "--election-timeout-ms",
                 &opts.election_timeout_ms.to_string(),
@@ -369,6 +388,7 @@ impl Cluster {
             peer_port,
             advertised_peer_port: route(id, peer_port)?,
             client_port: free_port()?,
+            metrics_port: free_port()?,
             data_dir: dir.join(format!("node-{id}")),
             log: dir.join(format!("node-{id}.log")),
             joined: true,

@@ -238,6 +238,7 @@ async fn etcdctl_with_client_certificates_and_strangers_refused() -> anyhow::Res
             certs.ca.clone(),
             "--client-cert-auth".into(),
         ],
+        listen_metrics: true,
         ..Options::default()
     };
     let c = Cluster::start(3, opts)?;
@@ -280,6 +281,27 @@ async fn etcdctl_with_client_certificates_and_strangers_refused() -> anyhow::Res
     run(&https(1), &with_cert(&certs.stranger), &["get", "/tls/a"])
         .expect_err("a client certificate from another CA");
     etcdctl(&client(&c, 1), &["get", "/tls/a"], "").expect_err("plaintext to the TLS port");
+
+    // Prometheus and probes have no client certificate: the plain metrics
+    // port serves them, and only them.
+    let plain = reqwest::Client::new();
+    let metrics = c.nodes[0].metrics();
+    let scrape = plain.get(format!("{metrics}/metrics")).send().await?;
+    assert_eq!(scrape.status(), 200);
+    assert!(scrape.text().await?.contains("raftkv_raft_term"));
+    for probe in ["/healthz", "/readyz"] {
+        let r = plain.get(format!("{metrics}{probe}")).send().await?;
+        assert_eq!(r.status(), 200, "{probe}");
+    }
+    for data in ["/v1/kv/tls/a", "/v1/status", "/v1/members"] {
+        let r = plain.get(format!("{metrics}{data}")).send().await?;
+        assert_eq!(r.status(), 404, "{data} is not served on the metrics port");
+    }
+    plain
+        .get(format!("{}/metrics", c.nodes[0].http()))
+        .send()
+        .await
+        .expect_err("the HTTP port itself still wants TLS");
 
     // None of that disturbed anyone.
     assert_eq!(

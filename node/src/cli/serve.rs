@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tracing::{error, info, warn};
 
-use crate::http::{HttpLimits, HttpState, router};
+use crate::http::{HttpLimits, HttpState, observability_router, router};
 use crate::metrics::Metrics;
 use crate::raft::NodeId;
 use crate::server::{
@@ -58,6 +58,12 @@ pub struct ServeArgs {
     /// Address of the HTTP API, metrics and probes.
     #[arg(long, env = "RAFTKV_LISTEN_HTTP", default_value = "127.0.0.1:8080")]
     pub listen_http: SocketAddr,
+    /// Also serve `/metrics`, `/healthz` and `/readyz` here, in plain HTTP
+    /// whatever TLS the HTTP port has (etcd's `--listen-metrics-urls`): for
+    /// Prometheus and kubelet probes when the HTTP port requires client
+    /// certificates. Nothing else is served on it.
+    #[arg(long, env = "RAFTKV_LISTEN_METRICS")]
+    pub listen_metrics: Option<SocketAddr>,
     /// The peer URL other nodes use to reach this one (default: from
     /// --listen-peer).
     #[arg(long, env = "RAFTKV_ADVERTISE_PEER")]
@@ -514,6 +520,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let _ = grpc_stop.wait_for(|s| *s).await;
         },
     ));
+    if let Some(addr) = args.listen_metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        info!(metrics = %addr, "serving metrics and probes in plain HTTP");
+        let mut stop = stop_rx.clone();
+        tokio::spawn(crate::http::serve(
+            listener,
+            observability_router(state.clone()),
+            http_limits,
+            None,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(crate::http::serve(
         http,

@@ -62,6 +62,19 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// The router of the plain observability port (`--listen-metrics`): only
+/// what Prometheus and a kubelet poll, never data or admin routes, so it
+/// may stay unencrypted and unauthenticated while the HTTP API requires
+/// client certificates (which neither can present).
+pub fn observability_router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(probes::metrics))
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .with_state(state)
+}
+
 /// Counts and times every request by its route template.
 async fn record(State(st): State<HttpState>, req: Request, next: Next) -> Response {
     let route = req

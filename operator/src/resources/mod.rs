@@ -5,7 +5,9 @@
 
 pub mod client_service;
 pub mod headless_service;
+pub mod network_policy;
 pub mod pdb;
+pub mod peer_secret;
 pub mod service_monitor;
 pub mod statefulset;
 

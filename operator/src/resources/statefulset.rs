@@ -14,13 +14,14 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::peer_secret;
 use crate::crd::{PvcRetention, RaftCluster};
 use crate::identity::{
     CLIENT_PORT, ClusterIdentity, DATA_VOLUME, HTTP_PORT, PEER_PORT, owned_meta,
@@ -253,11 +254,10 @@ fn env(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Vec<EnvV
             "RAFTKV_REQUEST_TIMEOUT_MS",
             &raft.request_timeout_ms.to_string(),
         ),
-        // `raftkv serve` refuses to start with an unauthenticated peer port
-        // unless told so. Until the operator provisions a per-cluster peer
-        // secret or peer certificates (the operator part of issue 15), it
-        // says so explicitly, and each node logs a warning at start.
-        plain("RAFTKV_PEER_AUTH", "none"),
+        // Members authenticate each other's peer streams with the
+        // cluster's secret (`peer_secret`); `raftkv serve` refuses to start
+        // with an unauthenticated peer port.
+        secret_env("RAFTKV_PEER_SECRET", &id.peer_secret(), peer_secret::KEY),
     ]
 }
 
@@ -265,6 +265,21 @@ fn plain(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
         ..EnvVar::default()
     }
 }
@@ -471,9 +486,9 @@ mod tests {
             "http://$(RAFTKV_NAME).kv-peers.prod.svc:2379"
         );
         assert_eq!(env["RAFTKV_JOIN"], "true");
-        assert_eq!(
-            env["RAFTKV_PEER_AUTH"], "none",
-            "an explicit, logged choice"
+        assert!(
+            !env.contains_key("RAFTKV_PEER_AUTH"),
+            "the peer port is never left unauthenticated"
         );
         assert!(!env.contains_key("RAFTKV_INITIAL_CLUSTER"));
         // A joining node can only start if it knows the cluster id.
@@ -503,6 +518,30 @@ mod tests {
                 .field_path,
             "metadata.name"
         );
+    }
+
+    #[test]
+    fn members_read_the_peer_secret_from_the_clusters_secret() {
+        let sts = build(&cluster(), 3, StartMode::Join);
+        let vars = sts.spec.template.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        let secret = vars
+            .iter()
+            .find(|v| v.name == "RAFTKV_PEER_SECRET")
+            .expect("the peer secret is set");
+        assert_eq!(secret.value, None, "never inlined into the pod spec");
+        let from = secret
+            .value_from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+            .unwrap();
+        assert_eq!(
+            (from.name.as_str(), from.key.as_str()),
+            ("kv-peer", "secret")
+        );
+        assert_eq!(from.optional, Some(false), "no secret, no start");
     }
 
     #[test]
