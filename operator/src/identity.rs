@@ -85,6 +85,10 @@ impl ClusterIdentity {
     pub fn service_monitor(&self) -> String {
         self.name.clone()
     }
+    /// The ConfigMap saying how a member with an empty data dir starts.
+    pub fn start_config(&self) -> String {
+        format!("{}-start", self.name)
+    }
     pub fn pod(&self, ordinal: u32) -> String {
         format!("{}-{ordinal}", self.name)
     }

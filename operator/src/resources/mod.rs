@@ -7,6 +7,7 @@ pub mod client_service;
 pub mod headless_service;
 pub mod pdb;
 pub mod service_monitor;
+pub mod start_config;
 pub mod statefulset;
 
 #[cfg(test)]
