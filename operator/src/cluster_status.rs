@@ -2,7 +2,7 @@
 //! user reads with `kubectl get raftc`: phase and message, leader, term, commit
 //! and applied index, members and standard conditions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -29,12 +29,77 @@ pub struct StatusInput<'a> {
     /// Members that refuse their volume.
     pub refusals: &'a [Refusal],
     pub now: Timestamp,
+    /// Since when each member that does not answer has not (see
+    /// [`down_since`]).
+    pub down_since: &'a BTreeMap<NodeId, Timestamp>,
+    /// A member down for this long is reported (condition and event).
+    pub member_down_seconds: i64,
+    /// Some pod runs an older template than the StatefulSet's.
+    pub rolling: bool,
+    /// Members whose volume was replaced (see `member_volumes`).
+    pub lost_volumes: &'a BTreeSet<NodeId>,
+    /// The record of `member_volumes` to write.
+    pub member_volumes: BTreeMap<String, String>,
 }
 
 /// Condition reason (and event reason) while retained volumes are adopted.
 pub const ADOPTING_VOLUMES: &str = "AdoptingVolumes";
 /// Condition reason (and event reason) when a member refuses its volume.
 pub const DATA_DIR_REFUSED: &str = "DataDirRefused";
+/// Condition reason (and event reason) when a replaced pod does not come
+/// back in time and the rollout stops.
+pub const ROLLOUT_HALTED: &str = "RolloutHalted";
+/// Condition type and reason (and event reason) of members down for longer
+/// than the threshold.
+pub const MEMBER_DOWN: &str = "MemberDown";
+/// Condition reason (and event reason) of a member whose volume was replaced.
+pub const VOLUME_LOST: &str = "VolumeLost";
+
+/// Since when each member of the leader's configuration that does not
+/// answer has not: carried over from the previous status, `now` for one
+/// that just stopped answering.
+pub fn down_since(
+    cluster: &RaftCluster,
+    obs: &ClusterObservation,
+    now: Timestamp,
+) -> BTreeMap<NodeId, Timestamp> {
+    let Some(leader) = obs.leader() else {
+        return BTreeMap::new();
+    };
+    let healthy = obs.healthy();
+    let previous = cluster
+        .status
+        .as_ref()
+        .map(|s| s.members.as_slice())
+        .unwrap_or_default();
+    leader
+        .members
+        .iter()
+        .filter(|m| !healthy.contains(&m.id))
+        .map(|m| {
+            let since = previous
+                .iter()
+                .find(|p| u64::try_from(p.id).ok() == Some(m.id.0))
+                .and_then(|p| p.unhealthy_since.as_ref())
+                .map_or(now, |t| t.0);
+            (m.id, since)
+        })
+        .collect()
+}
+
+/// Members down for at least `seconds`, by pod name, with the time since.
+fn long_down(
+    id: &ClusterIdentity,
+    down_since: &BTreeMap<NodeId, Timestamp>,
+    now: Timestamp,
+    seconds: i64,
+) -> Vec<(String, Timestamp)> {
+    down_since
+        .iter()
+        .filter(|(_, since)| now.as_second() - since.as_second() >= seconds)
+        .map(|(n, since)| (member_name(id, *n, &n.to_string()), *since))
+        .collect()
+}
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -102,6 +167,21 @@ pub fn phase(cluster: &RaftCluster, input: &StatusInput<'_>) -> (Phase, String) 
             Phase::Degraded,
             format!("members not answering: {}", down.join(", ")),
         ),
+        _ if !input.lost_volumes.is_empty() && !matches!(input.step, Step::RemoveMember { .. }) => {
+            let lost: Vec<String> = input
+                .lost_volumes
+                .iter()
+                .map(|n| member_name(&id, *n, &n.to_string()))
+                .collect();
+            (
+                Phase::Degraded,
+                format!(
+                    "{} lost its volume and waits to be removed and added again: {}",
+                    lost.join(", "),
+                    describe(input.step)
+                ),
+            )
+        }
         Step::Wait(WaitReason::QuorumAtRisk {
             id,
             healthy_voters,
@@ -117,13 +197,29 @@ pub fn phase(cluster: &RaftCluster, input: &StatusInput<'_>) -> (Phase, String) 
             format!("leader {from} must step down but no healthy voter can take over"),
         ),
         Step::Wait(WaitReason::NoLeader) => (Phase::Degraded, with_unanswered("no leader", obs)),
-        Step::Wait(WaitReason::PodNotAnswering { ordinal }) => (
-            Phase::Scaling,
+        Step::Wait(WaitReason::RolloutHalted { ordinal }) => (
+            Phase::Degraded,
             format!(
-                "waiting for pod {} to answer",
-                ClusterIdentity::of(cluster).pod(*ordinal)
+                "rollout halted: {} runs the new pod template but has not answered and caught up within the rollout timeout; the other pods keep the old template. Fix or revert the change to go on",
+                id.pod(*ordinal)
             ),
         ),
+        Step::Wait(WaitReason::PodNotAnswering { ordinal }) => (
+            if input.rolling {
+                Phase::Upgrading
+            } else {
+                Phase::Scaling
+            },
+            format!("waiting for pod {} to answer", id.pod(*ordinal)),
+        ),
+        Step::RemoveMember { id: n } if input.lost_volumes.contains(n) => (
+            Phase::Degraded,
+            format!(
+                "{} lost its volume: removing it from the configuration, it joins again as a learner",
+                member_name(&id, *n, &n.to_string())
+            ),
+        ),
+        step if input.rolling => (Phase::Upgrading, describe(step)),
         step => (Phase::Scaling, describe(step)),
     }
 }
@@ -195,11 +291,49 @@ pub fn describe(step: &Step) -> String {
         Step::ShrinkStatefulSet { replicas } => {
             format!("shrinking the StatefulSet to {replicas} pods")
         }
+        Step::ReplacePod { ordinal } => {
+            format!("replacing the pod of ordinal {ordinal}, which runs an older pod template")
+        }
+        Step::Wait(WaitReason::PodTerminating { ordinal }) => {
+            format!("waiting for the pod of ordinal {ordinal} to terminate")
+        }
+        Step::Wait(WaitReason::MemberCatchingUp {
+            ordinal,
+            applied,
+            commit_index,
+        }) => format!(
+            "waiting for the member of ordinal {ordinal} to catch up (applied {} of commit {commit_index}) before the next pod",
+            applied.map_or("unknown".to_string(), |a| a.to_string())
+        ),
         Step::DeletePvc { ordinal } => {
             format!("deleting the volume of retired pod ordinal {ordinal}")
         }
         Step::Wait(reason) => format!("waiting: {reason:?}"),
         Step::Stable => "stable".into(),
+    }
+}
+
+/// Reason of the Progressing condition: what the operator is doing or
+/// waiting for, one word a user can search for.
+pub fn step_reason(step: &Step, phase: Phase) -> &'static str {
+    match step {
+        Step::RaiseStatefulSet { .. } | Step::ShrinkStatefulSet { .. } => "Scaling",
+        Step::AddLearner { .. } => "AddingMember",
+        Step::WaitCatchUp { .. } | Step::Wait(WaitReason::MemberCatchingUp { .. }) => {
+            "MemberCatchingUp"
+        }
+        Step::Promote { .. } => "PromotingMember",
+        Step::TransferLeader { .. } => "TransferringLeadership",
+        Step::RemoveMember { .. } => "RemovingMember",
+        Step::DeletePvc { .. } => "DeletingVolume",
+        Step::ReplacePod { .. } => "ReplacingPod",
+        Step::Wait(WaitReason::NoLeader) => "NoLeader",
+        Step::Wait(WaitReason::PodNotAnswering { .. }) => "PodNotAnswering",
+        Step::Wait(WaitReason::QuorumAtRisk { .. }) => "QuorumAtRisk",
+        Step::Wait(WaitReason::NoTransferTarget { .. }) => "NoTransferTarget",
+        Step::Wait(WaitReason::PodTerminating { .. }) => "PodTerminating",
+        Step::Wait(WaitReason::RolloutHalted { .. }) => ROLLOUT_HALTED,
+        Step::Stable => phase.as_str(),
     }
 }
 
@@ -225,14 +359,24 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
                     is_leader: m.id == l.id,
                     healthy: healthy.contains(&m.id),
                     match_index: m.match_index.map(to_i64),
+                    unhealthy_since: input.down_since.get(&m.id).map(|t| Time(*t)),
                 })
                 .collect()
         })
         .unwrap_or_default();
 
     let available = leader.is_some();
-    let progressing =
-        phase == Phase::Scaling || phase == Phase::Bootstrapping || phase == Phase::Pending;
+    let progressing = matches!(
+        phase,
+        Phase::Scaling | Phase::Upgrading | Phase::Bootstrapping | Phase::Pending
+    );
+    let halted = matches!(input.step, Step::Wait(WaitReason::RolloutHalted { .. }));
+    let long_down = long_down(&id, input.down_since, input.now, input.member_down_seconds);
+    let down_message = long_down
+        .iter()
+        .map(|(pod, since)| format!("{pod} has not answered since {since}"))
+        .collect::<Vec<_>>()
+        .join("; ");
     let degraded = phase == Phase::Degraded || phase == Phase::Failed;
     let previous = cluster
         .status
@@ -257,7 +401,7 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
             if !input.adopting.is_empty() && !available {
                 ADOPTING_VOLUMES
             } else {
-                phase.as_str()
+                step_reason(input.step, phase)
             },
             &message,
             generation,
@@ -267,12 +411,31 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
             previous,
             "Degraded",
             degraded,
-            if input.refusals.is_empty() {
-                phase.as_str()
-            } else {
+            if !input.refusals.is_empty() {
                 DATA_DIR_REFUSED
+            } else if halted {
+                ROLLOUT_HALTED
+            } else if !input.lost_volumes.is_empty() {
+                VOLUME_LOST
+            } else if !long_down.is_empty() {
+                MEMBER_DOWN
+            } else {
+                phase.as_str()
             },
             &message,
+            generation,
+            input.now,
+        ),
+        condition(
+            previous,
+            MEMBER_DOWN,
+            !long_down.is_empty(),
+            if long_down.is_empty() {
+                "MembersAnswering"
+            } else {
+                MEMBER_DOWN
+            },
+            &down_message,
             generation,
             input.now,
         ),
@@ -296,6 +459,7 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
         service_monitor: cluster.status.as_ref().is_some_and(|s| s.service_monitor),
         bootstrapped: is_bootstrapped(cluster, obs),
         cluster_token: Some(statefulset::cluster_token(cluster)),
+        member_volumes: input.member_volumes.clone(),
     }
 }
 
@@ -382,6 +546,8 @@ mod tests {
     }
 
     const NONE: &BTreeSet<u32> = &BTreeSet::new();
+    const NO_IDS: &BTreeSet<NodeId> = &BTreeSet::new();
+    const NOT_DOWN: &BTreeMap<NodeId, Timestamp> = &BTreeMap::new();
 
     fn input<'a>(obs: &'a ClusterObservation, step: &'a Step) -> StatusInput<'a> {
         StatusInput {
@@ -392,7 +558,86 @@ mod tests {
             adopting: NONE,
             refusals: &[],
             now: Timestamp::UNIX_EPOCH,
+            down_since: NOT_DOWN,
+            member_down_seconds: 60,
+            rolling: false,
+            lost_volumes: NO_IDS,
+            member_volumes: BTreeMap::new(),
         }
+    }
+
+    fn cond<'a>(s: &'a RaftClusterStatus, type_: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn a_halted_rollout_is_degraded_with_its_reason() {
+        let obs = three_healthy();
+        let step = Step::Wait(WaitReason::RolloutHalted { ordinal: 2 });
+        let mut i = input(&obs, &step);
+        i.rolling = true;
+        let s = build(&cluster(), &i);
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        assert!(
+            s.message
+                .as_deref()
+                .unwrap()
+                .contains("rollout halted: kv-2")
+        );
+        assert_eq!(cond(&s, "Degraded").reason, ROLLOUT_HALTED);
+        assert_eq!(cond(&s, "Progressing").reason, ROLLOUT_HALTED);
+        // While it goes on, it is Upgrading with what it waits for.
+        let step = Step::Wait(WaitReason::MemberCatchingUp {
+            ordinal: 2,
+            applied: Some(5),
+            commit_index: 100,
+        });
+        let mut i = input(&obs, &step);
+        i.rolling = true;
+        let s = build(&cluster(), &i);
+        assert_eq!(s.phase, Some(Phase::Upgrading));
+        assert_eq!(cond(&s, "Progressing").status, "True");
+        assert_eq!(cond(&s, "Progressing").reason, "MemberCatchingUp");
+    }
+
+    #[test]
+    fn a_member_down_longer_than_the_threshold_is_reported() {
+        let mut obs = three_healthy();
+        obs.nodes[2].status = Err("connection refused".into());
+        let mut c = cluster();
+        let now = Timestamp::from_second(1_000).unwrap();
+        // First pass it is down: since now, not yet reported.
+        let since = down_since(&c, &obs, now);
+        assert_eq!(since, BTreeMap::from([(NodeId(3), now)]));
+        let mut i = input(&obs, &Step::Stable);
+        i.now = now;
+        i.down_since = &since;
+        let s = build(&c, &i);
+        assert_eq!(
+            s.members[2].unhealthy_since,
+            Some(Time(now)),
+            "recorded in the member's status"
+        );
+        assert_eq!(cond(&s, MEMBER_DOWN).status, "False");
+        // 60 s later, still down: the time is carried over and reported.
+        c.status = Some(s);
+        let later = Timestamp::from_second(1_060).unwrap();
+        let since = down_since(&c, &obs, later);
+        assert_eq!(since[&NodeId(3)], now);
+        let mut i = input(&obs, &Step::Stable);
+        i.now = later;
+        i.down_since = &since;
+        let s = build(&c, &i);
+        assert_eq!(cond(&s, MEMBER_DOWN).status, "True");
+        assert!(
+            cond(&s, MEMBER_DOWN)
+                .message
+                .contains("kv-2 has not answered since")
+        );
+        assert_eq!(cond(&s, "Degraded").reason, MEMBER_DOWN);
+        // Back: forgotten.
+        let healthy = three_healthy();
+        assert!(down_since(&c, &healthy, later).is_empty());
     }
 
     #[test]

@@ -6,14 +6,14 @@
 //! Everything is derived from what is observed on each pass, so a pass can
 //! be interrupted anywhere and the next one continues correctly.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -21,6 +21,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -29,12 +30,13 @@ use tracing::{debug, info, instrument, warn};
 use crate::cluster_status::{self, StatusInput};
 use crate::crd::{PvcRetention, RaftCluster, RaftClusterStatus};
 use crate::identity::{ClusterIdentity, FIELD_MANAGER, NodeId};
+use crate::member_volumes;
 use crate::metrics::Metrics;
 use crate::node_client::{AddressResolver, NodeClient, NodeError};
 use crate::node_steps::{self, NodeStepOutcome};
 use crate::observation::ClusterObservation;
 use crate::planner::{self, PlanInput, Step};
-use crate::resources::statefulset::StartMode;
+use crate::resources::start_config::{self, StartMode};
 use crate::resources::{
     client_service, headless_service, network_policy, pdb, peer_secret, service_monitor,
     statefulset,
@@ -82,6 +84,11 @@ pub struct Settings {
     pub stable_requeue: Duration,
     /// Learner catch-up threshold (entries behind the commit index).
     pub max_catch_up_lag: u64,
+    /// How long a pod replaced by a rollout may take to answer and catch up
+    /// before the rollout halts.
+    pub rollout_timeout: Duration,
+    /// A member that has not answered for this long is reported.
+    pub member_down_threshold: Duration,
 }
 
 impl Default for Settings {
@@ -90,6 +97,8 @@ impl Default for Settings {
             busy_requeue: Duration::from_secs(5),
             stable_requeue: Duration::from_secs(30),
             max_catch_up_lag: 100,
+            rollout_timeout: Duration::from_secs(300),
+            member_down_threshold: Duration::from_secs(120),
         }
     }
 }
@@ -288,7 +297,21 @@ struct KubeObservation {
     retained_pvcs: BTreeSet<u32>,
     /// Members that refuse their volume.
     refusals: Vec<Refusal>,
+    /// Pods created from an older template than the StatefulSet's current
+    /// revision (empty while the StatefulSet controller has not yet seen
+    /// the latest spec).
+    outdated: BTreeSet<u32>,
+    /// Pods being deleted.
+    terminating: BTreeSet<u32>,
+    /// Creation time of each pod.
+    pod_created: BTreeMap<u32, Timestamp>,
+    /// UID of each data PVC.
+    pvc_uids: BTreeMap<u32, String>,
 }
+
+/// Label the StatefulSet controller puts on each pod: the revision of the
+/// template it was created from.
+const REVISION_LABEL: &str = "controller-revision-hash";
 
 async fn observe_kube(
     client: &Client,
@@ -306,7 +329,46 @@ async fn observe_kube(
     let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
         .list(&selector)
         .await?;
+    // The current revision is only known once the StatefulSet controller
+    // has seen the latest spec; until then nothing counts as outdated.
+    let update_revision = sts.as_ref().and_then(|s| {
+        let status = s.status.as_ref()?;
+        (status.observed_generation == s.metadata.generation)
+            .then(|| status.update_revision.clone())
+            .flatten()
+    });
+    let ordinal = |p: &Pod| id.ordinal_of(&p.name_any());
+    let outdated = pods
+        .items
+        .iter()
+        .filter(|p| {
+            update_revision
+                .as_ref()
+                .is_some_and(|rev| p.labels().get(REVISION_LABEL) != Some(rev))
+        })
+        .filter_map(ordinal)
+        .collect();
+    let terminating = pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_some())
+        .filter_map(ordinal)
+        .collect();
+    let pod_created = pods
+        .items
+        .iter()
+        .filter_map(|p| Some((ordinal(p)?, p.creation_timestamp()?.0)))
+        .collect();
+    let pvc_uids = pvcs
+        .items
+        .iter()
+        .filter_map(|p| Some((id.pvc_ordinal_of(&p.name_any())?, p.uid()?)))
+        .collect();
     Ok(KubeObservation {
+        outdated,
+        terminating,
+        pod_created,
+        pvc_uids,
         statefulset_replicas: sts
             .as_ref()
             .and_then(|s| s.spec.replicas)
@@ -375,6 +437,18 @@ async fn apply<N: NodeClient, R: AddressResolver>(
         kube_obs.retained_pvcs.clone()
     };
     let desired = u32::try_from(cluster.spec.replicas.max(1)).unwrap_or(1);
+    let now = Timestamp::now();
+    let down_since = cluster_status::down_since(cluster, &obs, now);
+    let recorded_volumes = cluster
+        .status
+        .as_ref()
+        .map(|s| s.member_volumes.clone())
+        .unwrap_or_default();
+    let lost_volumes =
+        member_volumes::lost(&recorded_volumes, raft.as_ref(), &id, &kube_obs.pvc_uids);
+    let member_volumes =
+        member_volumes::record(&recorded_volumes, raft.as_ref(), &id, &kube_obs.pvc_uids);
+    let overdue = overdue(&kube_obs, &down_since, now, ctx.settings.rollout_timeout);
     let plan = PlanInput {
         desired,
         statefulset_replicas: kube_obs.statefulset_replicas,
@@ -384,6 +458,11 @@ async fn apply<N: NodeClient, R: AddressResolver>(
         pvcs: kube_obs.pvcs.clone(),
         delete_pvcs: cluster.spec.pvc_retention == PvcRetention::Delete,
         max_catch_up_lag: ctx.settings.max_catch_up_lag,
+        outdated: kube_obs.outdated.clone(),
+        terminating: kube_obs.terminating.clone(),
+        applied: obs.answered().map(|s| (s.id, s.applied_index)).collect(),
+        lost_volumes: lost_volumes.clone(),
+        overdue,
     };
     let step = planner::adopt_retained(kube_obs.statefulset_replicas, raft.as_ref(), &adopting)
         .unwrap_or_else(|| planner::next_step(&plan));
@@ -409,11 +488,19 @@ async fn apply<N: NodeClient, R: AddressResolver>(
     } else {
         StartMode::Bootstrap
     };
+    // Before the StatefulSet: its pods read their start mode from here.
+    let config_api = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    server_side_apply(
+        &config_api,
+        &id.start_config(),
+        &start_config::build(cluster, start_mode),
+    )
+    .await?;
     let sts_api = Api::<StatefulSet>::namespaced(client.clone(), ns);
     server_side_apply(
         &sts_api,
         &id.statefulset(),
-        &statefulset::build(cluster, replicas, start_mode),
+        &statefulset::build(cluster, replicas),
     )
     .await?;
 
@@ -431,7 +518,7 @@ async fn apply<N: NodeClient, R: AddressResolver>(
 
     let service_monitor = reconcile_service_monitor(cluster, ctx, &id).await?;
 
-    let outcome = carry_out(cluster, ctx, &id, &obs, &step).await?;
+    let outcome = carry_out(cluster, ctx, &id, &obs, &step, &lost_volumes).await?;
 
     let mut status = cluster_status::build(
         cluster,
@@ -442,7 +529,13 @@ async fn apply<N: NodeClient, R: AddressResolver>(
             ready_replicas: kube_obs.ready_replicas,
             adopting: &adopting,
             refusals: &kube_obs.refusals,
-            now: Timestamp::now(),
+            now,
+            down_since: &down_since,
+            member_down_seconds: i64::try_from(ctx.settings.member_down_threshold.as_secs())
+                .unwrap_or(i64::MAX),
+            rolling: !kube_obs.outdated.is_empty(),
+            lost_volumes: &lost_volumes,
+            member_volumes,
         },
     );
     status.service_monitor = service_monitor;
@@ -458,6 +551,30 @@ async fn apply<N: NodeClient, R: AddressResolver>(
     } else {
         ctx.settings.busy_requeue
     }))
+}
+
+/// Ordinals of pods whose member has been down, or the pod itself up
+/// without catching up, for longer than the rollout waits: from the pod's
+/// creation, or from when its member stopped answering if that is later
+/// (a member that ran for days and then crashed gets the full timeout).
+fn overdue(
+    kube_obs: &KubeObservation,
+    down_since: &BTreeMap<NodeId, Timestamp>,
+    now: Timestamp,
+    timeout: Duration,
+) -> BTreeSet<u32> {
+    let timeout = i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX);
+    kube_obs
+        .pod_created
+        .iter()
+        .filter(|(ordinal, created)| {
+            let since = down_since
+                .get(&NodeId::from_ordinal(**ordinal))
+                .map_or(**created, |down| (*down).max(**created));
+            now.as_second() - since.as_second() >= timeout
+        })
+        .map(|(ordinal, _)| *ordinal)
+        .collect()
 }
 
 /// Create the ServiceMonitor when monitoring is on and the Prometheus
@@ -511,15 +628,38 @@ async fn carry_out<N: NodeClient, R: AddressResolver>(
     id: &ClusterIdentity,
     obs: &ClusterObservation,
     step: &Step,
+    lost_volumes: &BTreeSet<NodeId>,
 ) -> Result<Outcome, Error> {
     if node_steps::apply(&ctx.node, &ctx.resolver, id, obs, step).await?
         == NodeStepOutcome::Deferred
     {
         return Ok(Outcome::Deferred);
     }
-    if let Step::DeletePvc { ordinal } = step {
-        let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &id.namespace);
-        delete_ignoring_absent(&api, &id.pvc(*ordinal)).await?;
+    match step {
+        Step::DeletePvc { ordinal } => {
+            let api = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &id.namespace);
+            delete_ignoring_absent(&api, &id.pvc(*ordinal)).await?;
+        }
+        Step::ReplacePod { ordinal } => {
+            let api = Api::<Pod>::namespaced(ctx.client.clone(), &id.namespace);
+            delete_ignoring_absent(&api, &id.pod(*ordinal)).await?;
+        }
+        Step::RemoveMember { id: n } if lost_volumes.contains(n) => {
+            let pod = n.ordinal().map_or_else(|| n.to_string(), |o| id.pod(o));
+            let note = format!(
+                "{pod} (id {n}) lost its volume (its PVC was replaced): removed from the configuration; it joins again as a learner"
+            );
+            publish(
+                ctx,
+                cluster,
+                EventType::Warning,
+                cluster_status::VOLUME_LOST,
+                note,
+            )
+            .await;
+            return Ok(Outcome::Done);
+        }
+        _ => {}
     }
     if let Some((reason, note)) = event_for(step, id) {
         publish(ctx, cluster, EventType::Normal, reason, note).await;
@@ -556,6 +696,13 @@ fn event_for(step: &Step, id: &ClusterIdentity) -> Option<(&'static str, String)
             format!("{} (id {n}) removed from the configuration", pod_of(*n)),
         ),
         Step::DeletePvc { ordinal } => ("VolumeDeleted", format!("deleted {}", id.pvc(*ordinal))),
+        Step::ReplacePod { ordinal } => (
+            "PodReplaced",
+            format!(
+                "deleted {} to start it from the current pod template",
+                id.pod(*ordinal)
+            ),
+        ),
         Step::WaitCatchUp { .. } | Step::Wait(_) | Step::Stable => return None,
     })
 }
@@ -597,12 +744,37 @@ async fn warn_on_transitions<N, R>(
             cluster_status::DATA_DIR_REFUSED,
             EventType::Warning,
         ),
+        (
+            "Degraded",
+            cluster_status::ROLLOUT_HALTED,
+            EventType::Warning,
+        ),
     ] {
         let wanted = Some(reason.to_string());
         if now(type_) == wanted && before(type_) != wanted {
             let note = status.message.clone().unwrap_or_default();
             publish(ctx, cluster, event_type, reason, note).await;
         }
+    }
+    // A member down for longer than the threshold: news whenever the list
+    // of such members changes.
+    let down = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == cluster_status::MEMBER_DOWN && c.status == "True")
+            .map(|c| c.message.clone())
+    };
+    let down_now = down(&status.conditions);
+    if down_now.is_some() && down_now != previous.and_then(|p| down(&p.conditions)) {
+        let note = down_now.unwrap_or_default();
+        publish(
+            ctx,
+            cluster,
+            EventType::Warning,
+            cluster_status::MEMBER_DOWN,
+            note,
+        )
+        .await;
     }
     let spec_changed = previous.and_then(|p| p.observed_generation) != cluster.metadata.generation;
     if spec_changed && cluster.spec.replicas % 2 == 0 {
@@ -706,11 +878,19 @@ pub async fn run<N: NodeClient, R: AddressResolver>(
     let client = ctx.client.clone();
     let clusters = Api::<RaftCluster>::all(client.clone());
     let cfg = watcher::Config::default();
+    // Pods belong to the StatefulSet, not to the RaftCluster: map them to
+    // their cluster by its instance label, so that a pod that goes away,
+    // comes back or changes readiness starts a pass at once.
+    let member_pods = watcher::Config::default().labels("app.kubernetes.io/name=raftkv");
     Controller::new(clusters, cfg.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), cfg.clone())
         .owns(Api::<Service>::all(client.clone()), cfg.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), cfg.clone())
-        .owns(Api::<NetworkPolicy>::all(client), cfg)
+        .owns(Api::<NetworkPolicy>::all(client.clone()), cfg)
+        .watches(Api::<Pod>::all(client), member_pods, |pod: Pod| {
+            let cluster = pod.labels().get("app.kubernetes.io/instance")?.clone();
+            Some(ObjectRef::<RaftCluster>::new(&cluster).within(&pod.namespace()?))
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

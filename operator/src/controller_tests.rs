@@ -115,13 +115,19 @@ fn apply_owned(replicas: u32, max_unavailable: i32) -> Vec<Expect> {
 }
 
 fn apply_owned_as(replicas: u32, max_unavailable: i32, start_var: &'static str) -> Vec<Expect> {
+    let key = match start_var {
+        "RAFTKV_JOIN" => "join",
+        _ => "initialCluster",
+    };
     vec![
+        start_config(key),
         Expect::apply("/apis/apps/v1/namespaces/prod/statefulsets/kv", move |b| {
             assert_eq!(b["spec"]["replicas"], replicas, "StatefulSet replicas");
             assert!(
                 env_names(b).iter().any(|n| n == start_var),
                 "{start_var} missing"
             );
+            assert_eq!(b["spec"]["updateStrategy"]["type"], "OnDelete");
             assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "RaftCluster");
         }),
         Expect::apply(
@@ -134,6 +140,15 @@ fn apply_owned_as(replicas: u32, max_unavailable: i32, start_var: &'static str) 
             },
         ),
     ]
+}
+
+/// The start ConfigMap apply, holding exactly the key `key`.
+fn start_config(key: &'static str) -> Expect {
+    Expect::apply("/api/v1/namespaces/prod/configmaps/kv-start", move |b| {
+        let keys: Vec<&String> = b["data"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, [key], "start ConfigMap keys");
+        assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "RaftCluster");
+    })
 }
 
 /// The status write; `check` sees the applied status.
@@ -651,6 +666,7 @@ async fn a_recreated_cluster_adopts_the_volumes_it_retained() {
             .collect::<Vec<_>>()
     );
     let mut script = observe(None, pods(0), old_pvcs);
+    script.push(start_config("join"));
     script.push(Expect::apply(
         "/apis/apps/v1/namespaces/prod/statefulsets/kv",
         |b| {
@@ -663,8 +679,6 @@ async fn a_recreated_cluster_adopts_the_volumes_it_retained() {
                     .find(|e| e["name"] == name)
                     .map(|e| e["value"].clone())
             };
-            assert_eq!(var("RAFTKV_JOIN"), Some(json!("true")));
-            assert_eq!(var("RAFTKV_INITIAL_CLUSTER"), None);
             assert_eq!(var("RAFTKV_CLUSTER_TOKEN"), Some(json!("prod/kv")));
         },
     ));
@@ -732,4 +746,97 @@ async fn a_member_refusing_its_volume_fails_the_cluster_with_the_reason() {
     )
     .await
     .unwrap();
+}
+
+/// Pods `kv-0..n` created from the given template revisions.
+fn pods_at(revisions: &[&str]) -> Value {
+    let items: Vec<Value> = revisions
+        .iter()
+        .enumerate()
+        .map(|(i, rev)| {
+            json!({"metadata":{"name":format!("kv-{i}"),"namespace":NS,
+                   "creationTimestamp":"2026-01-01T00:00:00Z",
+                   "labels":{"controller-revision-hash":rev}}})
+        })
+        .collect();
+    json!({"apiVersion":"v1","kind":"PodList","metadata":{},"items":items})
+}
+
+fn statefulset_at(revision: &str) -> Value {
+    let mut sts = statefulset(3, 3);
+    sts["metadata"]["generation"] = json!(2);
+    sts["status"]["observedGeneration"] = json!(2);
+    sts["status"]["updateRevision"] = json!(revision);
+    sts
+}
+
+/// A template change: the StatefulSet (OnDelete) replaces nothing; the
+/// operator deletes the outdated follower's pod, and only that one.
+#[tokio::test]
+async fn an_outdated_follower_pod_is_deleted_to_roll_it() {
+    let members = [(1, true, None), (2, true, Some(100)), (3, true, Some(100))];
+    let fake = nodes(3, 1, &members);
+    let mut script = observe(
+        Some(statefulset_at("kv-new")),
+        pods_at(&["kv-old", "kv-old", "kv-old"]),
+        pvcs(&[0, 1, 2]),
+    );
+    script.extend(apply_owned(3, 1));
+    script.push(Expect::new(
+        Method::DELETE,
+        "/api/v1/namespaces/prod/pods/kv-2",
+        |_| {
+            (
+                StatusCode::OK,
+                json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"kv-2","namespace":NS}}),
+            )
+        },
+    ));
+    script.push(Expect::event_with_note(NS, "PodReplaced", "deleted kv-2"));
+    script.push(status_write(|s| {
+        assert_eq!(s["phase"], "Upgrading");
+        assert_eq!(s["conditions"][1]["reason"], "ReplacingPod");
+    }));
+    run_scenario(cluster(3, PvcRetention::Retain), fake.clone(), script)
+        .await
+        .unwrap();
+    assert!(
+        fake.calls().is_empty(),
+        "no membership change: {:?}",
+        fake.calls()
+    );
+}
+
+/// The PVC of kv-1 is not the one its member joined with: the member is
+/// removed (to be added back as a learner), with a warning.
+#[tokio::test]
+async fn a_member_whose_pvc_was_replaced_is_removed() {
+    let members = [(1, true, None), (2, true, Some(100)), (3, true, Some(100))];
+    let fake = nodes(3, 1, &members);
+    let mut c = cluster(3, PvcRetention::Retain);
+    if let Some(s) = c.status.as_mut() {
+        s.member_volumes = [("kv-0", "u0"), ("kv-1", "u1"), ("kv-2", "u2")]
+            .into_iter()
+            .map(|(p, u)| (p.to_string(), u.to_string()))
+            .collect();
+    }
+    let mut pvc_list = pvcs(&[0, 1, 2]);
+    for (i, uid) in ["u0", "u1-new", "u2"].iter().enumerate() {
+        pvc_list["items"][i]["metadata"]["uid"] = json!(uid);
+    }
+    let mut script = observe(Some(statefulset(3, 3)), pods(3), pvc_list);
+    script.extend(apply_owned(3, 1));
+    script.push(Expect::event_with_note(
+        NS,
+        "VolumeLost",
+        "kv-1 (id 2) lost its volume",
+    ));
+    script.push(status_write(|s| {
+        assert_eq!(s["phase"], "Degraded");
+        assert_eq!(s["conditions"][2]["reason"], "VolumeLost");
+        // Still the old record: it is replaced once the member left.
+        assert_eq!(s["memberVolumes"]["kv-1"], "u1");
+    }));
+    run_scenario(c, fake.clone(), script).await.unwrap();
+    assert_eq!(fake.calls(), ["kv-0: remove 2"]);
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -303,6 +303,11 @@ pub struct RaftClusterStatus {
     /// refuses a data directory written for another cluster id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_token: Option<String>,
+    /// Pod name -> UID of the data volume (PVC) its member joined the
+    /// configuration with. A member whose PVC now has another UID lost its
+    /// log and its vote; the operator removes it and adds it back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub member_volumes: BTreeMap<String, String>,
 }
 
 /// Lifecycle phase of a cluster.
@@ -312,6 +317,8 @@ pub enum Phase {
     Bootstrapping,
     Running,
     Scaling,
+    /// Pods on an older template are being replaced one at a time.
+    Upgrading,
     Degraded,
     Failed,
 }
@@ -323,6 +330,7 @@ impl Phase {
             Phase::Bootstrapping => "Bootstrapping",
             Phase::Running => "Running",
             Phase::Scaling => "Scaling",
+            Phase::Upgrading => "Upgrading",
             Phase::Degraded => "Degraded",
             Phase::Failed => "Failed",
         }
@@ -341,6 +349,9 @@ pub struct MemberStatus {
     pub healthy: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_index: Option<i64>,
+    /// Since when the member has not answered (absent while it answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_since: Option<Time>,
 }
 
 /// Voting role of a member.

@@ -229,6 +229,8 @@ pub fn context(nodes: FakeNodes) -> (Arc<Context<FakeNodes, DnsResolver>>, Handl
         busy_requeue: Duration::from_secs(5),
         stable_requeue: Duration::from_secs(30),
         max_catch_up_lag: 10,
+        rollout_timeout: Duration::from_secs(60),
+        member_down_threshold: Duration::from_secs(60),
     };
     let ctx = Context::new(
         client,

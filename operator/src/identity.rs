@@ -92,6 +92,10 @@ impl ClusterIdentity {
     pub fn peer_secret(&self) -> String {
         format!("{}-peer", self.name)
     }
+    /// The ConfigMap saying how a member with an empty data dir starts.
+    pub fn start_config(&self) -> String {
+        format!("{}-start", self.name)
+    }
     pub fn pod(&self, ordinal: u32) -> String {
         format!("{}-{ordinal}", self.name)
     }

@@ -9,6 +9,7 @@ pub mod crd;
 pub(crate) mod fixtures;
 pub mod identity;
 pub mod leader_election;
+pub mod member_volumes;
 pub mod metrics;
 pub mod node_api;
 pub mod node_client;

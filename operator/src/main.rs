@@ -78,6 +78,22 @@ struct RunArgs {
     /// A learner within this many entries of the commit index is promoted.
     #[arg(long, env = "RAFTKV_OPERATOR_MAX_CATCH_UP_LAG", default_value_t = 100)]
     max_catch_up_lag: u64,
+    /// A pod replaced by a rolling update that has not answered and caught
+    /// up after this long halts the rollout.
+    #[arg(
+        long,
+        env = "RAFTKV_OPERATOR_ROLLOUT_TIMEOUT_SECONDS",
+        default_value_t = 300
+    )]
+    rollout_timeout_seconds: u64,
+    /// A member that has not answered for this long is reported in the
+    /// status (condition MemberDown) and by a Warning event.
+    #[arg(
+        long,
+        env = "RAFTKV_OPERATOR_MEMBER_DOWN_SECONDS",
+        default_value_t = 120
+    )]
+    member_down_seconds: u64,
     /// Log as JSON lines.
     #[arg(long, env = "RAFTKV_OPERATOR_LOG_JSON", default_value_t = true, action = clap::ArgAction::Set)]
     log_json: bool,
@@ -158,6 +174,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         busy_requeue: Duration::from_secs(args.busy_requeue_seconds),
         stable_requeue: Duration::from_secs(args.stable_requeue_seconds),
         max_catch_up_lag: args.max_catch_up_lag,
+        rollout_timeout: Duration::from_secs(args.rollout_timeout_seconds),
+        member_down_threshold: Duration::from_secs(args.member_down_seconds),
     };
     let ctx = Arc::new(Context::new(
         client.clone(),

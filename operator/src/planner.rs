@@ -18,8 +18,19 @@
 //!    add it as a learner (then rule 3 promotes it).
 //! 6. Shrink the StatefulSet by one once its last pod is no longer a member,
 //!    then delete that pod's volume if the retention policy says so.
+//! 7. Roll pods that run an older pod template (the StatefulSet uses
+//!    `OnDelete`, so only the operator replaces them): one at a time, a
+//!    member that is down first, then followers, the leader last and only
+//!    after leadership moved to a member on the new template; each replaced
+//!    member must answer and have applied up to the leader's commit index
+//!    before the next pod goes. A replaced member that does not get there
+//!    within the patience (`overdue`) halts the rollout.
+//!
+//! Before all of these (after rule 2), a member whose volume was replaced
+//! (it lost its log and its vote) is removed from the configuration; rule 5
+//! then adds it back as a learner and rule 3 promotes it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::identity::NodeId;
 
@@ -60,6 +71,19 @@ pub struct PlanInput {
     /// A learner whose match index is within this many entries of the
     /// leader's commit index counts as caught up.
     pub max_catch_up_lag: u64,
+    /// Ordinals of pods created from an older pod template than the
+    /// StatefulSet's current one.
+    pub outdated: BTreeSet<u32>,
+    /// Ordinals of pods being deleted.
+    pub terminating: BTreeSet<u32>,
+    /// Each answering node's own applied index.
+    pub applied: BTreeMap<NodeId, u64>,
+    /// Members whose data volume is not the one they joined with: they
+    /// lost their log and their vote, and must join again as new members.
+    pub lost_volumes: BTreeSet<NodeId>,
+    /// Ordinals of pods on the current template whose member has not
+    /// answered, or not caught up, for longer than the rollout waits.
+    pub overdue: BTreeSet<u32>,
 }
 
 /// Why the planner holds still.
@@ -78,6 +102,24 @@ pub enum WaitReason {
     /// No healthy, wanted voter can take over leadership.
     NoTransferTarget {
         from: NodeId,
+    },
+    /// A pod of a member is being deleted; nothing else moves until its
+    /// replacement is back.
+    PodTerminating {
+        ordinal: u32,
+    },
+    /// A member on the current template has not yet applied up to the
+    /// leader's commit index; the rollout waits for it.
+    MemberCatchingUp {
+        ordinal: u32,
+        applied: Option<u64>,
+        commit_index: u64,
+    },
+    /// A member on the current template has been down or behind for longer
+    /// than the rollout waits: no further pod is replaced until it recovers
+    /// or the template changes.
+    RolloutHalted {
+        ordinal: u32,
     },
 }
 
@@ -110,6 +152,11 @@ pub enum Step {
         replicas: u32,
     },
     DeletePvc {
+        ordinal: u32,
+    },
+    /// Delete a pod that runs an older template; the StatefulSet creates it
+    /// again from the current one.
+    ReplacePod {
         ordinal: u32,
     },
     Wait(WaitReason),
@@ -170,6 +217,30 @@ pub fn next_step(input: &PlanInput) -> Step {
             .count()
     };
 
+    // A member that lost its volume leaves first (then rules 5 and 3 bring
+    // it back as a learner). Leadership moves off it if it leads; it must
+    // not take the quorum with it.
+    if let Some(lost) = members
+        .iter()
+        .filter(|m| input.lost_volumes.contains(&m.id))
+        .min_by_key(|m| m.id)
+    {
+        if lost.id == raft.leader {
+            return transfer_away(input, &voters, lost.id);
+        }
+        if lost.voter {
+            let after = healthy_voters(Some(lost.id));
+            if voters.len() <= 1 || after < quorum(voters.len() - 1) {
+                return Step::Wait(WaitReason::QuorumAtRisk {
+                    id: lost.id,
+                    healthy_voters: healthy_voters(None),
+                    voters: voters.len(),
+                });
+            }
+        }
+        return Step::RemoveMember { id: lost.id };
+    }
+
     // 3. Finish the learner in flight.
     if let Some(learner) = members.iter().filter(|m| !m.voter).min_by_key(|m| m.id) {
         if !wanted(learner.id, input.desired) {
@@ -196,21 +267,7 @@ pub fn next_step(input: &PlanInput) -> Step {
         .max_by_key(|m| m.id)
     {
         if leaving.id == raft.leader {
-            let target = voters
-                .iter()
-                .filter(|m| {
-                    m.id != leaving.id
-                        && wanted(m.id, input.desired)
-                        && input.healthy.contains(&m.id)
-                })
-                .max_by_key(|m| (m.match_index.unwrap_or(0), std::cmp::Reverse(m.id)));
-            return match target {
-                Some(to) => Step::TransferLeader {
-                    from: leaving.id,
-                    to: to.id,
-                },
-                None => Step::Wait(WaitReason::NoTransferTarget { from: leaving.id }),
-            };
+            return transfer_away(input, &voters, leaving.id);
         }
         let before = healthy_voters(None);
         let after = healthy_voters(Some(leaving.id));
@@ -252,7 +309,125 @@ pub fn next_step(input: &PlanInput) -> Step {
     {
         return Step::DeletePvc { ordinal };
     }
-    Step::Stable
+
+    // 7. Roll pods on an older template.
+    roll(input, raft, &voters)
+}
+
+/// Move leadership off `from` to the most caught-up healthy, wanted voter
+/// that runs the current template (ties: the lowest id).
+fn transfer_away(input: &PlanInput, voters: &[&ObservedMember], from: NodeId) -> Step {
+    let target = voters
+        .iter()
+        .filter(|m| {
+            m.id != from
+                && wanted(m.id, input.desired)
+                && input.healthy.contains(&m.id)
+                && !input.lost_volumes.contains(&m.id)
+        })
+        .max_by_key(|m| {
+            let current = m.id.ordinal().is_some_and(|o| !input.outdated.contains(&o));
+            (current, m.match_index.unwrap_or(0), std::cmp::Reverse(m.id))
+        });
+    match target {
+        Some(to) => Step::TransferLeader { from, to: to.id },
+        None => Step::Wait(WaitReason::NoTransferTarget { from }),
+    }
+}
+
+/// Rule 7: the next step of a rolling replacement of outdated pods, or
+/// [`Step::Stable`] when every pod runs the current template.
+fn roll(input: &PlanInput, raft: &ObservedRaft, voters: &[&ObservedMember]) -> Step {
+    let member_ordinals: BTreeSet<u32> =
+        raft.members.iter().filter_map(|m| m.id.ordinal()).collect();
+    // Pods that are not members (none once scaling settled) are replaced
+    // freely: they carry nothing.
+    let outdated: Vec<u32> = input
+        .outdated
+        .iter()
+        .copied()
+        .filter(|o| input.pods.contains(o))
+        .collect();
+    if outdated.is_empty() {
+        return Step::Stable;
+    }
+    if let Some(&ordinal) = input
+        .terminating
+        .iter()
+        .find(|o| member_ordinals.contains(o))
+    {
+        return Step::Wait(WaitReason::PodTerminating { ordinal });
+    }
+    // Every member already on the current template must be back and caught
+    // up before another pod goes.
+    for m in &raft.members {
+        let Some(ordinal) = m.id.ordinal() else {
+            continue;
+        };
+        if input.outdated.contains(&ordinal) {
+            continue;
+        }
+        let applied = input.applied.get(&m.id).copied();
+        let caught_up = input.healthy.contains(&m.id)
+            && applied
+                .is_some_and(|a| a.saturating_add(input.max_catch_up_lag) >= raft.commit_index);
+        if caught_up {
+            continue;
+        }
+        if input.overdue.contains(&ordinal) {
+            return Step::Wait(WaitReason::RolloutHalted { ordinal });
+        }
+        if !input.healthy.contains(&m.id) {
+            return Step::Wait(WaitReason::PodNotAnswering { ordinal });
+        }
+        return Step::Wait(WaitReason::MemberCatchingUp {
+            ordinal,
+            applied,
+            commit_index: raft.commit_index,
+        });
+    }
+    // A pod that is no member, or whose member does not answer, first: it
+    // serves nobody, so replacing it costs nothing. Then followers, highest
+    // ordinal first; the leader last.
+    let is_healthy_member =
+        |o: u32| member_ordinals.contains(&o) && input.healthy.contains(&NodeId::from_ordinal(o));
+    let next = outdated
+        .iter()
+        .copied()
+        .find(|o| !is_healthy_member(*o))
+        .or_else(|| {
+            outdated
+                .iter()
+                .copied()
+                .rev()
+                .find(|o| NodeId::from_ordinal(*o) != raft.leader)
+        });
+    let Some(ordinal) = next else {
+        // Only the leader's pod is left.
+        if voters.len() > 1 {
+            return transfer_away(input, voters, raft.leader);
+        }
+        // A single voter cannot keep serving while its pod is replaced.
+        return Step::ReplacePod {
+            ordinal: raft.leader.ordinal().unwrap_or(0),
+        };
+    };
+    let id = NodeId::from_ordinal(ordinal);
+    let is_voter = voters.iter().any(|m| m.id == id);
+    if is_voter && input.healthy.contains(&id) {
+        let others = voters
+            .iter()
+            .filter(|m| m.id != id && input.healthy.contains(&m.id))
+            .count();
+        if others < quorum(voters.len()) {
+            return Step::Wait(WaitReason::QuorumAtRisk {
+                id,
+                healthy_voters: others + 1,
+                voters: voters.len(),
+            });
+        }
+    }
+    Step::ReplacePod { ordinal }
 }
 
 /// The step before [`next_step`] for a cluster that has never had a leader
@@ -355,8 +530,21 @@ mod tests {
                 pvcs: self.pvcs.iter().copied().collect(),
                 delete_pvcs: self.delete_pvcs,
                 max_catch_up_lag: LAG,
+                outdated: BTreeSet::new(),
+                terminating: BTreeSet::new(),
+                applied: healthy_applied(&self.members),
+                lost_volumes: BTreeSet::new(),
+                overdue: BTreeSet::new(),
             }
         }
+    }
+
+    /// Every member has applied what its match index says.
+    fn healthy_applied(members: &[ObservedMember]) -> BTreeMap<NodeId, u64> {
+        members
+            .iter()
+            .map(|m| (m.id, m.match_index.unwrap_or(0)))
+            .collect()
     }
 
     fn case(
@@ -819,6 +1007,11 @@ mod tests {
                     pvcs: pvcs.clone(),
                     delete_pvcs: true,
                     max_catch_up_lag: LAG,
+                    outdated: BTreeSet::new(),
+                    terminating: BTreeSet::new(),
+                    applied: healthy_applied(&members),
+                    lost_volumes: BTreeSet::new(),
+                    overdue: BTreeSet::new(),
                 };
                 let step = next_step(&input);
                 match step {
@@ -851,6 +1044,7 @@ mod tests {
                     Step::DeletePvc { ordinal } => {
                         pvcs.remove(&ordinal);
                     }
+                    Step::ReplacePod { ordinal } => panic!("nothing is outdated: {ordinal}"),
                     Step::Wait(reason) => panic!("unexpected wait {reason:?}"),
                     Step::Stable => break,
                 }
@@ -865,5 +1059,166 @@ mod tests {
             assert_eq!(sts, desired);
         }
         assert_eq!(pvcs, BTreeSet::from([0]));
+    }
+
+    fn three_voters(leader: u64) -> PlanInput {
+        case(
+            "",
+            3,
+            3,
+            Some(leader),
+            vec![voter(1, 100), voter(2, 100), voter(3, 100)],
+            Step::Stable,
+        )
+        .input()
+    }
+
+    #[test]
+    fn a_template_change_replaces_followers_first_highest_ordinal_first() {
+        let mut input = three_voters(1);
+        input.outdated = BTreeSet::from([0, 1, 2]);
+        assert_eq!(next_step(&input), Step::ReplacePod { ordinal: 2 });
+        // Pod 2 replaced and caught up: pod 1 next.
+        input.outdated = BTreeSet::from([0, 1]);
+        assert_eq!(next_step(&input), Step::ReplacePod { ordinal: 1 });
+    }
+
+    #[test]
+    fn the_leaders_pod_goes_last_after_leadership_moved_to_the_new_template() {
+        let mut input = three_voters(1);
+        input.outdated = BTreeSet::from([0]);
+        assert_eq!(
+            next_step(&input),
+            Step::TransferLeader {
+                from: NodeId(1),
+                to: NodeId(2),
+            }
+        );
+        // Leadership moved: now the old leader is a follower like any other.
+        let mut moved = three_voters(2);
+        moved.outdated = BTreeSet::from([0]);
+        assert_eq!(next_step(&moved), Step::ReplacePod { ordinal: 0 });
+    }
+
+    #[test]
+    fn a_replaced_member_must_answer_and_catch_up_before_the_next_pod_goes() {
+        let mut input = three_voters(1);
+        input.outdated = BTreeSet::from([0, 1]);
+        // Pod 2 was replaced and its pod is still being deleted.
+        input.terminating = BTreeSet::from([2]);
+        assert_eq!(
+            next_step(&input),
+            Step::Wait(WaitReason::PodTerminating { ordinal: 2 })
+        );
+        input.terminating.clear();
+        // Back, but not answering yet.
+        input.healthy.remove(&NodeId(3));
+        assert_eq!(
+            next_step(&input),
+            Step::Wait(WaitReason::PodNotAnswering { ordinal: 2 })
+        );
+        // Answering, applied far behind the leader's commit.
+        input.healthy.insert(NodeId(3));
+        input.applied.insert(NodeId(3), 20);
+        assert_eq!(
+            next_step(&input),
+            Step::Wait(WaitReason::MemberCatchingUp {
+                ordinal: 2,
+                applied: Some(20),
+                commit_index: 100,
+            })
+        );
+        // Caught up: the next pod.
+        input.applied.insert(NodeId(3), 100);
+        assert_eq!(next_step(&input), Step::ReplacePod { ordinal: 1 });
+    }
+
+    #[test]
+    fn a_new_template_that_never_comes_up_halts_the_rollout() {
+        let mut input = three_voters(1);
+        input.outdated = BTreeSet::from([0, 1]);
+        input.healthy.remove(&NodeId(3));
+        input.overdue = BTreeSet::from([2]);
+        assert_eq!(
+            next_step(&input),
+            Step::Wait(WaitReason::RolloutHalted { ordinal: 2 })
+        );
+        // Reverting the template makes the broken pod the outdated one: it
+        // is replaced (it serves nobody), the healthy ones are left alone.
+        input.outdated = BTreeSet::from([2]);
+        input.overdue.clear();
+        assert_eq!(next_step(&input), Step::ReplacePod { ordinal: 2 });
+    }
+
+    #[test]
+    fn a_rollout_never_takes_a_healthy_member_while_another_is_down() {
+        // Member 3 (outdated too) is down: replacing member 2 would leave
+        // one of three voters.
+        let mut input = three_voters(1);
+        input.outdated = BTreeSet::from([0, 1, 2]);
+        input.healthy.remove(&NodeId(3));
+        // The down one goes first: it serves nobody.
+        assert_eq!(next_step(&input), Step::ReplacePod { ordinal: 2 });
+        input.outdated = BTreeSet::from([0, 1]);
+        // Pod 2 on the new template but down and not yet overdue: wait.
+        assert_eq!(
+            next_step(&input),
+            Step::Wait(WaitReason::PodNotAnswering { ordinal: 2 })
+        );
+    }
+
+    #[test]
+    fn a_single_voter_is_replaced_in_place() {
+        let mut input = case("", 1, 1, Some(1), vec![voter(1, 100)], Step::Stable).input();
+        input.outdated = BTreeSet::from([0]);
+        assert_eq!(next_step(&input), Step::ReplacePod { ordinal: 0 });
+    }
+
+    #[test]
+    fn a_member_that_lost_its_volume_is_removed_then_added_back_as_a_learner() {
+        let mut input = three_voters(1);
+        input.lost_volumes = BTreeSet::from([NodeId(2)]);
+        assert_eq!(next_step(&input), Step::RemoveMember { id: NodeId(2) });
+        // Removed: it is a wanted ordinal that is no member, and it answers.
+        let mut removed = case(
+            "",
+            3,
+            3,
+            Some(1),
+            vec![voter(1, 100), voter(3, 100)],
+            Step::Stable,
+        )
+        .input();
+        removed.lost_volumes = BTreeSet::new();
+        assert_eq!(
+            next_step(&removed),
+            Step::AddLearner {
+                id: NodeId(2),
+                ordinal: 1,
+            }
+        );
+        // The leader itself lost its volume: leadership moves first.
+        let mut input = three_voters(2);
+        input.lost_volumes = BTreeSet::from([NodeId(2)]);
+        assert_eq!(
+            next_step(&input),
+            Step::TransferLeader {
+                from: NodeId(2),
+                to: NodeId(1),
+            }
+        );
+        // Removing it must not cost the quorum: with member 3 down, the
+        // remaining {1, 3} would have one healthy voter.
+        let mut input = three_voters(1);
+        input.lost_volumes = BTreeSet::from([NodeId(2)]);
+        input.healthy.remove(&NodeId(3));
+        assert_eq!(
+            next_step(&input),
+            Step::Wait(WaitReason::QuorumAtRisk {
+                id: NodeId(2),
+                healthy_voters: 2,
+                voters: 3,
+            })
+        );
     }
 }

@@ -13,6 +13,11 @@ It also binds every pending PersistentVolumeClaim to a new PersistentVolume
 the claim's UID, so a retained claim keeps its data across pods and a claim
 deleted and made anew starts empty. A process that exits is started again
 after a back-off, as a container with `restartPolicy: Always` would be.
+
+Two stand-ins for what only a real node shows: an image whose tag starts
+with `broken` is one whose binary cannot start (the process exits at once,
+as a bad release would), and `paused` pods get no process (a container
+that keeps crashing), so that a member can be down while its pod exists.
 """
 
 import base64
@@ -31,6 +36,7 @@ import urllib.request
 IMAGE_DATA_DIR = "/var/lib/raftkv"
 PORTS = {"RAFTKV_LISTEN_CLIENT": 2379, "RAFTKV_LISTEN_PEER": 2380, "RAFTKV_LISTEN_HTTP": 8080}
 POD_SELECTOR = "app.kubernetes.io/name=raftkv"
+BROKEN_TAG = "broken"
 
 
 def expand(value, defined):
@@ -90,9 +96,12 @@ class ProcessKubelet:
         self.ips = {}  # (namespace, pod name) -> loopback address
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="process-kubelet", daemon=True)
+        self.watcher = threading.Thread(target=self._watch_deletions, name="pod-deletions", daemon=True)
         self.errors = []
         # RaftClusters (app.kubernetes.io/instance) whose pods get no process.
         self.ignored_instances = set()
+        # (namespace, pod name) whose process is stopped and not restarted.
+        self.paused = set()
         self.lock = threading.Lock()
         os.makedirs(os.path.join(work, "volumes"), exist_ok=True)
         os.makedirs(os.path.join(work, "pods"), exist_ok=True)
@@ -101,6 +110,7 @@ class ProcessKubelet:
 
     def start(self):
         self.thread.start()
+        self.watcher.start()
 
     def stop(self):
         self.stop_event.set()
@@ -146,6 +156,34 @@ class ProcessKubelet:
                 self.errors.append(repr(e))
             self.stop_event.wait(0.3)
 
+    def _watch_deletions(self):
+        """SIGTERM a pod's process the moment the pod is being deleted.
+
+        A real kubelet stops a pod's containers before the pod object goes,
+        so a StatefulSet never runs the old and the new pod of an ordinal at
+        once. kwok lets a pod object go at once (it clears finalizers too),
+        and the polling loop above may notice a few hundred milliseconds
+        later: meanwhile the new pod exists while the old process still
+        answers under its name. raftkv stops serving HTTP as soon as it gets
+        SIGTERM, so signalling here closes that window; the loop reaps.
+        """
+        path = f"/api/v1/pods?watch=1&labelSelector={POD_SELECTOR}"
+        while not self.stop_event.is_set():
+            try:
+                req = urllib.request.Request(self.api.server + path)
+                with urllib.request.urlopen(req, context=self.api.ctx, timeout=60) as resp:
+                    for line in resp:
+                        event = json.loads(line)
+                        meta = (event.get("object") or {}).get("metadata") or {}
+                        if event.get("type") == "DELETED" or meta.get("deletionTimestamp"):
+                            proc = self.procs.get(meta.get("uid"))
+                            if proc is not None and proc.popen.poll() is None:
+                                proc.popen.send_signal(signal.SIGTERM)
+                        if self.stop_event.is_set():
+                            return
+            except Exception:  # noqa: BLE001 - a watch ends; open another
+                self.stop_event.wait(0.2)
+
     def _provision_volumes(self):
         pvcs = self.api.get("/api/v1/persistentvolumeclaims")["items"]
         for pvc in pvcs:
@@ -185,6 +223,8 @@ class ProcessKubelet:
             if meta.get("deletionTimestamp") or pod["status"].get("phase") != "Running":
                 continue
             if meta.get("labels", {}).get("app.kubernetes.io/instance") in self.ignored_instances:
+                continue
+            if (meta["namespace"], meta["name"]) in self.paused:
                 continue
             wanted[meta["uid"]] = pod
         with self.lock:
@@ -252,16 +292,27 @@ class ProcessKubelet:
         }
         defined = {}
         for var in container.get("env", []):
+            source = var.get("valueFrom") or {}
             if "value" in var:
                 value = expand(var["value"], defined)
-            elif "fieldRef" in (var.get("valueFrom") or {}):
-                value = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
-            elif "secretKeyRef" in (var.get("valueFrom") or {}):
+            elif "fieldRef" in source:
+                value = fields[source["fieldRef"]["fieldPath"]]
+            elif "secretKeyRef" in source:
                 # As a kubelet does: the container does not start until
                 # the Secret exists (the loop tries again).
-                ref = var["valueFrom"]["secretKeyRef"]
+                ref = source["secretKeyRef"]
                 secret = self.api.get(f"/api/v1/namespaces/{ns}/secrets/{ref['name']}")
                 value = base64.b64decode(secret["data"][ref["key"]]).decode()
+            elif "configMapKeyRef" in source:
+                # Read when the container starts, as a kubelet does; an
+                # optional key that is absent leaves the variable unset.
+                ref = source["configMapKeyRef"]
+                cm = self.api.try_get(f"/api/v1/namespaces/{ns}/configmaps/{ref['name']}")
+                value = ((cm or {}).get("data") or {}).get(ref["key"])
+                if value is None:
+                    if ref.get("optional"):
+                        continue
+                    raise RuntimeError(f"pod {ns}/{name}: config map key {ref} missing")
             else:
                 raise RuntimeError(f"pod {ns}/{name}: unsupported env source {var}")
             defined[var["name"]] = value
@@ -280,6 +331,9 @@ class ProcessKubelet:
             argv[0] = self.raftkv_bin
         else:
             raise RuntimeError(f"pod {ns}/{name}: unexpected command {argv}")
+        if container.get("image", "").rsplit(":", 1)[-1].startswith(BROKEN_TAG):
+            # A release that cannot start: clap refuses the flag and exits.
+            argv.append("--flag-of-a-broken-release")
 
         log_path = os.path.join(self.work, "pods", f"{ns}_{name}_{meta['uid']}.log")
         log = open(log_path, "ab")

@@ -7,8 +7,11 @@ from tests/k8s/control-plane. The user's path, asserted step by step with
 deadlines: helm install, the CRD and its CEL rules, the operator running as
 the chart's ServiceAccount, `kubectl apply` of the example, status columns,
 `kubectl scale` 3 -> 5 -> 3 under writes with nothing acknowledged lost and
-one membership change at a time, a deleted pod rejoining, the helm test
-hook's check, pvcRetention Retain and Delete, and helm uninstall.
+one membership change at a time, a deleted pod rejoining, a rolling update
+of the pod template under writes (one pod at a time, the leader's last), a
+release that cannot start halting the rollout, a member whose volume is
+lost removed and added back, a member down reported, the helm test hook's
+check, pvcRetention Retain and Delete, and helm uninstall.
 """
 
 import base64
@@ -36,6 +39,10 @@ RELEASE, OP_NS = "raftkv-operator", "raftkv-system"
 OPERATOR_IP = "127.0.3.1"  # the operator's metrics Service name maps here
 CHART = os.path.join(ROOT, "charts", "raftkv-operator")
 EXAMPLE = os.path.join(ROOT, "deploy", "examples", "raftcluster.yaml")
+# Short enough to keep the suite quick: a replaced pod that has not caught
+# up after this long halts a rollout; a member down this long is reported.
+ROLLOUT_TIMEOUT_SECONDS = 15
+MEMBER_DOWN_SECONDS = 3
 
 
 def log(msg):
@@ -156,6 +163,40 @@ class Suite:
             )
         return st, cols, leader
 
+    def pod_uids(self, name="demo", ns="default"):
+        """Pod name -> (uid, being deleted) of a cluster's pods."""
+        pods = self.api.get(
+            f"/api/v1/namespaces/{ns}/pods?labelSelector=app.kubernetes.io/instance%3D{name}"
+        )["items"]
+        return {
+            p["metadata"]["name"]: (p["metadata"]["uid"], bool(p["metadata"].get("deletionTimestamp")))
+            for p in pods
+        }
+
+    def not_serving(self, pod, uids, ns="default"):
+        """Why the pod does not serve (None if it does): it exists, is not
+        being deleted, and its own process answers."""
+        uid, deleting = uids.get(pod, (None, True))
+        if uid is None:
+            return "no pod"
+        if deleting:
+            return "being deleted"
+        if self.kubelet.process_uid(ns, pod) != uid:
+            return "no process of this pod"
+        try:
+            self.node_status(pod, ns)
+        except Exception as e:  # noqa: BLE001 - starting or gone
+            return f"status: {e}"
+        return None
+
+    def condition(self, type_, name="demo", ns="default"):
+        st = self.raftc(name, ns).get("status") or {}
+        return next((c for c in st.get("conditions", []) if c["type"] == type_), {})
+
+    def event_notes(self, reason, name="demo"):
+        events = kjson("get", "events", "--field-selector", f"involvedObject.name={name}")["items"]
+        return [e.get("message") or e.get("note") or "" for e in events if e["reason"] == reason]
+
     # --- writer: nothing acknowledged may be lost ---------------------------
 
     def start_writer(self, name="demo", ns="default"):
@@ -206,7 +247,8 @@ class Suite:
         leader = eventually("a leader", lambda: self.leader_status(ns, name), 60)
         url = self.kubelet.http_url(ns, leader["name"])
         lost = []
-        for key, value in self.acked.items():
+        # A copy: the writer may still be adding to it.
+        for key, value in list(self.acked.items()):
             status, body = http("GET", f"{url}/v1/kv/{key}")
             if status != 200 or body.decode() != value:
                 lost.append(key)
@@ -279,6 +321,11 @@ class Suite:
     def step_helm_install(self):
         run(
             "helm", "install", RELEASE, CHART, "--namespace", OP_NS, "--create-namespace",
+            # The operator's own flags, through the chart.
+            "--set-json", "extraArgs=" + json.dumps([
+                f"--rollout-timeout-seconds={ROLLOUT_TIMEOUT_SECONDS}",
+                f"--member-down-seconds={MEMBER_DOWN_SECONDS}",
+            ]),
         )
         crd = eventually(
             "CRD established",
@@ -315,8 +362,20 @@ class Suite:
     def step_apply_example(self):
         kubectl("apply", "-f", EXAMPLE)
         self.kubelet_check()
+        first_pod0 = eventually("demo-0 created", lambda: self.pod_uids().get("demo-0"), 30)[0]
         st, cols, leader = eventually("demo healthy with 3 voters", lambda: self.healthy("demo", 3), 120)
         log(f"  columns: {cols}")
+        # Bootstrapping must not change the pod template: pod 0 is the one
+        # that bootstrapped, and it is still the same pod, on the current
+        # revision.
+        sts = kjson("get", "statefulset", "demo")
+        pod0 = kjson("get", "pod", "demo-0")
+        assert pod0["metadata"]["uid"] == first_pod0, "demo-0 was recreated after bootstrap"
+        assert (
+            pod0["metadata"]["labels"]["controller-revision-hash"]
+            == sts["status"]["updateRevision"]
+        ), "demo-0 runs an outdated template after bootstrap"
+        assert sts["spec"]["updateStrategy"]["type"] == "OnDelete", sts["spec"]["updateStrategy"]
         names = sorted(m["name"] for m in st["members"])
         assert names == ["demo-0", "demo-1", "demo-2"], f"status.members names: {names}"
         # Immutable storage (a CEL transition rule), checked on a live object.
@@ -432,6 +491,147 @@ class Suite:
         eventually("demo-1 back and caught up", caught_up, 60)
         eventually("demo healthy with 3 voters", lambda: self.healthy("demo", 3), 60)
 
+    def watch_rollout(self, before, until, timeout):
+        """Samples the pods until `until()` holds: the order in which the
+        pods of `before` were replaced, and the most pods not serving at
+        once."""
+        replaced, most_down = [], 0
+        deadline = time.monotonic() + timeout
+        while True:
+            uids = self.pod_uids()
+            for pod, (uid, _) in before.items():
+                if pod not in replaced and uids.get(pod, (None,))[0] != uid:
+                    replaced.append(pod)
+            why = {p: self.not_serving(p, uids) for p in before}
+            down = [p for p, reason in why.items() if reason]
+            if len(down) > 1:
+                log(f"  {len(down)} down: {why}")
+            most_down = max(most_down, len(down))
+            try:
+                if until(replaced):
+                    return replaced, most_down
+            except Exception:  # noqa: BLE001 - not yet
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"rollout: not done within {timeout}s; replaced {replaced}, "
+                    f"down now {down}, status {self.raftc('demo').get('status', {}).get('message')}"
+                )
+            time.sleep(0.2)
+
+    def step_rolling_update_under_writes(self):
+        self.config_samples = []
+        self.start_writer()
+        acked_before = len(self.acked)
+        eventually("writes acknowledged", lambda: len(self.acked) >= acked_before + 20, 30)
+        leader = self.leader_status()["name"]
+        before = {p: v for p, v in self.pod_uids().items()}
+        assert sorted(before) == ["demo-0", "demo-1", "demo-2"], before
+        transfers_before = len(self.event_notes("LeaderTransferred"))
+        # A template change (what `kubectl rollout restart` does to a Deployment).
+        kubectl(
+            "patch", "raftc", "demo", "--type", "merge", "-p",
+            '{"spec":{"pod":{"annotations":{"raftkv.io/restartedAt":"rollout-1"}}}}',
+        )
+        replaced, most_down = self.watch_rollout(
+            before,
+            lambda replaced: len(replaced) == 3 and self.healthy("demo", 3),
+            150,
+        )
+        log(f"  replaced in order {replaced}, leader was {leader}; at most {most_down} pod down at once")
+        assert most_down <= 1, f"{most_down} pods down at once"
+        assert replaced[-1] == leader, f"the leader's pod {leader} was not replaced last: {replaced}"
+        assert len(self.event_notes("LeaderTransferred")) > transfers_before, "no leadership transfer"
+        # Membership never changed: three voters, no learner, throughout.
+        assert self.config_samples, "no configuration samples"
+        assert {s for s in self.config_samples} == {(3, 0)}, set(self.config_samples)
+        sts = kjson("get", "statefulset", "demo")
+        for pod in before:
+            labels = kjson("get", "pod", pod)["metadata"]["labels"]
+            assert labels["controller-revision-hash"] == sts["status"]["updateRevision"], pod
+        during = len(self.acked)
+        assert during > acked_before + 20, "writes stopped during the rollout"
+        n = self.check_acked()
+        log(f"  {n} acknowledged writes all present ({self.writer_errors} unacknowledged)")
+
+    def step_broken_release_halts_the_rollout(self):
+        spec_image = yaml.safe_load(open(EXAMPLE))["spec"]["image"]
+        broken = spec_image.rsplit(":", 1)[0] + ":broken"
+        before = self.pod_uids()
+        kubectl("patch", "raftc", "demo", "--type", "merge", "-p", json.dumps({"spec": {"image": broken}}))
+
+        def halted():
+            degraded = self.condition("Degraded")
+            if degraded.get("reason") != "RolloutHalted" or degraded.get("status") != "True":
+                raise AssertionError(f"Degraded: {degraded}")
+            return degraded
+
+        degraded = eventually("the rollout halts", halted, ROLLOUT_TIMEOUT_SECONDS + 60)
+        log(f"  {degraded['message'][:150]}")
+        uids = self.pod_uids()
+        replaced = [p for p in before if uids.get(p, (None,))[0] != before[p][0]]
+        assert len(replaced) == 1, f"pods replaced by a release that cannot start: {replaced}"
+        assert self.raftc("demo")["status"]["phase"] == "Degraded"
+        assert any(replaced[0] in n for n in self.event_notes("RolloutHalted")), "no RolloutHalted event"
+        # The other two still form a quorum and take writes.
+        acked = len(self.acked)
+        eventually("writes continue while halted", lambda: len(self.acked) >= acked + 10, 30)
+        # Reverting the image replaces the broken pod only.
+        kubectl("patch", "raftc", "demo", "--type", "merge", "-p", json.dumps({"spec": {"image": spec_image}}))
+        eventually("demo healthy with 3 voters", lambda: self.healthy("demo", 3), 90)
+        eventually("Degraded cleared", lambda: self.condition("Degraded").get("status") == "False", 30)
+        uids = self.pod_uids()
+        again = [p for p in before if p not in replaced and uids[p][0] != before[p][0]]
+        assert not again, f"healthy pods replaced after the revert: {again}"
+
+    def step_volume_lost_self_heals(self):
+        old_pvc = kjson("get", "pvc", "data-demo-1")["metadata"]["uid"]
+        recorded = self.raftc("demo")["status"]["memberVolumes"]
+        assert recorded.get("demo-1") == old_pvc, recorded
+        added_before = len([n for n in self.event_notes("MemberAdded") if n.startswith("demo-1 ")])
+        kubectl("delete", "pvc", "data-demo-1", "--wait=false")
+        kubectl("delete", "pod", "demo-1", "--wait=false")
+        eventually(
+            "VolumeLost event for demo-1",
+            lambda: any(n.startswith("demo-1 ") for n in self.event_notes("VolumeLost")),
+            90,
+        )
+        eventually("demo healthy with 3 voters", lambda: self.healthy("demo", 3), 90)
+        new_pvc = kjson("get", "pvc", "data-demo-1")["metadata"]["uid"]
+        assert new_pvc != old_pvc
+        added = [n for n in self.event_notes("MemberAdded") if n.startswith("demo-1 ")]
+        assert len(added) > added_before, f"demo-1 was not added again as a learner: {added}"
+        assert any(n.startswith("demo-1 ") for n in self.event_notes("MemberPromoted"))
+        eventually(
+            "the new volume recorded",
+            lambda: self.raftc("demo")["status"]["memberVolumes"].get("demo-1") == new_pvc,
+            30,
+        )
+        leader = self.leader_status()
+        st = self.node_status("demo-1")
+        assert st["applied_index"] >= leader["commit_index"] - 100, (st, leader["commit_index"])
+
+    def step_member_down_reported(self):
+        self.kubelet.paused.add(("default", "demo-2"))
+
+        def reported():
+            cond = self.condition("MemberDown")
+            if cond.get("status") != "True" or "demo-2" not in cond.get("message", ""):
+                raise AssertionError(f"MemberDown: {cond}")
+            return cond
+
+        cond = eventually("demo-2 reported down", reported, MEMBER_DOWN_SECONDS + 30)
+        log(f"  {cond['message']}")
+        members = {m["name"]: m for m in self.raftc("demo")["status"]["members"]}
+        assert members["demo-2"].get("unhealthySince"), members["demo-2"]
+        assert any("demo-2" in n for n in self.event_notes("MemberDown")), "no MemberDown event"
+        self.kubelet.paused.discard(("default", "demo-2"))
+        eventually("demo healthy with 3 voters", lambda: self.healthy("demo", 3), 60)
+        eventually("MemberDown cleared", lambda: self.condition("MemberDown").get("status") == "False", 30)
+        self.stop_writer()
+        n = self.check_acked()
+        log(f"  {n} acknowledged writes all present ({self.writer_errors} unacknowledged)")
+
     def step_helm_test_check(self):
         # A test pod cannot run without a container runtime: run the hook's
         # own script here, its Service name resolving to the operator.
@@ -532,6 +732,10 @@ class Suite:
             ("kubectl scale raftc/demo 3 -> 5 under writes", self.step_scale_up_under_writes),
             ("kubectl scale raftc/demo 5 -> 3, nothing acknowledged lost", self.step_scale_down_under_writes),
             ("a pod deleted by hand comes back and catches up", self.step_pod_deleted_rejoins),
+            ("rolling update under writes: one pod at a time, the leader's last", self.step_rolling_update_under_writes),
+            ("a release that cannot start halts the rollout", self.step_broken_release_halts_the_rollout),
+            ("a member whose volume is lost is removed and added back", self.step_volume_lost_self_heals),
+            ("a member down longer than the threshold is reported", self.step_member_down_reported),
             ("the helm test hook's check holds", self.step_helm_test_check),
             ("delete + re-apply with pvcRetention Retain adopts the data", self.step_delete_retain_adopts),
             ("delete with pvcRetention Delete removes the claims", self.step_delete_with_pvc_delete),

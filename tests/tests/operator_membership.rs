@@ -143,6 +143,13 @@ impl Driver {
                 pvcs: ordinals.clone(),
                 delete_pvcs: false,
                 max_catch_up_lag: 100,
+                // One template for every "pod", no volume replaced: no
+                // rollout and no self-healing here.
+                outdated: BTreeSet::new(),
+                terminating: BTreeSet::new(),
+                applied: obs.answered().map(|s| (s.id, s.applied_index)).collect(),
+                lost_volumes: BTreeSet::new(),
+                overdue: BTreeSet::new(),
             });
             trail.push(format!("{step:?}"));
             match &step {

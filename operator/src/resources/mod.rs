@@ -9,6 +9,7 @@ pub mod network_policy;
 pub mod pdb;
 pub mod peer_secret;
 pub mod service_monitor;
+pub mod start_config;
 pub mod statefulset;
 
 #[cfg(test)]

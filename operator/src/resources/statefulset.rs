@@ -5,17 +5,25 @@
 //! The replica count is the reconciler's decision, not `spec.replicas`: the
 //! membership planner raises it one pod at a time ahead of adding a learner
 //! and lowers it only after the member has left the Raft configuration.
+//!
+//! The update strategy is `OnDelete`: a changed template (a new image, a new
+//! setting) replaces no pod by itself; the operator deletes the outdated
+//! pods one at a time, in an order that keeps the quorum (the planner's
+//! rollout rule). The template depends on the spec alone, never on the
+//! cluster's progress (see `start_config`), so that nothing but a spec
+//! change makes pods outdated.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
-    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMapKeySelector, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretKeySelector, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -26,6 +34,7 @@ use crate::crd::{PvcRetention, RaftCluster};
 use crate::identity::{
     CLIENT_PORT, ClusterIdentity, DATA_VOLUME, HTTP_PORT, PEER_PORT, owned_meta,
 };
+use crate::resources::start_config::{INITIAL_CLUSTER_KEY, JOIN_KEY};
 
 /// Where the data volume is mounted and `RAFTKV_DATA_DIR` points.
 pub const DATA_DIR: &str = "/var/lib/raftkv";
@@ -35,22 +44,8 @@ pub const RUN_AS_USER: i64 = 65532;
 /// transfers leadership and waits for the transfer to land before exiting.
 const MIN_GRACE_SECONDS: i64 = 60;
 
-/// How the pods of the template start their Raft state when their data
-/// directory is empty.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StartMode {
-    /// Before the cluster ever had a leader, only pod 0 exists, and it
-    /// bootstraps a one-node cluster (`RAFTKV_INITIAL_CLUSTER`).
-    Bootstrap,
-    /// Once bootstrapped, every pod starts with `RAFTKV_JOIN=true` and waits
-    /// to be added by the operator. This matters for pod 0 too: if it lost
-    /// its volume it must not bootstrap a second, one-node cluster beside
-    /// the real one.
-    Join,
-}
-
 /// The StatefulSet asking for `replicas` pods.
-pub fn build(cluster: &RaftCluster, replicas: i32, mode: StartMode) -> StatefulSet {
+pub fn build(cluster: &RaftCluster, replicas: i32) -> StatefulSet {
     let id = ClusterIdentity::of(cluster);
     let spec = &cluster.spec;
 
@@ -66,6 +61,10 @@ pub fn build(cluster: &RaftCluster, replicas: i32, mode: StartMode) -> StatefulS
             // once, since no single member can elect a leader (and become
             // ready) on its own; OrderedReady would wait on pod 0 forever.
             pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                rolling_update: None,
+            }),
             selector: LabelSelector {
                 match_labels: Some(id.selector_labels()),
                 ..LabelSelector::default()
@@ -94,7 +93,7 @@ pub fn build(cluster: &RaftCluster, replicas: i32, mode: StartMode) -> StatefulS
                         .then(|| spec.pod.annotations.clone()),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(pod_spec(cluster, &id, mode)),
+                spec: Some(pod_spec(cluster, &id)),
             },
             volume_claim_templates: Some(vec![data_claim(cluster)]),
             ..StatefulSetSpec::default()
@@ -103,11 +102,11 @@ pub fn build(cluster: &RaftCluster, replicas: i32, mode: StartMode) -> StatefulS
     }
 }
 
-fn pod_spec(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> PodSpec {
+fn pod_spec(cluster: &RaftCluster, id: &ClusterIdentity) -> PodSpec {
     let spec = &cluster.spec;
     let grace = MIN_GRACE_SECONDS.max(10 * i64::from(spec.raft.election_timeout_ms) / 1000);
     PodSpec {
-        containers: vec![container(cluster, id, mode)],
+        containers: vec![container(cluster, id)],
         termination_grace_period_seconds: Some(grace),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
@@ -136,14 +135,14 @@ fn pod_spec(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Pod
     }
 }
 
-fn container(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Container {
+fn container(cluster: &RaftCluster, id: &ClusterIdentity) -> Container {
     let spec = &cluster.spec;
     Container {
         name: "raftkv".into(),
         image: Some(spec.image.clone()),
         image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
         args: Some(vec!["serve".into()]),
-        env: Some(env(cluster, id, mode)),
+        env: Some(env(cluster, id)),
         ports: Some(vec![
             container_port("client", CLIENT_PORT),
             container_port("peer", PEER_PORT),
@@ -211,10 +210,10 @@ pub fn cluster_token(cluster: &RaftCluster) -> String {
 /// Environment that configures `raftkv serve`. Every pod shares one
 /// template, so per-pod values come from the pod's own name: the node takes
 /// its id from its ordinal (`RAFTKV_ID_FROM_ORDINAL`), and the addresses use
-/// Kubernetes' `$(VAR)` expansion of `RAFTKV_NAME`. See [`StartMode`] for
-/// how a node with an empty data directory starts; a node that has data
-/// resumes from it either way.
-fn env(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Vec<EnvVar> {
+/// Kubernetes' `$(VAR)` expansion of `RAFTKV_NAME`. How a node with an
+/// empty data directory starts comes from the cluster's start ConfigMap
+/// (`start_config`); a node that has data resumes from it either way.
+pub(crate) fn env(cluster: &RaftCluster, id: &ClusterIdentity) -> Vec<EnvVar> {
     let raft = &cluster.spec.raft;
     // The same URLs the operator registers for a pod (`ClusterIdentity`),
     // with the pod's name filled in by Kubernetes.
@@ -231,13 +230,9 @@ fn env(cluster: &RaftCluster, id: &ClusterIdentity, mode: StartMode) -> Vec<EnvV
         // Every pod, bootstrapping or joining, derives the same cluster id
         // from this token (see `cluster_token`).
         plain("RAFTKV_CLUSTER_TOKEN", &cluster_token(cluster)),
-        match mode {
-            StartMode::Bootstrap => plain(
-                "RAFTKV_INITIAL_CLUSTER",
-                &format!("1={}", id.peer_url(&id.pod(0))),
-            ),
-            StartMode::Join => plain("RAFTKV_JOIN", "true"),
-        },
+        // Exactly one of these two keys is set at a time.
+        config_env("RAFTKV_INITIAL_CLUSTER", id, INITIAL_CLUSTER_KEY),
+        config_env("RAFTKV_JOIN", id, JOIN_KEY),
         plain(
             "RAFTKV_ELECTION_TIMEOUT_MS",
             &raft.election_timeout_ms.to_string(),
@@ -277,6 +272,22 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
                 name: secret.into(),
                 key: key.into(),
                 optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// A variable set from a key of the start ConfigMap, absent when the key is.
+fn config_env(name: &str, id: &ClusterIdentity, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector {
+                name: id.start_config(),
+                key: key.into(),
+                optional: Some(true),
             }),
             ..EnvVarSource::default()
         }),
@@ -361,7 +372,7 @@ mod tests {
 
     #[test]
     fn statefulset_uses_the_requested_replicas_not_the_spec() {
-        let sts = build(&cluster(), 1, StartMode::Bootstrap);
+        let sts = build(&cluster(), 1);
         let spec = sts.spec;
         assert_eq!(spec.replicas, Some(1));
         assert_eq!(spec.service_name.as_deref(), Some("kv-peers"));
@@ -373,7 +384,7 @@ mod tests {
         let policy = |retention| {
             let mut c = cluster();
             c.spec.pvc_retention = retention;
-            build(&c, 3, StartMode::Join)
+            build(&c, 3)
                 .spec
                 .persistent_volume_claim_retention_policy
                 .unwrap()
@@ -389,7 +400,7 @@ mod tests {
 
     #[test]
     fn statefulset_claims_a_volume_per_member_for_the_data_dir() {
-        let spec = build(&cluster(), 3, StartMode::Join).spec;
+        let spec = build(&cluster(), 3).spec;
         let claim = &spec.volume_claim_templates.unwrap()[0];
         let cs = claim.spec.as_ref().unwrap();
         assert_eq!(claim.metadata.name.as_deref(), Some("data"));
@@ -411,11 +422,7 @@ mod tests {
 
     #[test]
     fn statefulset_probes_readyz_and_healthz_on_the_http_port() {
-        let pod = build(&cluster(), 3, StartMode::Join)
-            .spec
-            .template
-            .spec
-            .unwrap();
+        let pod = build(&cluster(), 3).spec.template.spec.unwrap();
         let c = &pod.containers[0];
         let ready = c
             .readiness_probe
@@ -445,11 +452,7 @@ mod tests {
 
     #[test]
     fn statefulset_runs_locked_down() {
-        let pod = build(&cluster(), 3, StartMode::Join)
-            .spec
-            .template
-            .spec
-            .unwrap();
+        let pod = build(&cluster(), 3).spec.template.spec.unwrap();
         assert_eq!(
             pod.security_context.as_ref().unwrap().run_as_non_root,
             Some(true)
@@ -465,7 +468,7 @@ mod tests {
     fn grace_period_grows_with_a_long_election_timeout() {
         let mut c = cluster();
         c.spec.raft.election_timeout_ms = 20_000;
-        let pod = build(&c, 3, StartMode::Join).spec.template.spec.unwrap();
+        let pod = build(&c, 3).spec.template.spec.unwrap();
         assert_eq!(pod.termination_grace_period_seconds, Some(200));
     }
 
@@ -473,7 +476,7 @@ mod tests {
     fn statefulset_env_configures_raftkv_serve() {
         let mut c = cluster();
         c.spec.raft.election_timeout_ms = 1500;
-        let env = env_of(&build(&c, 3, StartMode::Join));
+        let env = env_of(&build(&c, 3));
         assert_eq!(env["RAFTKV_ID_FROM_ORDINAL"], "true");
         assert_eq!(env["RAFTKV_DATA_DIR"], "/var/lib/raftkv");
         assert_eq!(env["RAFTKV_LISTEN_HTTP"], "0.0.0.0:8080");
@@ -485,23 +488,16 @@ mod tests {
             env["RAFTKV_ADVERTISE_CLIENT"],
             "http://$(RAFTKV_NAME).kv-peers.prod.svc:2379"
         );
-        assert_eq!(env["RAFTKV_JOIN"], "true");
         assert!(
             !env.contains_key("RAFTKV_PEER_AUTH"),
             "the peer port is never left unauthenticated"
         );
-        assert!(!env.contains_key("RAFTKV_INITIAL_CLUSTER"));
         // A joining node can only start if it knows the cluster id.
         assert_eq!(env["RAFTKV_CLUSTER_TOKEN"], "prod/kv");
-        assert_eq!(
-            env_of(&build(&c, 1, StartMode::Bootstrap))["RAFTKV_CLUSTER_TOKEN"],
-            env["RAFTKV_CLUSTER_TOKEN"],
-            "bootstrap and join agree on the cluster id"
-        );
         assert_eq!(env["RAFTKV_ELECTION_TIMEOUT_MS"], "1500");
         assert_eq!(env["RAFTKV_SNAPSHOT_EVERY"], "10000");
         // RAFTKV_NAME comes from the downward API and must precede its uses.
-        let sts = build(&c, 3, StartMode::Join);
+        let sts = build(&c, 3);
         let vars = sts.spec.template.spec.unwrap().containers[0]
             .env
             .clone()
@@ -522,7 +518,7 @@ mod tests {
 
     #[test]
     fn members_read_the_peer_secret_from_the_clusters_secret() {
-        let sts = build(&cluster(), 3, StartMode::Join);
+        let sts = build(&cluster(), 3);
         let vars = sts.spec.template.spec.unwrap().containers[0]
             .env
             .clone()
@@ -578,25 +574,89 @@ mod tests {
 
     #[test]
     fn a_refusing_node_leaves_its_reason_in_the_pod_status() {
-        let pod = build(&cluster(), 3, StartMode::Join)
-            .spec
-            .template
-            .spec
-            .unwrap();
+        let pod = build(&cluster(), 3).spec.template.spec.unwrap();
         assert_eq!(
             pod.containers[0].termination_message_policy.as_deref(),
             Some("FallbackToLogsOnError")
         );
     }
 
+    /// The defect this guards against: the template switched from
+    /// `RAFTKV_INITIAL_CLUSTER` to `RAFTKV_JOIN` once the cluster had a
+    /// leader, a new revision, and pod 0 was replaced right after it
+    /// bootstrapped.
     #[test]
-    fn only_a_never_bootstrapped_cluster_gets_an_initial_cluster() {
-        let env = env_of(&build(&cluster(), 1, StartMode::Bootstrap));
+    fn the_template_does_not_change_when_the_cluster_bootstraps() {
+        let fresh = cluster();
+        let mut bootstrapped = cluster();
+        bootstrapped.status = Some(crate::crd::RaftClusterStatus {
+            bootstrapped: true,
+            cluster_token: Some("prod/kv".into()),
+            leader: Some("kv-0".into()),
+            ..Default::default()
+        });
         assert_eq!(
-            env["RAFTKV_INITIAL_CLUSTER"],
-            "1=http://kv-0.kv-peers.prod.svc:2380"
+            build(&fresh, 1).spec.template,
+            build(&bootstrapped, 3).spec.template
         );
-        assert!(!env.contains_key("RAFTKV_JOIN"));
+    }
+
+    #[test]
+    fn the_start_mode_comes_from_the_start_config_map() {
+        let sts = build(&cluster(), 1);
+        let vars = sts.spec.template.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        for (name, key) in [
+            ("RAFTKV_INITIAL_CLUSTER", INITIAL_CLUSTER_KEY),
+            ("RAFTKV_JOIN", JOIN_KEY),
+        ] {
+            let var = vars.iter().find(|v| v.name == name).unwrap();
+            let r = var
+                .value_from
+                .as_ref()
+                .unwrap()
+                .config_map_key_ref
+                .as_ref()
+                .unwrap();
+            assert_eq!((r.name.as_str(), r.key.as_str()), ("kv-start", key));
+            assert_eq!(r.optional, Some(true), "only one key exists at a time");
+        }
+    }
+
+    #[test]
+    fn only_the_operator_replaces_pods() {
+        let strategy = build(&cluster(), 3).spec.update_strategy.unwrap();
+        assert_eq!(strategy.type_.as_deref(), Some("OnDelete"));
+    }
+
+    /// Contract with the node: every variable the StatefulSet sets is one
+    /// `raftkv serve` reads (an `env = "..."` of its clap arguments). A
+    /// renamed or misspelled variable would otherwise be silently ignored
+    /// and the node would run on a default.
+    #[test]
+    fn every_env_var_the_statefulset_sets_is_read_by_raftkv_serve() {
+        let source =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/src/cli/serve.rs");
+        let serve = std::fs::read_to_string(&source).unwrap();
+        let read: std::collections::BTreeSet<&str> = serve
+            .split("env = \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert!(read.contains("RAFTKV_DATA_DIR"), "parsed {read:?}");
+        let c = cluster();
+        let set = env(&c, &ClusterIdentity::of(&c));
+        let unknown: Vec<&str> = set
+            .iter()
+            .map(|v| v.name.as_str())
+            .filter(|n| !read.contains(n))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "the StatefulSet sets {unknown:?}, which `raftkv serve` does not read"
+        );
     }
 
     #[test]
@@ -608,7 +668,7 @@ mod tests {
             .insert("app.kubernetes.io/instance".into(), "hijack".into());
         c.spec.pod.labels.insert("team".into(), "storage".into());
         c.spec.pod.priority_class_name = Some("high".into());
-        let spec = build(&c, 3, StartMode::Join).spec;
+        let spec = build(&c, 3).spec;
         let labels = spec.template.metadata.unwrap().labels.unwrap();
         assert_eq!(labels["app.kubernetes.io/instance"], "kv");
         assert_eq!(labels["team"], "storage");
