@@ -219,6 +219,44 @@ impl Cluster {
         n: u64,
         opts: Options,
         pids: Pids,
+        route: impl FnMut(u64, u16) -> anyhow::Result<u16>,
+    ) -> anyhow::Result<Cluster> {
+        let mut c = Self::prepare_routed(n, opts, pids, route)?;
+        c.start_prepared()?;
+        Ok(c)
+    }
+
+    /// Like [`Cluster::start`], but nothing runs yet: the data directories
+    /// can be prepared first (say, restored from a backup, with
+    /// [`Cluster::initial_cluster`] and [`Cluster::cluster_id`]), then
+    /// [`Cluster::start_prepared`] starts every node.
+    pub fn prepare(n: u64, opts: Options) -> anyhow::Result<Cluster> {
+        Self::prepare_routed(n, opts, Pids::default(), |_, peer_port| Ok(peer_port))
+    }
+
+    /// Starts every node of a cluster from [`Cluster::prepare`].
+    pub fn start_prepared(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        for id in ids {
+            self.spawn(id)?;
+        }
+        Ok(())
+    }
+
+    /// The `--initial-cluster` every node is started with.
+    pub fn initial_cluster(&self) -> &str {
+        &self.initial
+    }
+
+    /// The `--cluster-id` every node is started with.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    fn prepare_routed(
+        n: u64,
+        opts: Options,
+        pids: Pids,
         mut route: impl FnMut(u64, u16) -> anyhow::Result<u16>,
     ) -> anyhow::Result<Cluster> {
         let bin = raftkv_bin()?;
@@ -246,7 +284,7 @@ impl Cluster {
             .map(|n| format!("{}={}", n.id, n.peer_url()))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = Cluster {
+        let c = Cluster {
             nodes,
             opts,
             initial,
@@ -263,9 +301,6 @@ impl Cluster {
                 .build()?,
             pids,
         };
-        for id in 1..=n {
-            c.spawn(id)?;
-        }
         Ok(c)
     }
 

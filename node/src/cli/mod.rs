@@ -6,7 +6,8 @@
 //!   (`client.rs` holds the HTTP plumbing and output formatting shared by
 //!   them);
 //! - `bench`: a load generator over etcd's v3 gRPC API;
-//! - `recover`: offline tools for a cluster that lost its quorum for good.
+//! - `recover`: offline tools for a cluster that lost its quorum for good;
+//! - `snapshot`: backups: save one from a member, check one, restore one.
 //!
 //! Every flag has a `RAFTKV_*` environment variable equivalent.
 
@@ -17,6 +18,7 @@ mod dev;
 mod kv;
 mod recover;
 mod serve;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +51,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Recover from the permanent loss of a quorum (offline).
     Recover(recover::RecoverArgs),
+    /// Backups: save, check (status) and restore (offline).
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// Runs the parsed command line.
@@ -62,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Leader(args) => admin::run_leader(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Recover(args) => recover::run(args).await,
+        Command::Snapshot(args) => snapshot::run(args).await,
     }
 }
 

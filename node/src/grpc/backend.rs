@@ -9,6 +9,7 @@ use crate::server::{
     ClientError, Consistency, HashKvResult, MemberStatus, NewMember, NodeHandle, NodeStatus,
     ReadResult, WriteResult,
 };
+use crate::storage::SnapshotReader;
 
 use super::store::{Command, RangeRequest};
 
@@ -33,6 +34,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
         &self,
         revision: i64,
     ) -> impl Future<Output = Result<HashKvResult, ClientError>> + Send;
+    /// A consistent image of this member's state machine, for a backup.
+    fn snapshot(&self) -> impl Future<Output = Result<SnapshotReader, ClientError>> + Send;
     /// Hands leadership to `to`; returns once `to` leads.
     fn transfer_leader(&self, to: NodeId) -> impl Future<Output = Result<(), ClientError>> + Send;
     /// Adds a learner.
@@ -69,6 +72,9 @@ impl Backend for NodeHandle {
     }
     async fn hash_kv(&self, revision: i64) -> Result<HashKvResult, ClientError> {
         NodeHandle::hash_kv(self, revision).await
+    }
+    async fn snapshot(&self) -> Result<SnapshotReader, ClientError> {
+        NodeHandle::snapshot(self).await
     }
     async fn transfer_leader(&self, to: NodeId) -> Result<(), ClientError> {
         NodeHandle::transfer_leader(self, to).await

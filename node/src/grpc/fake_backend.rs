@@ -165,6 +165,13 @@ impl Backend for FakeBackend {
         })
     }
 
+    async fn snapshot(&self) -> Result<crate::storage::SnapshotReader, ClientError> {
+        self.check()?;
+        let kv = self.state.lock().unwrap().kv.clone();
+        kv.snapshot()
+            .map_err(|e| ClientError::Internal(e.to_string()))
+    }
+
     async fn transfer_leader(&self, to: NodeId) -> Result<(), ClientError> {
         self.check()?;
         let mut s = self.state.lock().unwrap();

@@ -1,12 +1,17 @@
 //! etcd's `Maintenance` service: alarms (`etcdctl alarm`, and the alarm
 //! check of `etcdctl endpoint health`), `Status` (`etcdctl endpoint
 //! status`) and `HashKV` (`etcdctl endpoint hashkv`, and the tests'
-//! cross-member consistency check) and `MoveLeader` (`etcdctl
-//! move-leader`). Calls not declared
-//! in the proto are answered UNIMPLEMENTED.
+//! cross-member consistency check), `MoveLeader` (`etcdctl
+//! move-leader`), `Snapshot` (`etcdctl snapshot save`: a backup in
+//! raftkv's format, see `storage/backup.rs`) and `Defragment` (a no-op
+//! that answers success; see [`MaintenanceService::defragment`]). Calls not
+//! declared in the proto are answered UNIMPLEMENTED.
 
 use std::time::Instant;
 
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::backend::Backend;
@@ -17,6 +22,13 @@ use super::proto::etcdserverpb::{
 };
 use super::store::{AlarmAction, AlarmKind, ApplyOutcome, Command, Op};
 use crate::raft::NodeId;
+use crate::storage::{BackupOrigin, BackupStream};
+
+/// The largest blob of one `SnapshotResponse` (etcd sends 32 KiB; larger
+/// messages cost fewer calls and stay far below every client's limit).
+const SNAPSHOT_MESSAGE_BYTES: usize = 256 * 1024;
+/// Messages read ahead of a slow client.
+const SNAPSHOT_QUEUE: usize = 4;
 
 /// The Maintenance service over a node.
 #[derive(Debug, Clone)]
@@ -95,8 +107,104 @@ impl<B: Backend> MaintenanceService<B> {
     }
 }
 
+/// Sends a backup's bytes as `SnapshotResponse`s until it ends, the
+/// image fails, or the client goes away. Runs on a blocking thread: it
+/// reads the state machine's file.
+fn stream_backup(
+    mut backup: BackupStream,
+    header: pb::ResponseHeader,
+    tx: mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+) {
+    while let Some(chunk) = backup.next_chunk() {
+        let chunk: Bytes = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Status::internal(format!(
+                    "cannot read the snapshot: {e}"
+                ))));
+                return;
+            }
+        };
+        let after = backup.remaining_at_least();
+        let mut at = 0;
+        while at < chunk.len() {
+            let end = (at + SNAPSHOT_MESSAGE_BYTES).min(chunk.len());
+            let msg = pb::SnapshotResponse {
+                header: Some(header),
+                remaining_bytes: (chunk.len() - end) as u64 + after,
+                blob: chunk.slice(at..end),
+            };
+            if tx.blocking_send(Ok(msg)).is_err() {
+                // The client went away; dropping the reader ends its read
+                // transaction.
+                return;
+            }
+            at = end;
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl<B: Backend> Maintenance for MaintenanceService<B> {
+    type SnapshotStream = ReceiverStream<Result<pb::SnapshotResponse, Status>>;
+
+    /// Streams a backup of this member's state machine (never forwarded:
+    /// like etcd, the member asked answers from its applied state), read
+    /// from one consistent view while writes continue.
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let started = Instant::now();
+        let result: Result<Response<Self::SnapshotStream>, Status> = async {
+            let reader = self.backend.snapshot().await.map_err(status_from)?;
+            let origin = BackupOrigin {
+                cluster_id: self.backend.cluster_id(),
+                member_id: self.backend.member_id(),
+            };
+            let backup = BackupStream::new(reader, origin);
+            let header = header(
+                origin.cluster_id,
+                origin.member_id,
+                backup.revision(),
+                backup.meta().term.get(),
+            );
+            let (tx, rx) = mpsc::channel(SNAPSHOT_QUEUE);
+            tokio::task::spawn_blocking(move || stream_backup(backup, header, tx));
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+        .await;
+        self.observer.record("Snapshot", started, &result);
+        result
+    }
+
+    /// Answers success without doing anything: redb reuses the pages that
+    /// compaction and deletes free, and compacting the file in place
+    /// (`redb::Database::compact`) needs the database to itself, which a
+    /// serving member never has (readers and images hold it). etcd's
+    /// clients and operators call Defragment routinely; a refusal would
+    /// break them for no gain.
+    async fn defragment(
+        &self,
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        let started = Instant::now();
+        let result: Result<Response<pb::DefragmentResponse>, Status> = async {
+            let status = self.backend.status().await.map_err(status_from)?;
+            Ok(Response::new(pb::DefragmentResponse {
+                header: Some(header(
+                    self.backend.cluster_id(),
+                    self.backend.member_id(),
+                    to_i64(status.revision),
+                    status.term,
+                )),
+            }))
+        }
+        .await;
+        self.observer.record("Defragment", started, &result);
+        result
+    }
+
     async fn alarm(
         &self,
         request: Request<pb::AlarmRequest>,

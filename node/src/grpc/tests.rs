@@ -1243,3 +1243,56 @@ async fn etcdctl_move_leader_works_against_the_service() {
     assert_eq!(s.leader, 3);
     r.shutdown().await;
 }
+
+#[tokio::test]
+async fn snapshot_streams_a_backup_ending_with_its_sha256_as_etcd_does() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    for i in 0..20 {
+        put(&mut kv, &format!("k{i}"), &"x".repeat(50_000)).await;
+    }
+    let mut m = MaintenanceClient::new(r.channel().await);
+    let mut stream = m
+        .snapshot(pb::SnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut messages = Vec::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        messages.push(msg);
+    }
+    let bytes: Vec<u8> = messages.iter().flat_map(|m| m.blob.to_vec()).collect();
+    let last = messages.last().unwrap();
+    // etcdctl's check: the stream is 512-byte blocks and a 32-byte SHA-256
+    // of them, sent last.
+    assert_eq!(bytes.len() % 512, 32);
+    assert_eq!(last.blob.len(), 32);
+    assert_eq!(last.remaining_bytes, 0);
+    assert!(
+        messages[..messages.len() - 1]
+            .iter()
+            .all(|m| m.remaining_bytes > 0)
+    );
+    assert!(messages.len() > 3, "a 1 MB image comes in several messages");
+    let (data, sha) = bytes.split_at(bytes.len() - 32);
+    assert_eq!(
+        ring::digest::digest(&ring::digest::SHA256, data).as_ref(),
+        sha
+    );
+    let h = last.header.unwrap();
+    assert_eq!(
+        (h.cluster_id, h.member_id, h.revision),
+        (CLUSTER_ID, MEMBER_ID, 21)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup");
+    std::fs::write(&file, &bytes).unwrap();
+    let s = crate::storage::read_backup(&file, |_| Ok(())).unwrap();
+    assert_eq!((s.revision, s.total_keys), (21, 20));
+    assert_eq!((s.cluster_id, s.member_id), (CLUSTER_ID, MEMBER_ID));
+
+    let d = m.defragment(pb::DefragmentRequest {}).await.unwrap();
+    assert_eq!(d.into_inner().header.unwrap().revision, 21);
+    r.shutdown().await;
+}

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::{NodeId, Term};
-use crate::storage::{ApplyOutcome, Command, HistoryHash, RangeRequest, RangeResult};
+use crate::storage::{
+    ApplyOutcome, Command, HistoryHash, RangeRequest, RangeResult, SnapshotReader,
+};
 
 /// What a client may see go wrong. Each variant maps to one HTTP status and
 /// one gRPC code (see [`ClientError::http_status`] and the gRPC layer).
@@ -240,6 +242,10 @@ pub(crate) enum Request {
         revision: i64,
         reply: oneshot::Sender<DriverReply<HashKvResult>>,
     },
+    /// A consistent image of the local state machine, for a backup.
+    Snapshot {
+        reply: oneshot::Sender<DriverReply<SnapshotReader>>,
+    },
     /// Stop: hand over leadership if we lead, then end the driver loop.
     Shutdown {
         reply: oneshot::Sender<DriverReply<()>>,
@@ -384,6 +390,17 @@ impl NodeHandle {
         let reply = self
             .call(|reply| Request::HashKv { revision, reply }, None)
             .await?;
+        match reply {
+            Answer::Local(r) => Ok(r),
+            Answer::Forwarded(other) => Err(unexpected(&other)),
+        }
+    }
+
+    /// A consistent image of this member's state machine as of now (its
+    /// applied state, served locally like etcd's Snapshot), read while
+    /// writes continue.
+    pub async fn snapshot(&self) -> Result<SnapshotReader, ClientError> {
+        let reply = self.call(|reply| Request::Snapshot { reply }, None).await?;
         match reply {
             Answer::Local(r) => Ok(r),
             Answer::Forwarded(other) => Err(unexpected(&other)),

@@ -735,6 +735,31 @@ impl KvStore {
             return Ok(false);
         }
         state.membership = membership.clone();
+        self.store_state(&mut durable, state)?;
+        Ok(true)
+    }
+
+    /// Makes a state machine restored from a backup the start of a new
+    /// cluster: its configuration becomes `membership`, and the alarms
+    /// raised in the old cluster (which name the old cluster's members)
+    /// are dropped; keys, history, revisions and the applied index stay.
+    /// Durable. Returns the position the new cluster's logs start at.
+    pub fn restart_as_new_cluster(
+        &self,
+        membership: &Membership,
+    ) -> Result<SnapshotMeta, StoreError> {
+        self.check_failed()?;
+        let mut durable = self.lock_writer();
+        let mut state = self.state();
+        state.membership = membership.clone();
+        state.alarms.clear();
+        let meta = state.meta();
+        self.store_state(&mut durable, state)?;
+        Ok(meta)
+    }
+
+    /// Writes `state` as the state record, durably, and makes it current.
+    fn store_state(&self, durable: &mut LogIndex, state: KvState) -> Result<(), StoreError> {
         let path = self.inner.path.as_path();
         let result = (|| {
             let txn = self
@@ -758,7 +783,7 @@ impl KvStore {
             .state
             .write()
             .unwrap_or_else(PoisonError::into_inner) = state;
-        Ok(true)
+        Ok(())
     }
 
     /// The value of one key.

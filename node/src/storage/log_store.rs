@@ -222,10 +222,42 @@ impl LogStore {
         self.bootstrap_with(membership, Some(&first))
     }
 
+    /// Bootstraps a member of a cluster restored from a backup: the log
+    /// starts right after the restored image, at `meta` (the image's
+    /// applied index and term, with the new cluster's configuration), as
+    /// if that image had been installed; the same on every member.
+    pub fn bootstrap_restored(&self, meta: &SnapshotMeta) -> Result<(), StoreError> {
+        let hard_state = HardState {
+            term: meta.term,
+            vote: None,
+            commit: meta.index,
+        };
+        self.bootstrap_at(meta.clone(), None, Some(hard_state))
+    }
+
     fn bootstrap_with(
         &self,
         membership: &Membership,
         first: Option<&Entry>,
+    ) -> Result<(), StoreError> {
+        let meta = SnapshotMeta {
+            index: LogIndex::ZERO,
+            term: Term::ZERO,
+            membership: membership.clone(),
+        };
+        let hard_state = first.map(|e| HardState {
+            term: e.term,
+            vote: None,
+            commit: e.index,
+        });
+        self.bootstrap_at(meta, first, hard_state)
+    }
+
+    fn bootstrap_at(
+        &self,
+        meta: SnapshotMeta,
+        first: Option<&Entry>,
+        hard_state: Option<HardState>,
     ) -> Result<(), StoreError> {
         let _w = self.lock_writes();
         if !self.is_new() {
@@ -233,24 +265,16 @@ impl LogStore {
                 file: self.inner.path.clone(),
             });
         }
-        let meta = SnapshotMeta {
-            index: LogIndex::ZERO,
-            term: Term::ZERO,
-            membership: membership.clone(),
-        };
         let mut next = self.cached();
-        let hard_state = first.map(|e| HardState {
-            term: e.term,
-            vote: None,
-            commit: e.index,
-        });
         self.write("bootstrap", |txn, path| {
             let mut t = txn.open_table(META).map_err(db_err(path, "open meta"))?;
             t.insert(KEY_SNAPSHOT, codec::encode_snapshot_meta(&meta).as_slice())
                 .map_err(db_err(path, "write snapshot meta"))?;
-            if let (Some(e), Some(hs)) = (first, &hard_state) {
+            if let Some(hs) = &hard_state {
                 t.insert(KEY_HARD_STATE, codec::encode_hard_state(hs).as_slice())
                     .map_err(db_err(path, "write hard state"))?;
+            }
+            if let Some(e) = first {
                 let mut entries = txn
                     .open_table(ENTRIES)
                     .map_err(db_err(path, "open entries"))?;
@@ -260,9 +284,9 @@ impl LogStore {
             }
             Ok(())
         })?;
+        next.last_index = first.map_or(meta.index, |e| e.index);
         next.snapshot = meta;
-        if let (Some(e), Some(hs)) = (first, hard_state) {
-            next.last_index = e.index;
+        if let Some(hs) = hard_state {
             next.hard_state = hs;
         }
         next.has_state = true;

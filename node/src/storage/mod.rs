@@ -41,9 +41,13 @@
 //! - `txn_keys.rs`: etcd's "duplicate key" rule for transactions;
 //! - `image.rs`: the snapshot image format, and checking an image as it arrives;
 //! - `snapshot.rs`: streaming a state machine image out and installing one;
+//! - `backup.rs`: the backup file (an image made to be kept: `etcdctl
+//!   snapshot save`'s shape, a SHA-256, a versioned footer);
+//! - `restore.rs`: a new member's data directory from a backup file;
 //! - `policy.rs`: when to snapshot and how far to compact;
 //! - `error.rs`: the errors, each naming its file.
 
+mod backup;
 mod codec;
 mod command;
 mod disk;
@@ -54,9 +58,14 @@ mod log_store;
 mod mvcc;
 mod outcome;
 mod policy;
+mod restore;
 mod snapshot;
 mod txn_keys;
 
+pub use backup::{
+    BACKUP_BLOCK, BACKUP_FORMAT_VERSION, BackupError, BackupOrigin, BackupStream, BackupSummary,
+    SHA256_BYTES, read_backup,
+};
 pub use codec::{
     decode_entry, decode_hard_state, decode_membership, decode_snapshot_meta, encode_entry,
     encode_hard_state, encode_membership, encode_snapshot_meta,
@@ -75,6 +84,7 @@ pub use kv_store::{
 pub use log_store::{Identity, LOG_FILE, LOG_FORMAT_VERSION, LogStore};
 pub use outcome::{Alarm, AlarmKind, ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult};
 pub use policy::SnapshotPolicy;
+pub use restore::{RestoreError, restore_backup};
 pub use snapshot::{SnapshotInstaller, SnapshotReader};
 
 /// How every database of a node is opened or created: with redb's page

@@ -43,6 +43,7 @@ enum Phase {
 pub struct SnapshotReader {
     file: PathBuf,
     meta: SnapshotMeta,
+    revision: i64,
     _txn: ReadTransaction,
     phase: Phase,
     pending: Vec<u8>,
@@ -64,6 +65,11 @@ impl SnapshotReader {
     /// same transaction as its keys).
     pub fn meta(&self) -> SnapshotMeta {
         self.meta.clone()
+    }
+
+    /// The store's revision in the image.
+    pub fn revision(&self) -> i64 {
+        self.revision
     }
 
     /// The next chunk of the image (at most about [`CHUNK_BYTES`] plus one
@@ -218,6 +224,7 @@ impl KvStore {
         let mut reader = SnapshotReader {
             file: path,
             meta: decoded.meta(),
+            revision: decoded.revision,
             _txn: txn,
             phase: Phase::History(history),
             pending: Vec::with_capacity(CHUNK_BYTES + 4096),

@@ -380,6 +380,7 @@ impl Driver {
             Request::ChangeMembership { change, reply } => self.change_membership(change, reply),
             Request::TransferLeader { to, reply } => self.transfer_leader(to, reply),
             Request::HashKv { revision, reply } => self.hash_kv(revision, reply),
+            Request::Snapshot { reply } => self.backup_image(reply),
             Request::Shutdown { reply } => self.start_shutdown(reply),
         }
     }
@@ -450,6 +451,18 @@ impl Driver {
                     e => ClientError::Internal(e.to_string()),
                 });
             let _ = reply.send(result.map_err(Rejection::Failed));
+        });
+    }
+
+    /// Opens an image for a backup off the loop (it makes the state
+    /// machine durable first, an fsync).
+    fn backup_image(&self, reply: oneshot::Sender<DriverReply<crate::storage::SnapshotReader>>) {
+        let kv = self.kv.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = kv
+                .snapshot()
+                .map_err(|e| Rejection::Failed(ClientError::Internal(e.to_string())));
+            let _ = reply.send(result);
         });
     }
 

@@ -1,0 +1,292 @@
+//! `raftkv snapshot`: backups, like `etcdctl snapshot save` and `etcdutl
+//! snapshot status|restore`.
+//!
+//! - `save`: asks a member for a backup over etcd's `Maintenance.Snapshot`
+//!   and writes it to a file (through a `.part` file that is checked end
+//!   to end, synced, and only then renamed);
+//! - `status`: checks a backup file and tells what it holds;
+//! - `restore`: prepares the data directory of one member of a new cluster
+//!   from a backup file (run it once per member, with the same file and
+//!   `--initial-cluster`, then start each member with `raftkv serve`).
+//!
+//! The file format is described in the storage module (`backup.rs`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use tonic::transport::Endpoint;
+
+use crate::cli::client::TlsClientArgs;
+use crate::cli::serve::parse_initial_cluster;
+use crate::grpc::proto::etcdserverpb::{SnapshotRequest, maintenance_client::MaintenanceClient};
+use crate::raft::{Membership, NodeId};
+use crate::server::{cluster_id_of, cluster_id_of_token};
+use crate::storage::{BackupSummary, Identity, read_backup, restore_backup};
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub op: SnapshotOp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    Simple,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotOp {
+    /// Save a backup of a member's state machine (keys, history,
+    /// revisions) to FILE.
+    Save {
+        /// Where to write the backup.
+        file: PathBuf,
+        /// The member's client gRPC endpoint (host:port); with several,
+        /// the first that answers is used.
+        #[arg(
+            long,
+            env = "RAFTKV_GRPC_ENDPOINTS",
+            value_delimiter = ',',
+            default_value = "127.0.0.1:2379"
+        )]
+        endpoints: Vec<String>,
+        /// Give up on connecting to an endpoint after this long.
+        #[arg(long, default_value_t = 5000)]
+        connect_timeout_ms: u64,
+        #[command(flatten)]
+        tls: TlsClientArgs,
+    },
+    /// Check a backup file and show what it holds.
+    Status {
+        file: PathBuf,
+        #[arg(long, short = 'w', value_enum, default_value_t = StatusFormat::Simple)]
+        write_out: StatusFormat,
+    },
+    /// Prepare one member's data directory of a new cluster from a backup.
+    Restore {
+        file: PathBuf,
+        /// The new member's data directory (must not hold a store yet).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new cluster's voters, `id=peer_url,...`, exactly as they
+        /// will be given to `raftkv serve`.
+        #[arg(long)]
+        initial_cluster: String,
+        /// This member's id (one of --initial-cluster's).
+        #[arg(long)]
+        id: u64,
+        /// The new cluster's id, as `raftkv serve --cluster-id` will be
+        /// given it (default: from --cluster-token, else derived from
+        /// --initial-cluster, as `raftkv serve` derives it).
+        #[arg(long, conflicts_with = "cluster_token")]
+        cluster_id: Option<u64>,
+        /// As `raftkv serve --cluster-token`.
+        #[arg(long)]
+        cluster_token: Option<String>,
+    },
+}
+
+pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
+    match args.op {
+        SnapshotOp::Save {
+            file,
+            endpoints,
+            connect_timeout_ms,
+            tls,
+        } => {
+            save(
+                &file,
+                &endpoints,
+                Duration::from_millis(connect_timeout_ms),
+                &tls,
+            )
+            .await
+        }
+        SnapshotOp::Status { file, write_out } => {
+            let summary = read_backup(&file, |_| Ok(()))?;
+            print_summary(&summary, write_out)
+        }
+        SnapshotOp::Restore {
+            file,
+            data_dir,
+            initial_cluster,
+            id,
+            cluster_id,
+            cluster_token,
+        } => restore(
+            &file,
+            &data_dir,
+            &initial_cluster,
+            id,
+            cluster_id.or_else(|| cluster_token.as_deref().map(cluster_id_of_token)),
+        ),
+    }
+}
+
+fn print_summary(s: &BackupSummary, format: StatusFormat) -> anyhow::Result<()> {
+    match format {
+        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(s)?),
+        StatusFormat::Simple => {
+            println!("hash:             {:08x} (CRC-32 of the image)", s.hash);
+            println!("revision:         {}", s.revision);
+            println!("compact revision: {}", s.compact_revision);
+            println!("total keys:       {}", s.total_keys);
+            println!("total versions:   {}", s.total_versions);
+            println!("total size:       {} bytes", s.total_size);
+            println!("sha256:           {}", s.sha256);
+            println!(
+                "applied index:    {} (term {})",
+                s.applied_index, s.applied_term
+            );
+            println!(
+                "taken from:       member {:x} of cluster {:x}",
+                s.member_id, s.cluster_id
+            );
+            println!("format version:   {}", s.format_version);
+        }
+    }
+    Ok(())
+}
+
+fn part_file(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_os_string();
+    name.push(".part");
+    PathBuf::from(name)
+}
+
+async fn save(
+    file: &Path,
+    endpoints: &[String],
+    connect_timeout: Duration,
+    tls: &TlsClientArgs,
+) -> anyhow::Result<()> {
+    let client_tls = tls.client_tls();
+    let connector = crate::tls::connect::Connector::new(match client_tls.trusted_ca {
+        Some(_) => Some(
+            client_tls
+                .client_config()
+                .context("client TLS (--cacert, --cert, --key)")?,
+        ),
+        None => None,
+    });
+    let mut errors = Vec::new();
+    for endpoint in endpoints {
+        let uri = if endpoint.contains("://") {
+            endpoint.clone()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let channel = match Endpoint::from_shared(uri) {
+            Ok(e) => e.connect_timeout(connect_timeout),
+            Err(e) => {
+                errors.push(format!("{endpoint}: {e}"));
+                continue;
+            }
+        };
+        match connector.connect(channel).await {
+            Ok(channel) => return save_from(MaintenanceClient::new(channel), endpoint, file).await,
+            Err(e) => errors.push(format!("{endpoint}: {e}")),
+        }
+    }
+    bail!("no endpoint answered: {}", errors.join("; "))
+}
+
+async fn save_from(
+    mut client: MaintenanceClient<tonic::transport::Channel>,
+    endpoint: &str,
+    file: &Path,
+) -> anyhow::Result<()> {
+    let part = part_file(file);
+    let result = async {
+        let mut out = std::fs::File::create(&part)
+            .with_context(|| format!("cannot create {}", part.display()))?;
+        let mut stream = client
+            .snapshot(SnapshotRequest {})
+            .await
+            .with_context(|| format!("{endpoint}: Snapshot failed"))?
+            .into_inner();
+        while let Some(msg) = stream
+            .message()
+            .await
+            .with_context(|| format!("{endpoint}: the snapshot stream failed"))?
+        {
+            out.write_all(&msg.blob)
+                .with_context(|| format!("cannot write {}", part.display()))?;
+        }
+        out.sync_all()
+            .with_context(|| format!("cannot sync {}", part.display()))?;
+        drop(out);
+        // What arrived is checked as a restore would check it.
+        let summary = read_backup(&part, |_| Ok(()))?;
+        std::fs::rename(&part, file)
+            .with_context(|| format!("cannot rename {} to {}", part.display(), file.display()))?;
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("cannot sync {}", dir.display()))?;
+        }
+        anyhow::Ok(summary)
+    }
+    .await;
+    match result {
+        Ok(s) => {
+            println!(
+                "Snapshot saved at {} (revision {}, {} keys, {} bytes, sha256 {})",
+                file.display(),
+                s.revision,
+                s.total_keys,
+                s.total_size,
+                s.sha256
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            Err(e)
+        }
+    }
+}
+
+fn restore(
+    file: &Path,
+    data_dir: &Path,
+    initial_cluster: &str,
+    id: u64,
+    cluster_id: Option<u64>,
+) -> anyhow::Result<()> {
+    let members = parse_initial_cluster(initial_cluster)?;
+    if !members.iter().any(|(m, _)| m.get() == id) {
+        bail!("--initial-cluster does not list --id {id}");
+    }
+    // Exactly what `raftkv serve` derives from the same flags, so that the
+    // restored member opens as the node it is started as.
+    let cluster_id = cluster_id.unwrap_or_else(|| cluster_id_of(&members));
+    let membership = Membership::with_voters(members.iter().map(|(id, m)| (*id, m.to_context())));
+    let identity = Identity {
+        cluster_id,
+        node_id: NodeId(id),
+    };
+    let (summary, meta) = restore_backup(file, data_dir, identity, &membership)?;
+    println!(
+        "restored {} keys at revision {} (compacted up to {}) into {} for member {id} of cluster \
+         {cluster_id}; its log starts after index {} (term {}). Start every member with \
+         `raftkv serve` and the same --initial-cluster{}.",
+        summary.total_keys,
+        summary.revision,
+        summary.compact_revision,
+        data_dir.display(),
+        meta.index,
+        meta.term,
+        if summary.cluster_id == cluster_id {
+            "; note: the new cluster has the same id as the one the backup came from \
+             (pass --cluster-token to both restore and serve to tell them apart)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! Backups end to end: a backup saved from a member while a client keeps
+//! writing restores into a new three-member cluster that serves every
+//! acknowledged write up to the backup's revision, at the same revisions,
+//! with history down to the compaction point; `etcdctl snapshot save`
+//! works against raftkv; damaged files are refused by name.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftkv_e2e::{Cluster, Options, raftkv_bin};
+use reqwest::Method;
+use serde_json::Value;
+
+const LEADER_WAIT: Duration = Duration::from_secs(20);
+
+async fn raftkv(args: &[&str]) -> Output {
+    tokio::process::Command::new(raftkv_bin().unwrap())
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--dial-timeout=5s"])
+        .args(args)
+        .output()
+        .await
+        .expect("etcdctl must be installed (.ci/install installs etcd-client)")
+}
+
+fn client(c: &Cluster, id: u64) -> String {
+    let n = c.nodes.iter().find(|n| n.id == id).unwrap();
+    format!("127.0.0.1:{}", n.client_port)
+}
+
+async fn put(c: &Cluster, id: u64, key: &str, value: &str) -> i64 {
+    let a = c.put(id, key, value).await.unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    a.body["revision"].as_i64().unwrap()
+}
+
+async fn status_of(file: &Path) -> Value {
+    let o = raftkv(&["snapshot", "status", "-w", "json", file.to_str().unwrap()]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Every key under `prefix` on node `id`: value, create and mod revision,
+/// version.
+async fn listed(c: &Cluster, id: u64, prefix: &str) -> HashMap<String, (String, i64, i64, i64)> {
+    let a = c
+        .request(id, Method::GET, &format!("/v1/kv?prefix={prefix}"), None)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    a.body["kvs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| {
+            (
+                kv["key"].as_str().unwrap().to_string(),
+                (
+                    kv["value"].as_str().unwrap().to_string(),
+                    kv["create_revision"].as_i64().unwrap(),
+                    kv["mod_revision"].as_i64().unwrap(),
+                    kv["version"].as_i64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Writes `w/<n>` keys one after another through `base` until stopped,
+/// recording each acknowledged write's revision.
+async fn writer(base: String, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<(String, i64)>>>) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("w/{n:06}");
+        let r = http
+            .put(format!("{base}/v1/kv/{key}"))
+            .body(format!("v{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        acked
+            .lock()
+            .unwrap()
+            .push((key, body["revision"].as_i64().unwrap()));
+        n += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_under_writes_restores_into_a_new_cluster_at_the_same_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.rkv");
+    let c = Cluster::start(3, Options::default()).unwrap();
+    let leader = c.wait_leader(LEADER_WAIT).await.unwrap();
+
+    // History: a key rewritten twice, a key deleted, a compaction between.
+    let h1 = put(&c, leader, "h", "1").await;
+    let h2 = put(&c, leader, "h", "2").await;
+    let h3 = put(&c, leader, "h", "3").await;
+    put(&c, leader, "gone", "x").await;
+    let d = c
+        .request(leader, Method::DELETE, "/v1/kv/gone", None)
+        .await
+        .unwrap();
+    assert_eq!(d.status, 200);
+    let compact = etcdctl(&client(&c, leader), &["compact", &h2.to_string()]).await;
+    assert!(compact.status.success(), "{}", text(&compact));
+
+    // A client keeps writing through the leader while a follower saves.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writing = tokio::spawn(writer(c.http(leader).unwrap(), stop.clone(), acked.clone()));
+    let count = || acked.lock().unwrap().len();
+    Cluster::eventually(Duration::from_secs(30), "50 writes", || async {
+        (count() >= 50).then_some(())
+    })
+    .await
+    .unwrap();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let saved = raftkv(&[
+        "snapshot",
+        "save",
+        "--endpoints",
+        &client(&c, follower),
+        file.to_str().unwrap(),
+    ])
+    .await;
+    assert!(saved.status.success(), "{}", text(&saved));
+    assert!(
+        text(&saved).contains("Snapshot saved at"),
+        "{}",
+        text(&saved)
+    );
+    let after_save = count();
+    Cluster::eventually(Duration::from_secs(30), "50 more writes", || async {
+        (count() >= after_save + 50).then_some(())
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    writing.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+
+    let status = status_of(&file).await;
+    let revision = status["revision"].as_i64().unwrap();
+    assert_eq!(status["compact_revision"].as_i64().unwrap(), h2);
+    let before: Vec<_> = acked.iter().filter(|(_, r)| *r <= revision).collect();
+    assert!(
+        before.len() >= 50,
+        "{} writes before the backup",
+        before.len()
+    );
+    assert!(
+        acked.iter().any(|(_, r)| *r > revision),
+        "writes went on after the backup's revision {revision}"
+    );
+    // The writer's keys, plus "h".
+    assert_eq!(
+        status["total_keys"].as_u64().unwrap(),
+        before.len() as u64 + 1
+    );
+
+    // etcdctl saves a backup raftkv can read.
+    let etcd_file = dir.path().join("etcdctl.db");
+    let e = etcdctl(
+        &client(&c, leader),
+        &["snapshot", "save", etcd_file.to_str().unwrap()],
+    )
+    .await;
+    assert!(e.status.success(), "{}", text(&e));
+    let etcd_status = status_of(&etcd_file).await;
+    assert_eq!(
+        etcd_status["revision"].as_i64().unwrap(),
+        acked.last().unwrap().1,
+        "etcdctl's backup holds every write"
+    );
+    drop(c);
+
+    // A new cluster from the backup.
+    let mut n = Cluster::prepare(3, Options::default()).unwrap();
+    for node in &n.nodes {
+        let o = raftkv(&[
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            node.data_dir.to_str().unwrap(),
+            "--initial-cluster",
+            n.initial_cluster(),
+            "--id",
+            &node.id.to_string(),
+            "--cluster-id",
+            &n.cluster_id().to_string(),
+        ])
+        .await;
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            text(&o).contains(&format!("at revision {revision}")),
+            "{}",
+            text(&o)
+        );
+    }
+    n.start_prepared().unwrap();
+    let leader = n.wait_leader(LEADER_WAIT).await.unwrap();
+
+    let restored = listed(&n, leader, "w/").await;
+    for (key, rev) in &acked {
+        match restored.get(key) {
+            Some((value, create, modified, version)) => {
+                assert!(*rev <= revision, "{key} at {rev} is after the backup");
+                assert_eq!(value, &format!("v{}", &key[2..].parse::<u64>().unwrap()));
+                assert_eq!((*create, *modified, *version), (*rev, *rev, 1), "{key}");
+            }
+            None => assert!(*rev > revision, "{key} acknowledged at {rev} is missing"),
+        }
+    }
+    assert_eq!(restored.len(), before.len());
+    let h = listed(&n, leader, "h").await;
+    assert_eq!(h["h"], ("3".to_string(), h1, h3, 3));
+    assert!(!listed(&n, leader, "gone").await.contains_key("gone"));
+    // History down to the compaction point, and not below it.
+    let e = client(&n, leader);
+    let at_h2 = etcdctl(&e, &["get", "h", &format!("--rev={h2}")]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&at_h2.stdout),
+        "h\n2\n",
+        "{}",
+        text(&at_h2)
+    );
+    let at_h1 = etcdctl(&e, &["get", "h", &format!("--rev={h1}")]).await;
+    assert!(!at_h1.status.success());
+    assert!(text(&at_h1).contains("compacted"), "{}", text(&at_h1));
+    // Every member holds the same history, and the revisions go on.
+    for id in 1..=3 {
+        let a = Cluster::eventually(Duration::from_secs(20), "a member to catch up", || async {
+            let a = n.get_serializable(id, "h").await.ok()?;
+            (a.status == 200).then_some(a)
+        })
+        .await
+        .unwrap();
+        assert_eq!(a.raw, b"3");
+    }
+    assert_eq!(put(&n, leader, "new", "1").await, revision + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_or_truncated_backup_is_refused_by_status_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.rkv");
+    let c = Cluster::start(1, Options::default()).unwrap();
+    let leader = c.wait_leader(LEADER_WAIT).await.unwrap();
+    for i in 0..20 {
+        put(&c, leader, &format!("k{i}"), &"v".repeat(1000)).await;
+    }
+    let saved = raftkv(&[
+        "snapshot",
+        "save",
+        "--endpoints",
+        &client(&c, leader),
+        file.to_str().unwrap(),
+    ])
+    .await;
+    assert!(saved.status.success(), "{}", text(&saved));
+    drop(c);
+    let good = std::fs::read(&file).unwrap();
+
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x01;
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 100);
+    for (name, bytes, says) in [
+        ("flipped.rkv", flipped, "corrupt"),
+        ("truncated.rkv", truncated, "truncated"),
+    ] {
+        let bad = dir.path().join(name);
+        std::fs::write(&bad, bytes).unwrap();
+        let status = raftkv(&["snapshot", "status", bad.to_str().unwrap()]).await;
+        assert!(!status.status.success());
+        let msg = text(&status);
+        assert!(msg.contains(says) && msg.contains(name), "{msg}");
+
+        let data_dir = dir.path().join(format!("{name}.data"));
+        let restore = raftkv(&[
+            "snapshot",
+            "restore",
+            bad.to_str().unwrap(),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--initial-cluster",
+            "1=http://127.0.0.1:1",
+            "--id",
+            "1",
+        ])
+        .await;
+        assert!(!restore.status.success());
+        let msg = text(&restore);
+        assert!(msg.contains(says) && msg.contains(name), "{msg}");
+        assert!(!data_dir.join("kv.redb").exists() && !data_dir.join("raft-log.redb").exists());
+    }
+}
