@@ -38,7 +38,8 @@ struct WireWrite {
     raft_term: u64,
     #[prost(int64, tag = "2")]
     revision: i64,
-    /// 1 = put, 2 = delete, 3 = txn, 4 = compact, 5 = alarm.
+    /// 1 = put, 2 = delete, 3 = txn, 4 = compact, 5 = alarm, 6 = lease
+    /// granted, 7 = lease revoked.
     #[prost(uint32, tag = "3")]
     kind: u32,
     #[prost(message, optional, tag = "4")]
@@ -54,6 +55,11 @@ struct WireWrite {
     /// The alarm list: (member, etcd alarm type) pairs.
     #[prost(message, repeated, tag = "9")]
     alarms: Vec<WireAlarm>,
+    /// A granted lease's id and TTL.
+    #[prost(int64, tag = "10")]
+    lease_id: i64,
+    #[prost(int64, tag = "11")]
+    lease_ttl: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -138,6 +144,16 @@ fn write_to_wire(w: WriteResult) -> Result<WireWrite, ClientError> {
                     kind: a.kind.number(),
                 })
                 .collect();
+        }
+        ApplyOutcome::LeaseGranted { revision, id, ttl } => {
+            out.kind = 6;
+            out.revision = revision;
+            out.lease_id = id;
+            out.lease_ttl = ttl;
+        }
+        ApplyOutcome::LeaseRevoked { revision } => {
+            out.kind = 7;
+            out.revision = revision;
         }
         ApplyOutcome::Rejected(e) => return Err(crate::server::kv_error(e)),
     }
@@ -229,6 +245,14 @@ fn write_from_wire(w: WireWrite) -> Result<WriteResult, ClientError> {
                         .ok_or_else(|| bad("alarm", format!("unknown type {}", a.kind)))
                 })
                 .collect::<Result<_, _>>()?,
+        },
+        6 => ApplyOutcome::LeaseGranted {
+            revision: w.revision,
+            id: w.lease_id,
+            ttl: w.lease_ttl,
+        },
+        7 => ApplyOutcome::LeaseRevoked {
+            revision: w.revision,
         },
         k => return Err(bad("write result", format!("unknown kind {k}"))),
     };
@@ -708,6 +732,7 @@ mod tests {
                 prev_kv: true,
                 ignore_value: false,
                 ignore_lease: true,
+                lease: 0,
             },
         };
         let decoded = decode_request(encode_request(&Forwarded::Write(cmd.clone())).unwrap());

@@ -1010,6 +1010,10 @@ pub(crate) fn kv_error(e: KvError) -> ClientError {
         | KvError::ValueProvided => ClientError::InvalidArgument(e.to_string()),
         KvError::Compacted | KvError::FutureRevision => ClientError::OutOfRange(e.to_string()),
         KvError::NoSpace => ClientError::NoSpace,
+        KvError::LeaseNotFound => ClientError::NotFound(e.to_string()),
+        KvError::LeaseExists => ClientError::FailedPrecondition(e.to_string()),
+        KvError::LeaseTtlTooLarge => ClientError::OutOfRange(e.to_string()),
+        KvError::LeaseProvided => ClientError::InvalidArgument(e.to_string()),
         KvError::IdempotencyConflict { .. } => ClientError::FailedPrecondition(e.to_string()),
     }
 }
