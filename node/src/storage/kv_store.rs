@@ -1392,6 +1392,7 @@ impl<'t> Exec<'t> {
                     .map_err(db_err(self.path, "delete lease"))?;
                 ApplyOutcome::LeaseRevoked {
                     revision: state.revision,
+                    id,
                 }
             }
         }))

@@ -273,7 +273,10 @@ mod tests {
         let rev = sm.kv.revision();
         assert_eq!(
             sm.apply(Op::LeaseRevoke { id: 3 }),
-            ApplyOutcome::LeaseRevoked { revision: rev }
+            ApplyOutcome::LeaseRevoked {
+                revision: rev,
+                id: 3
+            }
         );
         assert!(sm.get("a").is_some());
     }
@@ -291,7 +294,8 @@ mod tests {
         assert_eq!(
             sm.apply(Op::LeaseRevoke { id: 5 }),
             ApplyOutcome::LeaseRevoked {
-                revision: before + 1
+                revision: before + 1,
+                id: 5
             }
         );
         assert_eq!(sm.kv.revision(), before + 1, "one revision for all");

@@ -170,6 +170,7 @@ pub enum ApplyOutcome {
     /// store's revision unchanged if it had no keys).
     LeaseRevoked {
         revision: i64,
+        id: i64,
     },
     Rejected(KvError),
 }
