@@ -114,6 +114,7 @@ fn put(key: &str, value: &str) -> Command {
             prev_kv: true,
             ignore_value: false,
             ignore_lease: false,
+            lease: 0,
         },
     }
 }

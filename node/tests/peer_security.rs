@@ -193,6 +193,7 @@ fn put(key: &str, value: &str) -> Command {
             prev_kv: false,
             ignore_value: false,
             ignore_lease: false,
+            lease: 0,
         },
     }
 }

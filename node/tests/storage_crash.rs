@@ -37,6 +37,7 @@ fn entry(i: u64, value_len: usize) -> Entry {
                     prev_kv: false,
                     ignore_value: false,
                     ignore_lease: false,
+                    lease: 0,
                 },
             }
             .encode(),

@@ -38,6 +38,7 @@ fn put(k: &str, v: &str) -> Op {
         prev_kv: true,
         ignore_value: false,
         ignore_lease: false,
+        lease: 0,
     }
 }
 
@@ -116,6 +117,7 @@ fn a_transaction_on_a_missing_key_compares_as_zero_and_bumps_the_revision_once()
                 prev_kv: false,
                 ignore_value: false,
                 ignore_lease: false,
+                lease: 0,
             },
             TxnOp::Put {
                 key: b("owner"),
@@ -123,6 +125,7 @@ fn a_transaction_on_a_missing_key_compares_as_zero_and_bumps_the_revision_once()
                 prev_kv: false,
                 ignore_value: false,
                 ignore_lease: false,
+                lease: 0,
             },
         ],
         failure: vec![TxnOp::Range(RangeRequest::key(b("lock")))],
@@ -256,6 +259,7 @@ fn malformed_commands_are_rejected_and_the_log_moves_on() {
                         prev_kv: false,
                         ignore_value: false,
                         ignore_lease: false,
+                        lease: 0,
                     }],
                     failure: vec![],
                 },

@@ -121,6 +121,7 @@ fn holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
         (CompareTarget::Version(n), _) => kv.map_or(0, |k| k.version).cmp(n),
         (CompareTarget::CreateRevision(n), _) => kv.map_or(0, |k| k.create_revision).cmp(n),
         (CompareTarget::ModRevision(n), _) => kv.map_or(0, |k| k.mod_revision).cmp(n),
+        (CompareTarget::Lease(n), _) => kv.map_or(0, |k| k.lease).cmp(n),
     };
     match c.result {
         CompareResult::Equal => ord.is_eq(),
@@ -181,6 +182,7 @@ impl Model {
                 prev_kv,
                 ignore_value,
                 ignore_lease,
+                ..
             } => {
                 let prev = work.get(key.as_ref()).cloned();
                 if (*ignore_value || *ignore_lease) && prev.is_none() {
@@ -254,6 +256,10 @@ impl Model {
             }
             // Alarms do not touch the keyspace; the generator makes none.
             Op::Alarm { .. } => panic!("the model does not generate alarm commands"),
+            // Leases have their own tests (storage/lease.rs).
+            Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } => {
+                panic!("the model does not generate lease commands")
+            }
         }
     }
 
@@ -379,6 +385,8 @@ fn put(space: &mut Space, key: &Bytes, value: Bytes, rev: i64) -> Option<KeyValu
             create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
             mod_revision: rev,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
+            // The model grants no leases.
+            lease: 0,
         },
     );
     prev
@@ -456,6 +464,7 @@ fn leaf_op() -> impl Strategy<Value = TxnOp> {
             prev_kv,
             ignore_value,
             ignore_lease: false,
+            lease: 0,
         }),
         (key(), range_end(), any::<bool>()).prop_map(|(key, range_end, prev_kv)| {
             TxnOp::DeleteRange {
@@ -513,6 +522,7 @@ fn op() -> impl Strategy<Value = Op> {
             prev_kv,
             ignore_value,
             ignore_lease: false,
+            lease: 0,
         }),
         1 => (key(), range_end(), any::<bool>()).prop_map(|(key, range_end, prev_kv)| Op::DeleteRange { key, range_end, prev_kv }),
         2 => (
@@ -630,6 +640,7 @@ fn a_fresh_store_is_at_revision_one_and_the_first_write_makes_two() {
                 prev_kv: false,
                 ignore_value: false,
                 ignore_lease: false,
+                lease: 0,
             },
         )])
         .unwrap();
@@ -654,6 +665,7 @@ fn compaction_deletes_superseded_versions_in_bounded_steps() {
         prev_kv: false,
         ignore_value: false,
         ignore_lease: false,
+        lease: 0,
     };
     let mut index = 0;
     let mut next = |op| {

@@ -27,6 +27,7 @@ fn put(i: u64, key: &str, value_len: usize) -> Entry {
                     prev_kv: false,
                     ignore_value: false,
                     ignore_lease: false,
+                    lease: 0,
                 },
             }
             .encode(),

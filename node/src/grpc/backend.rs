@@ -6,8 +6,8 @@ use std::future::Future;
 
 use crate::raft::NodeId;
 use crate::server::{
-    ClientError, Consistency, HashKvResult, MemberStatus, NewMember, NodeHandle, NodeStatus,
-    ReadResult, WriteResult,
+    ClientError, Consistency, HashKvResult, LeaseQuery, LeaseReply, MemberStatus, NewMember,
+    NodeHandle, NodeStatus, ReadResult, WriteResult,
 };
 use crate::storage::SnapshotReader;
 
@@ -27,6 +27,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
         req: RangeRequest,
         consistency: Consistency,
     ) -> impl Future<Output = Result<ReadResult, ClientError>> + Send;
+    /// A lease question for the leader (keep-alive, time to live, list).
+    fn lease(
+        &self,
+        query: LeaseQuery,
+    ) -> impl Future<Output = Result<LeaseReply, ClientError>> + Send;
     /// This node's view of itself and the cluster.
     fn status(&self) -> impl Future<Output = Result<NodeStatus, ClientError>> + Send;
     /// This member's checksum of its history up to `revision` (0: now).
@@ -66,6 +71,9 @@ impl Backend for NodeHandle {
         consistency: Consistency,
     ) -> Result<ReadResult, ClientError> {
         NodeHandle::range(self, req, consistency).await
+    }
+    async fn lease(&self, query: LeaseQuery) -> Result<LeaseReply, ClientError> {
+        NodeHandle::lease(self, query).await
     }
     async fn status(&self) -> Result<NodeStatus, ClientError> {
         NodeHandle::status(self).await

@@ -60,7 +60,7 @@ pub fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// A stored key-value record on etcd's wire (raftkv has no leases: 0).
+/// A stored key-value record on etcd's wire.
 pub fn key_value(kv: store::KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
         key: kv.key,
@@ -68,12 +68,8 @@ pub fn key_value(kv: store::KeyValue) -> mvccpb::KeyValue {
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
-        lease: 0,
+        lease: kv.lease,
     }
-}
-
-fn unimplemented(what: &str) -> Status {
-    Status::unimplemented(format!("raftkv does not implement {what}"))
 }
 
 fn require_key(key: &[u8]) -> Result<(), Status> {
@@ -152,9 +148,6 @@ fn check_put(req: &pb::PutRequest) -> Result<(), Status> {
     if req.ignore_lease && req.lease != 0 {
         return Err(Status::invalid_argument("etcdserver: lease is provided"));
     }
-    if req.lease != 0 {
-        return Err(unimplemented("leases"));
-    }
     Ok(())
 }
 
@@ -167,6 +160,7 @@ pub fn put_command(req: pb::PutRequest) -> Result<Command, Status> {
         prev_kv: req.prev_kv,
         ignore_value: req.ignore_value,
         ignore_lease: req.ignore_lease,
+        lease: req.lease,
     }))
 }
 
@@ -248,7 +242,7 @@ fn compare(c: pb::Compare) -> Result<store::Compare, Status> {
             Some(U::Value(v)) => v,
             _ => bytes::Bytes::new(),
         }),
-        Ok(T::Lease) => return Err(unimplemented("leases (compare on lease)")),
+        Ok(T::Lease) => store::CompareTarget::Lease(int(&c.target_union)),
         Err(_) => {
             return Err(Status::invalid_argument(
                 "etcdserver: invalid compare target",
@@ -275,6 +269,7 @@ fn txn_op(op: pb::RequestOp) -> Result<store::TxnOp, Status> {
                 prev_kv: p.prev_kv,
                 ignore_value: p.ignore_value,
                 ignore_lease: p.ignore_lease,
+                lease: p.lease,
             })
         }
         Some(Request::RequestDeleteRange(d)) => {
@@ -359,6 +354,11 @@ pub fn rejected(err: &store::KvError) -> Status {
         }
         E::Compacted | E::FutureRevision => Status::out_of_range(err.to_string()),
         E::NoSpace => Status::resource_exhausted(err.to_string()),
+        // etcd's codes for its lease errors.
+        E::LeaseNotFound => Status::not_found(err.to_string()),
+        E::LeaseExists => Status::failed_precondition(err.to_string()),
+        E::LeaseTtlTooLarge => Status::out_of_range(err.to_string()),
+        E::LeaseProvided => Status::invalid_argument(err.to_string()),
     }
 }
 

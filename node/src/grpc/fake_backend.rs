@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::raft::{Entry, EntryPayload, LogIndex, NodeId, Term};
 use crate::server::{
-    ClientError, Consistency, HashKvResult, MemberStatus, NewMember, NodeStatus, ReadResult,
-    WriteResult,
+    ClientError, Consistency, HashKvResult, LeaseAnswer, LeaseQuery, LeaseReply, MemberStatus,
+    NewMember, NodeStatus, ReadResult, WriteResult,
 };
 use crate::storage::{KvStore, Limits, StoreError};
 
@@ -17,6 +17,10 @@ use super::store::{Command, RangeRequest};
 pub const CLUSTER_ID: u64 = 0xc1;
 pub const MEMBER_ID: u64 = 1;
 pub const TERM: u64 = 3;
+/// The shortest TTL the fake grants (the driver's is from its timing).
+pub const MIN_LEASE_TTL: i64 = 2;
+/// The id the fake picks for the first grant that names none.
+pub const FIRST_LEASE_ID: i64 = 0x7000;
 
 #[derive(Debug)]
 struct State {
@@ -29,6 +33,8 @@ struct State {
     last_consistency: Option<Consistency>,
     /// Who leads (this member until a transfer).
     leader: u64,
+    /// The next lease id to pick for a grant of id 0.
+    next_lease_id: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +66,7 @@ impl FakeBackend {
                 failing: None,
                 last_consistency: None,
                 leader: MEMBER_ID,
+                next_lease_id: FIRST_LEASE_ID,
             })),
         }
     }
@@ -88,9 +95,17 @@ impl Backend for FakeBackend {
         CLUSTER_ID
     }
 
-    async fn write(&self, cmd: Command) -> Result<WriteResult, ClientError> {
+    async fn write(&self, mut cmd: Command) -> Result<WriteResult, ClientError> {
         self.check()?;
         let mut s = self.state.lock().unwrap();
+        // What the leader does to a grant before it proposes it.
+        if let super::store::Op::LeaseGrant { id, ttl } = &mut cmd.op {
+            *ttl = (*ttl).max(MIN_LEASE_TTL);
+            if *id == 0 {
+                *id = s.next_lease_id;
+                s.next_lease_id += 1;
+            }
+        }
         // What the driver checks when it proposes.
         s.kv.limits()
             .check_op(&cmd.op)
@@ -126,6 +141,49 @@ impl Backend for FakeBackend {
         })?;
         Ok(ReadResult {
             range,
+            raft_term: Term(TERM),
+        })
+    }
+
+    /// The fake has no clock: a lease has its whole TTL left.
+    async fn lease(&self, query: LeaseQuery) -> Result<LeaseReply, ClientError> {
+        self.check()?;
+        let s = self.state.lock().unwrap();
+        let internal = |e: StoreError| ClientError::Internal(e.to_string());
+        let answer = match query {
+            LeaseQuery::KeepAlive(id) => LeaseAnswer::KeepAlive {
+                id,
+                ttl: s.kv.lease(id).map_err(internal)?.map_or(0, |l| l.ttl),
+            },
+            LeaseQuery::TimeToLive { id, keys } => match s.kv.lease(id).map_err(internal)? {
+                None => LeaseAnswer::TimeToLive {
+                    id,
+                    ttl: -1,
+                    granted_ttl: 0,
+                    keys: vec![],
+                },
+                Some(l) => LeaseAnswer::TimeToLive {
+                    id,
+                    ttl: l.ttl,
+                    granted_ttl: l.ttl,
+                    keys: if keys {
+                        s.kv.lease_keys(id).map_err(internal)?
+                    } else {
+                        vec![]
+                    },
+                },
+            },
+            LeaseQuery::Leases => LeaseAnswer::Leases(
+                s.kv.leases()
+                    .map_err(internal)?
+                    .into_iter()
+                    .map(|l| l.id)
+                    .collect(),
+            ),
+        };
+        Ok(LeaseReply {
+            answer,
+            revision: s.kv.revision(),
             raft_term: Term(TERM),
         })
     }

@@ -4,16 +4,17 @@
 //! - [`proto`]: the types generated from `proto/etcd`;
 //! - [`convert`]: etcd requests into node calls and results back, errors into
 //!   gRPC codes;
-//! - [`kv`], [`maintenance`], [`cluster`]: the tonic services;
+//! - [`kv`], [`lease`], [`maintenance`], [`cluster`]: the tonic services;
 //! - [`backend`]: what the services need from a node ([`NodeHandle`]).
 //!
-//! Watch, Lease, Auth and the rest of Maintenance are not served: their
+//! Watch, Auth and the rest of Maintenance are not served: their
 //! calls are answered UNIMPLEMENTED, never with a made-up success.
 
 pub mod backend;
 pub mod cluster;
 pub mod convert;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod observe;
 pub mod proto;
@@ -37,7 +38,8 @@ pub use backend::Backend;
 use observe::Observer;
 
 use proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer,
 };
 
 use crate::metrics::Metrics;
@@ -66,6 +68,10 @@ pub fn router<B: Backend>(backend: B, metrics: Option<Arc<Metrics>>) -> Router {
         // One connection cannot open streams without bound.
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(KvServer::new(kv::KvService::new(
+            backend.clone(),
+            observer.clone(),
+        )))
+        .add_service(LeaseServer::new(lease::LeaseService::new(
             backend.clone(),
             observer.clone(),
         )))

@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 
 use super::fake_backend::{CLUSTER_ID, FakeBackend, MEMBER_ID, TERM};
 use super::proto::etcdserverpb::{
-    self as pb, cluster_client::ClusterClient, kv_client::KvClient,
+    self as pb, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, range_request::SortOrder, range_request::SortTarget,
 };
 use crate::server::{ClientError, Consistency};
@@ -388,7 +388,8 @@ async fn what_raftkv_does_not_implement_answers_unimplemented() {
         })
         .await
         .unwrap_err();
-    assert_eq!(leased.code(), Code::Unimplemented);
+    assert_eq!(leased.code(), Code::NotFound, "no lease 7 was granted");
+    assert_eq!(leased.message(), "etcdserver: requested lease not found");
     let mut cluster = ClusterClient::new(r.channel().await);
     let update = cluster
         .member_update(pb::MemberUpdateRequest {
@@ -945,12 +946,13 @@ async fn a_txn_runs_the_branch_its_compares_choose() {
         assert_eq!(got.succeeded, expect, "{req:?}");
     }
 
+    // The key has no lease: its lease compares as 0.
     let lease = on(
         CompareTarget::Lease,
         CompareResult::Equal,
         TargetUnion::Lease(0),
     );
-    assert_eq!(kv.txn(lease).await.unwrap_err().code(), Code::Unimplemented);
+    assert!(kv.txn(lease).await.unwrap().into_inner().succeeded);
     r.shutdown().await;
 }
 
@@ -1294,5 +1296,235 @@ async fn snapshot_streams_a_backup_ending_with_its_sha256_as_etcd_does() {
 
     let d = m.defragment(pb::DefragmentRequest {}).await.unwrap();
     assert_eq!(d.into_inner().header.unwrap().revision, 21);
+    r.shutdown().await;
+}
+
+// ---- Lease ------------------------------------------------------------------
+
+async fn grant(
+    lease: &mut LeaseClient<Channel>,
+    id: i64,
+    ttl: i64,
+) -> Result<pb::LeaseGrantResponse, tonic::Status> {
+    lease
+        .lease_grant(pb::LeaseGrantRequest { ttl, id })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn a_lease_is_granted_holds_keys_and_its_revoke_deletes_them_at_one_revision() {
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    let mut lease = LeaseClient::new(r.channel().await);
+    let g = grant(&mut lease, 0, 60).await.unwrap();
+    assert_eq!(
+        (g.id, g.ttl),
+        (super::fake_backend::FIRST_LEASE_ID, 60),
+        "id 0: the server picks one"
+    );
+    assert_eq!(g.header.unwrap().member_id, MEMBER_ID);
+    for k in ["a", "b"] {
+        kv.put(pb::PutRequest {
+            key: b(k),
+            value: b("v"),
+            lease: g.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let got = kv.range(get("a")).await.unwrap().into_inner();
+    assert_eq!(got.kvs[0].lease, g.id, "reads carry the lease");
+    // prev_kv too, and a put with ignore_lease keeps the lease.
+    let again = kv
+        .put(pb::PutRequest {
+            key: b("a"),
+            value: b("w"),
+            ignore_lease: true,
+            prev_kv: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.prev_kv.unwrap().lease, g.id);
+    assert_eq!(
+        kv.range(get("a")).await.unwrap().into_inner().kvs[0].lease,
+        g.id
+    );
+
+    let ttl = lease
+        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+            id: g.id,
+            keys: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((ttl.id, ttl.granted_ttl), (g.id, 60));
+    assert!(ttl.ttl > 0 && ttl.ttl <= 60, "{}", ttl.ttl);
+    assert_eq!(ttl.keys, vec![b("a"), b("b")]);
+    let listed = lease
+        .lease_leases(pb::LeaseLeasesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.leases.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![g.id]
+    );
+
+    let before = kv
+        .range(get("a"))
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    let revoked = lease
+        .lease_revoke(pb::LeaseRevokeRequest { id: g.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.header.unwrap().revision, before + 1, "one revision");
+    for k in ["a", "b"] {
+        assert_eq!(kv.range(get(k)).await.unwrap().into_inner().count, 0, "{k}");
+    }
+    let gone = lease
+        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+            id: g.id,
+            keys: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(gone.ttl, -1, "an unknown lease has TTL -1");
+    let err = lease
+        .lease_revoke(pb::LeaseRevokeRequest { id: g.id })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.message(), "etcdserver: requested lease not found");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn lease_grants_follow_etcds_rules() {
+    let r = Running::start().await;
+    let mut lease = LeaseClient::new(r.channel().await);
+    let short = grant(&mut lease, 5, 1).await.unwrap();
+    assert_eq!(
+        (short.id, short.ttl),
+        (5, super::fake_backend::MIN_LEASE_TTL),
+        "a TTL below the minimum is raised to it"
+    );
+    let exists = grant(&mut lease, 5, 10).await.unwrap_err();
+    assert_eq!(exists.code(), Code::FailedPrecondition);
+    assert_eq!(exists.message(), "etcdserver: lease already exists");
+    let huge = grant(&mut lease, 6, crate::storage::MAX_LEASE_TTL + 1)
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), Code::OutOfRange);
+    assert_eq!(huge.message(), "etcdserver: too large lease TTL");
+    let mut kv = r.kv().await;
+    let provided = kv
+        .put(pb::PutRequest {
+            key: b("a"),
+            lease: 5,
+            ignore_lease: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(provided.code(), Code::InvalidArgument);
+    assert_eq!(provided.message(), "etcdserver: lease is provided");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn keep_alives_are_answered_in_order_on_one_stream() {
+    let r = Running::start().await;
+    let mut lease = LeaseClient::new(r.channel().await);
+    let g = grant(&mut lease, 9, 30).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = lease
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(pb::LeaseKeepAliveRequest { id: g.id })
+        .await
+        .unwrap();
+    let a = answers.message().await.unwrap().unwrap();
+    assert_eq!(
+        (a.id, a.ttl),
+        (9, 30),
+        "a keep-alive answers the granted TTL"
+    );
+    tx.send(pb::LeaseKeepAliveRequest { id: 404 })
+        .await
+        .unwrap();
+    let b = answers.message().await.unwrap().unwrap();
+    assert_eq!((b.id, b.ttl), (404, 0), "an unknown lease has TTL 0");
+    drop(tx);
+    assert!(
+        answers.message().await.unwrap().is_none(),
+        "the stream ends"
+    );
+
+    // A failure (no leader) ends the stream with its status.
+    r.backend.fail_with(Some(ClientError::NoLeader));
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = lease
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(pb::LeaseKeepAliveRequest { id: 9 }).await.unwrap();
+    let err = answers.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    r.backend.fail_with(None);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_txn_compares_on_lease_and_puts_with_one() {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    let mut lease = LeaseClient::new(r.channel().await);
+    let g = grant(&mut lease, 21, 30).await.unwrap();
+    let put_leased = pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+            key: b("k"),
+            value: b("v"),
+            lease: g.id,
+            ..Default::default()
+        })),
+    };
+    let created = kv
+        .txn(pb::TxnRequest {
+            compare: vec![],
+            success: vec![put_leased],
+            failure: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(created.succeeded);
+    let on_lease = |id| pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Lease as i32,
+            key: b("k"),
+            target_union: Some(TargetUnion::Lease(id)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert!(kv.txn(on_lease(21)).await.unwrap().into_inner().succeeded);
+    assert!(!kv.txn(on_lease(22)).await.unwrap().into_inner().succeeded);
     r.shutdown().await;
 }

@@ -138,6 +138,7 @@ pub async fn put(
                 prev_kv: false,
                 ignore_value: false,
                 ignore_lease: false,
+                lease: 0,
             },
         })
         .await?;
@@ -275,7 +276,9 @@ pub fn revision_and_deleted(outcome: &ApplyOutcome) -> (i64, u64) {
         } => (*revision, *deleted),
         ApplyOutcome::Txn { revision, .. }
         | ApplyOutcome::Compact { revision }
-        | ApplyOutcome::Alarms { revision, .. } => (*revision, 0),
+        | ApplyOutcome::Alarms { revision, .. }
+        | ApplyOutcome::LeaseGranted { revision, .. }
+        | ApplyOutcome::LeaseRevoked { revision, .. } => (*revision, 0),
         ApplyOutcome::Rejected(_) => (0, 0),
     }
 }

@@ -19,7 +19,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::raft::{NodeId, Term};
 use crate::server::handle::{
-    Forwarded, ForwardedReply, Forwarder, LeaderHint, MemberChange, NewMember,
+    Forwarded, ForwardedReply, Forwarder, LeaderHint, LeaseAnswer, LeaseQuery, LeaseReply,
+    MemberChange, NewMember,
 };
 use crate::server::peer_auth::PeerAuth;
 use crate::server::peer_proto as pb;
@@ -38,7 +39,8 @@ struct WireWrite {
     raft_term: u64,
     #[prost(int64, tag = "2")]
     revision: i64,
-    /// 1 = put, 2 = delete, 3 = txn, 4 = compact, 5 = alarm.
+    /// 1 = put, 2 = delete, 3 = txn, 4 = compact, 5 = alarm, 6 = lease
+    /// granted, 7 = lease revoked.
     #[prost(uint32, tag = "3")]
     kind: u32,
     #[prost(message, optional, tag = "4")]
@@ -54,6 +56,11 @@ struct WireWrite {
     /// The alarm list: (member, etcd alarm type) pairs.
     #[prost(message, repeated, tag = "9")]
     alarms: Vec<WireAlarm>,
+    /// A granted lease's id and TTL.
+    #[prost(int64, tag = "10")]
+    lease_id: i64,
+    #[prost(int64, tag = "11")]
+    lease_ttl: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -82,6 +89,125 @@ struct WireTxnOpResult {
     succeeded: bool,
     #[prost(message, repeated, tag = "7")]
     responses: Vec<WireTxnOpResult>,
+}
+
+/// The forwarded form of a [`LeaseQuery`].
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireLeaseQuery {
+    /// 1 = keep-alive, 2 = time to live, 3 = list.
+    #[prost(uint32, tag = "1")]
+    kind: u32,
+    #[prost(int64, tag = "2")]
+    id: i64,
+    #[prost(bool, tag = "3")]
+    keys: bool,
+}
+
+/// The forwarded form of a [`LeaseReply`].
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireLeaseReply {
+    /// As in [`WireLeaseQuery`].
+    #[prost(uint32, tag = "1")]
+    kind: u32,
+    #[prost(int64, tag = "2")]
+    id: i64,
+    #[prost(int64, tag = "3")]
+    ttl: i64,
+    #[prost(int64, tag = "4")]
+    granted_ttl: i64,
+    #[prost(bytes = "bytes", repeated, tag = "5")]
+    keys: Vec<bytes::Bytes>,
+    #[prost(int64, repeated, tag = "6")]
+    ids: Vec<i64>,
+    #[prost(int64, tag = "7")]
+    revision: i64,
+    #[prost(uint64, tag = "8")]
+    raft_term: u64,
+}
+
+fn lease_query_to_wire(q: &LeaseQuery) -> WireLeaseQuery {
+    match q {
+        LeaseQuery::KeepAlive(id) => WireLeaseQuery {
+            kind: 1,
+            id: *id,
+            keys: false,
+        },
+        LeaseQuery::TimeToLive { id, keys } => WireLeaseQuery {
+            kind: 2,
+            id: *id,
+            keys: *keys,
+        },
+        LeaseQuery::Leases => WireLeaseQuery {
+            kind: 3,
+            ..Default::default()
+        },
+    }
+}
+
+fn lease_query_from_wire(w: WireLeaseQuery) -> Result<LeaseQuery, ClientError> {
+    match w.kind {
+        1 => Ok(LeaseQuery::KeepAlive(w.id)),
+        2 => Ok(LeaseQuery::TimeToLive {
+            id: w.id,
+            keys: w.keys,
+        }),
+        3 => Ok(LeaseQuery::Leases),
+        k => Err(bad("lease query", format!("unknown kind {k}"))),
+    }
+}
+
+fn lease_reply_to_wire(r: LeaseReply) -> WireLeaseReply {
+    let mut w = WireLeaseReply {
+        revision: r.revision,
+        raft_term: r.raft_term.get(),
+        ..Default::default()
+    };
+    match r.answer {
+        LeaseAnswer::KeepAlive { id, ttl } => {
+            w.kind = 1;
+            w.id = id;
+            w.ttl = ttl;
+        }
+        LeaseAnswer::TimeToLive {
+            id,
+            ttl,
+            granted_ttl,
+            keys,
+        } => {
+            w.kind = 2;
+            w.id = id;
+            w.ttl = ttl;
+            w.granted_ttl = granted_ttl;
+            w.keys = keys;
+        }
+        LeaseAnswer::Leases(ids) => {
+            w.kind = 3;
+            w.ids = ids;
+        }
+    }
+    w
+}
+
+fn lease_reply_from_wire(w: WireLeaseReply) -> Result<LeaseReply, ClientError> {
+    let answer = match w.kind {
+        1 => LeaseAnswer::KeepAlive {
+            id: w.id,
+            ttl: w.ttl,
+        },
+        2 => LeaseAnswer::TimeToLive {
+            id: w.id,
+            ttl: w.ttl,
+            granted_ttl: w.granted_ttl,
+            keys: w.keys,
+        },
+        3 => LeaseAnswer::Leases(w.ids),
+        k => return Err(bad("lease answer", format!("unknown kind {k}"))),
+    };
+    Ok(LeaseReply {
+        answer,
+        revision: w.revision,
+        raft_term: Term(w.raft_term),
+    })
 }
 
 /// The forwarded form of a [`ReadResult`].
@@ -138,6 +264,17 @@ fn write_to_wire(w: WriteResult) -> Result<WireWrite, ClientError> {
                     kind: a.kind.number(),
                 })
                 .collect();
+        }
+        ApplyOutcome::LeaseGranted { revision, id, ttl } => {
+            out.kind = 6;
+            out.revision = revision;
+            out.lease_id = id;
+            out.lease_ttl = ttl;
+        }
+        ApplyOutcome::LeaseRevoked { revision, id } => {
+            out.kind = 7;
+            out.revision = revision;
+            out.lease_id = id;
         }
         ApplyOutcome::Rejected(e) => return Err(crate::server::kv_error(e)),
     }
@@ -230,6 +367,15 @@ fn write_from_wire(w: WireWrite) -> Result<WriteResult, ClientError> {
                 })
                 .collect::<Result<_, _>>()?,
         },
+        6 => ApplyOutcome::LeaseGranted {
+            revision: w.revision,
+            id: w.lease_id,
+            ttl: w.lease_ttl,
+        },
+        7 => ApplyOutcome::LeaseRevoked {
+            revision: w.revision,
+            id: w.lease_id,
+        },
         k => return Err(bad("write result", format!("unknown kind {k}"))),
     };
     Ok(WriteResult {
@@ -271,6 +417,7 @@ pub(crate) fn encode_request(r: &Forwarded) -> Result<pb::ForwardRequest, Client
         Forwarded::ChangeMembership(MemberChange::Promote(id)) => R::Promote(id.get()),
         Forwarded::ChangeMembership(MemberChange::Remove(id)) => R::Remove(id.get()),
         Forwarded::TransferLeader(id) => R::TransferLeader(id.get()),
+        Forwarded::Lease(q) => R::Lease(lease_query_to_wire(q).encode_to_vec()),
     };
     Ok(pb::ForwardRequest {
         request: Some(request),
@@ -315,6 +462,9 @@ pub(crate) fn decode_request(r: pb::ForwardRequest) -> Result<Forwarded, ClientE
             R::Promote(id) => Forwarded::ChangeMembership(MemberChange::Promote(nonzero(id)?)),
             R::Remove(id) => Forwarded::ChangeMembership(MemberChange::Remove(nonzero(id)?)),
             R::TransferLeader(id) => Forwarded::TransferLeader(nonzero(id)?),
+            R::Lease(b) => Forwarded::Lease(lease_query_from_wire(
+                WireLeaseQuery::decode(b.as_slice()).map_err(|e| bad("lease query", e))?,
+            )?),
         },
     )
 }
@@ -341,6 +491,7 @@ pub(crate) fn encode_reply(r: Result<ForwardedReply, ClientError>) -> pb::Forwar
                 match_index: m.match_index,
             })?),
             ForwardedReply::Done => R::Done(pb::Empty {}),
+            ForwardedReply::Lease(l) => R::Lease(lease_reply_to_wire(l).encode_to_vec()),
         })
     }) {
         Ok(r) => r,
@@ -408,6 +559,10 @@ pub(crate) fn decode_reply(r: pb::ForwardResponse) -> Result<ForwardedReply, Cli
             }))
         }
         R::Done(_) => Ok(ForwardedReply::Done),
+        R::Lease(b) => {
+            let w = WireLeaseReply::decode(b.as_slice()).map_err(|e| bad("lease answer", e))?;
+            Ok(ForwardedReply::Lease(lease_reply_from_wire(w)?))
+        }
     }
 }
 
@@ -708,6 +863,7 @@ mod tests {
                 prev_kv: true,
                 ignore_value: false,
                 ignore_lease: true,
+                lease: 0,
             },
         };
         let decoded = decode_request(encode_request(&Forwarded::Write(cmd.clone())).unwrap());
@@ -752,6 +908,53 @@ mod tests {
                 ref responses
             } if responses.len() == 2
         ));
+    }
+
+    #[test]
+    fn lease_questions_answers_and_outcomes_round_trip() {
+        for q in [
+            LeaseQuery::KeepAlive(7),
+            LeaseQuery::TimeToLive { id: -3, keys: true },
+            LeaseQuery::Leases,
+        ] {
+            let decoded = decode_request(encode_request(&Forwarded::Lease(q.clone())).unwrap());
+            assert!(matches!(decoded, Ok(Forwarded::Lease(d)) if d == q));
+        }
+        for answer in [
+            LeaseAnswer::KeepAlive { id: 7, ttl: 10 },
+            LeaseAnswer::TimeToLive {
+                id: 7,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: vec![bytes::Bytes::from_static(b"k")],
+            },
+            LeaseAnswer::Leases(vec![1, 2]),
+        ] {
+            let reply = LeaseReply {
+                answer,
+                revision: 9,
+                raft_term: Term(4),
+            };
+            let back = decode_reply(encode_reply(Ok(ForwardedReply::Lease(reply.clone()))));
+            assert!(matches!(back, Ok(ForwardedReply::Lease(r)) if r == reply));
+        }
+        for outcome in [
+            ApplyOutcome::LeaseGranted {
+                revision: 3,
+                id: 11,
+                ttl: 60,
+            },
+            ApplyOutcome::LeaseRevoked {
+                revision: 4,
+                id: 11,
+            },
+        ] {
+            let back = decode_reply(encode_reply(Ok(ForwardedReply::Write(WriteResult {
+                outcome: outcome.clone(),
+                raft_term: Term(1),
+            }))));
+            assert!(matches!(back, Ok(ForwardedReply::Write(w)) if w.outcome == outcome));
+        }
     }
 
     #[test]

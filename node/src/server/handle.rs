@@ -124,6 +124,47 @@ pub struct ReadResult {
     pub raft_term: Term,
 }
 
+/// A question about leases that only the leader can answer: it alone
+/// keeps the leases' deadlines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseQuery {
+    /// Refreshes lease `id` (its deadline becomes now + its TTL).
+    KeepAlive(i64),
+    /// How long lease `id` has left, and with `keys` the keys attached.
+    TimeToLive { id: i64, keys: bool },
+    /// Every lease's id.
+    Leases,
+}
+
+/// The leader's answer to a [`LeaseQuery`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseAnswer {
+    /// The granted TTL in seconds, 0 if the lease does not exist (or just
+    /// expired), as etcd answers.
+    KeepAlive {
+        id: i64,
+        ttl: i64,
+    },
+    /// `ttl`: the seconds left, -1 if the lease does not exist;
+    /// `granted_ttl`: the TTL it was granted with.
+    TimeToLive {
+        id: i64,
+        ttl: i64,
+        granted_ttl: i64,
+        keys: Vec<bytes::Bytes>,
+    },
+    Leases(Vec<i64>),
+}
+
+/// A [`LeaseAnswer`] with what response headers need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseReply {
+    pub answer: LeaseAnswer,
+    /// The leader's store revision when it answered.
+    pub revision: i64,
+    pub raft_term: Term,
+}
+
 /// One member as the node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
@@ -237,6 +278,11 @@ pub(crate) enum Request {
         to: NodeId,
         reply: oneshot::Sender<DriverReply<()>>,
     },
+    /// A lease question for the leader.
+    Lease {
+        query: LeaseQuery,
+        reply: oneshot::Sender<DriverReply<LeaseReply>>,
+    },
     /// A checksum of the local history up to `revision` (0: current).
     HashKv {
         revision: i64,
@@ -269,6 +315,7 @@ pub(crate) enum Forwarded {
     Read(RangeRequest),
     ChangeMembership(MemberChange),
     TransferLeader(NodeId),
+    Lease(LeaseQuery),
 }
 
 /// The leader's answer to a [`Forwarded`] request.
@@ -277,6 +324,7 @@ pub(crate) enum ForwardedReply {
     Write(WriteResult),
     Read(ReadResult),
     Member(MemberStatus),
+    Lease(LeaseReply),
     Done,
 }
 
@@ -365,6 +413,25 @@ impl NodeHandle {
         match reply {
             Answer::Local(r) => Ok(r),
             Answer::Forwarded(ForwardedReply::Read(r)) => Ok(r),
+            Answer::Forwarded(other) => Err(unexpected(&other)),
+        }
+    }
+
+    /// Asks the leader about leases (keep-alive, time to live, list); a
+    /// follower forwards the question.
+    pub async fn lease(&self, query: LeaseQuery) -> Result<LeaseReply, ClientError> {
+        let reply = self
+            .call(
+                |reply| Request::Lease {
+                    query: query.clone(),
+                    reply,
+                },
+                Some(Forwarded::Lease(query.clone())),
+            )
+            .await?;
+        match reply {
+            Answer::Local(r) => Ok(r),
+            Answer::Forwarded(ForwardedReply::Lease(r)) => Ok(r),
             Answer::Forwarded(other) => Err(unexpected(&other)),
         }
     }
@@ -483,6 +550,7 @@ impl NodeHandle {
                 .transfer_leader(to)
                 .await
                 .map(|()| ForwardedReply::Done),
+            Forwarded::Lease(query) => local.lease(query).await.map(ForwardedReply::Lease),
         }
     }
 

@@ -249,7 +249,19 @@ pub(crate) fn driver_config(cfg: &NodeConfig, cluster_id: u64) -> DriverConfig {
         snapshot_policy: cfg.snapshot_policy,
         snapshot_dir: cfg.data_dir.join("snapshots"),
         members: crate::server::MemberDirectory::default(),
+        min_lease_ttl: min_lease_ttl(cfg.tick, cfg.election_ticks),
     }
+}
+
+/// etcd's minimum lease TTL: 1.5 election timeouts, in whole seconds
+/// rounded up, so that a lease outlives the election that follows a
+/// leader's failure.
+pub(crate) fn min_lease_ttl(tick: std::time::Duration, election_ticks: u32) -> i64 {
+    let election = tick.saturating_mul(election_ticks);
+    let millis = election.as_millis().saturating_mul(3) / 2;
+    i64::try_from(millis.div_ceil(1000))
+        .unwrap_or(i64::MAX)
+        .max(1)
 }
 
 /// A node's storage, opened and restored: what the driver is built from.

@@ -485,6 +485,7 @@ mod tests {
                         prev_kv: false,
                         ignore_value: false,
                         ignore_lease: false,
+                        lease: 0,
                     },
                 }
                 .encode(),

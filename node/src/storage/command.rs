@@ -37,15 +37,17 @@ pub struct Command {
 pub enum Op {
     /// Sets `key` to `value`; with `prev_kv`, returns the previous pair.
     /// With `ignore_value` the key keeps its current value (and `value` must
-    /// be empty); with `ignore_value` or `ignore_lease` the key must exist
-    /// (etcd's semantics; raftkv has no leases, so `ignore_lease` only adds
-    /// that check).
+    /// be empty); with `ignore_lease` it keeps its current lease (and
+    /// `lease` must be 0); with either the key must exist (etcd's
+    /// semantics). Otherwise the key is attached to `lease` (which must
+    /// exist), or detached from any lease with 0.
     Put {
         key: Bytes,
         value: Bytes,
         prev_kv: bool,
         ignore_value: bool,
         ignore_lease: bool,
+        lease: i64,
     },
     /// Deletes the keys of a range (etcd `range_end` semantics, see
     /// [`RangeRequest`]); with `prev_kv`, returns the deleted pairs.
@@ -75,6 +77,12 @@ pub enum Op {
         /// What the alarm is about (ignored by `Get`).
         kind: AlarmKind,
     },
+    /// Creates lease `id` (never 0: the leader picks an id before it
+    /// proposes) with a TTL in seconds (already raised to the minimum).
+    LeaseGrant { id: i64, ttl: i64 },
+    /// Deletes every key attached to lease `id`, at one revision, and the
+    /// lease. Proposed by a client, or by the leader when the lease expired.
+    LeaseRevoke { id: i64 },
 }
 
 /// What an [`Op::Alarm`] does.
@@ -104,6 +112,8 @@ pub enum CompareTarget {
     Version(i64),
     CreateRevision(i64),
     ModRevision(i64),
+    /// The key's lease id (0 for none, and for a missing key).
+    Lease(i64),
 }
 
 /// How the stored attribute must relate to the operand.
@@ -125,6 +135,7 @@ pub enum TxnOp {
         prev_kv: bool,
         ignore_value: bool,
         ignore_lease: bool,
+        lease: i64,
     },
     DeleteRange {
         key: Bytes,
@@ -216,7 +227,7 @@ impl RangeRequest {
 struct WireCommand {
     #[prost(message, optional, tag = "1")]
     request_id: Option<RequestId>,
-    #[prost(oneof = "WireOp", tags = "2, 3, 4, 5, 6")]
+    #[prost(oneof = "WireOp", tags = "2, 3, 4, 5, 6, 7, 8")]
     op: Option<WireOp>,
 }
 
@@ -232,6 +243,24 @@ enum WireOp {
     Compact(WireCompact),
     #[prost(message, tag = "6")]
     Alarm(WireAlarm),
+    #[prost(message, tag = "7")]
+    LeaseGrant(WireLeaseGrant),
+    #[prost(message, tag = "8")]
+    LeaseRevoke(WireLeaseRevoke),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireLeaseGrant {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(int64, tag = "2")]
+    ttl: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireLeaseRevoke {
+    #[prost(int64, tag = "1")]
+    id: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -264,6 +293,9 @@ struct WirePut {
     ignore_value: bool,
     #[prost(bool, tag = "5")]
     ignore_lease: bool,
+    /// Absent (0) in entries written before leases existed: no lease.
+    #[prost(int64, tag = "6")]
+    lease: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -295,7 +327,7 @@ struct WireCompare {
     /// 0 equal, 1 greater, 2 less, 3 not equal.
     #[prost(uint32, tag = "3")]
     result: u32,
-    #[prost(oneof = "WireTarget", tags = "4, 5, 6, 7")]
+    #[prost(oneof = "WireTarget", tags = "4, 5, 6, 7, 8")]
     target: Option<WireTarget>,
 }
 
@@ -309,6 +341,8 @@ enum WireTarget {
     CreateRevision(i64),
     #[prost(int64, tag = "7")]
     ModRevision(i64),
+    #[prost(int64, tag = "8")]
+    Lease(i64),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -346,11 +380,15 @@ impl Op {
             })
         }
         match self {
-            Op::Put { .. } => true,
+            // etcd's quota covers lease grants too.
+            Op::Put { .. } | Op::LeaseGrant { .. } => true,
             Op::Txn {
                 success, failure, ..
             } => any_put(success) || any_put(failure),
-            Op::DeleteRange { .. } | Op::Compact { .. } | Op::Alarm { .. } => false,
+            Op::DeleteRange { .. }
+            | Op::Compact { .. }
+            | Op::Alarm { .. }
+            | Op::LeaseRevoke { .. } => false,
         }
     }
 
@@ -380,12 +418,14 @@ impl Command {
                 prev_kv,
                 ignore_value,
                 ignore_lease,
+                lease,
             } => WireOp::Put(WirePut {
                 key: key.clone(),
                 value: value.clone(),
                 prev_kv: *prev_kv,
                 ignore_value: *ignore_value,
                 ignore_lease: *ignore_lease,
+                lease: *lease,
             }),
             Op::DeleteRange {
                 key,
@@ -417,6 +457,8 @@ impl Command {
                 member_id: *member_id,
                 kind: kind.number(),
             }),
+            Op::LeaseGrant { id, ttl } => WireOp::LeaseGrant(WireLeaseGrant { id: *id, ttl: *ttl }),
+            Op::LeaseRevoke { id } => WireOp::LeaseRevoke(WireLeaseRevoke { id: *id }),
         };
         Bytes::from(
             WireCommand {
@@ -438,7 +480,13 @@ impl Command {
                 prev_kv: p.prev_kv,
                 ignore_value: p.ignore_value,
                 ignore_lease: p.ignore_lease,
+                lease: p.lease,
             },
+            Some(WireOp::LeaseGrant(g)) => Op::LeaseGrant {
+                id: g.id,
+                ttl: g.ttl,
+            },
+            Some(WireOp::LeaseRevoke(r)) => Op::LeaseRevoke { id: r.id },
             Some(WireOp::Delete(d)) => Op::DeleteRange {
                 key: d.key,
                 range_end: d.range_end,
@@ -509,6 +557,7 @@ fn compare_to_wire(c: &Compare) -> WireCompare {
             CompareTarget::Version(v) => WireTarget::Version(*v),
             CompareTarget::CreateRevision(v) => WireTarget::CreateRevision(*v),
             CompareTarget::ModRevision(v) => WireTarget::ModRevision(*v),
+            CompareTarget::Lease(v) => WireTarget::Lease(*v),
         }),
     }
 }
@@ -532,6 +581,7 @@ fn compare_from_wire(w: WireCompare) -> Result<Compare, DecodeError> {
         Some(WireTarget::Version(v)) => CompareTarget::Version(v),
         Some(WireTarget::CreateRevision(v)) => CompareTarget::CreateRevision(v),
         Some(WireTarget::ModRevision(v)) => CompareTarget::ModRevision(v),
+        Some(WireTarget::Lease(v)) => CompareTarget::Lease(v),
         None => {
             return Err(DecodeError::Missing {
                 what: WHAT,
@@ -583,12 +633,14 @@ fn txn_op_to_wire(op: &TxnOp) -> WireTxnOp {
             prev_kv,
             ignore_value,
             ignore_lease,
+            lease,
         } => WireTxnOpKind::Put(WirePut {
             key: key.clone(),
             value: value.clone(),
             prev_kv: *prev_kv,
             ignore_value: *ignore_value,
             ignore_lease: *ignore_lease,
+            lease: *lease,
         }),
         TxnOp::DeleteRange {
             key,
@@ -617,6 +669,7 @@ fn txn_op_from_wire(w: WireTxnOp) -> Result<TxnOp, DecodeError> {
             prev_kv: p.prev_kv,
             ignore_value: p.ignore_value,
             ignore_lease: p.ignore_lease,
+            lease: p.lease,
         },
         Some(WireTxnOpKind::Delete(d)) => TxnOp::DeleteRange {
             key: d.key,
@@ -662,6 +715,7 @@ mod tests {
                     prev_kv: true,
                     ignore_value: true,
                     ignore_lease: false,
+                    lease: 5,
                 },
             },
             Command {
@@ -700,6 +754,12 @@ mod tests {
                             target: CompareTarget::Version(2),
                             result: CompareResult::Greater,
                         },
+                        Compare {
+                            key: b("k"),
+                            range_end: Bytes::new(),
+                            target: CompareTarget::Lease(9),
+                            result: CompareResult::Equal,
+                        },
                     ],
                     success: vec![
                         TxnOp::Range(RangeRequest {
@@ -722,6 +782,7 @@ mod tests {
                             prev_kv: false,
                             ignore_value: false,
                             ignore_lease: false,
+                            lease: 0,
                         },
                         TxnOp::Txn {
                             compares: vec![],
@@ -756,9 +817,45 @@ mod tests {
                     kind: AlarmKind::Corrupt,
                 },
             },
+            Command {
+                request_id: None,
+                op: Op::LeaseGrant { id: 77, ttl: 10 },
+            },
+            Command {
+                request_id: None,
+                op: Op::LeaseRevoke { id: 77 },
+            },
         ];
         for c in cmds {
             assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn a_put_encoded_before_leases_existed_decodes_without_a_lease() {
+        // The old wire form: no field 6.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct OldPut {
+            #[prost(bytes = "bytes", tag = "1")]
+            key: Bytes,
+            #[prost(bytes = "bytes", tag = "2")]
+            value: Bytes,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct OldCommand {
+            #[prost(message, optional, tag = "2")]
+            put: Option<OldPut>,
+        }
+        let old = OldCommand {
+            put: Some(OldPut {
+                key: b("k"),
+                value: b("v"),
+            }),
+        }
+        .encode_to_vec();
+        match Command::decode(&old).unwrap().op {
+            Op::Put { key, lease, .. } => assert_eq!((key, lease), (b("k"), 0)),
+            other => panic!("{other:?}"),
         }
     }
 

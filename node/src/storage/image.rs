@@ -11,6 +11,8 @@
 //!   kind 4 = trailer (prost: frame count, crc32 of every byte before it), last
 //!   kind 5 = one version of a key (prost: key, revision, stored version),
 //!            in key then revision order
+//!   kind 6 = one lease (prost: id, stored lease); the keys attached to it
+//!            are not sent: each key's latest version names its lease
 //! ```
 //!
 //! Images of state format 2 carry history (kind 5) instead of the latest
@@ -38,6 +40,7 @@ pub(super) const KIND_STATE: u8 = 1;
 pub(super) const KIND_CLIENT: u8 = 3;
 pub(super) const KIND_TRAILER: u8 = 4;
 pub(super) const KIND_VERSION: u8 = 5;
+pub(super) const KIND_LEASE: u8 = 6;
 /// The size a chunk grows to before it is handed out.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// The largest frame an installer accepts (a key + value at the default
@@ -89,6 +92,15 @@ pub(super) struct VersionFrame {
     /// A `StoredValue` as history holds it.
     #[prost(bytes = "bytes", tag = "3")]
     pub(super) version: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct LeaseFrame {
+    #[prost(int64, tag = "1")]
+    pub(super) id: i64,
+    /// A `StoredLease`.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub(super) lease: Bytes,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -288,6 +300,11 @@ impl ImageCheck {
                 }
                 KIND_CLIENT => {
                     ClientFrame::decode(payload).map_err(malformed("client"))?;
+                }
+                KIND_LEASE => {
+                    let f = LeaseFrame::decode(payload).map_err(malformed("lease"))?;
+                    super::lease::StoredLease::decode(f.lease.as_ref())
+                        .map_err(malformed("lease"))?;
                 }
                 other => return Err(SnapshotError::UnknownKind(other).into()),
             }

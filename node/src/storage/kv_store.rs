@@ -4,8 +4,8 @@
 //! store has one global `revision`, bumped once per command that writes
 //! (a put always writes; a delete or a transaction only if it changed a
 //! key). Alongside the keys, the same file holds the applied index and term,
-//! the membership as of the applied index, the revision, and the last
-//! outcome per client (idempotent retries). All of it changes in ONE write
+//! the membership as of the applied index, the revision, the leases
+//! (`lease.rs`) and the last outcome per client (idempotent retries). All of it changes in ONE write
 //! transaction per [`KvStore::apply`] batch, so the applied index always
 //! describes exactly the state stored with it.
 //!
@@ -43,6 +43,7 @@ use super::command::{
 };
 use super::disk::Disk;
 use super::error::{DecodeError, StoreError, corrupt, db_err};
+use super::lease::{self, LEASE_KEYS, LEASES, LeaseInfo, MAX_LEASE_TTL};
 use super::mvcc::{CHANGES, HISTORY, compaction, range};
 use super::outcome::{
     Alarm, AlarmKind, ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult,
@@ -151,7 +152,10 @@ impl Limits {
                 success,
                 failure,
             } => txn_keys_present(compares, success, failure),
-            Op::Compact { .. } | Op::Alarm { .. } => Ok(()),
+            Op::Compact { .. }
+            | Op::Alarm { .. }
+            | Op::LeaseGrant { .. }
+            | Op::LeaseRevoke { .. } => Ok(()),
         }
     }
 
@@ -162,22 +166,38 @@ impl Limits {
                 key,
                 value,
                 ignore_value,
+                ignore_lease,
+                lease,
                 ..
-            } => self.put(key, value, *ignore_value),
+            } => self.put(key, value, *ignore_value, *ignore_lease, *lease),
             Op::DeleteRange { key, range_end, .. } => self.range(key, range_end),
             Op::Txn {
                 compares,
                 success,
                 failure,
             } => self.txn(compares, success, failure),
-            Op::Compact { .. } | Op::Alarm { .. } => Ok(()),
+            Op::LeaseGrant { ttl, .. } if *ttl > MAX_LEASE_TTL => Err(KvError::LeaseTtlTooLarge),
+            Op::Compact { .. }
+            | Op::Alarm { .. }
+            | Op::LeaseGrant { .. }
+            | Op::LeaseRevoke { .. } => Ok(()),
         }
     }
 
-    fn put(&self, key: &[u8], value: &[u8], ignore_value: bool) -> Result<(), KvError> {
+    fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ignore_value: bool,
+        ignore_lease: bool,
+        lease: i64,
+    ) -> Result<(), KvError> {
         self.key(key)?;
         if ignore_value && !value.is_empty() {
             return Err(KvError::ValueProvided);
+        }
+        if ignore_lease && lease != 0 {
+            return Err(KvError::LeaseProvided);
         }
         self.value(value)
     }
@@ -208,8 +228,10 @@ impl Limits {
                     key,
                     value,
                     ignore_value,
+                    ignore_lease,
+                    lease,
                     ..
-                } => self.put(key, value, *ignore_value)?,
+                } => self.put(key, value, *ignore_value, *ignore_lease, *lease)?,
                 TxnOp::DeleteRange { key, range_end, .. } => self.range(key, range_end)?,
                 TxnOp::Txn {
                     compares,
@@ -270,6 +292,9 @@ pub(crate) struct StoredValue {
     /// In history: the position of this write inside its revision.
     #[prost(uint32, tag = "6")]
     pub sub: u32,
+    /// The lease this version is attached to (0: none).
+    #[prost(int64, tag = "7")]
+    pub lease: i64,
 }
 
 /// The state record, stored under [`KEY_STATE`] and at the head of a
@@ -888,6 +913,40 @@ impl KvStore {
     pub fn compacted_revision(&self) -> i64 {
         self.with_state(|s| s.compaction.compacted)
     }
+
+    /// Lease `id`, if it exists (as last applied).
+    pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>, StoreError> {
+        let path = self.inner.path.as_path();
+        let txn = self.db().begin_read().map_err(db_err(path, "begin read"))?;
+        match txn.open_table(LEASES) {
+            Ok(t) => lease::get(&t, path, id),
+            // A file written before leases existed has none.
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(db_err(path, "open leases")(e)),
+        }
+    }
+
+    /// Every lease, by id.
+    pub fn leases(&self) -> Result<Vec<LeaseInfo>, StoreError> {
+        let path = self.inner.path.as_path();
+        let txn = self.db().begin_read().map_err(db_err(path, "begin read"))?;
+        match txn.open_table(LEASES) {
+            Ok(t) => lease::all(&t, path),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+            Err(e) => Err(db_err(path, "open leases")(e)),
+        }
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Bytes>, StoreError> {
+        let path = self.inner.path.as_path();
+        let txn = self.db().begin_read().map_err(db_err(path, "begin read"))?;
+        match txn.open_table(LEASE_KEYS) {
+            Ok(t) => lease::keys(&t, path, id),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+            Err(e) => Err(db_err(path, "open lease keys")(e)),
+        }
+    }
 }
 
 fn init_tables(db: &Database, path: &Path, state: &KvState) -> Result<(), StoreError> {
@@ -899,6 +958,10 @@ fn init_tables(db: &Database, path: &Path, state: &KvState) -> Result<(), StoreE
         txn.open_table(CHANGES)
             .map_err(db_err(path, "create tables"))?;
         txn.open_table(CLIENTS)
+            .map_err(db_err(path, "create tables"))?;
+        txn.open_table(LEASES)
+            .map_err(db_err(path, "create tables"))?;
+        txn.open_table(LEASE_KEYS)
             .map_err(db_err(path, "create tables"))?;
         let mut meta = txn
             .open_table(META)
@@ -1012,6 +1075,7 @@ pub(crate) fn decode_kv(path: &Path, key: &[u8], buf: &[u8]) -> Result<KeyValue,
         create_revision: v.create_revision,
         mod_revision: v.mod_revision,
         version: v.version,
+        lease: v.lease,
     })
 }
 
@@ -1054,6 +1118,7 @@ fn compare_holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
         CompareTarget::Version(n) => kv.map_or(0, |kv| kv.version).cmp(n),
         CompareTarget::CreateRevision(n) => kv.map_or(0, |kv| kv.create_revision).cmp(n),
         CompareTarget::ModRevision(n) => kv.map_or(0, |kv| kv.mod_revision).cmp(n),
+        CompareTarget::Lease(n) => kv.map_or(0, |kv| kv.lease).cmp(n),
     };
     match c.result {
         CompareResult::Equal => ord == Ordering::Equal,
@@ -1072,6 +1137,8 @@ struct Exec<'t> {
     changes: Table<'t, (i64, u32), &'static [u8]>,
     clients: Table<'t, u64, &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
+    leases: Table<'t, i64, &'static [u8]>,
+    lease_keys: Table<'t, (i64, &'static [u8]), ()>,
     path: &'t Path,
     /// The position of the next write inside the revision being written.
     sub: u32,
@@ -1098,6 +1165,12 @@ impl<'t> Exec<'t> {
                 .open_table(CLIENTS)
                 .map_err(db_err(path, "open clients"))?,
             meta: txn.open_table(META).map_err(db_err(path, "open meta"))?,
+            leases: txn
+                .open_table(LEASES)
+                .map_err(db_err(path, "open leases"))?,
+            lease_keys: txn
+                .open_table(LEASE_KEYS)
+                .map_err(db_err(path, "open lease keys"))?,
             path,
             sub: 0,
         })
@@ -1195,16 +1268,24 @@ impl<'t> Exec<'t> {
                 prev_kv,
                 ignore_value,
                 ignore_lease,
+                lease,
             } => {
                 let prev = self.get(&key)?;
                 if (ignore_value || ignore_lease) && prev.is_none() {
                     return Ok(Err(KvError::KeyNotFound));
                 }
+                if !ignore_lease && lease != 0 && !self.lease_exists(lease)? {
+                    return Ok(Err(KvError::LeaseNotFound));
+                }
                 let value = match (&prev, ignore_value) {
                     (Some(p), true) => p.value.clone(),
                     _ => value,
                 };
-                let prev = self.put(&key, value, next)?;
+                let lease = match (&prev, ignore_lease) {
+                    (Some(p), true) => p.lease,
+                    _ => lease,
+                };
+                let prev = self.put(&key, value, lease, next)?;
                 state.revision = next;
                 ApplyOutcome::Put {
                     revision: next,
@@ -1297,7 +1378,57 @@ impl<'t> Exec<'t> {
                     alarms,
                 }
             }
+            Op::LeaseGrant { id, ttl } => {
+                // Like etcd's lessor: 0 is "no lease", never an id.
+                if id == 0 {
+                    return Ok(Err(KvError::LeaseNotFound));
+                }
+                if self.lease_exists(id)? {
+                    return Ok(Err(KvError::LeaseExists));
+                }
+                if ttl > MAX_LEASE_TTL {
+                    return Ok(Err(KvError::LeaseTtlTooLarge));
+                }
+                self.leases
+                    .insert(id, lease::encode_lease(ttl).as_slice())
+                    .map_err(db_err(self.path, "write lease"))?;
+                ApplyOutcome::LeaseGranted {
+                    revision: state.revision,
+                    id,
+                    ttl,
+                }
+            }
+            Op::LeaseRevoke { id } => {
+                if !self.lease_exists(id)? {
+                    return Ok(Err(KvError::LeaseNotFound));
+                }
+                // Every attached key goes at one revision, as one delete
+                // of several keys would.
+                let keys = lease::keys(&self.lease_keys, self.path, id)?;
+                let mut deleted = 0;
+                for key in &keys {
+                    deleted += self.delete_range(key, &[], next)?.len();
+                }
+                if deleted > 0 {
+                    state.revision = next;
+                }
+                self.leases
+                    .remove(id)
+                    .map_err(db_err(self.path, "delete lease"))?;
+                ApplyOutcome::LeaseRevoked {
+                    revision: state.revision,
+                    id,
+                }
+            }
         }))
+    }
+
+    fn lease_exists(&self, id: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .leases
+            .get(id)
+            .map_err(db_err(self.path, "read lease"))?
+            .is_some())
     }
 
     /// Which branch every (nested) transaction takes, in the order they
@@ -1359,10 +1490,14 @@ impl<'t> Exec<'t> {
                     key,
                     ignore_value,
                     ignore_lease,
+                    lease,
                     ..
                 } => {
                     if (*ignore_value || *ignore_lease) && self.get(key)?.is_none() {
                         return Ok(Err(KvError::KeyNotFound));
+                    }
+                    if !*ignore_lease && *lease != 0 && !self.lease_exists(*lease)? {
+                        return Ok(Err(KvError::LeaseNotFound));
                     }
                 }
                 TxnOp::DeleteRange { .. } => {}
@@ -1414,13 +1549,21 @@ impl<'t> Exec<'t> {
                     value,
                     prev_kv,
                     ignore_value,
-                    ..
+                    ignore_lease,
+                    lease,
                 } => {
-                    let value = match self.get(key)? {
-                        Some(p) if *ignore_value => p.value,
-                        _ => value.clone(),
+                    let (value, lease) = match self.get(key)? {
+                        Some(p) => (
+                            if *ignore_value {
+                                p.value
+                            } else {
+                                value.clone()
+                            },
+                            if *ignore_lease { p.lease } else { *lease },
+                        ),
+                        None => (value.clone(), *lease),
                     };
-                    let prev = self.put(key, value, next)?;
+                    let prev = self.put(key, value, lease, next)?;
                     *wrote = true;
                     TxnOpResult::Put {
                         prev_kv: prev.filter(|_| *prev_kv),
@@ -1492,8 +1635,25 @@ impl<'t> Exec<'t> {
         Ok(())
     }
 
-    fn put(&mut self, key: &[u8], value: Bytes, rev: i64) -> Result<Option<KeyValue>, StoreError> {
+    /// Writes a new version of `key` attached to `lease` (0: none), and
+    /// moves the key in the lease index if its lease changed.
+    fn put(
+        &mut self,
+        key: &[u8],
+        value: Bytes,
+        lease: i64,
+        rev: i64,
+    ) -> Result<Option<KeyValue>, StoreError> {
         let prev = self.get(key)?;
+        let old_lease = prev.as_ref().map_or(0, |p| p.lease);
+        if old_lease != lease {
+            self.detach(old_lease, key)?;
+            if lease != 0 {
+                self.lease_keys
+                    .insert((lease, key), ())
+                    .map_err(db_err(self.path, "write lease keys"))?;
+            }
+        }
         let stored = StoredValue {
             value,
             create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
@@ -1501,6 +1661,7 @@ impl<'t> Exec<'t> {
             version: prev.as_ref().map_or(1, |p| p.version + 1),
             tombstone: false,
             sub: self.sub,
+            lease,
         };
         self.record(key, rev, &stored)?;
         let latest = StoredValue { sub: 0, ..stored };
@@ -1525,6 +1686,7 @@ impl<'t> Exec<'t> {
             self.kv
                 .remove(kv.key.as_ref())
                 .map_err(db_err(self.path, "delete key"))?;
+            self.detach(kv.lease, &kv.key)?;
             let tombstone = StoredValue {
                 mod_revision: rev,
                 tombstone: true,
@@ -1534,6 +1696,18 @@ impl<'t> Exec<'t> {
             self.record(&kv.key, rev, &tombstone)?;
         }
         Ok(prev)
+    }
+}
+
+impl Exec<'_> {
+    /// Removes `key` from lease `lease`'s keys (nothing for lease 0).
+    fn detach(&mut self, lease: i64, key: &[u8]) -> Result<(), StoreError> {
+        if lease != 0 {
+            self.lease_keys
+                .remove((lease, key))
+                .map_err(db_err(self.path, "delete lease keys"))?;
+        }
+        Ok(())
     }
 }
 

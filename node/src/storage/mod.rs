@@ -37,6 +37,7 @@
 //! - `command.rs`: the commands clients propose and their encoding;
 //! - `outcome.rs`: what applying a command produces;
 //! - `kv_store.rs`: the state machine (apply, reads);
+//! - `lease.rs`: leases as replicated state (which exist, their keys);
 //! - `mvcc/`: the history of every key, reads at past revisions, compaction;
 //! - `txn_keys.rs`: etcd's "duplicate key" rule for transactions;
 //! - `image.rs`: the snapshot image format, and checking an image as it arrives;
@@ -54,6 +55,7 @@ mod disk;
 mod error;
 mod image;
 pub mod kv_store;
+mod lease;
 mod log_store;
 mod mvcc;
 mod outcome;
@@ -81,6 +83,7 @@ pub use kv_store::{
     DEFAULT_KV_CACHE_BYTES, DEFAULT_QUOTA_BACKEND_BYTES, DURABLE_EVERY_ENTRIES, HistoryHash,
     KV_FILE, KV_FORMAT_VERSION, KvStore, Limits,
 };
+pub use lease::{LeaseInfo, MAX_LEASE_TTL};
 pub use log_store::{Identity, LOG_FILE, LOG_FORMAT_VERSION, LogStore};
 pub use outcome::{Alarm, AlarmKind, ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult};
 pub use policy::SnapshotPolicy;

@@ -22,6 +22,10 @@ pub struct KeyValue {
     /// How many puts since creation (1 after the first).
     #[prost(int64, tag = "5")]
     pub version: i64,
+    /// The lease the key is attached to (0: none); a key is deleted when
+    /// its lease is revoked or expires.
+    #[prost(int64, tag = "6")]
+    pub lease: i64,
 }
 
 /// The answer to a [`RangeRequest`](super::RangeRequest).
@@ -95,6 +99,19 @@ pub enum KvError {
     /// exceeded): refused until the alarm is disarmed.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// A put that attaches a key to, or a revoke of, a lease that does
+    /// not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A grant of a lease id that is in use.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// A grant with a TTL above [`MAX_LEASE_TTL`](super::lease::MAX_LEASE_TTL).
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    /// A put with `ignore_lease` that names a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
     #[error(
         "request {seq} of client {client_id} is older than its last applied request {last_seq}"
     )]
@@ -141,6 +158,19 @@ pub enum ApplyOutcome {
     Alarms {
         revision: i64,
         alarms: Vec<Alarm>,
+    },
+    /// A lease was granted: its id and TTL (seconds) as stored;
+    /// `revision` is the store's (a grant writes no key).
+    LeaseGranted {
+        revision: i64,
+        id: i64,
+        ttl: i64,
+    },
+    /// A lease was revoked and its keys deleted, all at `revision` (the
+    /// store's revision unchanged if it had no keys).
+    LeaseRevoked {
+        revision: i64,
+        id: i64,
     },
     Rejected(KvError),
 }
@@ -320,7 +350,12 @@ pub(crate) fn encode_client_record(
         ApplyOutcome::Compact { revision } => (*revision, StoredKind::Compact(StoredCompact {})),
         // Alarm commands are idempotent and carry no request id; their
         // answer is not remembered.
-        ApplyOutcome::Alarms { .. } | ApplyOutcome::Rejected(_) => return None,
+        // Lease commands carry no request id either (the gRPC API sends
+        // none); a retried grant of an id is refused as existing.
+        ApplyOutcome::Alarms { .. }
+        | ApplyOutcome::LeaseGranted { .. }
+        | ApplyOutcome::LeaseRevoked { .. }
+        | ApplyOutcome::Rejected(_) => return None,
     };
     Some(
         StoredClient {
@@ -428,6 +463,7 @@ mod tests {
             create_revision: 2,
             mod_revision: 5,
             version: 3,
+            lease: 7,
         }
     }
 

@@ -20,12 +20,14 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransac
 
 use super::error::{StoreError, db_err};
 use super::image::{
-    CHUNK_BYTES, ClientFrame, FrameParser, KIND_CLIENT, KIND_STATE, KIND_TRAILER, KIND_VERSION,
-    MAGIC, SnapshotError, Trailer, VersionFrame, decode_state, push_frame,
+    CHUNK_BYTES, ClientFrame, FrameParser, KIND_CLIENT, KIND_LEASE, KIND_STATE, KIND_TRAILER,
+    KIND_VERSION, LeaseFrame, MAGIC, SnapshotError, Trailer, VersionFrame, decode_state,
+    push_frame,
 };
 use super::kv_store::{
     CLIENTS, KEY_STATE, KV, KV_STAGING_FILE, KvState, KvStore, META, StoredValue, load_state,
 };
+use super::lease::{LEASE_KEYS, LEASES, StoredLease};
 use super::mvcc::{CHANGES, HISTORY};
 use crate::raft::SnapshotMeta;
 
@@ -35,6 +37,7 @@ const STAGING_TXN_BYTES: usize = 8 * 1024 * 1024;
 enum Phase {
     History(redb::Range<'static, (&'static [u8], i64), &'static [u8]>),
     Clients(redb::Range<'static, u64, &'static [u8]>),
+    Leases(redb::Range<'static, i64, &'static [u8]>),
     Trailer,
     Done,
 }
@@ -131,6 +134,27 @@ impl SnapshotReader {
                         }
                         .encode_to_vec();
                         self.frame(KIND_CLIENT, &frame);
+                    }
+                    None => {
+                        self.phase = match self._txn.open_table(LEASES) {
+                            Ok(t) => Phase::Leases(
+                                t.range::<i64>(..).map_err(db_err(&file, "read snapshot"))?,
+                            ),
+                            // A file written before leases existed.
+                            Err(redb::TableError::TableDoesNotExist(_)) => Phase::Trailer,
+                            Err(e) => return Err(db_err(&file, "open leases")(e)),
+                        };
+                    }
+                },
+                Phase::Leases(iter) => match iter.next() {
+                    Some(item) => {
+                        let (k, v) = item.map_err(db_err(&file, "read snapshot"))?;
+                        let frame = LeaseFrame {
+                            id: k.value(),
+                            lease: Bytes::copy_from_slice(v.value()),
+                        }
+                        .encode_to_vec();
+                        self.frame(KIND_LEASE, &frame);
                     }
                     None => self.phase = Phase::Trailer,
                 },
@@ -302,6 +326,9 @@ impl SnapshotInstaller {
                 txn.open_table(HISTORY).map_err(db_err(&staging, "write"))?;
                 txn.open_table(CHANGES).map_err(db_err(&staging, "write"))?;
                 txn.open_table(CLIENTS).map_err(db_err(&staging, "write"))?;
+                txn.open_table(LEASES).map_err(db_err(&staging, "write"))?;
+                txn.open_table(LEASE_KEYS)
+                    .map_err(db_err(&staging, "write"))?;
                 self.state = Some(state);
             }
             KIND_VERSION => {
@@ -327,6 +354,13 @@ impl SnapshotInstaller {
                 let f = ClientFrame::decode(payload).map_err(malformed("client"))?;
                 let mut t = txn.open_table(CLIENTS).map_err(db_err(&staging, "write"))?;
                 t.insert(f.client_id, f.record.as_ref())
+                    .map_err(db_err(&staging, "write"))?;
+            }
+            KIND_LEASE => {
+                let f = LeaseFrame::decode(payload).map_err(malformed("lease"))?;
+                StoredLease::decode(f.lease.as_ref()).map_err(malformed("lease"))?;
+                let mut t = txn.open_table(LEASES).map_err(db_err(&staging, "write"))?;
+                t.insert(f.id, f.lease.as_ref())
                     .map_err(db_err(&staging, "write"))?;
             }
             other => return Err(SnapshotError::UnknownKind(other).into()),
@@ -384,7 +418,8 @@ impl SnapshotInstaller {
     }
 }
 
-/// Writes a key's last version into the `kv` table, unless it is a delete.
+/// Writes a key's last version into the `kv` table, unless it is a delete,
+/// and the key into its lease's index.
 fn flush_latest(
     txn: &WriteTransaction,
     staging: &std::path::Path,
@@ -400,6 +435,14 @@ fn flush_latest(
     let mut kv = txn.open_table(KV).map_err(db_err(staging, "write"))?;
     kv.insert(key.as_ref(), latest.encode_to_vec().as_slice())
         .map_err(db_err(staging, "write"))?;
+    if latest.lease != 0 {
+        let mut index = txn
+            .open_table(LEASE_KEYS)
+            .map_err(db_err(staging, "write"))?;
+        index
+            .insert((latest.lease, key.as_ref()), ())
+            .map_err(db_err(staging, "write"))?;
+    }
     Ok(())
 }
 

@@ -11,8 +11,10 @@
 //! strictly sequential (the core's contract) while other tasks keep running.
 //!
 //! `status.rs` holds what the driver publishes about itself: metrics, the
-//! health view and `/v1/status`.
+//! health view and `/v1/status`; `lessor.rs` the leader's lease deadlines
+//! and expiry; `quota.rs` the backend quota.
 
+mod lessor;
 mod quota;
 mod status;
 
@@ -66,6 +68,9 @@ pub struct DriverConfig {
     /// Published here: the members' peer URLs, which peer authentication
     /// checks certificates against.
     pub members: crate::server::MemberDirectory,
+    /// The shortest lease TTL granted, in seconds (etcd's: 1.5 election
+    /// timeouts, rounded up): a lease must outlive a leader change.
+    pub min_lease_ttl: i64,
 }
 
 /// What the network side hands the driver.
@@ -149,6 +154,8 @@ pub(crate) struct Driver {
     client_urls: HashMap<NodeId, String>,
     /// The state machine's file size when last looked at (for the quota).
     kv_file_bytes: u64,
+    /// Lease deadlines, kept while leading.
+    lessor: lessor::Lessor,
 }
 
 impl std::fmt::Debug for Driver {
@@ -193,6 +200,7 @@ impl Driver {
             peer_hints: HashMap::new(),
             client_urls: HashMap::new(),
             kv_file_bytes: 0,
+            lessor: lessor::Lessor::default(),
         }
     }
 
@@ -346,9 +354,10 @@ impl Driver {
 
     fn on_request(&mut self, req: Request, batch: &mut Batch) {
         match req {
-            Request::Write { cmd, reply } => {
+            Request::Write { mut cmd, reply } => {
                 if let Err(e) = self
-                    .check_command(&cmd)
+                    .prepare_grant(&mut cmd)
+                    .and_then(|()| self.check_command(&cmd))
                     .and_then(|()| self.check_quota(&cmd, batch))
                 {
                     let _ = reply.send(Err(e.into()));
@@ -381,6 +390,7 @@ impl Driver {
             Request::TransferLeader { to, reply } => self.transfer_leader(to, reply),
             Request::HashKv { revision, reply } => self.hash_kv(revision, reply),
             Request::Snapshot { reply } => self.backup_image(reply),
+            Request::Lease { query, reply } => self.answer_lease(query, reply),
             Request::Shutdown { reply } => self.start_shutdown(reply),
         }
     }
@@ -844,6 +854,9 @@ impl Driver {
                 .into_iter()
                 .collect();
         let mut outcomes = outcomes;
+        for outcome in outcomes.values() {
+            self.lessor_applied(outcome);
+        }
         for e in entries {
             let (index, term) = (e.index, e.term);
             if let Some(w) = self.pending.take_write(index) {
@@ -954,8 +967,16 @@ impl Driver {
             }
             self.pending.transfers = waiting;
         }
+        self.lessor_turn();
         self.update_peers();
         self.publish_status(&status);
+    }
+
+    /// "Ask the leader instead", with where the leader is, if known.
+    fn not_leader(&self) -> Rejection {
+        self.rejection(ProposeError::NotLeader {
+            leader: self.node.status().leader,
+        })
     }
 
     /// Keeps one outbound stream per member (other than us) of the
@@ -1023,6 +1044,10 @@ pub(crate) fn kv_error(e: KvError) -> ClientError {
         | KvError::ValueProvided => ClientError::InvalidArgument(e.to_string()),
         KvError::Compacted | KvError::FutureRevision => ClientError::OutOfRange(e.to_string()),
         KvError::NoSpace => ClientError::NoSpace,
+        KvError::LeaseNotFound => ClientError::NotFound(e.to_string()),
+        KvError::LeaseExists => ClientError::FailedPrecondition(e.to_string()),
+        KvError::LeaseTtlTooLarge => ClientError::OutOfRange(e.to_string()),
+        KvError::LeaseProvided => ClientError::InvalidArgument(e.to_string()),
         KvError::IdempotencyConflict { .. } => ClientError::FailedPrecondition(e.to_string()),
     }
 }

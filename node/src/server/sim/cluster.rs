@@ -605,6 +605,7 @@ impl SimCluster {
                     prev_kv: false,
                     ignore_value: false,
                     ignore_lease: false,
+                    lease: 0,
                 },
             };
             self.writes.push(PendingWrite {

@@ -40,6 +40,7 @@ pub(crate) fn key_value(key: &[u8], v: StoredValue) -> KeyValue {
         create_revision: v.create_revision,
         mod_revision: v.mod_revision,
         version: v.version,
+        lease: v.lease,
     }
 }
 
