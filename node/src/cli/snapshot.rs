@@ -136,6 +136,7 @@ fn print_summary(s: &BackupSummary, format: StatusFormat) -> anyhow::Result<()> 
             println!("compact revision: {}", s.compact_revision);
             println!("total keys:       {}", s.total_keys);
             println!("total versions:   {}", s.total_versions);
+            println!("total leases:     {}", s.total_leases);
             println!("total size:       {} bytes", s.total_size);
             println!("sha256:           {}", s.sha256);
             println!(

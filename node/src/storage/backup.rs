@@ -45,7 +45,8 @@ use prost::Message;
 
 use super::error::StoreError;
 use super::image::{
-    ClientFrame, FrameParser, KIND_CLIENT, KIND_STATE, KIND_VERSION, VersionFrame, decode_state,
+    ClientFrame, FrameParser, KIND_CLIENT, KIND_LEASE, KIND_STATE, KIND_VERSION, LeaseFrame,
+    VersionFrame, decode_state,
 };
 use super::kv_store::{KvState, StoredValue};
 use super::snapshot::SnapshotReader;
@@ -246,6 +247,8 @@ pub struct BackupSummary {
     pub total_keys: u64,
     /// Versions of keys (history, deletes included).
     pub total_versions: u64,
+    /// Leases granted and not revoked.
+    pub total_leases: u64,
     /// The whole file, in bytes.
     pub total_size: u64,
     /// The SHA-256 that ends the file, in hex.
@@ -391,6 +394,7 @@ pub fn read_backup(
         compact_revision: state.compaction.compacted,
         total_keys: summary.keys,
         total_versions: summary.versions,
+        total_leases: summary.leases,
         total_size: size,
         sha256: hex(expected_sha),
         hash: crc,
@@ -409,6 +413,7 @@ struct ImageSummary {
     state: Option<KvState>,
     versions: u64,
     keys: u64,
+    leases: u64,
     /// The key of the last version seen, and whether that version exists.
     last: Option<(Bytes, bool)>,
     crc: crc32fast::Hasher,
@@ -421,6 +426,7 @@ impl ImageSummary {
             state,
             versions,
             keys,
+            leases,
             last,
             crc,
         } = self;
@@ -444,6 +450,12 @@ impl ImageSummary {
                 }
                 KIND_CLIENT => {
                     ClientFrame::decode(payload).map_err(malformed("client"))?;
+                }
+                KIND_LEASE => {
+                    let f = LeaseFrame::decode(payload).map_err(malformed("lease"))?;
+                    super::lease::StoredLease::decode(f.lease.as_ref())
+                        .map_err(malformed("lease"))?;
+                    *leases += 1;
                 }
                 other => return Err(super::SnapshotError::UnknownKind(other).into()),
             }
@@ -708,10 +720,19 @@ mod tests {
     #[test]
     fn every_table_of_the_state_machine_travels_in_the_image() {
         use redb::{ReadableDatabase, TableHandle};
-        // What the image carries (kv and changes are rebuilt from history
-        // by the installer). A table added to kv.redb must be carried by
-        // the image (InstallSnapshot and backups alike) and listed here.
-        let carried = ["meta", "kv", "history", "changes", "clients"];
+        // What the image carries (kv, changes and lease_keys are rebuilt
+        // from history by the installer). A table added to kv.redb must be
+        // carried by the image (InstallSnapshot and backups alike) and
+        // listed here.
+        let carried = [
+            "meta",
+            "kv",
+            "history",
+            "changes",
+            "clients",
+            "leases",
+            "lease_keys",
+        ];
         let dir = tempdir();
         let (_, kv) = backup_of_a_store(dir.path());
         let db = kv.db();

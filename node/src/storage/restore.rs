@@ -172,6 +172,62 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_member_keeps_the_leases_and_the_keys_attached_to_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("src")).unwrap();
+        let kv = KvStore::open(&tmp.path().join("src"), Limits::default()).unwrap();
+        let entry = |index: u64, op: Op| Entry {
+            term: Term(2),
+            index: LogIndex(index),
+            payload: EntryPayload::Command(
+                Command {
+                    request_id: None,
+                    op,
+                }
+                .encode(),
+            ),
+        };
+        let leased = |key: &str| Op::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            prev_kv: false,
+            ignore_value: false,
+            ignore_lease: false,
+            lease: 7,
+        };
+        kv.apply(&[
+            entry(1, Op::LeaseGrant { id: 7, ttl: 30 }),
+            entry(2, leased("a")),
+            entry(3, leased("b")),
+            put(4, "plain", "1"),
+        ])
+        .unwrap();
+        let mut s = BackupStream::new(kv.snapshot().unwrap(), BackupOrigin::default());
+        let mut bytes = Vec::new();
+        while let Some(c) = s.next_chunk() {
+            bytes.extend_from_slice(&c.unwrap());
+        }
+        let file = tmp.path().join("backup");
+        std::fs::write(&file, bytes).unwrap();
+
+        let dir = tmp.path().join("new");
+        let identity = Identity {
+            cluster_id: 99,
+            node_id: NodeId(1),
+        };
+        let (summary, _) = restore_backup(&file, &dir, identity, &membership(&[1])).unwrap();
+        assert_eq!((summary.total_keys, summary.total_leases), (3, 1));
+        let restored = KvStore::open(&dir, Limits::default()).unwrap();
+        let lease = restored.lease(7).unwrap().expect("the lease was restored");
+        assert_eq!(lease.ttl, 30);
+        assert_eq!(
+            restored.lease_keys(7).unwrap(),
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+            "a revoke after the restore deletes the same keys"
+        );
+    }
+
+    #[test]
     fn a_damaged_backup_leaves_no_data_directory_behind() {
         let tmp = tempfile::tempdir().unwrap();
         let file = backup(tmp.path());
