@@ -43,7 +43,9 @@ use super::command::{
 };
 use super::disk::Disk;
 use super::error::{DecodeError, StoreError, corrupt, db_err};
-use super::mvcc::{CHANGES, HISTORY, compaction, range};
+use super::feed::{Applied, Change, ChangeKind, Feed, Subscription};
+use super::mvcc::replay::{Replay, ReplayRequest};
+use super::mvcc::{CHANGES, HISTORY, compaction, range, replay};
 use super::outcome::{
     Alarm, AlarmKind, ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult,
     decode_client_record, encode_client_record,
@@ -450,6 +452,8 @@ pub(crate) struct KvInner {
     /// of the last durable commit.
     pub writer: Mutex<LogIndex>,
     pub failed: Mutex<Option<String>>,
+    /// Announces what each apply changed (see `feed.rs`).
+    pub feed: Feed,
 }
 
 impl fmt::Debug for KvInner {
@@ -522,6 +526,7 @@ impl KvStore {
                 state: RwLock::new(state),
                 writer: Mutex::new(durable),
                 failed: Mutex::new(None),
+                feed: Feed::default(),
             }),
         })
     }
@@ -640,6 +645,10 @@ impl KvStore {
         }
         let path = self.inner.path.as_path();
         let db = self.db();
+        let before = state.revision;
+        // Changes are listed only for someone who listens; a subscriber
+        // that arrives meanwhile is told to read history instead.
+        let mut listed = self.inner.feed.has_subscribers().then(Vec::new);
         let last = entries.last().map_or(state.applied_index, |e| e.index);
         let make_durable = last.get().saturating_sub(durable.get()) >= DURABLE_EVERY_ENTRIES;
         let result = (|| {
@@ -651,6 +660,7 @@ impl KvStore {
             let mut outcomes = Vec::new();
             {
                 let mut exec = Exec::open(&txn, path)?;
+                exec.listed = listed.take();
                 for e in &entries {
                     match &e.payload {
                         EntryPayload::Noop => {}
@@ -667,6 +677,7 @@ impl KvStore {
                 exec.meta
                     .insert(KEY_STATE, state.encode().as_slice())
                     .map_err(db_err(path, "write state"))?;
+                listed = exec.listed.take();
             }
             txn.commit().map_err(db_err(path, "commit"))?;
             Ok(outcomes)
@@ -676,11 +687,22 @@ impl KvStore {
                 if make_durable {
                     *durable = state.applied_index;
                 }
+                let revision = state.revision;
                 *self
                     .inner
                     .state
                     .write()
                     .unwrap_or_else(PoisonError::into_inner) = state;
+                if revision != before {
+                    self.inner.feed.announce(match listed {
+                        Some(changes) => Applied::Changes {
+                            after: before,
+                            revision,
+                            changes,
+                        },
+                        None => Applied::Jumped { revision },
+                    });
+                }
                 Ok(outcomes)
             }
             Err(e) => {
@@ -862,6 +884,49 @@ impl KvStore {
     /// The compacted revision: reads below it fail.
     pub fn compacted_revision(&self) -> i64 {
         self.with_state(|s| s.compaction.compacted)
+    }
+
+    /// Subscribes to the change feed: every later apply that changes the
+    /// revision is announced (see `feed.rs`).
+    pub fn subscribe(&self) -> Subscription {
+        self.inner.feed.subscribe()
+    }
+
+    /// Reads history back as changes in revision order, from one read
+    /// transaction (see `mvcc/replay.rs`).
+    pub fn replay(&self, req: &ReplayRequest) -> Result<Replay, StoreError> {
+        let path = self.inner.path.as_path();
+        let db = self.db();
+        let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
+        let history = txn
+            .open_table(HISTORY)
+            .map_err(db_err(path, "open history"))?;
+        let changes = txn
+            .open_table(CHANGES)
+            .map_err(db_err(path, "open changes"))?;
+        let meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+        let state = meta
+            .get(KEY_STATE)
+            .map_err(db_err(path, "read state"))?
+            .map(|v| KvState::decode(v.value()))
+            .transpose()
+            .map_err(corrupt(path, "state"))?
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        replay::replay(
+            &changes,
+            &history,
+            path,
+            req,
+            state.revision,
+            state.compaction.compacted,
+        )
+    }
+
+    /// Tells subscribers that the store moved to `revision` without
+    /// listing the changes (a snapshot was installed).
+    pub(crate) fn announce_jump(&self, revision: i64) {
+        self.inner.feed.announce(Applied::Jumped { revision });
     }
 }
 
@@ -1050,6 +1115,8 @@ struct Exec<'t> {
     path: &'t Path,
     /// The position of the next write inside the revision being written.
     sub: u32,
+    /// The changes made, when someone subscribed to the feed.
+    listed: Option<Vec<Change>>,
 }
 
 /// One transaction's branches, borrowed.
@@ -1075,6 +1142,7 @@ impl<'t> Exec<'t> {
             meta: txn.open_table(META).map_err(db_err(path, "open meta"))?,
             path,
             sub: 0,
+            listed: None,
         })
     }
 
@@ -1482,6 +1550,19 @@ impl<'t> Exec<'t> {
         self.kv
             .insert(key, latest.encode_to_vec().as_slice())
             .map_err(db_err(self.path, "write key"))?;
+        if let Some(listed) = &mut self.listed {
+            listed.push(Change {
+                kind: ChangeKind::Put,
+                kv: KeyValue {
+                    key: Bytes::copy_from_slice(key),
+                    value: latest.value,
+                    create_revision: latest.create_revision,
+                    mod_revision: latest.mod_revision,
+                    version: latest.version,
+                },
+                prev: prev.clone(),
+            });
+        }
         Ok(prev)
     }
 
@@ -1507,6 +1588,17 @@ impl<'t> Exec<'t> {
                 ..Default::default()
             };
             self.record(&kv.key, rev, &tombstone)?;
+            if let Some(listed) = &mut self.listed {
+                listed.push(Change {
+                    kind: ChangeKind::Delete,
+                    kv: KeyValue {
+                        key: kv.key.clone(),
+                        mod_revision: rev,
+                        ..Default::default()
+                    },
+                    prev: Some(kv.clone()),
+                });
+            }
         }
         Ok(prev)
     }
