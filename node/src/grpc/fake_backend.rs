@@ -3,6 +3,7 @@
 //! services' translation is checked over real gRPC without a cluster.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::raft::{Entry, EntryPayload, LogIndex, NodeId, Term};
 use crate::server::{
@@ -29,6 +30,7 @@ struct State {
     last_consistency: Option<Consistency>,
     /// Who leads (this member until a transfer).
     leader: u64,
+    watch_progress_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -60,8 +62,19 @@ impl FakeBackend {
                 failing: None,
                 last_consistency: None,
                 leader: MEMBER_ID,
+                watch_progress_interval: crate::server::DEFAULT_WATCH_PROGRESS_INTERVAL,
             })),
         }
+    }
+
+    /// The state machine behind the backend (the watch tests write to it
+    /// directly, and compact it).
+    pub fn kv(&self) -> KvStore {
+        self.state.lock().unwrap().kv.clone()
+    }
+
+    pub fn set_watch_progress_interval(&self, interval: Duration) {
+        self.state.lock().unwrap().watch_progress_interval = interval;
     }
 
     pub fn fail_with(&self, err: Option<ClientError>) {
@@ -217,5 +230,13 @@ impl Backend for FakeBackend {
             .position(|m| m.id == id.0)
             .ok_or_else(|| ClientError::NotFound("etcdserver: member not found".into()))?;
         Ok(s.members.remove(pos))
+    }
+
+    fn watch_store(&self) -> Option<KvStore> {
+        Some(self.kv())
+    }
+
+    fn watch_progress_interval(&self) -> Duration {
+        self.state.lock().unwrap().watch_progress_interval
     }
 }

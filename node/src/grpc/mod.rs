@@ -4,10 +4,10 @@
 //! - [`proto`]: the types generated from `proto/etcd`;
 //! - [`convert`]: etcd requests into node calls and results back, errors into
 //!   gRPC codes;
-//! - [`kv`], [`maintenance`], [`cluster`]: the tonic services;
+//! - [`kv`], [`watch`], [`maintenance`], [`cluster`]: the tonic services;
 //! - [`backend`]: what the services need from a node ([`NodeHandle`]).
 //!
-//! Watch, Lease, Auth and the rest of Maintenance are not served: their
+//! Lease, Auth and the rest of Maintenance are not served: their
 //! calls are answered UNIMPLEMENTED, never with a made-up success.
 
 pub mod backend;
@@ -18,6 +18,7 @@ pub mod maintenance;
 pub mod observe;
 pub mod proto;
 pub mod store;
+pub mod watch;
 
 #[cfg(test)]
 pub(crate) mod fake_backend;
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch as signal;
 use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpIncoming};
 
@@ -38,6 +40,7 @@ use observe::Observer;
 
 use proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    watch_server::WatchServer,
 };
 
 use crate::metrics::Metrics;
@@ -55,6 +58,18 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// The client API's services over one backend, ready to serve; calls are
 /// counted into `metrics` when given.
 pub fn router<B: Backend>(backend: B, metrics: Option<Arc<Metrics>>) -> Router {
+    // Never stopping: the caller ends the server by dropping it.
+    router_until(backend, metrics, signal::channel(false).1)
+}
+
+/// [`router`], with watch streams ended once `stopping` turns true: they
+/// never finish on their own, and a graceful shutdown waits for every
+/// stream to finish.
+fn router_until<B: Backend>(
+    backend: B,
+    metrics: Option<Arc<Metrics>>,
+    stopping: signal::Receiver<bool>,
+) -> Router {
     let observer = Observer::new(metrics);
     Server::builder()
         .tcp_nodelay(true)
@@ -68,6 +83,11 @@ pub fn router<B: Backend>(backend: B, metrics: Option<Arc<Metrics>>) -> Router {
         .add_service(KvServer::new(kv::KvService::new(
             backend.clone(),
             observer.clone(),
+        )))
+        .add_service(WatchServer::new(watch::WatchService::new(
+            backend.clone(),
+            observer.clone(),
+            stopping,
         )))
         .add_service(MaintenanceServer::new(
             maintenance::MaintenanceService::new(backend.clone(), observer.clone()),
@@ -103,7 +123,12 @@ pub async fn serve_with_shutdown<B: Backend>(
     metrics: Option<Arc<Metrics>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let router = router(backend, metrics);
+    let (stop_watches, stopping) = signal::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_watches.send(true);
+    };
+    let router = router_until(backend, metrics, stopping);
     match tls {
         Some(tls) => {
             router
