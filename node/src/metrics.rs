@@ -37,6 +37,13 @@ pub struct Metrics {
     pub grpc_requests_total: IntCounterVec,
     /// For the gRPC client API: label `method`.
     pub grpc_request_duration_seconds: HistogramVec,
+    /// Watches open on the client API.
+    pub grpc_watchers: IntGauge,
+    /// Events sent to watches.
+    pub grpc_watch_events_sent_total: IntCounter,
+    /// Times a watch stream fell behind the change feed and caught up from
+    /// history.
+    pub grpc_watch_lagged_total: IntCounter,
     pub db_size_bytes: IntGaugeVec,
     pub raft_members: IntGaugeVec,
     pub node_info: IntGaugeVec,
@@ -156,6 +163,15 @@ impl Metrics {
                 "raftkv_grpc_request_duration_seconds",
                 "gRPC client API request latency",
                 &["method"],
+            )?,
+            grpc_watchers: gauge("raftkv_grpc_watchers", "Watches open on the client API")?,
+            grpc_watch_events_sent_total: counter(
+                "raftkv_grpc_watch_events_sent_total",
+                "Events sent to watches",
+            )?,
+            grpc_watch_lagged_total: counter(
+                "raftkv_grpc_watch_lagged_total",
+                "Times a watch stream fell behind the change feed and read history instead",
             )?,
             db_size_bytes: gauge_vec(
                 "raftkv_db_size_bytes",

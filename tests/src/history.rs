@@ -161,7 +161,7 @@ impl Default for History {
 }
 
 /// `go` on the PATH, or the usual install location.
-fn go() -> String {
+pub fn go() -> String {
     let usual = Path::new("/usr/local/go/bin/go");
     let on_path = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("go").is_file()));

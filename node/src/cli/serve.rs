@@ -91,6 +91,14 @@ pub struct ServeArgs {
     /// Every client request fails (503) if not done within this time.
     #[arg(long, env = "RAFTKV_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
+    /// Watches that ask for progress notifications get one this often
+    /// while idle (etcd's default: 10 minutes).
+    #[arg(
+        long,
+        env = "RAFTKV_WATCH_PROGRESS_NOTIFY_INTERVAL_MS",
+        default_value_t = 600_000
+    )]
+    pub watch_progress_notify_interval_ms: u64,
     /// Compact the log every this many applied entries...
     #[arg(long, env = "RAFTKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
@@ -514,7 +522,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(crate::grpc::serve_with_shutdown(
         client,
         client_tls,
-        node.handle.clone(),
+        node.handle
+            .clone()
+            .with_watch_progress_interval(Duration::from_millis(
+                args.watch_progress_notify_interval_ms.max(1),
+            )),
         Some(metrics.clone()),
         async move {
             let _ = grpc_stop.wait_for(|s| *s).await;

@@ -3,6 +3,7 @@
 //! check the wire translation without a cluster.
 
 use std::future::Future;
+use std::time::Duration;
 
 use crate::raft::NodeId;
 use crate::server::{
@@ -12,6 +13,7 @@ use crate::server::{
 use crate::storage::SnapshotReader;
 
 use super::store::{Command, RangeRequest};
+use crate::storage::KvStore;
 
 /// The node calls the etcd services are translated into.
 pub trait Backend: Clone + Send + Sync + 'static {
@@ -53,6 +55,12 @@ pub trait Backend: Clone + Send + Sync + 'static {
     -> impl Future<Output = Result<MemberStatus, ClientError>> + Send;
     /// Removes a member.
     fn remove(&self, id: NodeId) -> impl Future<Output = Result<MemberStatus, ClientError>> + Send;
+    /// The local state machine watches are served from (its change feed
+    /// and history); `None`: this backend serves no watches.
+    fn watch_store(&self) -> Option<KvStore>;
+    /// How often an idle watch that asked for it gets a progress
+    /// notification.
+    fn watch_progress_interval(&self) -> Duration;
 }
 
 impl Backend for NodeHandle {
@@ -95,5 +103,11 @@ impl Backend for NodeHandle {
     }
     async fn remove(&self, id: NodeId) -> Result<MemberStatus, ClientError> {
         NodeHandle::remove(self, id).await
+    }
+    fn watch_store(&self) -> Option<KvStore> {
+        NodeHandle::store(self).cloned()
+    }
+    fn watch_progress_interval(&self) -> Duration {
+        NodeHandle::watch_progress_interval(self)
     }
 }

@@ -3,6 +3,7 @@
 //! services' translation is checked over real gRPC without a cluster.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::raft::{Entry, EntryPayload, LogIndex, NodeId, Term};
 use crate::server::{
@@ -35,6 +36,7 @@ struct State {
     leader: u64,
     /// The next lease id to pick for a grant of id 0.
     next_lease_id: i64,
+    watch_progress_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -67,8 +69,19 @@ impl FakeBackend {
                 last_consistency: None,
                 leader: MEMBER_ID,
                 next_lease_id: FIRST_LEASE_ID,
+                watch_progress_interval: crate::server::DEFAULT_WATCH_PROGRESS_INTERVAL,
             })),
         }
+    }
+
+    /// The state machine behind the backend (the watch tests write to it
+    /// directly, and compact it).
+    pub fn kv(&self) -> KvStore {
+        self.state.lock().unwrap().kv.clone()
+    }
+
+    pub fn set_watch_progress_interval(&self, interval: Duration) {
+        self.state.lock().unwrap().watch_progress_interval = interval;
     }
 
     pub fn fail_with(&self, err: Option<ClientError>) {
@@ -282,5 +295,13 @@ impl Backend for FakeBackend {
             .position(|m| m.id == id.0)
             .ok_or_else(|| ClientError::NotFound("etcdserver: member not found".into()))?;
         Ok(s.members.remove(pos))
+    }
+
+    fn watch_store(&self) -> Option<KvStore> {
+        Some(self.kv())
+    }
+
+    fn watch_progress_interval(&self) -> Duration {
+        self.state.lock().unwrap().watch_progress_interval
     }
 }

@@ -4,10 +4,11 @@
 //! - [`proto`]: the types generated from `proto/etcd`;
 //! - [`convert`]: etcd requests into node calls and results back, errors into
 //!   gRPC codes;
-//! - [`kv`], [`lease`], [`maintenance`], [`cluster`]: the tonic services;
+//! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`cluster`]: the tonic
+//!   services;
 //! - [`backend`]: what the services need from a node ([`NodeHandle`]).
 //!
-//! Watch, Auth and the rest of Maintenance are not served: their
+//! Auth and the rest of Maintenance are not served: their
 //! calls are answered UNIMPLEMENTED, never with a made-up success.
 
 pub mod backend;
@@ -19,6 +20,7 @@ pub mod maintenance;
 pub mod observe;
 pub mod proto;
 pub mod store;
+pub mod watch;
 
 #[cfg(test)]
 pub(crate) mod fake_backend;
@@ -31,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch as signal;
 use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpIncoming};
 
@@ -39,7 +42,7 @@ use observe::Observer;
 
 use proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 
 use crate::metrics::Metrics;
@@ -57,6 +60,18 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// The client API's services over one backend, ready to serve; calls are
 /// counted into `metrics` when given.
 pub fn router<B: Backend>(backend: B, metrics: Option<Arc<Metrics>>) -> Router {
+    // Never stopping: the caller ends the server by dropping it.
+    router_until(backend, metrics, signal::channel(false).1)
+}
+
+/// [`router`], with watch streams ended once `stopping` turns true: they
+/// never finish on their own, and a graceful shutdown waits for every
+/// stream to finish.
+fn router_until<B: Backend>(
+    backend: B,
+    metrics: Option<Arc<Metrics>>,
+    stopping: signal::Receiver<bool>,
+) -> Router {
     let observer = Observer::new(metrics);
     Server::builder()
         .tcp_nodelay(true)
@@ -74,6 +89,11 @@ pub fn router<B: Backend>(backend: B, metrics: Option<Arc<Metrics>>) -> Router {
         .add_service(LeaseServer::new(lease::LeaseService::new(
             backend.clone(),
             observer.clone(),
+        )))
+        .add_service(WatchServer::new(watch::WatchService::new(
+            backend.clone(),
+            observer.clone(),
+            stopping,
         )))
         .add_service(MaintenanceServer::new(
             maintenance::MaintenanceService::new(backend.clone(), observer.clone()),
@@ -109,7 +129,12 @@ pub async fn serve_with_shutdown<B: Backend>(
     metrics: Option<Arc<Metrics>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let router = router(backend, metrics);
+    let (stop_watches, stopping) = signal::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_watches.send(true);
+    };
+    let router = router_until(backend, metrics, stopping);
     match tls {
         Some(tls) => {
             router

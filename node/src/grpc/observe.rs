@@ -1,7 +1,9 @@
 //! Request counts and latencies of the client API
 //! (`raftkv_grpc_requests_total{method,code}`,
 //! `raftkv_grpc_request_duration_seconds{method}`), recorded by each service
-//! call.
+//! call; and the Watch service's figures (`raftkv_grpc_watchers`,
+//! `raftkv_grpc_watch_events_sent_total`,
+//! `raftkv_grpc_watch_lagged_total`), recorded by its streams.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +21,34 @@ pub struct Observer {
 impl Observer {
     pub fn new(metrics: Option<Arc<Metrics>>) -> Self {
         Observer { metrics }
+    }
+
+    /// `n` watches were created.
+    pub fn watchers_added(&self, n: usize) {
+        if let Some(m) = &self.metrics {
+            m.grpc_watchers.add(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// `n` watches ended (canceled, or their stream closed).
+    pub fn watchers_removed(&self, n: usize) {
+        if let Some(m) = &self.metrics {
+            m.grpc_watchers.sub(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// `n` events went out to watchers.
+    pub fn watch_events_sent(&self, n: usize) {
+        if let Some(m) = &self.metrics {
+            m.grpc_watch_events_sent_total.inc_by(n as u64);
+        }
+    }
+
+    /// A watch stream fell behind the change feed and reads history.
+    pub fn watch_lagged(&self) {
+        if let Some(m) = &self.metrics {
+            m.grpc_watch_lagged_total.inc();
+        }
     }
 
     /// Counts one finished call of `method` that began at `started`.

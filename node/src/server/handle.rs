@@ -15,8 +15,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::{NodeId, Term};
 use crate::storage::{
-    ApplyOutcome, Command, HistoryHash, RangeRequest, RangeResult, SnapshotReader,
+    ApplyOutcome, Command, HistoryHash, KvStore, RangeRequest, RangeResult, SnapshotReader,
 };
+
+/// How often a watch that asked for progress notifications gets one while
+/// nothing happens, unless configured otherwise: etcd's default.
+pub const DEFAULT_WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 
 /// What a client may see go wrong. Each variant maps to one HTTP status and
 /// one gRPC code (see [`ClientError::http_status`] and the gRPC layer).
@@ -339,6 +343,10 @@ pub struct NodeHandle {
     /// Whether "no leader" is retried until the timeout (see `call`). Off
     /// when serving a forwarded request: the forwarding node retries.
     retry: bool,
+    /// This node's state machine, which watches read (its change feed and
+    /// history): every member serves watches from what it applied itself.
+    store: Option<KvStore>,
+    watch_progress_interval: Duration,
 }
 
 impl NodeHandle {
@@ -356,7 +364,37 @@ impl NodeHandle {
             requests,
             forwarder,
             retry: true,
+            store: None,
+            watch_progress_interval: DEFAULT_WATCH_PROGRESS_INTERVAL,
         }
+    }
+
+    /// The handle with watches served from `store`, this node's state
+    /// machine.
+    pub(crate) fn with_store(self, store: KvStore) -> Self {
+        NodeHandle {
+            store: Some(store),
+            ..self
+        }
+    }
+
+    /// The handle with watches' progress notifications every `interval`.
+    pub fn with_watch_progress_interval(self, interval: Duration) -> Self {
+        NodeHandle {
+            watch_progress_interval: interval,
+            ..self
+        }
+    }
+
+    /// The state machine watches read, if this handle serves watches.
+    pub fn store(&self) -> Option<&KvStore> {
+        self.store.as_ref()
+    }
+
+    /// How often an idle watch that asked for it gets a progress
+    /// notification.
+    pub fn watch_progress_interval(&self) -> Duration {
+        self.watch_progress_interval
     }
 
     /// This node's id.

@@ -32,8 +32,9 @@ pub mod wire;
 
 pub use driver::{DriverConfig, DriverError, Health};
 pub use handle::{
-    ClientError, Consistency, HashKvResult, LeaseAnswer, LeaseQuery, LeaseReply, MemberChange,
-    MemberStatus, NewMember, NodeHandle, NodeStatus, ReadResult, WriteResult,
+    ClientError, Consistency, DEFAULT_WATCH_PROGRESS_INTERVAL, HashKvResult, LeaseAnswer,
+    LeaseQuery, LeaseReply, MemberChange, MemberStatus, NewMember, NodeHandle, NodeStatus,
+    ReadResult, WriteResult,
 };
 #[cfg(test)]
 pub(crate) use member_info::bad_member_urls;

@@ -159,7 +159,8 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
         cfg.request_timeout,
         req_tx,
         Some(grpc_forwarder(connector.clone(), peer_auth.clone(), cfg.id)),
-    );
+    )
+    .with_store(kv.clone());
     let driver_cfg = driver_config(&cfg, cluster_id);
     let snapshot_dir = driver_cfg.snapshot_dir.clone();
     let members = driver_cfg.members.clone();

@@ -43,8 +43,10 @@ use super::command::{
 };
 use super::disk::Disk;
 use super::error::{DecodeError, StoreError, corrupt, db_err};
+use super::feed::{Applied, Change, ChangeKind, Feed, Subscription};
 use super::lease::{self, LEASE_KEYS, LEASES, LeaseInfo, MAX_LEASE_TTL};
-use super::mvcc::{CHANGES, HISTORY, compaction, range};
+use super::mvcc::replay::{Replay, ReplayRequest};
+use super::mvcc::{CHANGES, HISTORY, compaction, range, replay};
 use super::outcome::{
     Alarm, AlarmKind, ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult,
     decode_client_record, encode_client_record,
@@ -475,6 +477,8 @@ pub(crate) struct KvInner {
     /// of the last durable commit.
     pub writer: Mutex<LogIndex>,
     pub failed: Mutex<Option<String>>,
+    /// Announces what each apply changed (see `feed.rs`).
+    pub feed: Feed,
 }
 
 impl fmt::Debug for KvInner {
@@ -547,6 +551,7 @@ impl KvStore {
                 state: RwLock::new(state),
                 writer: Mutex::new(durable),
                 failed: Mutex::new(None),
+                feed: Feed::default(),
             }),
         })
     }
@@ -665,6 +670,10 @@ impl KvStore {
         }
         let path = self.inner.path.as_path();
         let db = self.db();
+        let before = state.revision;
+        // Changes are listed only for someone who listens; a subscriber
+        // that arrives meanwhile is told to read history instead.
+        let mut listed = self.inner.feed.has_subscribers().then(Vec::new);
         let last = entries.last().map_or(state.applied_index, |e| e.index);
         let make_durable = last.get().saturating_sub(durable.get()) >= DURABLE_EVERY_ENTRIES;
         let result = (|| {
@@ -676,6 +685,7 @@ impl KvStore {
             let mut outcomes = Vec::new();
             {
                 let mut exec = Exec::open(&txn, path)?;
+                exec.listed = listed.take();
                 for e in &entries {
                     match &e.payload {
                         EntryPayload::Noop => {}
@@ -692,6 +702,7 @@ impl KvStore {
                 exec.meta
                     .insert(KEY_STATE, state.encode().as_slice())
                     .map_err(db_err(path, "write state"))?;
+                listed = exec.listed.take();
             }
             txn.commit().map_err(db_err(path, "commit"))?;
             Ok(outcomes)
@@ -701,11 +712,22 @@ impl KvStore {
                 if make_durable {
                     *durable = state.applied_index;
                 }
+                let revision = state.revision;
                 *self
                     .inner
                     .state
                     .write()
                     .unwrap_or_else(PoisonError::into_inner) = state;
+                if revision != before {
+                    self.inner.feed.announce(match listed {
+                        Some(changes) => Applied::Changes {
+                            after: before,
+                            revision,
+                            changes,
+                        },
+                        None => Applied::Jumped { revision },
+                    });
+                }
                 Ok(outcomes)
             }
             Err(e) => {
@@ -947,6 +969,49 @@ impl KvStore {
             Err(e) => Err(db_err(path, "open lease keys")(e)),
         }
     }
+
+    /// Subscribes to the change feed: every later apply that changes the
+    /// revision is announced (see `feed.rs`).
+    pub fn subscribe(&self) -> Subscription {
+        self.inner.feed.subscribe()
+    }
+
+    /// Reads history back as changes in revision order, from one read
+    /// transaction (see `mvcc/replay.rs`).
+    pub fn replay(&self, req: &ReplayRequest) -> Result<Replay, StoreError> {
+        let path = self.inner.path.as_path();
+        let db = self.db();
+        let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
+        let history = txn
+            .open_table(HISTORY)
+            .map_err(db_err(path, "open history"))?;
+        let changes = txn
+            .open_table(CHANGES)
+            .map_err(db_err(path, "open changes"))?;
+        let meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+        let state = meta
+            .get(KEY_STATE)
+            .map_err(db_err(path, "read state"))?
+            .map(|v| KvState::decode(v.value()))
+            .transpose()
+            .map_err(corrupt(path, "state"))?
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        replay::replay(
+            &changes,
+            &history,
+            path,
+            req,
+            state.revision,
+            state.compaction.compacted,
+        )
+    }
+
+    /// Tells subscribers that the store moved to `revision` without
+    /// listing the changes (a snapshot was installed).
+    pub(crate) fn announce_jump(&self, revision: i64) {
+        self.inner.feed.announce(Applied::Jumped { revision });
+    }
 }
 
 fn init_tables(db: &Database, path: &Path, state: &KvState) -> Result<(), StoreError> {
@@ -1142,6 +1207,8 @@ struct Exec<'t> {
     path: &'t Path,
     /// The position of the next write inside the revision being written.
     sub: u32,
+    /// The changes made, when someone subscribed to the feed.
+    listed: Option<Vec<Change>>,
 }
 
 /// One transaction's branches, borrowed.
@@ -1173,6 +1240,7 @@ impl<'t> Exec<'t> {
                 .map_err(db_err(path, "open lease keys"))?,
             path,
             sub: 0,
+            listed: None,
         })
     }
 
@@ -1668,6 +1736,20 @@ impl<'t> Exec<'t> {
         self.kv
             .insert(key, latest.encode_to_vec().as_slice())
             .map_err(db_err(self.path, "write key"))?;
+        if let Some(listed) = &mut self.listed {
+            listed.push(Change {
+                kind: ChangeKind::Put,
+                kv: KeyValue {
+                    key: Bytes::copy_from_slice(key),
+                    value: latest.value,
+                    create_revision: latest.create_revision,
+                    mod_revision: latest.mod_revision,
+                    version: latest.version,
+                    lease: latest.lease,
+                },
+                prev: prev.clone(),
+            });
+        }
         Ok(prev)
     }
 
@@ -1694,6 +1776,17 @@ impl<'t> Exec<'t> {
                 ..Default::default()
             };
             self.record(&kv.key, rev, &tombstone)?;
+            if let Some(listed) = &mut self.listed {
+                listed.push(Change {
+                    kind: ChangeKind::Delete,
+                    kv: KeyValue {
+                        key: kv.key.clone(),
+                        mod_revision: rev,
+                        ..Default::default()
+                    },
+                    prev: Some(kv.clone()),
+                });
+            }
         }
         Ok(prev)
     }

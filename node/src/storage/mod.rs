@@ -39,6 +39,7 @@
 //! - `kv_store.rs`: the state machine (apply, reads);
 //! - `lease.rs`: leases as replicated state (which exist, their keys);
 //! - `mvcc/`: the history of every key, reads at past revisions, compaction;
+//! - `feed.rs`: the change feed, what each apply did, for watchers;
 //! - `txn_keys.rs`: etcd's "duplicate key" rule for transactions;
 //! - `image.rs`: the snapshot image format, and checking an image as it arrives;
 //! - `snapshot.rs`: streaming a state machine image out and installing one;
@@ -53,6 +54,7 @@ mod codec;
 mod command;
 mod disk;
 mod error;
+mod feed;
 mod image;
 pub mod kv_store;
 mod lease;
@@ -78,6 +80,7 @@ pub use command::{
 };
 pub use disk::{Disk, DiskMode, DiskStats, FaultyDisk};
 pub use error::{DecodeError, StoreError};
+pub use feed::{Applied, Change, ChangeKind, FEED_CAPACITY, Subscription, in_range};
 pub use image::{CHUNK_BYTES, ImageCheck, SnapshotError};
 pub use kv_store::{
     DEFAULT_KV_CACHE_BYTES, DEFAULT_QUOTA_BACKEND_BYTES, DURABLE_EVERY_ENTRIES, HistoryHash,
@@ -85,6 +88,7 @@ pub use kv_store::{
 };
 pub use lease::{LeaseInfo, MAX_LEASE_TTL};
 pub use log_store::{Identity, LOG_FILE, LOG_FORMAT_VERSION, LogStore};
+pub use mvcc::replay::{Replay, ReplayRequest};
 pub use outcome::{Alarm, AlarmKind, ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult};
 pub use policy::SnapshotPolicy;
 pub use restore::{RestoreError, restore_backup};

@@ -414,6 +414,9 @@ impl SnapshotInstaller {
         *slot = Arc::new(db);
         *inner.state.write().unwrap_or_else(PoisonError::into_inner) = loaded.clone();
         *durable = loaded.applied_index;
+        drop(slot);
+        // Watchers read what the image brought from its history.
+        store.announce_jump(loaded.revision);
         Ok(loaded.meta())
     }
 }

@@ -19,12 +19,14 @@
 //!   and limit;
 //! - `compaction.rs`: dropping the versions a compaction made unreachable,
 //!   in bounded steps;
-//! - `hash.rs`: a checksum of history, equal on members at the same index.
+//! - `hash.rs`: a checksum of history, equal on members at the same index;
+//! - `replay.rs`: history read back as changes in revision order (watch).
 
 pub(crate) mod compaction;
 pub(crate) mod hash;
 pub(crate) mod key_index;
 pub(crate) mod range;
+pub(crate) mod replay;
 
 use redb::TableDefinition;
 
