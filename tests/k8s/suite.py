@@ -694,6 +694,10 @@ class Suite:
             "--set", "cluster.enabled=true", "--set", "cluster.spec.replicas=3",
         )
         eventually("chart's cluster healthy", lambda: self.healthy("raftkv", 3, OP_NS), 120)
+        # Up to here the operator must never have been refused; once helm
+        # uninstall removes its RBAC, a pass already under way may be.
+        operator_log = os.path.join(WORK, "logs", "operator.log")
+        rbac_gone_at = os.path.getsize(operator_log)
         run("helm", "uninstall", RELEASE, "-n", OP_NS)
         eventually(
             "release's cluster gone",
@@ -715,8 +719,9 @@ class Suite:
         took = self.stop_operator(deadline=5)
         log(f"  operator exited {took:.1f}s after SIGTERM")
         # The chart's RBAC sufficed: the API server never refused the operator.
-        with open(os.path.join(WORK, "logs", "operator.log"), errors="replace") as f:
-            refused = [line for line in f if "forbidden" in line.lower() or " 403" in line]
+        with open(operator_log, "rb") as f:
+            before_uninstall = f.read(rbac_gone_at).decode(errors="replace").splitlines()
+        refused = [line for line in before_uninstall if "forbidden" in line.lower() or " 403" in line]
         assert not refused, f"the operator was refused: {refused[:3]}"
 
     # --- driver ---------------------------------------------------------------
