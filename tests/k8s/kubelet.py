@@ -76,6 +76,11 @@ class Api:
             raise
 
 
+class ContainerConfigError(Exception):
+    """What a kubelet reports as CreateContainerConfigError: a Secret or
+    ConfigMap the container needs is not there (yet, or any more)."""
+
+
 class Proc:
     def __init__(self, pod_key, uid, popen, log):
         self.pod_key = pod_key
@@ -232,16 +237,22 @@ class ProcessKubelet:
                 self._kill(self.procs.pop(uid))
             for uid, pod in wanted.items():
                 proc = self.procs.get(uid)
-                if proc is None:
-                    self.procs[uid] = self._start(pod)
-                elif proc.popen.poll() is not None:
-                    # Exited: start again after a back-off, as a kubelet would.
-                    if proc.exited_at is None:
-                        proc.exited_at = time.monotonic()
-                    if time.monotonic() - proc.exited_at >= min(2 ** proc.restarts, 10):
-                        fresh = self._start(pod)
-                        fresh.restarts = proc.restarts + 1
-                        self.procs[uid] = fresh
+                try:
+                    if proc is None:
+                        self.procs[uid] = self._start(pod)
+                    elif proc.popen.poll() is not None:
+                        # Exited: start again after a back-off, as a kubelet would.
+                        if proc.exited_at is None:
+                            proc.exited_at = time.monotonic()
+                        if time.monotonic() - proc.exited_at >= min(2 ** proc.restarts, 10):
+                            fresh = self._start(pod)
+                            fresh.restarts = proc.restarts + 1
+                            self.procs[uid] = fresh
+                except ContainerConfigError:
+                    # A kubelet reports CreateContainerConfigError and tries
+                    # again later; a Secret deleted with its cluster (the
+                    # pod goes next) is no fault of the process kubelet.
+                    continue
 
     # --- one pod ------------------------------------------------------------
 
@@ -301,8 +312,11 @@ class ProcessKubelet:
                 # As a kubelet does: the container does not start until
                 # the Secret exists (the loop tries again).
                 ref = source["secretKeyRef"]
-                secret = self.api.get(f"/api/v1/namespaces/{ns}/secrets/{ref['name']}")
-                value = base64.b64decode(secret["data"][ref["key"]]).decode()
+                secret = self.api.try_get(f"/api/v1/namespaces/{ns}/secrets/{ref['name']}")
+                data = (secret or {}).get("data") or {}
+                if ref["key"] not in data:
+                    raise ContainerConfigError(f"pod {ns}/{name}: secret key {ref} missing")
+                value = base64.b64decode(data[ref["key"]]).decode()
             elif "configMapKeyRef" in source:
                 # Read when the container starts, as a kubelet does; an
                 # optional key that is absent leaves the variable unset.
