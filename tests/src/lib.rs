@@ -65,6 +65,34 @@ fn locate_or_build() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Runs etcdctl (API v3) against `endpoints`, feeding it `stdin`; fails on a
+/// non-zero exit with etcdctl's own message.
+pub fn etcdctl(endpoints: &str, args: &[&str], stdin: &str) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            endpoints,
+            "--dial-timeout=5s",
+            "--command-timeout=10s",
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("etcdctl must be installed (.ci/install installs etcd-client)")?;
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// A free loopback port (bound once and released; good enough on loopback).
 /// Never the same port twice in one test process: a port handed out but
 /// not yet bound by its process is free again to the kernel, which may
@@ -590,6 +618,17 @@ impl Cluster {
 
     pub fn http(&self, id: u64) -> anyhow::Result<String> {
         Ok(self.node(id)?.http())
+    }
+
+    /// Node `id`'s client (etcd API) address, as etcdctl's `--endpoints`
+    /// takes it.
+    pub fn client_endpoint(&self, id: u64) -> String {
+        let port = self
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.client_port);
+        format!("127.0.0.1:{}", port.unwrap_or(0))
     }
 
     pub fn running(&self) -> Vec<u64> {

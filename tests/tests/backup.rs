@@ -46,11 +46,6 @@ async fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
         .expect("etcdctl must be installed (.ci/install installs etcd-client)")
 }
 
-fn client(c: &Cluster, id: u64) -> String {
-    let n = c.nodes.iter().find(|n| n.id == id).unwrap();
-    format!("127.0.0.1:{}", n.client_port)
-}
-
 async fn put(c: &Cluster, id: u64, key: &str, value: &str) -> i64 {
     let a = c.put(id, key, value).await.unwrap();
     assert_eq!(a.status, 200, "{:?}", a.body);
@@ -132,7 +127,7 @@ async fn a_backup_taken_under_writes_restores_into_a_new_cluster_at_the_same_rev
         .await
         .unwrap();
     assert_eq!(d.status, 200);
-    let compact = etcdctl(&client(&c, leader), &["compact", &h2.to_string()]).await;
+    let compact = etcdctl(&c.client_endpoint(leader), &["compact", &h2.to_string()]).await;
     assert!(compact.status.success(), "{}", text(&compact));
 
     // A client keeps writing through the leader while a follower saves.
@@ -150,7 +145,7 @@ async fn a_backup_taken_under_writes_restores_into_a_new_cluster_at_the_same_rev
         "snapshot",
         "save",
         "--endpoints",
-        &client(&c, follower),
+        &c.client_endpoint(follower),
         file.to_str().unwrap(),
     ])
     .await;
@@ -192,7 +187,7 @@ async fn a_backup_taken_under_writes_restores_into_a_new_cluster_at_the_same_rev
     // etcdctl saves a backup raftkv can read.
     let etcd_file = dir.path().join("etcdctl.db");
     let e = etcdctl(
-        &client(&c, leader),
+        &c.client_endpoint(leader),
         &["snapshot", "save", etcd_file.to_str().unwrap()],
     )
     .await;
@@ -248,7 +243,7 @@ async fn a_backup_taken_under_writes_restores_into_a_new_cluster_at_the_same_rev
     assert_eq!(h["h"], ("3".to_string(), h1, h3, 3));
     assert!(!listed(&n, leader, "gone").await.contains_key("gone"));
     // History down to the compaction point, and not below it.
-    let e = client(&n, leader);
+    let e = n.client_endpoint(leader);
     let at_h2 = etcdctl(&e, &["get", "h", &format!("--rev={h2}")]).await;
     assert_eq!(
         String::from_utf8_lossy(&at_h2.stdout),
@@ -285,7 +280,7 @@ async fn a_corrupted_or_truncated_backup_is_refused_by_status_and_restore() {
         "snapshot",
         "save",
         "--endpoints",
-        &client(&c, leader),
+        &c.client_endpoint(leader),
         file.to_str().unwrap(),
     ])
     .await;

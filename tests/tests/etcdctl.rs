@@ -4,47 +4,18 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use raftkv_e2e::{Cluster, Options};
-
-/// Runs etcdctl against `endpoints`, feeding `stdin`; fails on a non-zero
-/// exit with etcdctl's own message.
-fn etcdctl(endpoints: &str, args: &[&str], stdin: &str) -> anyhow::Result<String> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            endpoints,
-            "--dial-timeout=5s",
-            "--command-timeout=10s",
-        ])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("etcdctl must be installed (.ci/install installs etcd-client)")?;
-    if let Some(mut input) = child.stdin.take() {
-        input.write_all(stdin.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-fn client(c: &Cluster, id: u64) -> String {
-    let n = c.nodes.iter().find(|n| n.id == id).map(|n| n.client_port);
-    format!("127.0.0.1:{}", n.unwrap_or(0))
-}
+use anyhow::Context;
+use raftkv_e2e::{Cluster, Options, etcdctl};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_works_unchanged_against_raftkv() -> anyhow::Result<()> {
     let mut c = Cluster::start(3, Options::default())?;
     c.wait_leader(Duration::from_secs(20)).await?;
-    let (e1, e2, e3) = (client(&c, 1), client(&c, 2), client(&c, 3));
+    let (e1, e2, e3) = (
+        c.client_endpoint(1),
+        c.client_endpoint(2),
+        c.client_endpoint(3),
+    );
     let all = format!("{e1},{e2},{e3}");
 
     // Writes through any member, reads from any member.
@@ -148,7 +119,7 @@ async fn etcdctl_works_unchanged_against_raftkv() -> anyhow::Result<()> {
     assert!(!list.lines().any(|l| l.starts_with("3,")), "{list}");
 
     // The cluster keeps serving, including through the new member.
-    let e4 = client(&c, id);
+    let e4 = c.client_endpoint(id);
     Cluster::eventually(Duration::from_secs(10), "a write after the changes", || {
         let e4 = e4.clone();
         async move { etcdctl(&e4, &["put", "after", "changes"], "").ok() }
@@ -242,7 +213,7 @@ async fn etcdctl_with_client_certificates_and_strangers_refused() -> anyhow::Res
         ..Options::default()
     };
     let c = Cluster::start(3, opts)?;
-    let https = |id| format!("https://{}", client(&c, id));
+    let https = |id| format!("https://{}", c.client_endpoint(id));
     let with_cert = |cert: &(String, String)| {
         vec![
             format!("--cacert={}", certs.ca),
@@ -280,7 +251,7 @@ async fn etcdctl_with_client_certificates_and_strangers_refused() -> anyhow::Res
     assert!(!err.to_string().contains("/tls/a\n1"), "{err}");
     run(&https(1), &with_cert(&certs.stranger), &["get", "/tls/a"])
         .expect_err("a client certificate from another CA");
-    etcdctl(&client(&c, 1), &["get", "/tls/a"], "").expect_err("plaintext to the TLS port");
+    etcdctl(&c.client_endpoint(1), &["get", "/tls/a"], "").expect_err("plaintext to the TLS port");
 
     // Prometheus and probes have no client certificate: the plain metrics
     // port serves them, and only them.
@@ -319,7 +290,7 @@ async fn etcdctl_with_client_certificates_and_strangers_refused() -> anyhow::Res
 async fn etcdctl_reads_past_revisions_compacts_and_sorts_like_etcd() -> anyhow::Result<()> {
     let c = Cluster::start(3, Options::default())?;
     c.wait_leader(Duration::from_secs(20)).await?;
-    let e1 = client(&c, 1);
+    let e1 = c.client_endpoint(1);
     // A fresh cluster is at revision 1: these are revisions 2, 3 and 4.
     etcdctl(&e1, &["put", "/h/a", "1"], "")?;
     etcdctl(&e1, &["put", "/h/b", "1"], "")?;
@@ -395,7 +366,10 @@ async fn etcdctl_sees_nospace_raised_by_the_quota_and_disarms_it() -> anyhow::Re
     )?;
     let leader = c.wait_leader(Duration::from_secs(20)).await?;
     let follower = c.nodes.iter().map(|n| n.id).find(|id| *id != leader);
-    let (el, ef) = (client(&c, leader), client(&c, follower.unwrap_or(leader)));
+    let (el, ef) = (
+        c.client_endpoint(leader),
+        c.client_endpoint(follower.unwrap_or(leader)),
+    );
     let (ok, out, err) = etcdctl_outcome(&el, &["alarm", "list"])?;
     assert!(ok && out.is_empty(), "{out} {err}");
 
@@ -407,7 +381,7 @@ async fn etcdctl_sees_nospace_raised_by_the_quota_and_disarms_it() -> anyhow::Re
     );
     let expected = format!("memberID:{leader} alarm:NOSPACE");
     for id in [1, 2, 3] {
-        let e = client(&c, id);
+        let e = c.client_endpoint(id);
         let (ok, out, err) = etcdctl_outcome(&e, &["alarm", "list"])?;
         assert!(ok, "{err}");
         assert_eq!(out.trim(), expected, "member {id}");
@@ -439,7 +413,7 @@ async fn etcdctl_sees_nospace_raised_by_the_quota_and_disarms_it() -> anyhow::Re
 async fn every_member_hashes_the_same_history_at_a_revision() -> anyhow::Result<()> {
     let c = Cluster::start(3, Options::default())?;
     c.wait_leader(Duration::from_secs(20)).await?;
-    let e1 = client(&c, 1);
+    let e1 = c.client_endpoint(1);
     for i in 0..20 {
         etcdctl(&e1, &["put", &format!("/h/{}", i % 7), &i.to_string()], "")?;
     }
@@ -451,7 +425,7 @@ async fn every_member_hashes_the_same_history_at_a_revision() -> anyhow::Result<
         .context("put answer without a revision")?;
     let hash_of = |id: u64, rev: i64| -> Option<(u64, i64)> {
         let out = etcdctl(
-            &client(&c, id),
+            &c.client_endpoint(id),
             &["endpoint", "hashkv", &format!("--rev={rev}"), "-w", "json"],
             "",
         )
@@ -494,7 +468,12 @@ async fn etcdctl_move_leader_hands_leadership_to_the_target() -> anyhow::Result<
         .into_iter()
         .find(|id| *id != leader)
         .context("no follower")?;
-    let all = format!("{},{},{}", client(&c, 1), client(&c, 2), client(&c, 3));
+    let all = format!(
+        "{},{},{}",
+        c.client_endpoint(1),
+        c.client_endpoint(2),
+        c.client_endpoint(3)
+    );
     // etcdctl reads the target id in hexadecimal.
     let moved = etcdctl(&all, &["move-leader", &format!("{target:x}")], "")?;
     assert!(moved.contains("Leadership transferred"), "{moved}");
@@ -505,7 +484,7 @@ async fn etcdctl_move_leader_hands_leadership_to_the_target() -> anyhow::Result<
     .await?;
     // Given only a member that no longer leads, etcdctl finds no leader
     // to ask (the service's own "not leader" is checked in node's tests).
-    let (ok, _, err) = etcdctl_outcome(&client(&c, leader), &["move-leader", "1"])?;
+    let (ok, _, err) = etcdctl_outcome(&c.client_endpoint(leader), &["move-leader", "1"])?;
     assert!(!ok && err.contains("leader"), "{err}");
     Ok(())
 }

@@ -5,41 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use raftkv_e2e::{Cluster, Options};
-
-/// Runs etcdctl against `endpoints`, feeding `stdin`; fails on a non-zero
-/// exit with etcdctl's own message.
-fn etcdctl(endpoints: &str, args: &[&str], stdin: &str) -> anyhow::Result<String> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            endpoints,
-            "--dial-timeout=5s",
-            "--command-timeout=10s",
-        ])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("etcdctl must be installed (.ci/install installs etcd-client)")?;
-    if let Some(mut input) = child.stdin.take() {
-        input.write_all(stdin.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-fn client(c: &Cluster, id: u64) -> String {
-    let n = c.nodes.iter().find(|n| n.id == id).map(|n| n.client_port);
-    format!("127.0.0.1:{}", n.unwrap_or(0))
-}
+use anyhow::Context;
+use raftkv_e2e::{Cluster, Options, etcdctl};
 
 /// The hex lease id in etcdctl's "lease 694d7a… granted with TTL(5s)".
 fn granted_id(out: &str) -> anyhow::Result<String> {
@@ -67,7 +34,7 @@ async fn etcdctl_grants_keeps_alive_inspects_and_revokes_leases() -> anyhow::Res
         .context("a follower")?;
     // Through a follower: grants and revokes are forwarded writes, the
     // rest forwarded lease questions.
-    let (e, el) = (client(&c, follower), client(&c, leader));
+    let (e, el) = (c.client_endpoint(follower), c.client_endpoint(leader));
 
     let granted = etcdctl(&e, &["lease", "grant", "60"], "")?;
     assert!(granted.contains("granted with TTL(60s)"), "{granted}");
@@ -134,7 +101,7 @@ async fn etcdctl_grants_keeps_alive_inspects_and_revokes_leases() -> anyhow::Res
 async fn a_lease_that_is_not_kept_alive_expires_and_takes_its_keys() -> anyhow::Result<()> {
     let c = Cluster::start(3, Options::default())?;
     let leader = c.wait_leader(Duration::from_secs(20)).await?;
-    let e = client(&c, leader);
+    let e = c.client_endpoint(leader);
     let id = granted_id(&etcdctl(&e, &["lease", "grant", "2"], "")?)?;
     etcdctl(&e, &["put", "--lease", &id, "/ephemeral", "x"], "")?;
     let put_at = Instant::now();
@@ -155,7 +122,7 @@ async fn a_lease_that_is_not_kept_alive_expires_and_takes_its_keys() -> anyhow::
     assert!(ttl.contains("already expired"), "{ttl}");
     // Every member deleted it (the revoke went through the log).
     for id in c.running() {
-        let ep = client(&c, id);
+        let ep = c.client_endpoint(id);
         Cluster::eventually(Duration::from_secs(5), "the expiry on every member", || {
             let ep = ep.clone();
             async move {
@@ -174,7 +141,7 @@ async fn a_lease_outlives_a_leader_change_and_then_expires() -> anyhow::Result<(
     let mut c = Cluster::start(3, Options::default())?;
     let old = c.wait_leader(Duration::from_secs(20)).await?;
     let survivors: Vec<u64> = c.running().into_iter().filter(|id| *id != old).collect();
-    let e = client(&c, survivors[0]);
+    let e = c.client_endpoint(survivors[0]);
     let id = granted_id(&etcdctl(&e, &["lease", "grant", &TTL.to_string()], "")?)?;
     etcdctl(&e, &["put", "--lease", &id, "/lock/owner", "me"], "")?;
     etcdctl(&e, &["lease", "keep-alive", "--once", &id], "")?;

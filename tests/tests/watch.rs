@@ -10,30 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use raftkv_e2e::{Cluster, Options};
-
-/// Runs etcdctl to completion; fails on a non-zero exit.
-fn etcdctl(endpoint: &str, args: &[&str], stdin: &str) -> anyhow::Result<String> {
-    use std::io::Write;
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoint, "--command-timeout=10s"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("etcdctl must be installed (.ci/install installs etcd-client)")?;
-    if let Some(mut input) = child.stdin.take() {
-        input.write_all(stdin.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
+use anyhow::Context;
+use raftkv_e2e::{Cluster, Options, etcdctl};
 
 /// A running `etcdctl watch`: what it printed so far; stopped (by its own
 /// pid) when dropped.
@@ -113,17 +91,12 @@ impl Drop for Watch {
     }
 }
 
-fn client(c: &Cluster, id: u64) -> String {
-    let n = c.nodes.iter().find(|n| n.id == id).map(|n| n.client_port);
-    format!("127.0.0.1:{}", n.unwrap_or(0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_watch_on_a_follower_prints_history_and_every_live_event() -> anyhow::Result<()> {
     let mut c = Cluster::start(3, Options::default())?;
     let leader = c.wait_leader(Duration::from_secs(20)).await?;
     let follower = (1..=3).find(|id| *id != leader).unwrap_or(1);
-    let (on_leader, on_follower) = (client(&c, leader), client(&c, follower));
+    let (on_leader, on_follower) = (c.client_endpoint(leader), c.client_endpoint(follower));
 
     etcdctl(&on_leader, &["put", "/w/a", "1"], "")?; // 2
     etcdctl(&on_leader, &["put", "/w/b", "2"], "")?; // 3
@@ -142,7 +115,7 @@ async fn etcdctl_watch_on_a_follower_prints_history_and_every_live_event() -> an
 
     // Writes through the leader, and through the other follower.
     let other = (1..=3).find(|id| *id != leader && *id != follower);
-    let via = other.map_or(on_leader.clone(), |id| client(&c, id));
+    let via = other.map_or(on_leader.clone(), |id| c.client_endpoint(id));
     etcdctl(&via, &["put", "/w/a", "11"], "")?;
     etcdctl(&on_leader, &["del", "/w/b"], "")?;
     etcdctl(&via, &["txn"], "\nput /w/c 3\nput /w/d 4\n\n\n")?;
@@ -189,7 +162,7 @@ async fn etcds_go_client_watches_every_write_through_a_leader_change() -> anyhow
     let mut c = Cluster::start(3, Options::default())?;
     c.wait_leader(Duration::from_secs(20)).await?;
     let endpoints = (1..=3)
-        .map(|id| format!("http://{}", client(&c, id)))
+        .map(|id| format!("http://{}", c.client_endpoint(id)))
         .collect::<Vec<_>>()
         .join(",");
     let module = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("linearizability");
