@@ -862,16 +862,8 @@ impl KvStore {
         let history = txn
             .open_table(HISTORY)
             .map_err(db_err(path, "open history"))?;
-        let meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
         // The revision from the same read transaction as the keys.
-        let state = meta
-            .get(KEY_STATE)
-            .map_err(db_err(path, "read state"))?
-            .map(|v| KvState::decode(v.value()))
-            .transpose()
-            .map_err(corrupt(path, "state"))?
-            .and_then(Result::ok)
-            .unwrap_or_default();
+        let state = state_in(&txn, path)?;
         range::Source {
             kv: &t,
             history: &history,
@@ -901,15 +893,7 @@ impl KvStore {
         let history = txn
             .open_table(HISTORY)
             .map_err(db_err(path, "open history"))?;
-        let meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
-        let state = meta
-            .get(KEY_STATE)
-            .map_err(db_err(path, "read state"))?
-            .map(|v| KvState::decode(v.value()))
-            .transpose()
-            .map_err(corrupt(path, "state"))?
-            .and_then(Result::ok)
-            .unwrap_or_default();
+        let state = state_in(&txn, path)?;
         range::check_revision(revision, state.revision, state.compaction.compacted)
             .map_err(StoreError::InvalidRequest)?;
         let at = if revision == 0 {
@@ -988,15 +972,7 @@ impl KvStore {
         let changes = txn
             .open_table(CHANGES)
             .map_err(db_err(path, "open changes"))?;
-        let meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
-        let state = meta
-            .get(KEY_STATE)
-            .map_err(db_err(path, "read state"))?
-            .map(|v| KvState::decode(v.value()))
-            .transpose()
-            .map_err(corrupt(path, "state"))?
-            .and_then(Result::ok)
-            .unwrap_or_default();
+        let state = state_in(&txn, path)?;
         replay::replay(
             &changes,
             &history,
@@ -1802,6 +1778,20 @@ impl Exec<'_> {
         }
         Ok(())
     }
+}
+
+/// The state record as of read transaction `txn` (the default state in a
+/// file that has none, or one of another format version).
+fn state_in(txn: &redb::ReadTransaction, path: &Path) -> Result<KvState, StoreError> {
+    let meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+    Ok(meta
+        .get(KEY_STATE)
+        .map_err(db_err(path, "read state"))?
+        .map(|v| KvState::decode(v.value()))
+        .transpose()
+        .map_err(corrupt(path, "state"))?
+        .and_then(Result::ok)
+        .unwrap_or_default())
 }
 
 fn set_range_revisions(responses: &mut [TxnOpResult], revision: i64) {
