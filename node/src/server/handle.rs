@@ -208,6 +208,10 @@ pub struct NodeStatus {
     /// `memberID:<id> alarm:NOSPACE`.
     #[serde(default)]
     pub alarms: Vec<String>,
+    /// This data directory's incarnation, 16 hex digits: it changes only
+    /// when the directory is created anew (see `StorageId`).
+    #[serde(default)]
+    pub storage_id: String,
 }
 
 /// A member's checksum of its history (etcd's HashKV), with the term it

@@ -81,6 +81,10 @@ pub(crate) struct StoredIdentity {
     pub cluster_id: u64,
     #[prost(uint64, tag = "3")]
     pub node_id: u64,
+    /// Random, drawn when the file is created; 0 in files written before
+    /// it existed (the store draws one on their next open).
+    #[prost(uint64, tag = "4")]
+    pub storage_id: u64,
 }
 
 fn prost_err(what: &'static str) -> impl FnOnce(prost::DecodeError) -> DecodeError {

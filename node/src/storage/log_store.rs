@@ -66,6 +66,31 @@ pub struct Identity {
     pub node_id: NodeId,
 }
 
+/// Which incarnation of a data directory this is: drawn at random when the
+/// log file is created and never changed. A member that comes back under
+/// the same id with another storage id lost its data directory (a wiped
+/// disk, a replaced volume) and, with it, its log and its vote; the
+/// operator reads it from `/v1/status` to replace such a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StorageId(u64);
+
+impl StorageId {
+    fn draw() -> StorageId {
+        // Never 0: that marks a record written before storage ids existed.
+        StorageId(rand::random::<u64>().max(1))
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for StorageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 /// The durable Raft log. Cheap to clone; all clones share one database.
 #[derive(Clone, Debug)]
 pub struct LogStore {
@@ -75,6 +100,7 @@ pub struct LogStore {
 struct Inner {
     path: PathBuf,
     identity: Identity,
+    storage_id: StorageId,
     db: Database,
     /// What is on disk, kept in memory so that bounds checks and
     /// `initial_state` need no read transaction. Updated only after a commit
@@ -138,23 +164,22 @@ impl LogStore {
                     .map_err(db_err(&path, "create tables"))?;
                 txn.open_table(ENTRIES)
                     .map_err(db_err(&path, "create tables"))?;
-                let id = codec::encode_identity(&StoredIdentity {
-                    format_version: LOG_FORMAT_VERSION,
-                    cluster_id: identity.cluster_id,
-                    node_id: identity.node_id.get(),
-                });
-                meta.insert(KEY_IDENTITY, id.as_slice())
-                    .map_err(db_err(&path, "write identity"))?;
+                write_identity(&mut meta, &path, identity, StorageId::draw())?;
             }
             txn.commit().map_err(db_err(&path, "commit"))?;
             super::sync_dir(dir)?;
             db
         };
-        let state = load(&db, &path, identity)?;
+        let (state, stored) = load(&db, &path, identity)?;
+        let storage_id = match stored {
+            Some(id) => id,
+            None => adopt_storage_id(&db, &path, identity)?,
+        };
         Ok(LogStore {
             inner: Arc::new(Inner {
                 path,
                 identity,
+                storage_id,
                 db,
                 state: RwLock::new(state),
                 write: Mutex::new(()),
@@ -183,6 +208,11 @@ impl LogStore {
     /// The identity this store was opened with.
     pub fn identity(&self) -> Identity {
         self.inner.identity
+    }
+
+    /// This data directory's incarnation (see [`StorageId`]).
+    pub fn storage_id(&self) -> StorageId {
+        self.inner.storage_id
     }
 
     /// The file this store lives in.
@@ -795,7 +825,46 @@ fn stored_identity(meta: &MetaTable, path: &Path) -> Result<StoredIdentity, Stor
     codec::decode_identity(id.value()).map_err(corrupt(path, "identity"))
 }
 
-fn load(db: &Database, path: &Path, identity: Identity) -> Result<Cached, StoreError> {
+fn write_identity(
+    meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    path: &Path,
+    identity: Identity,
+    storage_id: StorageId,
+) -> Result<(), StoreError> {
+    let id = codec::encode_identity(&StoredIdentity {
+        format_version: LOG_FORMAT_VERSION,
+        cluster_id: identity.cluster_id,
+        node_id: identity.node_id.get(),
+        storage_id: storage_id.get(),
+    });
+    meta.insert(KEY_IDENTITY, id.as_slice())
+        .map_err(db_err(path, "write identity"))?;
+    Ok(())
+}
+
+/// Draws and records a storage id for a file written before they existed.
+fn adopt_storage_id(
+    db: &Database,
+    path: &Path,
+    identity: Identity,
+) -> Result<StorageId, StoreError> {
+    let storage_id = StorageId::draw();
+    let txn = db.begin_write().map_err(db_err(path, "begin write"))?;
+    {
+        let mut meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+        write_identity(&mut meta, path, identity, storage_id)?;
+    }
+    txn.commit().map_err(db_err(path, "commit"))?;
+    Ok(storage_id)
+}
+
+/// The cached state, and the file's storage id (`None` for a file written
+/// before storage ids existed).
+fn load(
+    db: &Database,
+    path: &Path,
+    identity: Identity,
+) -> Result<(Cached, Option<StorageId>), StoreError> {
     let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
     let meta = open_meta(&txn, path)?;
     let id = stored_identity(&meta, path)?;
@@ -866,5 +935,54 @@ fn load(db: &Database, path: &Path, identity: Identity) -> Result<Cached, StoreE
             state.has_state = true;
         }
     }
-    Ok(state)
+    let storage_id = (id.storage_id != 0).then_some(StorageId(id.storage_id));
+    Ok((state, storage_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: Identity = Identity {
+        cluster_id: 7,
+        node_id: NodeId(1),
+    };
+
+    #[test]
+    fn a_data_directory_keeps_its_storage_id_and_a_new_one_gets_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LogStore::open(dir.path(), ID).unwrap().storage_id();
+        assert_eq!(LogStore::open(dir.path(), ID).unwrap().storage_id(), first);
+
+        std::fs::remove_file(dir.path().join(LOG_FILE)).unwrap();
+        let wiped = LogStore::open(dir.path(), ID).unwrap().storage_id();
+        assert_ne!(wiped, first);
+    }
+
+    #[test]
+    fn a_file_from_before_storage_ids_gets_one_that_sticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), ID).unwrap();
+        // Rewrite the identity record as older builds wrote it.
+        let txn = store.inner.db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            let old = codec::encode_identity(&StoredIdentity {
+                format_version: LOG_FORMAT_VERSION,
+                cluster_id: ID.cluster_id,
+                node_id: ID.node_id.get(),
+                storage_id: 0,
+            });
+            meta.insert(KEY_IDENTITY, old.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        drop(store);
+
+        let adopted = LogStore::open(dir.path(), ID).unwrap().storage_id();
+        assert_ne!(adopted.get(), 0);
+        assert_eq!(
+            LogStore::open(dir.path(), ID).unwrap().storage_id(),
+            adopted
+        );
+    }
 }

@@ -113,6 +113,7 @@ impl Driver {
             log_db_size_bytes: file_size(self.node.storage().path()),
             kv_db_size_bytes: file_size(self.kv.path()),
             alarms: self.kv.alarms().iter().map(ToString::to_string).collect(),
+            storage_id: self.node.storage().storage_id().to_string(),
         }
     }
 }
