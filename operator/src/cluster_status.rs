@@ -36,10 +36,33 @@ pub struct StatusInput<'a> {
     pub member_down_seconds: i64,
     /// Some pod runs an older template than the StatefulSet's.
     pub rolling: bool,
-    /// Members whose volume was replaced (see `member_volumes`).
+    /// Members whose volume was replaced or data directory emptied (see
+    /// `member_volumes`).
     pub lost_volumes: &'a BTreeSet<NodeId>,
     /// The record of `member_volumes` to write.
     pub member_volumes: BTreeMap<String, String>,
+    /// The record of `member_storage` to write.
+    pub member_storage: BTreeMap<String, String>,
+    /// Ordinals of pods whose member has not answered, or not caught up,
+    /// for longer than the rollout timeout.
+    pub overdue: &'a BTreeSet<u32>,
+}
+
+/// Since when the cluster has had no leader, if it had one before: when
+/// the Available condition last turned false.
+fn leaderless_since(cluster: &RaftCluster) -> Option<Timestamp> {
+    let status = cluster.status.as_ref()?;
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Available" && c.status == "False")
+        .map(|c| c.last_transition_time.0)
+}
+
+/// A learner that has been waited for longer than the rollout timeout.
+fn stuck_learner(input: &StatusInput<'_>) -> bool {
+    matches!(input.step, Step::WaitCatchUp { id, .. }
+        if id.ordinal().is_some_and(|o| input.overdue.contains(&o)))
 }
 
 /// Condition reason (and event reason) while retained volumes are adopted.
@@ -54,6 +77,11 @@ pub const ROLLOUT_HALTED: &str = "RolloutHalted";
 pub const MEMBER_DOWN: &str = "MemberDown";
 /// Condition reason (and event reason) of a member whose volume was replaced.
 pub const VOLUME_LOST: &str = "VolumeLost";
+/// A learner has not caught up with the leader within the rollout timeout.
+pub const LEARNER_NOT_CATCHING_UP: &str = "LearnerNotCatchingUp";
+/// No leader for longer than the member-down threshold after having had
+/// one: phase Failed until a quorum is back.
+pub const QUORUM_LOST: &str = "QuorumLost";
 
 /// Since when each member of the leader's configuration that does not
 /// answer has not: carried over from the previous status, `now` for one
@@ -118,7 +146,12 @@ pub fn phase(cluster: &RaftCluster, input: &StatusInput<'_>) -> (Phase, String) 
         return (phase, refusal_message(&id, input.refusals));
     }
     let Some(leader) = obs.leader() else {
-        let had_leader = cluster.status.as_ref().is_some_and(|s| s.leader.is_some());
+        // `leader` is cleared by the first pass without one; `bootstrapped`
+        // remembers that there ever was one.
+        let had_leader = cluster
+            .status
+            .as_ref()
+            .is_some_and(|s| s.leader.is_some() || s.bootstrapped);
         if !input.adopting.is_empty() {
             let volumes: Vec<String> = input.adopting.iter().map(|o| id.pvc(*o)).collect();
             let message = format!(
@@ -128,8 +161,16 @@ pub fn phase(cluster: &RaftCluster, input: &StatusInput<'_>) -> (Phase, String) 
             );
             return (Phase::Bootstrapping, with_unanswered(&message, obs));
         }
+        let leaderless_for = leaderless_since(cluster)
+            .map(|since| input.now.as_second() - since.as_second())
+            .filter(|_| had_leader);
         let (phase, message) = if input.statefulset_replicas == 0 {
             return (Phase::Pending, "creating the first member".into());
+        } else if let Some(seconds) = leaderless_for.filter(|s| *s >= input.member_down_seconds) {
+            let message = format!(
+                "no leader for {seconds}s: a quorum of members is down or cut off. If their data is gone for good, restore from a backup or recover the most up-to-date member (see 'Backups and recovery' in the README)"
+            );
+            return (Phase::Failed, with_unanswered(&message, obs));
         } else if had_leader {
             (
                 Phase::Degraded,
@@ -176,7 +217,7 @@ pub fn phase(cluster: &RaftCluster, input: &StatusInput<'_>) -> (Phase, String) 
             (
                 Phase::Degraded,
                 format!(
-                    "{} lost its volume and waits to be removed and added again: {}",
+                    "{} lost its data and waits to be removed and added again: {}",
                     lost.join(", "),
                     describe(input.step)
                 ),
@@ -197,6 +238,18 @@ pub fn phase(cluster: &RaftCluster, input: &StatusInput<'_>) -> (Phase, String) 
             format!("leader {from} must step down but no healthy voter can take over"),
         ),
         Step::Wait(WaitReason::NoLeader) => (Phase::Degraded, with_unanswered("no leader", obs)),
+        Step::WaitCatchUp {
+            id: n,
+            match_index,
+            commit_index,
+        } if stuck_learner(input) => (
+            Phase::Degraded,
+            format!(
+                "learner {} has not caught up within the rollout timeout (replicated {} of commit {commit_index}): check its pod's logs, its disk and its network to the leader",
+                member_name(&id, *n, &n.to_string()),
+                match_index.map_or("nothing".to_string(), |m| m.to_string()),
+            ),
+        ),
         Step::Wait(WaitReason::RolloutHalted { ordinal }) => (
             Phase::Degraded,
             format!(
@@ -215,7 +268,7 @@ pub fn phase(cluster: &RaftCluster, input: &StatusInput<'_>) -> (Phase, String) 
         Step::RemoveMember { id: n } if input.lost_volumes.contains(n) => (
             Phase::Degraded,
             format!(
-                "{} lost its volume: removing it from the configuration, it joins again as a learner",
+                "{} lost its data: removing it from the configuration, it joins again as a learner",
                 member_name(&id, *n, &n.to_string())
             ),
         ),
@@ -400,6 +453,10 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
             progressing,
             if !input.adopting.is_empty() && !available {
                 ADOPTING_VOLUMES
+            } else if stuck_learner(input) {
+                LEARNER_NOT_CATCHING_UP
+            } else if phase == Phase::Failed && input.refusals.is_empty() {
+                QUORUM_LOST
             } else {
                 step_reason(input.step, phase)
             },
@@ -417,6 +474,10 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
                 ROLLOUT_HALTED
             } else if !input.lost_volumes.is_empty() {
                 VOLUME_LOST
+            } else if stuck_learner(input) {
+                LEARNER_NOT_CATCHING_UP
+            } else if phase == Phase::Failed {
+                QUORUM_LOST
             } else if !long_down.is_empty() {
                 MEMBER_DOWN
             } else {
@@ -460,6 +521,7 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
         bootstrapped: is_bootstrapped(cluster, obs),
         cluster_token: Some(statefulset::cluster_token(cluster)),
         member_volumes: input.member_volumes.clone(),
+        member_storage: input.member_storage.clone(),
     }
 }
 
@@ -563,6 +625,8 @@ mod tests {
             rolling: false,
             lost_volumes: NO_IDS,
             member_volumes: BTreeMap::new(),
+            member_storage: BTreeMap::new(),
+            overdue: NONE,
         }
     }
 
@@ -739,6 +803,68 @@ mod tests {
         });
         assert!(build(&c, &input(&obs, &step)).bootstrapped);
         assert!(!build(&cluster(), &input(&obs, &step)).bootstrapped);
+    }
+
+    #[test]
+    fn a_cluster_without_a_leader_for_longer_than_the_threshold_has_failed() {
+        let healthy = three_healthy();
+        let mut c = cluster();
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let mut i = input(&healthy, &Step::Stable);
+        i.now = t0;
+        c.status = Some(build(&c, &i));
+
+        let gone = ClusterObservation::default();
+        let step = Step::Wait(WaitReason::NoLeader);
+        let pass = |c: &mut RaftCluster, at: i64| {
+            let mut i = input(&gone, &step);
+            i.now = Timestamp::from_second(at).unwrap();
+            let s = build(c, &i);
+            c.status = Some(s.clone());
+            s
+        };
+        // Lost, and still lost a pass later: degraded, never "bootstrapping".
+        assert_eq!(pass(&mut c, 1_010).phase, Some(Phase::Degraded));
+        let s = pass(&mut c, 1_020);
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        assert_eq!(cond(&s, "Available").status, "False");
+        // The threshold (60 s in `input`) after the leader was lost: failed.
+        let s = pass(&mut c, 1_070);
+        assert_eq!(s.phase, Some(Phase::Failed));
+        assert_eq!(cond(&s, "Degraded").reason, QUORUM_LOST);
+        assert!(s.message.as_deref().unwrap().contains("no leader for 60s"));
+        // A quorum back: running again.
+        let mut i = input(&healthy, &Step::Stable);
+        i.now = Timestamp::from_second(1_080).unwrap();
+        assert_eq!(build(&c, &i).phase, Some(Phase::Running));
+    }
+
+    #[test]
+    fn a_learner_that_does_not_catch_up_in_time_is_reported() {
+        let obs = three_healthy();
+        let step = Step::WaitCatchUp {
+            id: NodeId(4),
+            match_index: Some(3),
+            commit_index: 100,
+        };
+        let s = build(&cluster(), &input(&obs, &step));
+        assert_eq!(s.phase, Some(Phase::Scaling));
+        assert_eq!(cond(&s, "Progressing").reason, "MemberCatchingUp");
+        let overdue = BTreeSet::from([3]);
+        let mut i = input(&obs, &step);
+        i.overdue = &overdue;
+        let s = build(&cluster(), &i);
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        assert_eq!(cond(&s, "Degraded").reason, LEARNER_NOT_CATCHING_UP);
+        assert_eq!(cond(&s, "Progressing").reason, LEARNER_NOT_CATCHING_UP);
+        assert!(
+            s.message
+                .as_deref()
+                .unwrap()
+                .contains("learner kv-3 has not caught up within the rollout timeout (replicated 3 of commit 100)"),
+            "{:?}",
+            s.message
+        );
     }
 
     #[test]

@@ -439,15 +439,26 @@ async fn apply<N: NodeClient, R: AddressResolver>(
     let desired = u32::try_from(cluster.spec.replicas.max(1)).unwrap_or(1);
     let now = Timestamp::now();
     let down_since = cluster_status::down_since(cluster, &obs, now);
-    let recorded_volumes = cluster
+    // A member lost its data if its PVC was replaced or its data
+    // directory created anew on the same PVC.
+    let (recorded_volumes, recorded_storage) = cluster
         .status
         .as_ref()
-        .map(|s| s.member_volumes.clone())
+        .map(|s| (s.member_volumes.clone(), s.member_storage.clone()))
         .unwrap_or_default();
-    let lost_volumes =
+    let storage_ids = obs.storage_ids();
+    let mut lost_volumes =
         member_volumes::lost(&recorded_volumes, raft.as_ref(), &id, &kube_obs.pvc_uids);
+    lost_volumes.extend(member_volumes::lost(
+        &recorded_storage,
+        raft.as_ref(),
+        &id,
+        &storage_ids,
+    ));
     let member_volumes =
         member_volumes::record(&recorded_volumes, raft.as_ref(), &id, &kube_obs.pvc_uids);
+    let member_storage =
+        member_volumes::record(&recorded_storage, raft.as_ref(), &id, &storage_ids);
     let overdue = overdue(&kube_obs, &down_since, now, ctx.settings.rollout_timeout);
     let plan = PlanInput {
         desired,
@@ -536,6 +547,8 @@ async fn apply<N: NodeClient, R: AddressResolver>(
             rolling: !kube_obs.outdated.is_empty(),
             lost_volumes: &lost_volumes,
             member_volumes,
+            member_storage,
+            overdue: &plan.overdue,
         },
     );
     status.service_monitor = service_monitor;
@@ -647,7 +660,7 @@ async fn carry_out<N: NodeClient, R: AddressResolver>(
         Step::RemoveMember { id: n } if lost_volumes.contains(n) => {
             let pod = n.ordinal().map_or_else(|| n.to_string(), |o| id.pod(o));
             let note = format!(
-                "{pod} (id {n}) lost its volume (its PVC was replaced): removed from the configuration; it joins again as a learner"
+                "{pod} (id {n}) lost its data (its PVC was replaced or its data directory emptied): removed from the configuration; it joins again as a learner"
             );
             publish(
                 ctx,
@@ -719,7 +732,7 @@ async fn warn_on_transitions<N, R>(
             ctx,
             cluster,
             EventType::Warning,
-            "QuorumLost",
+            "LeaderLost",
             "no member reports a leader".into(),
         )
         .await;
@@ -749,6 +762,12 @@ async fn warn_on_transitions<N, R>(
             cluster_status::ROLLOUT_HALTED,
             EventType::Warning,
         ),
+        (
+            "Degraded",
+            cluster_status::LEARNER_NOT_CATCHING_UP,
+            EventType::Warning,
+        ),
+        ("Degraded", cluster_status::QUORUM_LOST, EventType::Warning),
     ] {
         let wanted = Some(reason.to_string());
         if now(type_) == wanted && before(type_) != wanted {

@@ -469,7 +469,7 @@ async fn losing_the_leader_is_recorded_as_quorum_lost_and_degraded() {
     );
     let mut script = observe(Some(statefulset(3, 0)), pods(3), pvcs(&[0, 1, 2]));
     script.extend(apply_owned(3, 0));
-    script.push(Expect::event(NS, "QuorumLost"));
+    script.push(Expect::event(NS, "LeaderLost"));
     script.push(status_write(|s| {
         assert_eq!(s["phase"], Phase::Degraded.as_str());
         assert_eq!(s["term"], 9);
@@ -829,13 +829,58 @@ async fn a_member_whose_pvc_was_replaced_is_removed() {
     script.push(Expect::event_with_note(
         NS,
         "VolumeLost",
-        "kv-1 (id 2) lost its volume",
+        "kv-1 (id 2) lost its data",
     ));
     script.push(status_write(|s| {
         assert_eq!(s["phase"], "Degraded");
         assert_eq!(s["conditions"][2]["reason"], "VolumeLost");
         // Still the old record: it is replaced once the member left.
         assert_eq!(s["memberVolumes"]["kv-1"], "u1");
+    }));
+    run_scenario(c, fake.clone(), script).await.unwrap();
+    assert_eq!(fake.calls(), ["kv-0: remove 2"]);
+}
+
+/// kv-1's data directory was emptied on the same PVC: its node reports
+/// another storage id than the one its member joined with, and the member
+/// is removed (to be added back as a learner) just as for a new PVC.
+#[tokio::test]
+async fn a_member_whose_data_directory_was_emptied_is_removed() {
+    let members = [(1, true, None), (2, true, Some(100)), (3, true, Some(100))];
+    let fake = FakeNodes::with(
+        (1..=3)
+            .map(|i| {
+                let role = if i == 1 {
+                    NodeRole::Leader
+                } else {
+                    NodeRole::Follower
+                };
+                let mut s = node_status(i, role, 5, Some(1), &members);
+                let storage = if i == 2 { "s1-new" } else { "s" };
+                s.storage_id = Some(format!("{storage}{}", i - 1));
+                s
+            })
+            .collect(),
+    );
+    let mut c = cluster(3, PvcRetention::Retain);
+    if let Some(s) = c.status.as_mut() {
+        s.member_storage = [("kv-0", "s0"), ("kv-1", "s1"), ("kv-2", "s2")]
+            .into_iter()
+            .map(|(p, u)| (p.to_string(), u.to_string()))
+            .collect();
+    }
+    let mut script = observe(Some(statefulset(3, 3)), pods(3), pvcs(&[0, 1, 2]));
+    script.extend(apply_owned(3, 1));
+    script.push(Expect::event_with_note(
+        NS,
+        "VolumeLost",
+        "kv-1 (id 2) lost its data",
+    ));
+    script.push(status_write(|s| {
+        assert_eq!(s["phase"], "Degraded");
+        assert_eq!(s["conditions"][2]["reason"], "VolumeLost");
+        assert_eq!(s["memberStorage"]["kv-1"], "s1");
+        assert_eq!(s["memberStorage"]["kv-2"], "s2");
     }));
     run_scenario(c, fake.clone(), script).await.unwrap();
     assert_eq!(fake.calls(), ["kv-0: remove 2"]);

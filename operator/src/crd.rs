@@ -308,6 +308,12 @@ pub struct RaftClusterStatus {
     /// log and its vote; the operator removes it and adds it back.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub member_volumes: BTreeMap<String, String>,
+    /// Pod name -> storage id of the data directory its member joined the
+    /// configuration with (reported by the node). Another id means the
+    /// directory was emptied on the same volume: the member lost its log
+    /// and its vote just the same.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub member_storage: BTreeMap<String, String>,
 }
 
 /// Lifecycle phase of a cluster.

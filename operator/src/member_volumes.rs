@@ -1,29 +1,32 @@
-//! Which data volume each member joined the Raft configuration with, and
-//! which members have lost it.
+//! Which data each member joined the Raft configuration with, and which
+//! members have lost it.
 //!
 //! A member is its log and its vote as much as its id. If its PVC is deleted
-//! (or its disk wiped) the pod comes back under the same name and id with
-//! an empty data directory: keeping it as a voter would count a member that
-//! remembers neither what it acknowledged nor whom it voted for. The
-//! operator records, per member, the UID of the PVC it joined with
-//! (`status.memberVolumes`); a PVC with another UID means the volume was
-//! replaced, and the planner removes the member so that it joins again as
-//! a new learner.
+//! (or its data directory emptied) the pod comes back under the same name
+//! and id with an empty data directory: keeping it as a voter would count a
+//! member that remembers neither what it acknowledged nor whom it voted for.
+//! The operator records, per member, an identity of the data it joined
+//! with, twice over: the UID of its PVC (`status.memberVolumes`) and the
+//! storage id its node reports, drawn when the data directory was created
+//! (`status.memberStorage`). Either one changed means the data was
+//! replaced, and the planner removes the member so that it joins again as a
+//! new learner. The same two functions serve both records: each maps a pod
+//! ordinal to the identity seen now.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::identity::{ClusterIdentity, NodeId};
 use crate::planner::ObservedRaft;
 
-/// The record to write: every current member keeps the UID recorded when
-/// it was first seen, a new member gets its PVC's current UID, a member
+/// The record to write: every current member keeps the identity recorded
+/// when it was first seen, a new member gets its current one, a member
 /// that left is forgotten. Without a leader the configuration is unknown
 /// and the record is kept as it was.
 pub fn record(
     previous: &BTreeMap<String, String>,
     raft: Option<&ObservedRaft>,
     id: &ClusterIdentity,
-    pvc_uids: &BTreeMap<u32, String>,
+    current: &BTreeMap<u32, String>,
 ) -> BTreeMap<String, String> {
     let Some(raft) = raft else {
         return previous.clone();
@@ -35,19 +38,19 @@ pub fn record(
             let pod = id.pod(ordinal);
             let uid = previous
                 .get(&pod)
-                .or_else(|| pvc_uids.get(&ordinal))?
+                .or_else(|| current.get(&ordinal))?
                 .clone();
             Some((pod, uid))
         })
         .collect()
 }
 
-/// Members whose PVC is no longer the one they joined with.
+/// Members whose data is no longer the one they joined with.
 pub fn lost(
     previous: &BTreeMap<String, String>,
     raft: Option<&ObservedRaft>,
     id: &ClusterIdentity,
-    pvc_uids: &BTreeMap<u32, String>,
+    current: &BTreeMap<u32, String>,
 ) -> BTreeSet<NodeId> {
     let Some(raft) = raft else {
         return BTreeSet::new();
@@ -57,7 +60,7 @@ pub fn lost(
         .filter(|m| {
             m.id.ordinal().is_some_and(|o| {
                 matches!(
-                    (previous.get(&id.pod(o)), pvc_uids.get(&o)),
+                    (previous.get(&id.pod(o)), current.get(&o)),
                     (Some(joined), Some(now)) if joined != now
                 )
             })

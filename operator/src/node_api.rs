@@ -55,6 +55,10 @@ pub struct NodeStatus {
     pub last_log_index: u64,
     #[serde(default)]
     pub members: Vec<MemberInfo>,
+    /// The data directory's incarnation; a new one means the directory was
+    /// created anew. Absent from nodes older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_id: Option<String>,
 }
 
 /// Body of `POST /v1/members`.

@@ -2,7 +2,7 @@
 //! `/v1/status` answer (or failure) of every pod, and the views derived from
 //! it that the planner and the status writer need.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::identity::NodeId;
 use crate::node_api::{MemberKind, NodeRole, NodeStatus};
@@ -38,6 +38,16 @@ impl ClusterObservation {
     /// Node ids that answered.
     pub fn healthy(&self) -> BTreeSet<NodeId> {
         self.answered().map(|s| s.id).collect()
+    }
+
+    /// The storage id each answering node reports, by its pod ordinal.
+    pub fn storage_ids(&self) -> BTreeMap<u32, String> {
+        self.answered()
+            .filter_map(|s| {
+                let id = s.storage_id.as_ref().filter(|id| !id.is_empty())?;
+                Some((s.id.ordinal()?, id.clone()))
+            })
+            .collect()
     }
 
     /// Highest term any node reports.
@@ -94,6 +104,7 @@ pub(crate) mod tests {
             commit_index: 100,
             applied_index: 99,
             last_log_index: 100,
+            storage_id: None,
             members: members
                 .iter()
                 .map(|(mid, voter, mi)| MemberInfo {

@@ -17,6 +17,7 @@ check, pvcRetention Retain and Delete, and helm uninstall.
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -611,6 +612,41 @@ class Suite:
         st = self.node_status("demo-1")
         assert st["applied_index"] >= leader["commit_index"] - 100, (st, leader["commit_index"])
 
+    def step_data_dir_emptied_self_heals(self):
+        # Same PVC, emptied directory: only the node's storage id tells.
+        pod = "demo-2"
+        old = self.node_status(pod)["storage_id"]
+        recorded = self.raftc("demo")["status"].get("memberStorage", {})
+        assert recorded.get(pod) == old, recorded
+        pvc_uid = kjson("get", "pvc", f"data-{pod}")["metadata"]["uid"]
+        added_before = len([n for n in self.event_notes("MemberAdded") if n.startswith(f"{pod} ")])
+        self.kubelet.paused.add(("default", pod))
+        eventually(f"{pod} stopped", lambda: pod not in self.kubelet.running("default"), 30)
+        volume = os.path.join(WORK, "volumes", pvc_uid)
+        for entry in os.listdir(volume):
+            path = os.path.join(volume, entry)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        self.kubelet.paused.discard(("default", pod))
+        eventually(
+            f"VolumeLost event for {pod}",
+            lambda: any(n.startswith(f"{pod} ") for n in self.event_notes("VolumeLost")),
+            90,
+        )
+        eventually("demo healthy with 3 voters", lambda: self.healthy("demo", 3), 90)
+        new = self.node_status(pod)["storage_id"]
+        assert new != old, (old, new)
+        assert kjson("get", "pvc", f"data-{pod}")["metadata"]["uid"] == pvc_uid
+        added = [n for n in self.event_notes("MemberAdded") if n.startswith(f"{pod} ")]
+        assert len(added) > added_before, f"{pod} was not added again as a learner: {added}"
+        eventually(
+            "the new storage id recorded",
+            lambda: self.raftc("demo")["status"]["memberStorage"].get(pod) == new,
+            30,
+        )
+
     def step_member_down_reported(self):
         self.kubelet.paused.add(("default", "demo-2"))
 
@@ -740,6 +776,7 @@ class Suite:
             ("rolling update under writes: one pod at a time, the leader's last", self.step_rolling_update_under_writes),
             ("a release that cannot start halts the rollout", self.step_broken_release_halts_the_rollout),
             ("a member whose volume is lost is removed and added back", self.step_volume_lost_self_heals),
+            ("a member whose data directory is emptied is removed and added back", self.step_data_dir_emptied_self_heals),
             ("a member down longer than the threshold is reported", self.step_member_down_reported),
             ("the helm test hook's check holds", self.step_helm_test_check),
             ("delete + re-apply with pvcRetention Retain adopts the data", self.step_delete_retain_adopts),
