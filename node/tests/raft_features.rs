@@ -490,6 +490,67 @@ fn a_learner_gets_the_log_but_neither_votes_nor_counts_toward_commit() {
     assert!(c.applied(learner) < q.index);
 }
 
+/// A voter whose disk was wiped comes back under the same id with an empty
+/// log, withholding its votes (as a node that joins with a new data
+/// directory does). Its vote must not elect a leader that lacks an entry
+/// only its lost data had acknowledged; removed and added back as a
+/// learner, it votes again.
+#[test]
+fn a_wiped_voter_withholds_its_vote_until_added_back_as_a_learner() {
+    let (mut c, l) = elected(3, 31);
+    let others: Vec<NodeId> = c.ids().into_iter().filter(|i| *i != l).collect();
+    let (b, w) = (others[0], others[1]);
+    // An entry committed by the leader and w alone.
+    c.isolate(b);
+    let p = c.propose(l, Bytes::from_static(b"on l and w")).unwrap();
+    assert!(c.run_until(|c| c.committed_term(p.index) == Some(p.term), 100));
+    // w loses its disk, the leader goes down, b is back.
+    c.wipe(w);
+    c.crash(l);
+    c.heal();
+    c.run(300);
+    // b lacks the entry: w's vote would have made it leader (a broken
+    // Leader Completeness, which the harness reports).
+    assert_eq!(c.leader(), None);
+    assert!(c.violation().is_none(), "{:?}", c.violation());
+    assert!(c.node(w).unwrap().withholding_votes());
+
+    // The old leader returns and removes w, then adds it back as a learner.
+    c.restart(l);
+    assert!(c.run_until(|c| c.leader().is_some(), 300));
+    let leader = c.leader().unwrap();
+    // A new leader changes the configuration once its term has a commit.
+    let q = c.propose(leader, Bytes::from_static(b"new term")).unwrap();
+    assert!(c.run_until(|c| c.committed_term(q.index) == Some(q.term), 100));
+    c.change_membership(leader, ConfChange::Remove { id: w })
+        .unwrap();
+    assert!(c.run_until(
+        |c| !c.node(leader).unwrap().membership_change_pending(),
+        100
+    ));
+    assert!(c.node(w).unwrap().withholding_votes());
+    c.change_membership(
+        leader,
+        ConfChange::AddLearner {
+            id: w,
+            context: Bytes::new(),
+        },
+    )
+    .unwrap();
+    assert!(c.run_until(|c| !c.node(w).unwrap().withholding_votes(), 100));
+    assert!(c.run_until(|c| caught_up(c, leader, w), 100));
+    c.change_membership(leader, ConfChange::Promote { id: w })
+        .unwrap();
+    assert!(c.run_until(
+        |c| !c.node(leader).unwrap().membership_change_pending(),
+        100
+    ));
+    // A voter again: with the leader down, w and the third member elect one.
+    c.crash(leader);
+    assert!(c.run_until(|c| c.leader().is_some(), 300));
+    assert!(c.violation().is_none(), "{:?}", c.violation());
+}
+
 #[test]
 fn only_one_membership_change_is_in_flight_at_a_time() {
     let (mut c, l) = elected(3, 17);

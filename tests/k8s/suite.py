@@ -636,8 +636,11 @@ class Suite:
             90,
         )
         eventually("demo healthy with 3 voters", lambda: self.healthy("demo", 3), 90)
-        new = self.node_status(pod)["storage_id"]
+        st = self.node_status(pod)
+        new = st["storage_id"]
         assert new != old, (old, new)
+        # Added anew as a learner: it votes again.
+        assert st["withholding_votes"] is False, st
         assert kjson("get", "pvc", f"data-{pod}")["metadata"]["uid"] == pvc_uid
         added = [n for n in self.event_notes("MemberAdded") if n.startswith(f"{pod} ")]
         assert len(added) > added_before, f"{pod} was not added again as a learner: {added}"

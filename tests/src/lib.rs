@@ -535,6 +535,23 @@ impl Cluster {
         self.spawn(id)
     }
 
+    /// The peer URL `id` advertises.
+    pub fn peer_url(&self, id: u64) -> anyhow::Result<String> {
+        Ok(self.node(id)?.peer_url())
+    }
+
+    /// `kill -9`, then starts the node again under the same id with an
+    /// empty data directory and `--join`: a member whose disk was lost.
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill(id)?;
+        let node = self.node_mut(id)?;
+        std::fs::remove_dir_all(&node.data_dir)
+            .with_context(|| format!("cannot remove {}", node.data_dir.display()))?;
+        node.joined = true;
+        node.file_size_limit = None;
+        self.spawn(id)
+    }
+
     /// Starts a killed node again with no file allowed to grow past
     /// `bytes`: its disk is as good as full.
     pub fn restart_with_file_size_limit(&mut self, id: u64, bytes: u64) -> anyhow::Result<()> {

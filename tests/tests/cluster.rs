@@ -316,6 +316,99 @@ async fn membership_add_learner_promote_and_remove_over_http_while_serving() {
     assert_eq!(c.get(4, "after-remove").await.unwrap().raw, b"z");
 }
 
+/// `id`'s status, once it says the node withholds its votes.
+async fn withholding(c: &Cluster, id: u64) -> Option<serde_json::Value> {
+    let s = c.status(id).await.ok()?;
+    (s["withholding_votes"] == true).then_some(s)
+}
+
+/// A member whose data directory is lost comes back under the same id with
+/// an empty one (and a new storage id). It no longer knows what it
+/// acknowledged, so it withholds its vote, across restarts too, until it is
+/// removed and added back as a learner; then it votes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_back_with_an_empty_data_directory_votes_only_once_added_anew() {
+    let mut c = Cluster::start(3, Options::default()).unwrap();
+    let leader = c.wait_leader(LEADER_WAIT).await.unwrap();
+    assert_eq!(c.put(leader, "before", "x").await.unwrap().status, 200);
+    let wiped = (1..=3).find(|id| *id != leader).unwrap();
+    let third = (1..=3).find(|id| *id != leader && *id != wiped).unwrap();
+    let old_storage = c.status(wiped).await.unwrap()["storage_id"].clone();
+    assert!(
+        old_storage.as_str().is_some_and(|s| s.len() == 16),
+        "{old_storage}"
+    );
+    assert_eq!(c.status(wiped).await.unwrap()["withholding_votes"], false);
+
+    c.wipe(wiped).unwrap();
+    let s = Cluster::eventually(
+        Duration::from_secs(20),
+        "the wiped member to withhold",
+        || withholding(&c, wiped),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(wiped)));
+    assert_ne!(s["storage_id"], old_storage);
+    c.kill(wiped).unwrap();
+    c.restart(wiped).unwrap();
+    Cluster::eventually(
+        Duration::from_secs(20),
+        "withholding after a restart",
+        || withholding(&c, wiped),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(wiped)));
+
+    // Removed, added back as a learner, promoted.
+    let a = c
+        .request(
+            leader,
+            Method::DELETE,
+            &format!("/v1/members/{wiped}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let peer_url = c.peer_url(wiped).unwrap();
+    let body = serde_json::json!({"id": wiped, "peer_url": peer_url, "learner": true});
+    let a = Cluster::eventually(Duration::from_secs(20), "adding it back", || async {
+        let a = c
+            .request(
+                leader,
+                Method::POST,
+                "/v1/members",
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .await
+            .ok()?;
+        (a.status == 201).then_some(a)
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.body["role"], "learner");
+    Cluster::eventually(Duration::from_secs(20), "the vote back", || async {
+        let s = c.status(wiped).await.ok()?;
+        (s["withholding_votes"] == false).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(wiped)));
+    let promote = format!("/v1/members/{wiped}/promote");
+    Cluster::eventually(Duration::from_secs(30), "the promotion", || async {
+        let a = c.request(leader, Method::POST, &promote, None).await.ok()?;
+        (a.status == 200).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // Its vote counts now: without the leader, it and the third elect one.
+    c.kill(leader).unwrap();
+    let next = c.wait_leader(LEADER_WAIT).await.unwrap();
+    assert!(next == wiped || next == third, "{next}");
+    assert_eq!(c.get(next, "before").await.unwrap().raw, b"x");
+    assert_eq!(c.status(third).await.unwrap()["leader_id"], next);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_leaves_the_cluster_serving() {
     let opts = Options {

@@ -221,6 +221,7 @@ impl Backend for FakeBackend {
             kv_db_size_bytes: 24,
             alarms: s.kv.alarms().iter().map(ToString::to_string).collect(),
             storage_id: "00000000000000a1".into(),
+            withholding_votes: false,
         })
     }
 

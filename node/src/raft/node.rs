@@ -124,6 +124,15 @@ pub struct RaftNode<S: Storage> {
     /// many ticks.
     transferee: Option<(NodeId, u32)>,
 
+    /// Set (by the driver, see [`RaftNode::withhold_votes`]) for a member
+    /// that started with an empty data directory to join a cluster. It may
+    /// be a voter whose data was lost under the same id (a wiped disk): it
+    /// no longer holds the entries it acknowledged nor remembers its votes,
+    /// so its vote could elect a leader that lacks committed entries. It
+    /// neither votes nor campaigns until a committed configuration shows it
+    /// as a learner: then it was added anew, and caught up as one.
+    withholding_votes: bool,
+
     msgs: Vec<Message>,
     read_states: Vec<ReadState>,
     /// The hard state last handed to the driver.
@@ -182,6 +191,7 @@ impl<S: Storage> RaftNode<S> {
             randomized_election_timeout: config.election_ticks,
             rng,
             transferee: None,
+            withholding_votes: false,
             msgs: Vec::new(),
             read_states: Vec::new(),
             persisted_hard_state: HardState {
@@ -197,6 +207,43 @@ impl<S: Storage> RaftNode<S> {
     }
 
     // ---------------------------------------------------------------- API
+
+    /// Neither vote nor campaign until a committed configuration shows this
+    /// node as a learner (see the field's doc). For a node whose data
+    /// directory was created to join a cluster, until then.
+    pub fn withhold_votes(&mut self) {
+        self.withholding_votes = true;
+        self.refresh_vote_withholding();
+    }
+
+    /// Whether this node still withholds its votes. The driver persists the
+    /// change once it turns false, so that a restart does not withhold
+    /// again a vote that was cleared.
+    pub fn withholding_votes(&self) -> bool {
+        self.withholding_votes
+    }
+
+    /// Lifts the withholding once a committed configuration (the base one
+    /// is committed by definition) has this node as a learner.
+    fn refresh_vote_withholding(&mut self) {
+        if !self.withholding_votes {
+            return;
+        }
+        let committed = self.log.committed;
+        let added_anew = self.base_membership.is_learner(self.id)
+            || self
+                .membership_log
+                .iter()
+                .any(|(index, m)| *index <= committed && m.is_learner(self.id));
+        if added_anew {
+            self.withholding_votes = false;
+        }
+    }
+
+    /// Whether this node may stand for election now.
+    fn may_campaign(&self) -> bool {
+        self.membership.is_voter(self.id) && !self.withholding_votes
+    }
 
     /// One logical clock tick.
     pub fn tick(&mut self) {
@@ -477,6 +524,7 @@ impl<S: Storage> RaftNode<S> {
 
     /// What to do now; see [`Ready`] for the order the driver must follow.
     pub fn ready(&mut self) -> Ready {
+        self.refresh_vote_withholding();
         let hs = self.hard_state();
         // A storage failure leaves the entries for the next Ready rather
         // than skipping them.
@@ -573,7 +621,7 @@ impl<S: Storage> RaftNode<S> {
         self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
-            if self.membership.is_voter(self.id) {
+            if self.may_campaign() {
                 self.campaign(self.config.pre_vote, false);
             } else {
                 // A learner cannot campaign, but it must not go on naming
@@ -741,9 +789,10 @@ impl<S: Storage> RaftNode<S> {
         // We may vote for the same candidate again (a retransmission), or
         // for anyone if we have not voted and know no leader in this term; a
         // pre-vote for a future term is granted on the log check alone.
-        let can_vote = self.vote == Some(m.from)
-            || (self.vote.is_none() && self.leader.is_none())
-            || (req.pre_vote && m.term > self.term);
+        let can_vote = !self.withholding_votes
+            && (self.vote == Some(m.from)
+                || (self.vote.is_none() && self.leader.is_none())
+                || (req.pre_vote && m.term > self.term));
         let granted = can_vote
             && self
                 .log
@@ -832,7 +881,7 @@ impl<S: Storage> RaftNode<S> {
                 self.handle_snapshot(m.from, snapshot);
             }
             // Skip PreVote: the leader asked us to take over.
-            MessageBody::TimeoutNow if self.membership.is_voter(self.id) => {
+            MessageBody::TimeoutNow if self.may_campaign() => {
                 self.campaign(false, true);
             }
             _ => {}

@@ -212,6 +212,11 @@ pub struct NodeStatus {
     /// when the directory is created anew (see `StorageId`).
     #[serde(default)]
     pub storage_id: String,
+    /// The node joined with a new data directory and has not been added as
+    /// a learner yet: it neither votes nor campaigns (it may be a member
+    /// whose data was lost).
+    #[serde(default)]
+    pub withholding_votes: bool,
 }
 
 /// A member's checksum of its history (etcd's HashKV), with the term it

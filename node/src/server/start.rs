@@ -311,7 +311,13 @@ pub(crate) fn open_node(cfg: &NodeConfig, seed: u64) -> anyhow::Result<OpenedNod
                 info!(members = members.len(), "bootstrapped a new cluster");
             }
             Bootstrap::Join => {
-                info!("starting empty; waiting to be added to a cluster");
+                // This may be a member whose data was lost, back under the
+                // same id: it must not vote before it is added anew.
+                log.set_withhold_votes(true)
+                    .context("cannot record the new data directory's vote withholding")?;
+                info!(
+                    "starting empty; waiting to be added to a cluster (no votes until added as a learner)"
+                );
             }
         }
     } else {
@@ -338,8 +344,12 @@ pub(crate) fn open_node(cfg: &NodeConfig, seed: u64) -> anyhow::Result<OpenedNod
     raft_cfg.election_ticks = cfg.election_ticks;
     raft_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
     raft_cfg.seed = seed;
-    let node = RaftNode::with_applied(raft_cfg, log, applied)
+    let withhold_votes = log.withholds_votes();
+    let mut node = RaftNode::with_applied(raft_cfg, log, applied)
         .map_err(|e| anyhow::anyhow!("cannot start the consensus core: {e}"))?;
+    if withhold_votes {
+        node.withhold_votes();
+    }
     let first = node.storage().first_index().unwrap_or(LogIndex(1));
     info!(id = %cfg.id, applied = %applied, first_log_index = %first, "node starting");
     Ok(OpenedNode {

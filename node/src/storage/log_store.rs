@@ -56,6 +56,9 @@ const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const KEY_IDENTITY: &str = "identity";
 const KEY_HARD_STATE: &str = "hard_state";
 const KEY_SNAPSHOT: &str = "snapshot_meta";
+/// Present while the node withholds its votes (see
+/// `RaftNode::withhold_votes`); its value is empty.
+const KEY_WITHHOLD_VOTES: &str = "withhold_votes";
 
 /// Which cluster and node a data directory belongs to. Checked on every open
 /// so that a volume mounted on the wrong pod is refused instead of joining
@@ -129,6 +132,8 @@ struct Cached {
     last_index: LogIndex,
     /// Whether anything (bootstrap, hard state, entries, snapshot) is stored.
     has_state: bool,
+    /// Whether the node withholds its votes.
+    withhold_votes: bool,
 }
 
 impl LogStore {
@@ -224,6 +229,49 @@ impl LogStore {
     /// was opened (no acknowledged data is lost by that; see the module doc).
     pub fn recovered_after_crash(&self) -> bool {
         self.inner.recovered
+    }
+
+    /// Whether this node withholds its votes: it joined a cluster with a
+    /// new data directory and no committed configuration has shown it as a
+    /// learner yet (see `RaftNode::withhold_votes`).
+    pub fn withholds_votes(&self) -> bool {
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .withhold_votes
+    }
+
+    /// Records durably whether this node withholds its votes.
+    pub fn set_withhold_votes(&self, on: bool) -> Result<(), StoreError> {
+        let path = &self.inner.path;
+        let _writer = self
+            .inner
+            .write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(db_err(path, "begin write"))?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
+            if on {
+                meta.insert(KEY_WITHHOLD_VOTES, [].as_slice())
+                    .map_err(db_err(path, "write vote withholding"))?;
+            } else {
+                meta.remove(KEY_WITHHOLD_VOTES)
+                    .map_err(db_err(path, "clear vote withholding"))?;
+            }
+        }
+        txn.commit().map_err(db_err(path, "commit"))?;
+        self.inner
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .withhold_votes = on;
+        Ok(())
     }
 
     /// Whether nothing at all has been stored yet (a brand-new node).
@@ -906,6 +954,10 @@ fn load(
             codec::decode_snapshot_meta(v.value()).map_err(corrupt(path, "snapshot meta"))?;
         state.has_state = true;
     }
+    state.withhold_votes = meta
+        .get(KEY_WITHHOLD_VOTES)
+        .map_err(db_err(path, "read vote withholding"))?
+        .is_some();
     state.last_index = state.snapshot.index;
     let entries = match txn.open_table(ENTRIES) {
         Ok(t) => Some(t),
@@ -984,5 +1036,19 @@ mod tests {
             LogStore::open(dir.path(), ID).unwrap().storage_id(),
             adopted
         );
+    }
+
+    #[test]
+    fn vote_withholding_survives_a_restart_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), ID).unwrap();
+        assert!(!store.withholds_votes());
+        store.set_withhold_votes(true).unwrap();
+        drop(store);
+        let store = LogStore::open(dir.path(), ID).unwrap();
+        assert!(store.withholds_votes());
+        store.set_withhold_votes(false).unwrap();
+        drop(store);
+        assert!(!LogStore::open(dir.path(), ID).unwrap().withholds_votes());
     }
 }

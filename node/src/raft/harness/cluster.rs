@@ -547,6 +547,22 @@ impl Cluster {
         }
     }
 
+    /// Replaces a node's disk with an empty one and starts it again, as a
+    /// member whose data directory was lost comes back under the same id:
+    /// withholding its votes, as the server has a node that joins with a
+    /// new data directory do.
+    pub fn wipe(&mut self, id: NodeId) {
+        self.crash(id);
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.durable = MemStorage::new(Membership::default());
+            n.sm = StateMachine::default();
+        }
+        self.restart(id);
+        if let Some(r) = self.raft_mut(id) {
+            r.withhold_votes();
+        }
+    }
+
     /// Stops a node for good (it was removed from the cluster).
     pub fn retire(&mut self, id: NodeId) {
         self.crash(id);

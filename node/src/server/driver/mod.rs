@@ -969,6 +969,7 @@ impl Driver {
         }
         self.lessor_turn();
         self.update_peers();
+        self.persist_vote_withholding();
         self.publish_status(&status);
     }
 

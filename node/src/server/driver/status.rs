@@ -5,12 +5,29 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use tracing::{info, warn};
+
 use super::{Driver, Health};
 use crate::raft::{LogIndex, NodeId, RoleState};
 use crate::server::handle::{MemberStatus, NodeStatus};
 use crate::server::member_info::MemberInfo;
 
 impl Driver {
+    /// Records durably that the core stopped withholding its votes (a
+    /// committed configuration showed this node as a learner). Until that
+    /// write succeeds a restart withholds them again, which is safe; it is
+    /// retried on the next loop.
+    pub(super) fn persist_vote_withholding(&mut self) {
+        let store = self.node.storage();
+        if !store.withholds_votes() || self.node.withholding_votes() {
+            return;
+        }
+        match store.set_withhold_votes(false) {
+            Ok(()) => info!("added as a learner: this member votes from now on"),
+            Err(e) => warn!(error = %e, "cannot record that this member votes again"),
+        }
+    }
+
     pub(super) fn publish_status(&mut self, s: &crate::raft::Status) {
         let m = &self.metrics;
         m.raft_term.set(s.term.get() as i64);
@@ -114,6 +131,7 @@ impl Driver {
             kv_db_size_bytes: file_size(self.kv.path()),
             alarms: self.kv.alarms().iter().map(ToString::to_string).collect(),
             storage_id: self.node.storage().storage_id().to_string(),
+            withholding_votes: self.node.withholding_votes(),
         }
     }
 }
