@@ -27,6 +27,9 @@ pub struct Metrics {
     /// Peer messages and snapshot streams refused as malformed or not
     /// believable; label `reason`.
     pub peer_messages_refused_total: IntCounterVec,
+    /// Failed TLS handshakes by listener (`client`, `peer`, `http`) and
+    /// why (`error`: a wrong CA, plaintext, garbage; `timeout`).
+    pub tls_handshake_failures_total: IntCounterVec,
     pub disk_log_fsync_seconds: Histogram,
     pub raft_peer_match_index: IntGaugeVec,
     pub network_peer_rtt_seconds: HistogramVec,
@@ -133,6 +136,11 @@ impl Metrics {
                 "Peer messages and snapshots refused (malformed, non-member, stale)",
                 &["reason"],
             )?,
+            tls_handshake_failures_total: counter_vec(
+                "raftkv_tls_handshake_failures_total",
+                "TLS handshakes that failed (wrong CA, plaintext, garbage) or timed out",
+                &["listener", "reason"],
+            )?,
             disk_log_fsync_seconds: fsync,
             raft_peer_match_index: gauge_vec(
                 "raftkv_raft_peer_match_index",
@@ -231,6 +239,9 @@ mod tests {
             .with_label_values(&["absurd_term"])
             .inc();
         m.raft_members.with_label_values(&["voter"]).set(3);
+        m.tls_handshake_failures_total
+            .with_label_values(&["client", "error"])
+            .inc();
         m.node_info.with_label_values(&["1", "n1", "42"]).set(1);
         m.disk_log_fsync_seconds.observe(0.002);
         let text = m.render();
@@ -255,6 +266,7 @@ mod tests {
             "raftkv_db_size_bytes{db=\"log\"}",
             "raftkv_peer_messages_refused_total{reason=\"absurd_term\"}",
             "raftkv_raft_members{role=\"voter\"}",
+            "raftkv_tls_handshake_failures_total{listener=\"client\",reason=\"error\"}",
             "raftkv_node_info{cluster=\"42\",id=\"1\",name=\"n1\"}",
             "process_resident_memory_bytes",
         ] {

@@ -273,6 +273,24 @@ async fn etcdctl_with_client_certificates_and_strangers_refused() -> anyhow::Res
         .send()
         .await
         .expect_err("the HTTP port itself still wants TLS");
+    // Each refused handshake is counted, by listener.
+    let text = plain
+        .get(format!("{metrics}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let failures = |listener: &str| -> f64 {
+        let series = format!(
+            "raftkv_tls_handshake_failures_total{{listener=\"{listener}\",reason=\"error\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(failures("client") >= 3.0, "{text}");
+    assert!(failures("http") >= 1.0, "{text}");
 
     // None of that disturbed anyone.
     assert_eq!(

@@ -489,11 +489,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let http_tls = match args.tls.client_tls() {
-        Some(tls) => Some(
-            tls.server_config(&[crate::tls::ALPN_H2, crate::tls::ALPN_HTTP1])
+        Some(tls) => Some(crate::tls::accept::TlsListener {
+            config: tls
+                .server_config(&[crate::tls::ALPN_H2, crate::tls::ALPN_HTTP1])
                 .context("HTTP TLS")?
                 .0,
-        ),
+            failures: crate::tls::accept::HandshakeFailures::of(&metrics, "http"),
+        }),
         None => None,
     };
     let node = start(cfg.clone(), metrics.clone()).await?;

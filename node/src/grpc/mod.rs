@@ -134,9 +134,14 @@ pub async fn serve_with_shutdown<B: Backend>(
         shutdown.await;
         let _ = stop_watches.send(true);
     };
+    let failures = metrics
+        .as_deref()
+        .map(|m| crate::tls::accept::HandshakeFailures::of(m, "client"))
+        .unwrap_or_default();
     let router = router_until(backend, metrics, stopping);
     match tls {
-        Some(tls) => {
+        Some(config) => {
+            let tls = crate::tls::accept::TlsListener { config, failures };
             router
                 .serve_with_incoming_shutdown(crate::tls::accept::incoming(listener, tls), shutdown)
                 .await

@@ -38,6 +38,8 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
+use crate::tls::accept::{HandshakeFailures, TlsListener};
+
 /// Connection limits of the HTTP port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpLimits {
@@ -333,10 +335,16 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<TlsListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let (acceptor, failures) = match tls {
+        Some(tls) => (
+            Some(tokio_rustls::TlsAcceptor::from(tls.config)),
+            tls.failures,
+        ),
+        None => (None, HandshakeFailures::default()),
+    };
     let connections = Arc::new(Connections::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
@@ -345,8 +353,8 @@ pub async fn serve(
             _ = &mut shutdown => break,
             a = listener.accept() => a,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, from) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors, most likely: the open connections
                 // will free some (they are all bounded in time).
@@ -366,6 +374,7 @@ pub async fn serve(
                         tokio::spawn(serve_connection(tcp, router, limits, registered, stop));
                     }
                     Some(acceptor) => {
+                        let failures = failures.clone();
                         tokio::spawn(async move {
                             let handshake =
                                 tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp));
@@ -373,8 +382,8 @@ pub async fn serve(
                                 Ok(Ok(tls)) => {
                                     serve_connection(tls, router, limits, registered, stop).await
                                 }
-                                Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
-                                Err(_) => debug!("TLS handshake timed out"),
+                                Ok(Err(e)) => failures.record(Some(from), Some(e)),
+                                Err(_) => failures.record(Some(from), None),
                             }
                         });
                     }

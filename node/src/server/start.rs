@@ -215,7 +215,11 @@ pub async fn start(cfg: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Run
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         );
     let peer_server = match peer_tls {
-        Some(tls) => {
+        Some(config) => {
+            let tls = crate::tls::accept::TlsListener {
+                config,
+                failures: crate::tls::accept::HandshakeFailures::of(&metrics, "peer"),
+            };
             tokio::spawn(server.serve_with_incoming(crate::tls::accept::incoming(listener, tls)))
         }
         None => {

@@ -4,15 +4,20 @@
 //! each handshake in its own task under a deadline, so that a client that
 //! stalls mid-handshake, speaks plaintext or sends garbage costs one task
 //! for a few seconds and never holds up the accept loop. Failed handshakes
-//! are logged at debug level and the connection dropped: they are an
-//! everyday event on a port the internet can reach, not a node fault.
+//! are logged at debug level, counted in
+//! `raftkv_tls_handshake_failures_total` and the connection dropped: they
+//! are an everyday event on a port the internet can reach, not a node
+//! fault, but a rising count (a client with the wrong CA, an expired
+//! certificate) is worth a look.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
+use prometheus::IntCounter;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,6 +27,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
 
 /// An accepted connection after its TLS handshake.
 #[derive(Debug)]
@@ -90,6 +97,58 @@ impl AsyncWrite for TlsConnection {
     }
 }
 
+/// A TLS server configuration and where its failed handshakes are counted.
+#[derive(Clone)]
+pub struct TlsListener {
+    pub config: Arc<rustls::ServerConfig>,
+    pub failures: HandshakeFailures,
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsListener(..)")
+    }
+}
+
+/// The failed-handshake counters of one listener (none for a server
+/// without metrics).
+#[derive(Clone, Debug, Default)]
+pub struct HandshakeFailures {
+    counters: Option<(IntCounter, IntCounter)>,
+}
+
+impl HandshakeFailures {
+    /// The counters of `listener` (`client`, `peer`, `http`) in `metrics`.
+    pub fn of(metrics: &Metrics, listener: &str) -> HandshakeFailures {
+        let m = &metrics.tls_handshake_failures_total;
+        HandshakeFailures {
+            counters: Some((
+                m.with_label_values(&[listener, "error"]),
+                m.with_label_values(&[listener, "timeout"]),
+            )),
+        }
+    }
+
+    /// Logs and counts a handshake that did not complete in time (`None`)
+    /// or failed.
+    pub fn record(&self, from: Option<SocketAddr>, outcome: Option<std::io::Error>) {
+        match outcome {
+            Some(e) => {
+                debug!(?from, error = %e, "TLS handshake failed");
+                if let Some((error, _)) = &self.counters {
+                    error.inc();
+                }
+            }
+            None => {
+                debug!(?from, "TLS handshake timed out");
+                if let Some((_, timeout)) = &self.counters {
+                    timeout.inc();
+                }
+            }
+        }
+    }
+}
+
 /// A handshake must complete within this time of the TCP accept.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; beyond it, accepting waits.
@@ -103,10 +162,11 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// ends when the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
+    tls: TlsListener,
 ) -> impl Stream<Item = Result<TlsConnection, std::io::Error>> + Send + 'static {
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(config);
+    let acceptor = TlsAcceptor::from(tls.config);
+    let failures = tls.failures;
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
@@ -129,14 +189,15 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let failures = failures.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(TlsConnection(Box::new(stream)))).await;
                     }
-                    Ok(Err(e)) => debug!(%from, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(%from, "TLS handshake timed out"),
+                    Ok(Err(e)) => failures.record(Some(from), Some(e)),
+                    Err(_) => failures.record(Some(from), None),
                 }
             });
         }
