@@ -294,28 +294,32 @@ fn txn_op(op: pb::RequestOp) -> Result<store::TxnOp, Status> {
     }
 }
 
-/// The responses of a Txn branch on etcd's wire.
-pub fn txn_responses(
-    results: Vec<store::TxnOpResult>,
-    header: &pb::ResponseHeader,
-) -> Vec<pb::ResponseOp> {
+/// The responses of a Txn branch on etcd's wire. As in etcd, only the
+/// transaction's own header names the cluster, member and term: a response
+/// inside it carries the revision alone, and a nested transaction's header
+/// is empty.
+pub fn txn_responses(results: Vec<store::TxnOpResult>, revision: i64) -> Vec<pb::ResponseOp> {
     use pb::response_op::Response;
+    let header = Some(pb::ResponseHeader {
+        revision,
+        ..Default::default()
+    });
     results
         .into_iter()
         .map(|r| pb::ResponseOp {
             response: Some(match r {
                 store::TxnOpResult::Range(range) => {
                     let mut resp = range_response(range);
-                    resp.header = Some(*header);
+                    resp.header = header;
                     Response::ResponseRange(resp)
                 }
                 store::TxnOpResult::Put { prev_kv } => Response::ResponsePut(pb::PutResponse {
-                    header: Some(*header),
+                    header,
                     prev_kv: prev_kv.map(key_value),
                 }),
                 store::TxnOpResult::DeleteRange { deleted, prev_kvs } => {
                     Response::ResponseDeleteRange(pb::DeleteRangeResponse {
-                        header: Some(*header),
+                        header,
                         deleted: to_i64(deleted),
                         prev_kvs: prev_kvs.into_iter().map(key_value).collect(),
                     })
@@ -324,9 +328,9 @@ pub fn txn_responses(
                     succeeded,
                     responses,
                 } => Response::ResponseTxn(pb::TxnResponse {
-                    header: Some(*header),
+                    header: Some(pb::ResponseHeader::default()),
                     succeeded,
-                    responses: txn_responses(responses, header),
+                    responses: txn_responses(responses, revision),
                 }),
             }),
         })
@@ -341,9 +345,7 @@ pub fn rejected(err: &store::KvError) -> Status {
         E::KeyTooLarge { .. } | E::ValueTooLarge { .. } => {
             Status::invalid_argument(format!("etcdserver: request is too large: {err}"))
         }
-        E::TooManyTxnOps { .. } => Status::invalid_argument(format!(
-            "etcdserver: too many operations in txn request: {err}"
-        )),
+        E::TooManyTxnOps { .. } => Status::invalid_argument(err.to_string()),
         E::StaleRequest { .. } | E::IdempotencyConflict { .. } => {
             Status::failed_precondition(err.to_string())
         }
@@ -395,6 +397,12 @@ pub fn status_response(s: &NodeStatus, member_id: u64) -> pb::StatusResponse {
         errors: s.alarms.clone(),
         db_size_in_use: to_i64(db),
         is_learner: s.role == "learner",
+        // etcd's storage version names the schema of its bbolt file;
+        // raftkv's files are not etcd's, so there is none to report.
+        storage_version: String::new(),
+        db_size_quota: to_i64(s.quota_backend_bytes),
+        // Downgrades are etcd's; raftkv never has one under way.
+        downgrade_info: Some(pb::DowngradeInfo::default()),
     }
 }
 

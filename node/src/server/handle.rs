@@ -208,6 +208,10 @@ pub struct NodeStatus {
     /// `memberID:<id> alarm:NOSPACE`.
     #[serde(default)]
     pub alarms: Vec<String>,
+    /// The backend quota (`--quota-backend-bytes`) the NOSPACE alarm
+    /// guards.
+    #[serde(default)]
+    pub quota_backend_bytes: u64,
 }
 
 /// A member's checksum of its history (etcd's HashKV), with the term it

@@ -210,8 +210,22 @@ impl Limits {
         success: &[TxnOp],
         failure: &[TxnOp],
     ) -> Result<(), KvError> {
-        let count = compares.len() + success.len().max(failure.len());
-        if count > self.max_txn_ops {
+        self.txn_within(compares, success, failure, self.max_txn_ops)?;
+        super::txn_keys::check(success, failure)
+    }
+
+    /// etcd's rule for the size of a transaction: the longest of its
+    /// compare, success and failure lists is at most `budget`, and a nested
+    /// transaction gets what its parent's longest list left over.
+    fn txn_within(
+        &self,
+        compares: &[Compare],
+        success: &[TxnOp],
+        failure: &[TxnOp],
+        budget: usize,
+    ) -> Result<(), KvError> {
+        let count = compares.len().max(success.len()).max(failure.len());
+        if count > budget {
             return Err(KvError::TooManyTxnOps {
                 count,
                 max: self.max_txn_ops,
@@ -239,10 +253,10 @@ impl Limits {
                     compares,
                     success,
                     failure,
-                } => self.txn(compares, success, failure)?,
+                } => self.txn_within(compares, success, failure, budget - count)?,
             }
         }
-        super::txn_keys::check(success, failure)
+        Ok(())
     }
 }
 

@@ -72,7 +72,8 @@ pub enum KvError {
     KeyTooLarge { size: usize, max: usize },
     #[error("value of {size} bytes exceeds the limit of {max}")]
     ValueTooLarge { size: usize, max: usize },
-    #[error("transaction of {count} operations exceeds the limit of {max}")]
+    /// etcd's message, as clients see it; `count` and `max` are for logs.
+    #[error("etcdserver: too many operations in txn request")]
     TooManyTxnOps { count: usize, max: usize },
     #[error("undecodable command: {0}")]
     Undecodable(String),

@@ -1033,10 +1033,12 @@ struct Batch {
 /// What a client sees when the state machine refuses a command or read.
 pub(crate) fn kv_error(e: KvError) -> ClientError {
     match e {
-        KvError::KeyTooLarge { .. }
-        | KvError::ValueTooLarge { .. }
-        | KvError::TooManyTxnOps { .. } => ClientError::TooLarge(e.to_string()),
-        KvError::EmptyKey
+        KvError::KeyTooLarge { .. } | KvError::ValueTooLarge { .. } => {
+            ClientError::TooLarge(e.to_string())
+        }
+        // etcd: InvalidArgument with its own message, not "too large".
+        KvError::TooManyTxnOps { .. }
+        | KvError::EmptyKey
         | KvError::Undecodable(_)
         | KvError::StaleRequest { .. }
         | KvError::DuplicateKey

@@ -113,6 +113,7 @@ impl Driver {
             log_db_size_bytes: file_size(self.node.storage().path()),
             kv_db_size_bytes: file_size(self.kv.path()),
             alarms: self.kv.alarms().iter().map(ToString::to_string).collect(),
+            quota_backend_bytes: self.kv.limits().quota_backend_bytes,
         }
     }
 }
