@@ -6,8 +6,8 @@
 // unexplained divergence, or an explained one that no longer diverges,
 // fails the test.
 //
-// It needs both servers' binaries: CONFORMANCE_ETCD_BIN (etcd 3.6) and
-// RAFTKV_BIN. tests/conformance/run provides them; without them it is
+// It needs both servers' binaries, CONFORMANCE_ETCD_BIN (etcd 3.6) and
+// RAFTKV_BIN, and etcdctl 3.6 in CONFORMANCE_ETCDCTL_BIN. tests/conformance/run provides them; without them it is
 // skipped.
 package conformance
 
@@ -113,7 +113,7 @@ func normalize(v any, base int64) (string, error) {
 	return string(out), err
 }
 
-var ids = map[string]bool{"cluster_id": true, "member_id": true, "raft_term": true}
+var ids = map[string]bool{"cluster_id": true, "member_id": true, "raft_term": true, "memberID": true}
 var revisions = map[string]bool{
 	"revision": true, "create_revision": true, "mod_revision": true,
 	"compact_revision": true, "hash_revision": true,
@@ -198,6 +198,10 @@ func TestConformance(t *testing.T) {
 	etcdBin, raftkvBin := os.Getenv("CONFORMANCE_ETCD_BIN"), os.Getenv("RAFTKV_BIN")
 	if etcdBin == "" || raftkvBin == "" {
 		t.Skip("needs CONFORMANCE_ETCD_BIN and RAFTKV_BIN: run tests/conformance/run")
+	}
+	etcdctlBin = os.Getenv("CONFORMANCE_ETCDCTL_BIN")
+	if etcdctlBin == "" {
+		t.Fatal("CONFORMANCE_ETCDCTL_BIN (etcdctl 3.6) is needed too")
 	}
 	known := readDivergences(t)
 	etcd := connect(t, "etcd", startEtcd(t, etcdBin))

@@ -419,9 +419,33 @@ func init() {
 		r, err := e.maint.HashKV(e.ctx, &pb.HashKVRequest{Revision: e.rev(1)})
 		e.rec("hashkv", r, err)
 	})
+	auth := func(e *env) pb.AuthClient { return pb.NewAuthClient(e.s.leader.ActiveConnection()) }
 	add("auth/status", func(e *env) {
-		r, err := pb.NewAuthClient(e.s.leader.ActiveConnection()).AuthStatus(e.ctx, &pb.AuthStatusRequest{})
+		r, err := auth(e).AuthStatus(e.ctx, &pb.AuthStatusRequest{})
 		e.rec("auth status", r, err)
+	})
+	add("auth/authenticate-while-disabled", func(e *env) {
+		r, err := auth(e).Authenticate(e.ctx, &pb.AuthenticateRequest{Name: "root", Password: "x"})
+		e.rec("authenticate", r, err)
+	})
+	add("auth/user-and-role-lists", func(e *env) {
+		u, err := auth(e).UserList(e.ctx, &pb.AuthUserListRequest{})
+		e.rec("users", u, err)
+		r, err := auth(e).RoleList(e.ctx, &pb.AuthRoleListRequest{})
+		e.rec("roles", r, err)
+	})
+	add("auth/disable-while-disabled", func(e *env) {
+		r, err := auth(e).AuthDisable(e.ctx, &pb.AuthDisableRequest{})
+		e.rec("disable", r, err)
+	})
+	add("auth/user-add", func(e *env) {
+		r, err := auth(e).UserAdd(e.ctx, &pb.AuthUserAddRequest{Name: "conformance", Password: "x"})
+		e.rec("user add", r, err)
+		if err == nil {
+			// Leave etcd as it was for the other cases.
+			_, err := auth(e).UserDelete(e.ctx, &pb.AuthUserDeleteRequest{Name: "conformance"})
+			e.must(err)
+		}
 	})
 	add("maintenance/defragment", func(e *env) {
 		r, err := e.maint.Defragment(e.ctx, &pb.DefragmentRequest{})

@@ -84,11 +84,6 @@ fn require_key(key: &[u8]) -> Result<(), Status> {
 /// well), so this is a plain translation.
 pub fn range_request(req: &pb::RangeRequest) -> Result<store::RangeRequest, Status> {
     require_key(&req.key)?;
-    if req.revision < 0 {
-        return Err(Status::invalid_argument(
-            "etcdserver: revision must not be negative",
-        ));
-    }
     let order = SortOrder::try_from(req.sort_order)
         .map_err(|_| Status::invalid_argument("etcdserver: invalid sort option"))?;
     let target = SortTarget::try_from(req.sort_target)
@@ -102,7 +97,8 @@ pub fn range_request(req: &pb::RangeRequest) -> Result<store::RangeRequest, Stat
         limit: u64::try_from(req.limit).unwrap_or(0),
         keys_only: req.keys_only,
         count_only: req.count_only,
-        revision: req.revision,
+        // etcd reads a negative revision as the current one, like 0.
+        revision: req.revision.max(0),
         sort_order: match order {
             SortOrder::None => store::SortOrder::None,
             SortOrder::Ascend => store::SortOrder::Ascend,
@@ -288,9 +284,8 @@ fn txn_op(op: pb::RequestOp) -> Result<store::TxnOp, Status> {
                 failure,
             })
         }
-        None => Err(Status::invalid_argument(
-            "etcdserver: empty request op in Txn",
-        )),
+        // etcd's answer to an empty op, odd as it reads.
+        None => Err(Status::invalid_argument("etcdserver: key not found")),
     }
 }
 
@@ -447,6 +442,30 @@ mod tests {
         })
         .unwrap();
         assert_eq!(r.limit, 0);
+    }
+
+    #[test]
+    fn a_negative_revision_is_the_current_one_like_etcd() {
+        let r = range_request(&pb::RangeRequest {
+            key: Bytes::from_static(b"a"),
+            revision: -2,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(r.revision, 0);
+    }
+
+    #[test]
+    fn an_empty_txn_op_gets_etcds_answer() {
+        let err = txn_command(pb::TxnRequest {
+            success: vec![pb::RequestOp { request: None }],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            (err.code(), err.message()),
+            (tonic::Code::InvalidArgument, "etcdserver: key not found")
+        );
     }
 
     #[test]
