@@ -16,7 +16,8 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // freePort asks the kernel for a loopback port and releases it; the
@@ -117,21 +118,23 @@ func startRaftkv(t *testing.T, bin string) []string {
 	return endpoints
 }
 
-// server is one side of the comparison: a client on its leader (so that
-// a serializable read sees the write before it), and every member's
-// endpoint for the checks that ask each one.
+// server is one side of the comparison: a connection to its leader (so
+// that a serializable read sees the write before it), and one to every
+// member for the checks that ask each one. Plain gRPC connections, without
+// clientv3's retrying interceptors: the suite sees each answer as sent.
 type server struct {
 	name      string
 	endpoints []string
-	leader    *clientv3.Client
-	members   []*clientv3.Client
+	leader    *grpc.ClientConn
+	members   []*grpc.ClientConn
 }
 
 func connect(t *testing.T, name string, endpoints []string) *server {
 	t.Helper()
 	s := &server{name: name, endpoints: endpoints}
 	for _, ep := range endpoints {
-		c, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second})
+		c, err := grpc.NewClient(strings.TrimPrefix(ep, "http://"),
+			grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			t.Fatalf("%s: connect %s: %v", name, ep, err)
 		}
@@ -144,9 +147,9 @@ func connect(t *testing.T, name string, endpoints []string) *server {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: no leader within 30 s", name)
 		}
-		for i, c := range s.members {
+		for _, c := range s.members {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			st, err := c.Status(ctx, endpoints[i])
+			st, err := pb.NewMaintenanceClient(c).Status(ctx, &pb.StatusRequest{})
 			cancel()
 			if err == nil && st.Leader != 0 && st.Leader == st.Header.MemberId {
 				s.leader = c
@@ -159,7 +162,7 @@ func connect(t *testing.T, name string, endpoints []string) *server {
 	// A write goes through: the store is ready for the suite.
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := pb.NewKVClient(s.leader.ActiveConnection()).Put(ctx, &pb.PutRequest{Key: []byte("/ready"), Value: []byte("1")})
+		_, err := pb.NewKVClient(s.leader).Put(ctx, &pb.PutRequest{Key: []byte("/ready"), Value: []byte("1")})
 		cancel()
 		if err == nil {
 			break

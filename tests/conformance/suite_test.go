@@ -182,7 +182,7 @@ func readDivergences(t *testing.T) map[string]string {
 func runCase(t *testing.T, s *server, c kase) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	conn := s.leader.ActiveConnection()
+	conn := s.leader
 	e := &env{
 		t: t, ctx: ctx, s: s,
 		kv: pb.NewKVClient(conn), lease: pb.NewLeaseClient(conn),

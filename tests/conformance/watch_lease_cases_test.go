@@ -376,9 +376,9 @@ func init() {
 		for i, m := range e.s.members {
 			// Every member has applied the writes once a linearizable read
 			// through it has answered.
-			_, err := pb.NewKVClient(m.ActiveConnection()).Range(e.ctx, &pb.RangeRequest{Key: e.k("a")})
+			_, err := pb.NewKVClient(m).Range(e.ctx, &pb.RangeRequest{Key: e.k("a")})
 			e.must(err)
-			r, err := pb.NewMaintenanceClient(m.ActiveConnection()).HashKV(e.ctx, &pb.HashKVRequest{Revision: e.rev(2)})
+			r, err := pb.NewMaintenanceClient(m).HashKV(e.ctx, &pb.HashKVRequest{Revision: e.rev(2)})
 			if err != nil {
 				e.rec("hashkv", nil, err)
 				return
@@ -419,7 +419,7 @@ func init() {
 		r, err := e.maint.HashKV(e.ctx, &pb.HashKVRequest{Revision: e.rev(1)})
 		e.rec("hashkv", r, err)
 	})
-	auth := func(e *env) pb.AuthClient { return pb.NewAuthClient(e.s.leader.ActiveConnection()) }
+	auth := func(e *env) pb.AuthClient { return pb.NewAuthClient(e.s.leader) }
 	add("auth/status", func(e *env) {
 		r, err := auth(e).AuthStatus(e.ctx, &pb.AuthStatusRequest{})
 		e.rec("auth status", r, err)
