@@ -157,7 +157,8 @@ impl Limits {
             Op::Compact { .. }
             | Op::Alarm { .. }
             | Op::LeaseGrant { .. }
-            | Op::LeaseRevoke { .. } => Ok(()),
+            | Op::LeaseRevoke { .. }
+            | Op::LeaseCheckpoint { .. } => Ok(()),
         }
     }
 
@@ -182,7 +183,8 @@ impl Limits {
             Op::Compact { .. }
             | Op::Alarm { .. }
             | Op::LeaseGrant { .. }
-            | Op::LeaseRevoke { .. } => Ok(()),
+            | Op::LeaseRevoke { .. }
+            | Op::LeaseCheckpoint { .. } => Ok(()),
         }
     }
 
@@ -1476,6 +1478,27 @@ impl<'t> Exec<'t> {
                 ApplyOutcome::LeaseRevoked {
                     revision: state.revision,
                     id,
+                }
+            }
+            Op::LeaseCheckpoint { checkpoints } => {
+                // A lease revoked since the leader read it is skipped.
+                for (id, remaining_ttl) in checkpoints {
+                    let Some(stored) = self
+                        .leases
+                        .get(id)
+                        .map_err(db_err(self.path, "read lease"))?
+                        .map(|v| lease::decode_lease(self.path, v.value()))
+                        .transpose()?
+                    else {
+                        continue;
+                    };
+                    let record = lease::encode_checkpointed(stored.ttl, remaining_ttl);
+                    self.leases
+                        .insert(id, record.as_slice())
+                        .map_err(db_err(self.path, "write lease"))?;
+                }
+                ApplyOutcome::LeasesCheckpointed {
+                    revision: state.revision,
                 }
             }
         }))

@@ -173,6 +173,11 @@ pub enum ApplyOutcome {
         revision: i64,
         id: i64,
     },
+    /// Lease checkpoints were recorded; `revision` is the store's (they
+    /// write no key).
+    LeasesCheckpointed {
+        revision: i64,
+    },
     Rejected(KvError),
 }
 
@@ -356,6 +361,7 @@ pub(crate) fn encode_client_record(
         ApplyOutcome::Alarms { .. }
         | ApplyOutcome::LeaseGranted { .. }
         | ApplyOutcome::LeaseRevoked { .. }
+        | ApplyOutcome::LeasesCheckpointed { .. }
         | ApplyOutcome::Rejected(_) => return None,
     };
     Some(

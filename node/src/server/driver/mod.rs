@@ -71,6 +71,8 @@ pub struct DriverConfig {
     /// The shortest lease TTL granted, in seconds (etcd's: 1.5 election
     /// timeouts, rounded up): a lease must outlive a leader change.
     pub min_lease_ttl: i64,
+    /// How often the leader commits leases' remaining TTLs (zero: never).
+    pub lease_checkpoint_interval: Duration,
 }
 
 /// What the network side hands the driver.
