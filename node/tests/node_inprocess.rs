@@ -76,6 +76,7 @@ async fn three_nodes_with(dir: &std::path::Path, limits: Limits) -> Vec<RunningN
             max_snapshot_bytes: 1 << 30,
             disk: Default::default(),
             peer_security: raftkv::server::PeerSecurity::none(),
+            lease_checkpoint_interval: raftkv::server::DEFAULT_LEASE_CHECKPOINT_INTERVAL,
         };
         nodes.push(start(cfg, Arc::new(Metrics::new().unwrap())).await.unwrap());
     }

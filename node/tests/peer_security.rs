@@ -133,6 +133,7 @@ async fn start_cluster(dir: &Path, mode: Mode) -> Cluster {
             kv_cache_bytes: 16 << 20,
             max_snapshot_bytes: 1 << 30,
             peer_security: security,
+            lease_checkpoint_interval: raftkv::server::DEFAULT_LEASE_CHECKPOINT_INTERVAL,
             disk: Default::default(),
         };
         nodes.push(start(cfg, Arc::new(Metrics::new().unwrap())).await.unwrap());

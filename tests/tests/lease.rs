@@ -184,3 +184,53 @@ async fn a_lease_outlives_a_leader_change_and_then_expires() -> anyhow::Result<(
     assert!(list.contains("found 0 leases"), "{list}");
     Ok(())
 }
+
+/// etcd's lease checkpoints: the leader commits how long each lease has
+/// left (every second here), so the leader that follows it goes on from
+/// there instead of giving the lease its full TTL again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_goes_on_from_the_last_lease_checkpoint() -> anyhow::Result<()> {
+    const TTL: u64 = 30;
+    const WAIT: Duration = Duration::from_secs(10);
+    let opts = Options {
+        extra_args: vec!["--lease-checkpoint-interval-ms".into(), "1000".into()],
+        ..Options::default()
+    };
+    let mut c = Cluster::start(3, opts)?;
+    let old = c.wait_leader(Duration::from_secs(20)).await?;
+    let survivor = c
+        .running()
+        .into_iter()
+        .find(|id| *id != old)
+        .context("a follower")?;
+    let e = c.client_endpoint(survivor);
+    // The lease's clock started before the grant answered.
+    let granted = Instant::now();
+    let id = granted_id(&etcdctl(&e, &["lease", "grant", &TTL.to_string()], "")?)?;
+    // Time must pass for a checkpoint to record less than the full TTL:
+    // this waits for the clock, not for a condition.
+    tokio::time::sleep(WAIT).await;
+    c.kill(old)?;
+    let new = c.wait_leader(Duration::from_secs(20)).await?;
+    assert_ne!(new, old);
+
+    let ttl = etcdctl(&e, &["lease", "timetolive", &id], "")?;
+    let elapsed = granted.elapsed().as_secs();
+    // "lease 694d… granted with TTL(30s), remaining(23s)"
+    let remaining: u64 = ttl
+        .split("remaining(")
+        .nth(1)
+        .and_then(|r| r.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no remaining TTL in {ttl:?}"))?;
+    // The last checkpoint is at most an interval and its rounding up
+    // (about 2 s) behind the old leader's clock, and the election adds a
+    // second or two: within 5 s. Without checkpoints the new leader gives
+    // the full TTL again, 10 s more than that.
+    assert!(
+        remaining + elapsed <= TTL + 5,
+        "remaining {remaining}s after {elapsed}s of a {TTL}s lease: {ttl}"
+    );
+    assert!(remaining > 0, "{ttl}");
+    Ok(())
+}

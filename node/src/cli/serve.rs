@@ -99,6 +99,15 @@ pub struct ServeArgs {
         default_value_t = 600_000
     )]
     pub watch_progress_notify_interval_ms: u64,
+    /// How often the leader commits how long each lease has left, so that
+    /// a new leader does not give leases their full TTL again (etcd's
+    /// lease checkpoints, every 5 minutes by default as in etcd; 0: never)
+    #[arg(
+        long,
+        env = "RAFTKV_LEASE_CHECKPOINT_INTERVAL_MS",
+        default_value_t = 300_000
+    )]
+    pub lease_checkpoint_interval_ms: u64,
     /// Compact the log every this many applied entries...
     #[arg(long, env = "RAFTKV_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub snapshot_every: u64,
@@ -409,6 +418,7 @@ impl ServeArgs {
             max_snapshot_bytes: self.max_snapshot_mb.saturating_mul(1 << 20),
             disk: Disk::default(),
             peer_security: self.tls.peer_security()?,
+            lease_checkpoint_interval: Duration::from_millis(self.lease_checkpoint_interval_ms),
         })
     }
 

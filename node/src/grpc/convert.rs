@@ -84,11 +84,6 @@ fn require_key(key: &[u8]) -> Result<(), Status> {
 /// well), so this is a plain translation.
 pub fn range_request(req: &pb::RangeRequest) -> Result<store::RangeRequest, Status> {
     require_key(&req.key)?;
-    if req.revision < 0 {
-        return Err(Status::invalid_argument(
-            "etcdserver: revision must not be negative",
-        ));
-    }
     let order = SortOrder::try_from(req.sort_order)
         .map_err(|_| Status::invalid_argument("etcdserver: invalid sort option"))?;
     let target = SortTarget::try_from(req.sort_target)
@@ -102,7 +97,8 @@ pub fn range_request(req: &pb::RangeRequest) -> Result<store::RangeRequest, Stat
         limit: u64::try_from(req.limit).unwrap_or(0),
         keys_only: req.keys_only,
         count_only: req.count_only,
-        revision: req.revision,
+        // etcd reads a negative revision as the current one, like 0.
+        revision: req.revision.max(0),
         sort_order: match order {
             SortOrder::None => store::SortOrder::None,
             SortOrder::Ascend => store::SortOrder::Ascend,
@@ -288,34 +284,37 @@ fn txn_op(op: pb::RequestOp) -> Result<store::TxnOp, Status> {
                 failure,
             })
         }
-        None => Err(Status::invalid_argument(
-            "etcdserver: empty request op in Txn",
-        )),
+        // etcd's answer to an empty op, odd as it reads.
+        None => Err(Status::invalid_argument("etcdserver: key not found")),
     }
 }
 
-/// The responses of a Txn branch on etcd's wire.
-pub fn txn_responses(
-    results: Vec<store::TxnOpResult>,
-    header: &pb::ResponseHeader,
-) -> Vec<pb::ResponseOp> {
+/// The responses of a Txn branch on etcd's wire. As in etcd, only the
+/// transaction's own header names the cluster, member and term: a response
+/// inside it carries the revision alone, and a nested transaction's header
+/// is empty.
+pub fn txn_responses(results: Vec<store::TxnOpResult>, revision: i64) -> Vec<pb::ResponseOp> {
     use pb::response_op::Response;
+    let header = Some(pb::ResponseHeader {
+        revision,
+        ..Default::default()
+    });
     results
         .into_iter()
         .map(|r| pb::ResponseOp {
             response: Some(match r {
                 store::TxnOpResult::Range(range) => {
                     let mut resp = range_response(range);
-                    resp.header = Some(*header);
+                    resp.header = header;
                     Response::ResponseRange(resp)
                 }
                 store::TxnOpResult::Put { prev_kv } => Response::ResponsePut(pb::PutResponse {
-                    header: Some(*header),
+                    header,
                     prev_kv: prev_kv.map(key_value),
                 }),
                 store::TxnOpResult::DeleteRange { deleted, prev_kvs } => {
                     Response::ResponseDeleteRange(pb::DeleteRangeResponse {
-                        header: Some(*header),
+                        header,
                         deleted: to_i64(deleted),
                         prev_kvs: prev_kvs.into_iter().map(key_value).collect(),
                     })
@@ -324,9 +323,9 @@ pub fn txn_responses(
                     succeeded,
                     responses,
                 } => Response::ResponseTxn(pb::TxnResponse {
-                    header: Some(*header),
+                    header: Some(pb::ResponseHeader::default()),
                     succeeded,
-                    responses: txn_responses(responses, header),
+                    responses: txn_responses(responses, revision),
                 }),
             }),
         })
@@ -341,9 +340,7 @@ pub fn rejected(err: &store::KvError) -> Status {
         E::KeyTooLarge { .. } | E::ValueTooLarge { .. } => {
             Status::invalid_argument(format!("etcdserver: request is too large: {err}"))
         }
-        E::TooManyTxnOps { .. } => Status::invalid_argument(format!(
-            "etcdserver: too many operations in txn request: {err}"
-        )),
+        E::TooManyTxnOps { .. } => Status::invalid_argument(err.to_string()),
         E::StaleRequest { .. } | E::IdempotencyConflict { .. } => {
             Status::failed_precondition(err.to_string())
         }
@@ -395,6 +392,12 @@ pub fn status_response(s: &NodeStatus, member_id: u64) -> pb::StatusResponse {
         errors: s.alarms.clone(),
         db_size_in_use: to_i64(db),
         is_learner: s.role == "learner",
+        // etcd's storage version names the schema of its bbolt file;
+        // raftkv's files are not etcd's, so there is none to report.
+        storage_version: String::new(),
+        db_size_quota: to_i64(s.quota_backend_bytes),
+        // Downgrades are etcd's; raftkv never has one under way.
+        downgrade_info: Some(pb::DowngradeInfo::default()),
     }
 }
 
@@ -439,6 +442,30 @@ mod tests {
         })
         .unwrap();
         assert_eq!(r.limit, 0);
+    }
+
+    #[test]
+    fn a_negative_revision_is_the_current_one_like_etcd() {
+        let r = range_request(&pb::RangeRequest {
+            key: Bytes::from_static(b"a"),
+            revision: -2,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(r.revision, 0);
+    }
+
+    #[test]
+    fn an_empty_txn_op_gets_etcds_answer() {
+        let err = txn_command(pb::TxnRequest {
+            success: vec![pb::RequestOp { request: None }],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            (err.code(), err.message()),
+            (tonic::Code::InvalidArgument, "etcdserver: key not found")
+        );
     }
 
     #[test]

@@ -219,6 +219,7 @@ impl Backend for FakeBackend {
             members: s.members.clone(),
             log_db_size_bytes: 1000,
             kv_db_size_bytes: 24,
+            quota_backend_bytes: 1 << 30,
             alarms: s.kv.alarms().iter().map(ToString::to_string).collect(),
             storage_id: "00000000000000a1".into(),
             withholding_votes: false,

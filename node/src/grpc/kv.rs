@@ -141,7 +141,7 @@ impl<B: Backend> Kv for KvService<B> {
                     Ok(Response::new(pb::TxnResponse {
                         header: Some(header),
                         succeeded,
-                        responses: txn_responses(responses, &header),
+                        responses: txn_responses(responses, revision),
                     }))
                 }
                 other => Err(unexpected("Txn", &other)),

@@ -4,13 +4,15 @@
 //! - [`proto`]: the types generated from `proto/etcd`;
 //! - [`convert`]: etcd requests into node calls and results back, errors into
 //!   gRPC codes;
-//! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`cluster`]: the tonic
-//!   services;
+//! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`cluster`], [`auth`]:
+//!   the tonic services;
 //! - [`backend`]: what the services need from a node ([`NodeHandle`]).
 //!
-//! Auth and the rest of Maintenance are not served: their
-//! calls are answered UNIMPLEMENTED, never with a made-up success.
+//! Auth is served for a store without users (never enabled); the rest of
+//! Maintenance is not served: its calls are answered UNIMPLEMENTED, never
+//! with a made-up success.
 
+pub mod auth;
 pub mod backend;
 pub mod cluster;
 pub mod convert;
@@ -41,8 +43,8 @@ pub use backend::Backend;
 use observe::Observer;
 
 use proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 
 use crate::metrics::Metrics;
@@ -99,8 +101,10 @@ fn router_until<B: Backend>(
             maintenance::MaintenanceService::new(backend.clone(), observer.clone()),
         ))
         .add_service(ClusterServer::new(cluster::ClusterService::new(
-            backend, observer,
+            backend.clone(),
+            observer.clone(),
         )))
+        .add_service(AuthServer::new(auth::AuthService::new(backend, observer)))
 }
 
 /// Serves the client API on `addr` until the future is dropped (the

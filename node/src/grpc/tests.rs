@@ -376,6 +376,53 @@ async fn put_and_delete_return_previous_values_when_asked() {
     r.shutdown().await;
 }
 
+/// Auth on a store without users: disabled, as etcd says with auth off;
+/// what would add users is refused with a message, not an empty one.
+#[tokio::test]
+async fn auth_is_reported_disabled_and_users_are_refused_with_a_reason() {
+    use super::proto::etcdserverpb::auth_client::AuthClient;
+    let r = Running::start().await;
+    let mut auth = AuthClient::new(r.channel().await);
+    let status = auth
+        .auth_status(pb::AuthStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.enabled);
+    assert_eq!(status.auth_revision, 1);
+    assert_eq!(status.header.unwrap().member_id, MEMBER_ID);
+    let login = auth
+        .authenticate(pb::AuthenticateRequest {
+            name: "root".into(),
+            password: "secret".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (login.code(), login.message()),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: authentication is not enabled"
+        )
+    );
+    let users = auth
+        .user_list(pb::AuthUserListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(users.users.is_empty());
+    auth.auth_disable(pb::AuthDisableRequest {}).await.unwrap();
+    let add = auth.user_add(pb::AuthUserAddRequest {}).await.unwrap_err();
+    assert_eq!(add.code(), Code::Unimplemented);
+    assert!(add.message().contains("no authentication"), "{add:?}");
+    let enable = auth
+        .auth_enable(pb::AuthEnableRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(enable.code(), Code::Unimplemented);
+    r.shutdown().await;
+}
+
 #[tokio::test]
 async fn what_raftkv_does_not_implement_answers_unimplemented() {
     let r = Running::start().await;
@@ -410,14 +457,6 @@ async fn bad_requests_are_invalid_arguments() {
     let mut kv = r.kv().await;
     let empty = kv.range(get("")).await.unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
-    let negative_rev = kv
-        .range(pb::RangeRequest {
-            revision: -1,
-            ..get("a")
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(negative_rev.code(), Code::InvalidArgument);
     let ignored_value = kv
         .put(pb::PutRequest {
             key: b("a"),
@@ -597,10 +636,20 @@ async fn nested_txns_and_reads_at_a_revision_inside_a_txn_work() {
         panic!("{resp:?}");
     };
     assert!(nested.succeeded);
+    // etcd's headers: a nested transaction's is empty, a response inside
+    // one carries the revision alone.
+    assert_eq!(nested.header, Some(pb::ResponseHeader::default()));
     let Some(Response::ResponseRange(old)) = &nested.responses[0].response else {
         panic!("{nested:?}");
     };
     assert_eq!(&old.kvs[0].value[..], b"1");
+    assert_eq!(
+        old.header,
+        Some(pb::ResponseHeader {
+            revision: 4,
+            ..Default::default()
+        })
+    );
     let now = kv.range(get("k")).await.unwrap().into_inner();
     assert_eq!(&now.kvs[0].value[..], b"3");
     r.shutdown().await;
@@ -643,6 +692,86 @@ async fn status_reports_the_nodes_raft_position() {
     assert_eq!(s.db_size, 1024);
     assert!(!s.is_learner);
     assert!(!s.version.is_empty());
+    // etcd 3.6's fields: the quota, and no downgrade under way.
+    assert_eq!(s.db_size_quota, 1 << 30);
+    assert_eq!(s.downgrade_info, Some(pb::DowngradeInfo::default()));
+    r.shutdown().await;
+}
+
+/// etcd's limit on a transaction's size: the longest of its compare,
+/// success and failure lists, at most 128; a nested transaction gets what
+/// is left of its parent's budget. Refused with etcd's own message.
+#[tokio::test]
+async fn txn_size_is_limited_per_list_like_etcd() {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use pb::request_op::Request;
+    let r = Running::start().await;
+    let mut kv = r.kv().await;
+    put(&mut kv, "k", "v").await;
+    let puts = |n: usize| -> Vec<pb::RequestOp> {
+        (0..n)
+            .map(|i| pb::RequestOp {
+                request: Some(Request::RequestPut(pb::PutRequest {
+                    key: b(&format!("p{i:03}")),
+                    value: b("v"),
+                    ..Default::default()
+                })),
+            })
+            .collect()
+    };
+    let compares = |n: usize| -> Vec<pb::Compare> {
+        (0..n)
+            .map(|_| pb::Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Value as i32,
+                key: b("k"),
+                target_union: Some(TargetUnion::Value(b("v"))),
+                ..Default::default()
+            })
+            .collect()
+    };
+    let full = kv
+        .txn(pb::TxnRequest {
+            compare: compares(128),
+            success: puts(128),
+            failure: puts(128),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(full.succeeded);
+    let too_many = |status: tonic::Status| {
+        assert_eq!(
+            (status.code(), status.message()),
+            (
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request"
+            )
+        );
+    };
+    too_many(
+        kv.txn(pb::TxnRequest {
+            success: puts(129),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+    );
+    // Two ops outside leave 126 for the nested one.
+    let nested = |n: usize| pb::TxnRequest {
+        success: vec![
+            puts(1).remove(0),
+            pb::RequestOp {
+                request: Some(Request::RequestTxn(pb::TxnRequest {
+                    success: puts(n).into_iter().skip(1).collect(),
+                    ..Default::default()
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    kv.txn(nested(127)).await.unwrap();
+    too_many(kv.txn(nested(128)).await.unwrap_err());
     r.shutdown().await;
 }
 
@@ -1294,8 +1423,9 @@ async fn snapshot_streams_a_backup_ending_with_its_sha256_as_etcd_does() {
     assert_eq!((s.revision, s.total_keys), (21, 20));
     assert_eq!((s.cluster_id, s.member_id), (CLUSTER_ID, MEMBER_ID));
 
+    // etcd answers Defragment with no header at all.
     let d = m.defragment(pb::DefragmentRequest {}).await.unwrap();
-    assert_eq!(d.into_inner().header.unwrap().revision, 21);
+    assert_eq!(d.into_inner(), pb::DefragmentResponse::default());
     r.shutdown().await;
 }
 

@@ -278,7 +278,8 @@ pub fn revision_and_deleted(outcome: &ApplyOutcome) -> (i64, u64) {
         | ApplyOutcome::Compact { revision }
         | ApplyOutcome::Alarms { revision, .. }
         | ApplyOutcome::LeaseGranted { revision, .. }
-        | ApplyOutcome::LeaseRevoked { revision, .. } => (*revision, 0),
+        | ApplyOutcome::LeaseRevoked { revision, .. }
+        | ApplyOutcome::LeasesCheckpointed { revision } => (*revision, 0),
         ApplyOutcome::Rejected(_) => (0, 0),
     }
 }

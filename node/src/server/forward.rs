@@ -276,6 +276,10 @@ fn write_to_wire(w: WriteResult) -> Result<WireWrite, ClientError> {
             out.revision = revision;
             out.lease_id = id;
         }
+        ApplyOutcome::LeasesCheckpointed { revision } => {
+            out.kind = 8;
+            out.revision = revision;
+        }
         ApplyOutcome::Rejected(e) => return Err(crate::server::kv_error(e)),
     }
     Ok(out)
@@ -375,6 +379,9 @@ fn write_from_wire(w: WireWrite) -> Result<WriteResult, ClientError> {
         7 => ApplyOutcome::LeaseRevoked {
             revision: w.revision,
             id: w.lease_id,
+        },
+        8 => ApplyOutcome::LeasesCheckpointed {
+            revision: w.revision,
         },
         k => return Err(bad("write result", format!("unknown kind {k}"))),
     };
@@ -948,6 +955,7 @@ mod tests {
                 revision: 4,
                 id: 11,
             },
+            ApplyOutcome::LeasesCheckpointed { revision: 5 },
         ] {
             let back = decode_reply(encode_reply(Ok(ForwardedReply::Write(WriteResult {
                 outcome: outcome.clone(),

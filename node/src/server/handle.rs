@@ -217,6 +217,10 @@ pub struct NodeStatus {
     /// whose data was lost).
     #[serde(default)]
     pub withholding_votes: bool,
+    /// The backend quota (`--quota-backend-bytes`) the NOSPACE alarm
+    /// guards.
+    #[serde(default)]
+    pub quota_backend_bytes: u64,
 }
 
 /// A member's checksum of its history (etcd's HashKV), with the term it

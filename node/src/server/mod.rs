@@ -40,5 +40,8 @@ pub use handle::{
 pub(crate) use member_info::bad_member_urls;
 pub use member_info::{MAX_MEMBER_URL_BYTES, MemberInfo, MemberUrlError, validate_member_url};
 pub use peer_auth::{MemberDirectory, PeerAuth, PeerSecret, PeerSecurity};
-pub use start::{Bootstrap, NodeConfig, RunningNode, cluster_id_of, cluster_id_of_token, start};
+pub use start::{
+    Bootstrap, DEFAULT_LEASE_CHECKPOINT_INTERVAL, NodeConfig, RunningNode, cluster_id_of,
+    cluster_id_of_token, start,
+};
 pub use transport::normalize_url;

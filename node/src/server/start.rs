@@ -67,7 +67,13 @@ pub struct NodeConfig {
     pub disk: Disk,
     /// TLS and authentication on the peer port.
     pub peer_security: PeerSecurity,
+    /// How often the leader commits leases' remaining TTLs (etcd's lease
+    /// checkpoint interval, `--lease-checkpoint-interval-ms`); zero: never.
+    pub lease_checkpoint_interval: Duration,
 }
+
+/// etcd's lease checkpoint interval.
+pub const DEFAULT_LEASE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// A started node.
 #[derive(Debug)]
@@ -255,6 +261,7 @@ pub(crate) fn driver_config(cfg: &NodeConfig, cluster_id: u64) -> DriverConfig {
         snapshot_dir: cfg.data_dir.join("snapshots"),
         members: crate::server::MemberDirectory::default(),
         min_lease_ttl: min_lease_ttl(cfg.tick, cfg.election_ticks),
+        lease_checkpoint_interval: cfg.lease_checkpoint_interval,
     }
 }
 

@@ -83,6 +83,11 @@ pub enum Op {
     /// Deletes every key attached to lease `id`, at one revision, and the
     /// lease. Proposed by a client, or by the leader when the lease expired.
     LeaseRevoke { id: i64 },
+    /// The leader's record of how long leases have left (etcd's lease
+    /// checkpoint), so that a new leader does not give them their full TTL
+    /// again: `(lease id, seconds left)`, 0 seconds clearing a record (the
+    /// lease was kept alive: full TTL). Writes no key.
+    LeaseCheckpoint { checkpoints: Vec<(i64, i64)> },
 }
 
 /// What an [`Op::Alarm`] does.
@@ -227,7 +232,7 @@ impl RangeRequest {
 struct WireCommand {
     #[prost(message, optional, tag = "1")]
     request_id: Option<RequestId>,
-    #[prost(oneof = "WireOp", tags = "2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "WireOp", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     op: Option<WireOp>,
 }
 
@@ -247,6 +252,22 @@ enum WireOp {
     LeaseGrant(WireLeaseGrant),
     #[prost(message, tag = "8")]
     LeaseRevoke(WireLeaseRevoke),
+    #[prost(message, tag = "9")]
+    LeaseCheckpoint(WireLeaseCheckpoint),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireLeaseCheckpoint {
+    #[prost(message, repeated, tag = "1")]
+    checkpoints: Vec<WireCheckpoint>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireCheckpoint {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(int64, tag = "2")]
+    remaining_ttl: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -388,7 +409,8 @@ impl Op {
             Op::DeleteRange { .. }
             | Op::Compact { .. }
             | Op::Alarm { .. }
-            | Op::LeaseRevoke { .. } => false,
+            | Op::LeaseRevoke { .. }
+            | Op::LeaseCheckpoint { .. } => false,
         }
     }
 
@@ -459,6 +481,12 @@ impl Command {
             }),
             Op::LeaseGrant { id, ttl } => WireOp::LeaseGrant(WireLeaseGrant { id: *id, ttl: *ttl }),
             Op::LeaseRevoke { id } => WireOp::LeaseRevoke(WireLeaseRevoke { id: *id }),
+            Op::LeaseCheckpoint { checkpoints } => WireOp::LeaseCheckpoint(WireLeaseCheckpoint {
+                checkpoints: checkpoints
+                    .iter()
+                    .map(|&(id, remaining_ttl)| WireCheckpoint { id, remaining_ttl })
+                    .collect(),
+            }),
         };
         Bytes::from(
             WireCommand {
@@ -487,6 +515,13 @@ impl Command {
                 ttl: g.ttl,
             },
             Some(WireOp::LeaseRevoke(r)) => Op::LeaseRevoke { id: r.id },
+            Some(WireOp::LeaseCheckpoint(c)) => Op::LeaseCheckpoint {
+                checkpoints: c
+                    .checkpoints
+                    .into_iter()
+                    .map(|c| (c.id, c.remaining_ttl))
+                    .collect(),
+            },
             Some(WireOp::Delete(d)) => Op::DeleteRange {
                 key: d.key,
                 range_end: d.range_end,
@@ -824,6 +859,12 @@ mod tests {
             Command {
                 request_id: None,
                 op: Op::LeaseRevoke { id: 77 },
+            },
+            Command {
+                request_id: None,
+                op: Op::LeaseCheckpoint {
+                    checkpoints: vec![(77, 4), (78, 0)],
+                },
             },
         ];
         for c in cmds {

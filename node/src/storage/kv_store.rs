@@ -157,7 +157,8 @@ impl Limits {
             Op::Compact { .. }
             | Op::Alarm { .. }
             | Op::LeaseGrant { .. }
-            | Op::LeaseRevoke { .. } => Ok(()),
+            | Op::LeaseRevoke { .. }
+            | Op::LeaseCheckpoint { .. } => Ok(()),
         }
     }
 
@@ -182,7 +183,8 @@ impl Limits {
             Op::Compact { .. }
             | Op::Alarm { .. }
             | Op::LeaseGrant { .. }
-            | Op::LeaseRevoke { .. } => Ok(()),
+            | Op::LeaseRevoke { .. }
+            | Op::LeaseCheckpoint { .. } => Ok(()),
         }
     }
 
@@ -210,8 +212,22 @@ impl Limits {
         success: &[TxnOp],
         failure: &[TxnOp],
     ) -> Result<(), KvError> {
-        let count = compares.len() + success.len().max(failure.len());
-        if count > self.max_txn_ops {
+        self.txn_within(compares, success, failure, self.max_txn_ops)?;
+        super::txn_keys::check(success, failure)
+    }
+
+    /// etcd's rule for the size of a transaction: the longest of its
+    /// compare, success and failure lists is at most `budget`, and a nested
+    /// transaction gets what its parent's longest list left over.
+    fn txn_within(
+        &self,
+        compares: &[Compare],
+        success: &[TxnOp],
+        failure: &[TxnOp],
+        budget: usize,
+    ) -> Result<(), KvError> {
+        let count = compares.len().max(success.len()).max(failure.len());
+        if count > budget {
             return Err(KvError::TooManyTxnOps {
                 count,
                 max: self.max_txn_ops,
@@ -239,10 +255,10 @@ impl Limits {
                     compares,
                     success,
                     failure,
-                } => self.txn(compares, success, failure)?,
+                } => self.txn_within(compares, success, failure, budget - count)?,
             }
         }
-        super::txn_keys::check(success, failure)
+        Ok(())
     }
 }
 
@@ -1462,6 +1478,27 @@ impl<'t> Exec<'t> {
                 ApplyOutcome::LeaseRevoked {
                     revision: state.revision,
                     id,
+                }
+            }
+            Op::LeaseCheckpoint { checkpoints } => {
+                // A lease revoked since the leader read it is skipped.
+                for (id, remaining_ttl) in checkpoints {
+                    let Some(stored) = self
+                        .leases
+                        .get(id)
+                        .map_err(db_err(self.path, "read lease"))?
+                        .map(|v| lease::decode_lease(self.path, v.value()))
+                        .transpose()?
+                    else {
+                        continue;
+                    };
+                    let record = lease::encode_checkpointed(stored.ttl, remaining_ttl);
+                    self.leases
+                        .insert(id, record.as_slice())
+                        .map_err(db_err(self.path, "write lease"))?;
+                }
+                ApplyOutcome::LeasesCheckpointed {
+                    revision: state.revision,
                 }
             }
         }))

@@ -37,6 +37,10 @@ pub(crate) struct StoredLease {
     /// The granted TTL in seconds.
     #[prost(int64, tag = "1")]
     pub ttl: i64,
+    /// Seconds left at the leader's last checkpoint; 0: none since the
+    /// grant or the last keep-alive (the lease has its full TTL).
+    #[prost(int64, tag = "2")]
+    pub remaining_ttl: i64,
 }
 
 /// A lease as the state machine knows it.
@@ -45,10 +49,29 @@ pub struct LeaseInfo {
     pub id: i64,
     /// The granted TTL in seconds.
     pub ttl: i64,
+    /// Seconds left at the last checkpoint, if one is recorded: what a new
+    /// leader gives the lease instead of its full TTL.
+    pub remaining_ttl: Option<i64>,
 }
 
 pub(crate) fn encode_lease(ttl: i64) -> Vec<u8> {
-    StoredLease { ttl }.encode_to_vec()
+    encode_checkpointed(ttl, 0)
+}
+
+pub(crate) fn encode_checkpointed(ttl: i64, remaining_ttl: i64) -> Vec<u8> {
+    StoredLease {
+        ttl,
+        remaining_ttl: remaining_ttl.max(0),
+    }
+    .encode_to_vec()
+}
+
+fn info(id: i64, l: &StoredLease) -> LeaseInfo {
+    LeaseInfo {
+        id,
+        ttl: l.ttl,
+        remaining_ttl: (l.remaining_ttl > 0).then_some(l.remaining_ttl),
+    }
 }
 
 pub(crate) fn decode_lease(path: &Path, buf: &[u8]) -> Result<StoredLease, StoreError> {
@@ -69,7 +92,7 @@ pub(crate) fn get<T: ReadableTable<i64, &'static [u8]>>(
     leases
         .get(id)
         .map_err(db_err(path, "read lease"))?
-        .map(|v| decode_lease(path, v.value()).map(|l| LeaseInfo { id, ttl: l.ttl }))
+        .map(|v| decode_lease(path, v.value()).map(|l| info(id, &l)))
         .transpose()
 }
 
@@ -82,10 +105,7 @@ pub(crate) fn all<T: ReadableTable<i64, &'static [u8]>>(
     for item in leases.iter().map_err(db_err(path, "read leases"))? {
         let (k, v) = item.map_err(db_err(path, "read leases"))?;
         let l = decode_lease(path, v.value())?;
-        out.push(LeaseInfo {
-            id: k.value(),
-            ttl: l.ttl,
-        });
+        out.push(info(k.value(), &l));
     }
     Ok(out)
 }
@@ -194,7 +214,11 @@ mod tests {
         assert_eq!(sm.kv.lease_keys(7).unwrap(), vec![b("a"), b("b")]);
         assert_eq!(
             sm.kv.lease(7).unwrap(),
-            Some(super::LeaseInfo { id: 7, ttl: 30 })
+            Some(super::LeaseInfo {
+                id: 7,
+                ttl: 30,
+                remaining_ttl: None
+            })
         );
         assert_eq!(
             sm.apply(Op::LeaseGrant { id: 7, ttl: 5 }),
@@ -359,6 +383,40 @@ mod tests {
         );
     }
 
+    /// A checkpoint records how long a lease has left, writes no key,
+    /// skips a lease that is gone, and 0 clears it (a keep-alive: full
+    /// TTL); the record survives a restart.
+    #[test]
+    fn checkpoints_record_the_time_left_and_zero_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sm = Sm::new(dir.path());
+            sm.apply(Op::LeaseGrant { id: 8, ttl: 60 });
+            sm.apply(Op::LeaseGrant { id: 9, ttl: 60 });
+            let before = sm.kv.revision();
+            assert_eq!(
+                sm.apply(Op::LeaseCheckpoint {
+                    checkpoints: vec![(8, 41), (9, 50), (404, 7)],
+                }),
+                ApplyOutcome::LeasesCheckpointed { revision: before }
+            );
+            assert_eq!(sm.kv.revision(), before, "no key written");
+            sm.apply(Op::LeaseCheckpoint {
+                checkpoints: vec![(9, 0)],
+            });
+            assert_eq!(sm.kv.lease(404).unwrap(), None, "not created");
+            sm.kv.sync().unwrap();
+        }
+        let kv = KvStore::open(dir.path(), Limits::default()).unwrap();
+        let left: Vec<_> = kv
+            .leases()
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.id, l.ttl, l.remaining_ttl))
+            .collect();
+        assert_eq!(left, vec![(8, 60, Some(41)), (9, 60, None)]);
+    }
+
     #[test]
     fn leases_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -371,7 +429,11 @@ mod tests {
         let kv = KvStore::open(dir.path(), Limits::default()).unwrap();
         assert_eq!(
             kv.leases().unwrap(),
-            vec![super::LeaseInfo { id: 8, ttl: 60 }]
+            vec![super::LeaseInfo {
+                id: 8,
+                ttl: 60,
+                remaining_ttl: None
+            }]
         );
         assert_eq!(kv.lease_keys(8).unwrap(), vec![b("a")]);
         assert_eq!(kv.get(b"a").unwrap().unwrap().lease, 8);

@@ -72,7 +72,8 @@ pub enum KvError {
     KeyTooLarge { size: usize, max: usize },
     #[error("value of {size} bytes exceeds the limit of {max}")]
     ValueTooLarge { size: usize, max: usize },
-    #[error("transaction of {count} operations exceeds the limit of {max}")]
+    /// etcd's message, as clients see it; `count` and `max` are for logs.
+    #[error("etcdserver: too many operations in txn request")]
     TooManyTxnOps { count: usize, max: usize },
     #[error("undecodable command: {0}")]
     Undecodable(String),
@@ -171,6 +172,11 @@ pub enum ApplyOutcome {
     LeaseRevoked {
         revision: i64,
         id: i64,
+    },
+    /// Lease checkpoints were recorded; `revision` is the store's (they
+    /// write no key).
+    LeasesCheckpointed {
+        revision: i64,
     },
     Rejected(KvError),
 }
@@ -355,6 +361,7 @@ pub(crate) fn encode_client_record(
         ApplyOutcome::Alarms { .. }
         | ApplyOutcome::LeaseGranted { .. }
         | ApplyOutcome::LeaseRevoked { .. }
+        | ApplyOutcome::LeasesCheckpointed { .. }
         | ApplyOutcome::Rejected(_) => return None,
     };
     Some(

@@ -402,7 +402,8 @@ impl Session {
                     self.watchers.remove(&id);
                     self.observer.watchers_removed(1);
                     self.send(pb::WatchResponse {
-                        header: Some(self.header(self.revision)),
+                        // etcd's compacted answer has no revision.
+                        header: Some(self.header(0)),
                         watch_id: id,
                         canceled: true,
                         compact_revision: compacted,

@@ -374,6 +374,8 @@ async fn a_compacted_start_revision_cancels_the_watch_with_the_compact_revision(
         (created.watch_id, true, 5),
         "{canceled:?}"
     );
+    // etcd's header on this answer has no revision.
+    assert_eq!(canceled.header.map(|h| h.revision), Some(0), "{canceled:?}");
     // From the compacted revision on, history is still there.
     let id = w
         .created(pb::WatchCreateRequest {

@@ -3,11 +3,17 @@
 //!
 //! Which leases exist is replicated state (`storage/lease.rs`); when they
 //! expire is not. Like etcd's lessor, only the leader keeps deadlines, on
-//! its monotonic clock and in memory. A member that becomes leader gives
-//! every lease a full TTL from that moment (etcd's "promote"): a lease can
-//! outlive its TTL across a leader change, but never expires early. An
-//! expired lease is revoked through the log, so every member deletes its
-//! keys at the same index; followers never expire anything on their own.
+//! its monotonic clock and in memory. An expired lease is revoked through
+//! the log, so every member deletes its keys at the same index; followers
+//! never expire anything on their own.
+//!
+//! Like etcd's lease checkpoints, the leader commits how long each lease
+//! has left every checkpoint interval (`--lease-checkpoint-interval-ms`),
+//! and a keep-alive clears a lease's record (it is back to its full TTL).
+//! A member that becomes leader gives every lease the time its record
+//! says, or its full TTL if there is none (etcd's "promote"): across a
+//! leader change a lease can outlive its TTL by at most one interval, and
+//! never expires early.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -30,6 +36,9 @@ const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// of an instant, or a full log).
 const REVOKE_RETRY: Duration = Duration::from_secs(3);
 
+/// At most this many leases per checkpoint command (etcd's batch size).
+const CHECKPOINTS_PER_COMMAND: usize = 1000;
+
 /// The leader's deadlines. Empty on a member that does not lead.
 #[derive(Debug, Default)]
 pub(super) struct Lessor {
@@ -37,6 +46,7 @@ pub(super) struct Lessor {
     leading: Option<Term>,
     deadlines: HashMap<i64, Lease>,
     last_check: Option<Instant>,
+    last_checkpoint: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -44,6 +54,9 @@ struct Lease {
     deadline: Instant,
     /// When its revoke was last proposed, once it expired.
     revoke_proposed: Option<Instant>,
+    /// A checkpoint of it is recorded (or on its way): a keep-alive must
+    /// clear it, or a new leader would cut the renewed lease short.
+    checkpointed: bool,
 }
 
 fn ttl_duration(ttl: i64) -> Duration {
@@ -75,9 +88,68 @@ impl Driver {
         }
         self.lessor.last_check = Some(now);
         self.expire_leases(now);
+        self.checkpoint_leases(now);
     }
 
-    /// Gives every lease a full TTL from now (etcd's promote).
+    /// Every checkpoint interval, commits how long each lease has left
+    /// (rounded up to whole seconds: never shorter than the truth). A
+    /// lease with at most one interval left is left out, as etcd leaves
+    /// out leases whose TTL is that short: it expires or is renewed before
+    /// another checkpoint would matter, and the record it keeps (if any)
+    /// only gives it more time.
+    fn checkpoint_leases(&mut self, now: Instant) {
+        let interval = self.cfg.lease_checkpoint_interval;
+        if interval.is_zero() {
+            return;
+        }
+        let Some(last) = self.lessor.last_checkpoint else {
+            // The first interval runs from promotion.
+            self.lessor.last_checkpoint = Some(now);
+            return;
+        };
+        if now.duration_since(last) < interval {
+            return;
+        }
+        self.lessor.last_checkpoint = Some(now);
+        let mut checkpoints = Vec::new();
+        for (id, lease) in &mut self.lessor.deadlines {
+            if lease.revoke_proposed.is_some() {
+                continue;
+            }
+            let left = lease.deadline.saturating_duration_since(now);
+            if left <= interval {
+                continue;
+            }
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            checkpoints.push((*id, i64::try_from(secs).unwrap_or(i64::MAX)));
+            lease.checkpointed = true;
+        }
+        if checkpoints.is_empty() {
+            return;
+        }
+        checkpoints.sort_unstable();
+        let data: Vec<Bytes> = checkpoints
+            .chunks(CHECKPOINTS_PER_COMMAND)
+            .map(|chunk| {
+                Command {
+                    request_id: None,
+                    op: Op::LeaseCheckpoint {
+                        checkpoints: chunk.to_vec(),
+                    },
+                }
+                .encode()
+            })
+            .collect();
+        // Nobody waits: a lost checkpoint only means a new leader gives
+        // the lease more time, never less.
+        match self.node.propose_batch(data) {
+            Ok(_) => debug!(leases = checkpoints.len(), "proposed lease checkpoints"),
+            Err(e) => debug!(error = %e, "could not propose lease checkpoints"),
+        }
+    }
+
+    /// Gives every lease the time its last checkpoint recorded, or its
+    /// full TTL, from now (etcd's promote).
     fn promote_leases(&mut self, term: Term, now: Instant) {
         let leases = match self.kv.leases() {
             Ok(l) => l,
@@ -90,16 +162,19 @@ impl Driver {
         self.lessor.deadlines = leases
             .into_iter()
             .map(|l| {
+                let left = l.remaining_ttl.map_or(l.ttl, |r| r.min(l.ttl));
                 (
                     l.id,
                     Lease {
-                        deadline: now + ttl_duration(l.ttl),
+                        deadline: now + ttl_duration(left),
                         revoke_proposed: None,
+                        checkpointed: l.remaining_ttl.is_some(),
                     },
                 )
             })
             .collect();
         self.lessor.leading = Some(term);
+        self.lessor.last_checkpoint = None;
         debug!(
             leases = self.lessor.deadlines.len(),
             "leading: leases promoted"
@@ -157,6 +232,7 @@ impl Driver {
                     Lease {
                         deadline: Instant::now() + ttl_duration(*ttl),
                         revoke_proposed: None,
+                        checkpointed: false,
                     },
                 );
             }
@@ -230,6 +306,7 @@ impl Driver {
                         let lease = self.lessor.deadlines.entry(id).or_insert(Lease {
                             deadline: now,
                             revoke_proposed: None,
+                            checkpointed: info.remaining_ttl.is_some(),
                         });
                         if lease.revoke_proposed.is_some() {
                             // Expired: its revoke is on its way (etcd
@@ -237,6 +314,9 @@ impl Driver {
                             0
                         } else {
                             lease.deadline = now + ttl_duration(info.ttl);
+                            if std::mem::take(&mut lease.checkpointed) {
+                                self.clear_checkpoint(id);
+                            }
                             info.ttl
                         }
                     }
@@ -279,6 +359,22 @@ impl Driver {
                     .collect(),
             ),
         })
+    }
+}
+
+impl Driver {
+    /// A renewed lease is back to its full TTL: its checkpoint goes (etcd
+    /// checkpoints 0 for it), so that a new leader does not cut it short.
+    fn clear_checkpoint(&mut self, id: i64) {
+        let cmd = Command {
+            request_id: None,
+            op: Op::LeaseCheckpoint {
+                checkpoints: vec![(id, 0)],
+            },
+        };
+        if let Err(e) = self.node.propose_batch(vec![cmd.encode()]) {
+            debug!(error = %e, lease = id, "could not clear a lease checkpoint");
+        }
     }
 }
 

@@ -71,6 +71,8 @@ pub struct DriverConfig {
     /// The shortest lease TTL granted, in seconds (etcd's: 1.5 election
     /// timeouts, rounded up): a lease must outlive a leader change.
     pub min_lease_ttl: i64,
+    /// How often the leader commits leases' remaining TTLs (zero: never).
+    pub lease_checkpoint_interval: Duration,
 }
 
 /// What the network side hands the driver.
@@ -1034,10 +1036,12 @@ struct Batch {
 /// What a client sees when the state machine refuses a command or read.
 pub(crate) fn kv_error(e: KvError) -> ClientError {
     match e {
-        KvError::KeyTooLarge { .. }
-        | KvError::ValueTooLarge { .. }
-        | KvError::TooManyTxnOps { .. } => ClientError::TooLarge(e.to_string()),
-        KvError::EmptyKey
+        KvError::KeyTooLarge { .. } | KvError::ValueTooLarge { .. } => {
+            ClientError::TooLarge(e.to_string())
+        }
+        // etcd: InvalidArgument with its own message, not "too large".
+        KvError::TooManyTxnOps { .. }
+        | KvError::EmptyKey
         | KvError::Undecodable(_)
         | KvError::StaleRequest { .. }
         | KvError::DuplicateKey

@@ -132,6 +132,7 @@ impl Driver {
             alarms: self.kv.alarms().iter().map(ToString::to_string).collect(),
             storage_id: self.node.storage().storage_id().to_string(),
             withholding_votes: self.node.withholding_votes(),
+            quota_backend_bytes: self.kv.limits().quota_backend_bytes,
         }
     }
 }

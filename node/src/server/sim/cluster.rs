@@ -263,6 +263,7 @@ impl SimCluster {
             max_snapshot_bytes: 1 << 30,
             disk: Disk::faulty(disk.clone()),
             peer_security: crate::server::PeerSecurity::none(),
+            lease_checkpoint_interval: crate::server::DEFAULT_LEASE_CHECKPOINT_INTERVAL,
         }
     }
 
