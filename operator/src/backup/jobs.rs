@@ -179,9 +179,13 @@ pub fn condition(
             (true, "JobFailed", message)
         }
         Some(_) => (false, "BackupSucceeded", succeeded_message(status)),
+        // What the Jobs said last; not a verdict on the schedule, which
+        // is valid when this runs.
         None => match previous {
-            Some(p) => return p.clone(),
-            None => (
+            Some(p) if p.reason == "JobFailed" || p.reason == "BackupSucceeded" => {
+                return p.clone();
+            }
+            _ => (
                 false,
                 "NoBackupYet",
                 "no backup job has finished yet".to_string(),
@@ -409,5 +413,16 @@ mod tests {
         let c2 = condition(Some(&c1), &second, &s2, at("2026-12-01T04:01:00Z"), None);
         assert_eq!(c2.status, "False");
         assert_eq!(c2.last_transition_time.0, at("2026-12-01T04:01:00Z"));
+    }
+
+    #[test]
+    fn a_fixed_schedule_clears_invalid_schedule() {
+        let now = at("2026-12-01T00:00:00Z");
+        let invalid = invalid_schedule(None, "bad".into(), now, None);
+        let c = condition(Some(&invalid), &[], &BackupStatus::default(), now, None);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NoBackupYet")
+        );
     }
 }
