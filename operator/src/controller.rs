@@ -518,7 +518,7 @@ async fn apply<N: NodeClient, R: AddressResolver>(
     server_side_apply(&pdb_api, &id.pdb(), &pdb::build(cluster, budget_voters)).await?;
 
     let service_monitor = reconcile_service_monitor(cluster, ctx, &id).await?;
-    let backup = crate::backup::reconcile::reconcile(client, cluster, now).await?;
+    let backup = crate::backup::reconcile::reconcile_or_report(client, cluster, now).await;
 
     let outcome = carry_out(cluster, ctx, &id, &obs, &step, &lost_volumes).await?;
 

@@ -205,6 +205,23 @@ pub fn invalid_schedule(
     make(previous, true, "InvalidSchedule", message, now, generation)
 }
 
+/// `BackupFailed` when the operator itself could not do its part.
+pub fn not_reconciled(
+    previous: Option<&Condition>,
+    message: String,
+    now: Timestamp,
+    generation: Option<i64>,
+) -> Condition {
+    make(
+        previous,
+        true,
+        "BackupNotReconciled",
+        message,
+        now,
+        generation,
+    )
+}
+
 fn succeeded_message(s: &BackupStatus) -> String {
     match (&s.file, s.revision, s.size_bytes) {
         (Some(file), Some(rev), Some(size)) => format!(

@@ -37,6 +37,39 @@ impl Observed {
     }
 }
 
+/// One pass for `cluster`'s backups that never fails the cluster's pass:
+/// an API error (say, RBAC without the batch rules of this version) is
+/// logged and shown as `BackupFailed` with reason `BackupNotReconciled`,
+/// the last known `status.backup` kept, so that membership and rollouts go
+/// on whatever happens to backups.
+pub async fn reconcile_or_report(
+    client: &Client,
+    cluster: &RaftCluster,
+    now: Timestamp,
+) -> Observed {
+    match reconcile(client, cluster, now).await {
+        Ok(observed) => observed,
+        Err(error) => {
+            tracing::warn!(%error, "backup reconcile failed");
+            let previous = cluster.status.as_ref();
+            let previous_condition =
+                previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == BACKUP_FAILED));
+            Observed {
+                status: previous.and_then(|s| s.backup.clone()),
+                condition: cluster.spec.backup.as_ref().map(|_| {
+                    jobs::not_reconciled(
+                        previous_condition,
+                        format!("the operator could not reconcile backups: {error}"),
+                        now,
+                        cluster.metadata.generation,
+                    )
+                }),
+                interval_seconds: None,
+            }
+        }
+    }
+}
+
 /// One pass for `cluster`'s backups.
 pub async fn reconcile(
     client: &Client,
@@ -213,6 +246,42 @@ mod tests {
             ("BackupFailed", "False")
         );
         assert_eq!(observed.interval_seconds, Some(86_400));
+    }
+
+    #[tokio::test]
+    async fn an_api_error_is_reported_in_the_condition_not_as_a_failed_pass() {
+        let (ctx, handle) = context(FakeNodes::default());
+        let script = vec![
+            Expect::new(
+                Method::POST,
+                "/api/v1/namespaces/prod/persistentvolumeclaims",
+                |b| (StatusCode::CREATED, b.clone()),
+            ),
+            Expect::new(
+                Method::PATCH,
+                "/apis/batch/v1/namespaces/prod/cronjobs/kv-backup",
+                |_| {
+                    (
+                        StatusCode::FORBIDDEN,
+                        json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Forbidden","code":403,"message":"cronjobs.batch is forbidden"}),
+                    )
+                },
+            ),
+        ];
+        let verifier = serve(handle, script);
+        let now: Timestamp = "2026-12-01T04:00:00Z".parse().unwrap();
+        let observed = reconcile_or_report(&ctx.client, &with_backup(), now).await;
+        verifier.await.unwrap();
+        let condition = observed.condition.unwrap();
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("True", "BackupNotReconciled")
+        );
+        assert!(
+            condition.message.contains("forbidden"),
+            "{}",
+            condition.message
+        );
     }
 
     #[tokio::test]
