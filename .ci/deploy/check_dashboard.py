@@ -4,7 +4,7 @@
 - valid JSON, unique panel ids, every non-row panel has at least one query;
 - every query (with the dashboard variables substituted) parses as PromQL
   (`promtool check rules` on a generated rules file);
-- every metric a query names is one the raftkv node exports.
+- every metric a query names is one the raftkv node (or operator) exports.
 Whether each query returns data is tests/dashboard/check_panels.py's job
 (it needs a running cluster).
 
@@ -32,6 +32,12 @@ NODE_METRICS = {
     "raftkv_http_request_duration_seconds", "raftkv_grpc_requests_total",
     "raftkv_grpc_request_duration_seconds", "raftkv_db_size_bytes",
     "process_resident_memory_bytes", "raftkv_raft_members",
+}
+# Metric names the raftkv operator exports (operator/src/metrics.rs; a unit
+# test there checks that the dashboard names only exported ones).
+OPERATOR_METRICS = {
+    "raftkv_operator_backup_last_success_timestamp_seconds",
+    "raftkv_operator_backup_schedule_interval_seconds",
 }
 METRIC_RE = re.compile(r"\b((?:raftkv|process)_[a-z0-9_]+)")
 SUBST = {"$__rate_interval": "1m", "$namespace": ".*", "$cluster": ".*"}
@@ -78,8 +84,8 @@ def main():
     rules = []
     for i, (title, expr) in enumerate(queries(dash)):
         for m in METRIC_RE.findall(expr):
-            if base_metric(m) not in NODE_METRICS:
-                errors.append(f"panel {title!r} uses {m}, which the node does not export")
+            if base_metric(m) not in NODE_METRICS | OPERATOR_METRICS:
+                errors.append(f"panel {title!r} uses {m}, which neither the node nor the operator exports")
         rules.append({"record": f"dashboard:query_{i}", "expr": substitute(expr)})
     for v in dash.get("templating", {}).get("list", []):
         q = v.get("query")

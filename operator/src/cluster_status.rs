@@ -522,6 +522,8 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
         cluster_token: Some(statefulset::cluster_token(cluster)),
         member_volumes: input.member_volumes.clone(),
         member_storage: input.member_storage.clone(),
+        // The reconciler sets this from the backup Jobs (`backup`).
+        backup: cluster.status.as_ref().and_then(|s| s.backup.clone()),
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -528,6 +529,7 @@ async fn apply<N: NodeClient, R: AddressResolver>(
     server_side_apply(&pdb_api, &id.pdb(), &pdb::build(cluster, budget_voters)).await?;
 
     let service_monitor = reconcile_service_monitor(cluster, ctx, &id).await?;
+    let backup = crate::backup::reconcile::reconcile_or_report(client, cluster, now).await;
 
     let outcome = carry_out(cluster, ctx, &id, &obs, &step, &lost_volumes).await?;
 
@@ -552,9 +554,21 @@ async fn apply<N: NodeClient, R: AddressResolver>(
         },
     );
     status.service_monitor = service_monitor;
+    let backup_interval = backup.interval_seconds;
+    backup.apply_to(&mut status);
     warn_on_transitions(cluster, ctx, &status).await;
     write_status(cluster, ctx, &status).await?;
     ctx.metrics.observe_cluster(ns, &id.name, &status);
+    ctx.metrics.observe_backup(
+        ns,
+        &id.name,
+        status
+            .backup
+            .as_ref()
+            .and_then(|b| b.last_successful_time.as_ref())
+            .map(|t| t.0.as_second()),
+        backup_interval,
+    );
 
     let stable = step == Step::Stable
         && status.phase == Some(crate::crd::Phase::Running)
@@ -901,14 +915,26 @@ pub async fn run<N: NodeClient, R: AddressResolver>(
     // their cluster by its instance label, so that a pod that goes away,
     // comes back or changes readiness starts a pass at once.
     let member_pods = watcher::Config::default().labels("app.kubernetes.io/name=raftkv");
+    // Backup Jobs belong to the CronJob (or to nobody, when started by
+    // hand from it): mapped to their cluster the same way, so that a
+    // finished backup shows in the status at once.
+    let backup_jobs = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/name={}",
+        crate::backup::BACKUP_APP
+    ));
     Controller::new(clusters, cfg.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), cfg.clone())
         .owns(Api::<Service>::all(client.clone()), cfg.clone())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), cfg.clone())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), cfg)
-        .watches(Api::<Pod>::all(client), member_pods, |pod: Pod| {
+        .owns(Api::<NetworkPolicy>::all(client.clone()), cfg.clone())
+        .owns(Api::<CronJob>::all(client.clone()), cfg)
+        .watches(Api::<Pod>::all(client.clone()), member_pods, |pod: Pod| {
             let cluster = pod.labels().get("app.kubernetes.io/instance")?.clone();
             Some(ObjectRef::<RaftCluster>::new(&cluster).within(&pod.namespace()?))
+        })
+        .watches(Api::<Job>::all(client), backup_jobs, |job: Job| {
+            let cluster = job.labels().get("app.kubernetes.io/instance")?.clone();
+            Some(ObjectRef::<RaftCluster>::new(&cluster).within(&job.namespace()?))
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -17,6 +17,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::backup::spec::{BackupPvc, BackupSpec, BackupStatus, RestoreSpec};
+
 /// Desired state of a raftkv cluster.
 // Several printer columns share a `type_`, which this lint mistakes for a
 // repeated attribute.
@@ -118,6 +120,14 @@ pub struct RaftClusterSpec {
     /// Prometheus Operator integration.
     #[serde(default)]
     pub monitoring: MonitoringSpec,
+
+    /// Scheduled backups (a CronJob running `raftkv snapshot backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+
+    /// Start this new cluster from a backup file instead of empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
 }
 
 /// Image pull policy of the raftkv container.
@@ -314,6 +324,9 @@ pub struct RaftClusterStatus {
     /// and its vote just the same.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub member_storage: BTreeMap<String, String>,
+    /// The last successful scheduled backup (with `spec.backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
 }
 
 /// Lifecycle phase of a cluster.

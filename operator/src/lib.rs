@@ -2,6 +2,7 @@
 //! resources, growing and shrinking the Raft membership one safe step at a time.
 
 pub mod admin_server;
+pub mod backup;
 pub mod cluster_status;
 pub mod controller;
 pub mod crd;

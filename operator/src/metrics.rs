@@ -20,6 +20,8 @@ pub struct Metrics {
     commit_index: IntGaugeVec,
     members: IntGaugeVec,
     ready_replicas: IntGaugeVec,
+    backup_last_success: IntGaugeVec,
+    backup_interval: IntGaugeVec,
 }
 
 impl Metrics {
@@ -63,10 +65,26 @@ impl Metrics {
             "raftkv_operator_cluster_ready_replicas",
             "Ready member pods",
         )?;
+        let backup_last_success = gauge(
+            "raftkv_operator_backup_last_success_timestamp_seconds",
+            "Unix time of the cluster's last successful scheduled backup",
+        )?;
+        let backup_interval = gauge(
+            "raftkv_operator_backup_schedule_interval_seconds",
+            "Longest gap between two runs of the cluster's backup schedule",
+        )?;
         registry.register(Box::new(reconciliations.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(duration.clone()))?;
-        for g in [&leader_id, &term, &commit_index, &members, &ready_replicas] {
+        for g in [
+            &leader_id,
+            &term,
+            &commit_index,
+            &members,
+            &ready_replicas,
+            &backup_last_success,
+            &backup_interval,
+        ] {
             registry.register(Box::new(g.clone()))?;
         }
         Ok(Self {
@@ -79,7 +97,33 @@ impl Metrics {
             commit_index,
             members,
             ready_replicas,
+            backup_last_success,
+            backup_interval,
         })
+    }
+
+    /// Update the backup gauges: the last success's time (absent until
+    /// there is one) and the schedule's longest gap (absent without a
+    /// schedule), which together say whether the newest backup is too old.
+    pub fn observe_backup(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        last_success: Option<i64>,
+        interval_seconds: Option<i64>,
+    ) {
+        let l = [namespace, cluster];
+        for (gauge, value) in [
+            (&self.backup_last_success, last_success),
+            (&self.backup_interval, interval_seconds),
+        ] {
+            match value {
+                Some(v) => gauge.with_label_values(&l).set(v),
+                None => {
+                    let _ = gauge.remove_label_values(&l);
+                }
+            }
+        }
     }
 
     /// Update the per-cluster gauges from a freshly written status.
@@ -111,6 +155,8 @@ impl Metrics {
             &self.commit_index,
             &self.members,
             &self.ready_replicas,
+            &self.backup_last_success,
+            &self.backup_interval,
         ] {
             // Absent series are fine: the cluster may never have been observed.
             let _ = g.remove_label_values(&l);
@@ -155,6 +201,26 @@ mod tests {
         assert!(!m.render().unwrap().contains(r#"cluster="kv""#));
     }
 
+    #[test]
+    fn backup_gauges_follow_the_last_success_and_the_schedule() {
+        let m = Metrics::new().unwrap();
+        m.observe_backup("prod", "kv", None, Some(3600));
+        let text = m.render().unwrap();
+        assert!(!text.contains("raftkv_operator_backup_last_success_timestamp_seconds{"));
+        assert!(text.contains(
+            r#"raftkv_operator_backup_schedule_interval_seconds{cluster="kv",namespace="prod"} 3600"#
+        ));
+        m.observe_backup("prod", "kv", Some(1_764_558_000), Some(3600));
+        assert!(m.render().unwrap().contains(
+            r#"raftkv_operator_backup_last_success_timestamp_seconds{cluster="kv",namespace="prod"} 1764558000"#
+        ));
+        m.observe_backup("prod", "kv", None, None);
+        assert!(!m.render().unwrap().contains("raftkv_operator_backup_"));
+        m.observe_backup("prod", "kv", Some(1), Some(1));
+        m.forget_cluster("prod", "kv");
+        assert!(!m.render().unwrap().contains("raftkv_operator_backup_"));
+    }
+
     /// Every `raftkv_operator_*` name in `text`.
     fn operator_metric_names(text: &str) -> Vec<String> {
         let prefix = "raftkv_operator_";
@@ -180,6 +246,7 @@ mod tests {
         // Labelled families only appear once they have a series.
         m.failures.with_label_values(&["kube"]).inc();
         m.observe_cluster("prod", "kv", &RaftClusterStatus::default());
+        m.observe_backup("prod", "kv", Some(1), Some(86_400));
         let exported: Vec<String> = m
             .render()
             .unwrap()
@@ -195,6 +262,7 @@ mod tests {
             .map(|e| e.unwrap().path())
             .collect();
         files.push(root.join("deploy/prometheus/alerts.yaml"));
+        files.push(root.join("deploy/grafana/raftkv.json"));
         let mut checked = 0;
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();

@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -265,6 +266,11 @@ def resolve_variables(prom_url, dashboard):
     return values
 
 
+def uses_only_operator_metrics(expr):
+    names = re.findall(r"\b((?:raftkv|process)_[a-z0-9_]+)", expr)
+    return bool(names) and all(n.startswith("raftkv_operator_") for n in names)
+
+
 def has_data(result):
     return sum(1 for s in result if any(not math.isnan(float(val)) for _, val in s["values"]))
 
@@ -308,7 +314,14 @@ def main():
 
         problems += check_rules(prom_url, allow_pending=True)
         values = resolve_variables(prom_url, dashboard)
+        skipped = 0
         for title, ref, expr in dashboard_queries(dashboard):
+            if uses_only_operator_metrics(expr):
+                # No operator (nor Kubernetes) here: the names are checked
+                # against the operator's own metrics by its unit tests.
+                print(f"skip  {title} [{ref}]: operator metrics")
+                skipped += 1
+                continue
             q = expr.replace("$__rate_interval", RATE_INTERVAL)
             for name, val in values.items():
                 q = q.replace(f"${name}", val)
@@ -319,8 +332,9 @@ def main():
                 problems.append(f"panel query without data: {title} [{ref}]: {q}")
         if problems:
             raise Failure(f"{len(problems)} problems:\n  " + "\n  ".join(problems))
-        print(f"all {sum(1 for _ in dashboard_queries(dashboard))} dashboard queries returned data; "
-              "alert rules clean")
+        total = sum(1 for _ in dashboard_queries(dashboard))
+        print(f"all {total - skipped} node dashboard queries returned data "
+              f"({skipped} operator queries skipped); alert rules clean")
         return 0
     except Failure as e:
         print(f"FAIL: {e}\n(logs in {workdir})", file=sys.stderr)

@@ -14,6 +14,18 @@ the claim's UID, so a retained claim keeps its data across pods and a claim
 deleted and made anew starts empty. A process that exits is started again
 after a back-off, as a container with `restartPolicy: Always` would be.
 
+Pods of backup Jobs (`app.kubernetes.io/name=raftkv-backup`) run once
+(`restartPolicy: Never`): when the process exits, the pod is marked
+Succeeded or Failed with the container's termination message (the file at
+its terminationMessagePath, or the log's tail with FallbackToLogsOnError),
+as a kubelet reports it. Init containers run to completion, in order,
+before a pod's container starts (and again after a failure, after a
+back-off). Paths under a volume's mount path, in arguments and variables,
+are that volume's folder here, and the termination message path is a
+file of the pod's own. A Service name (`<svc>.<ns>.svc`) resolves to the
+address of one live pod it selects, a stand-in for kube-proxy, written
+when a pod that is not a member starts.
+
 Two stand-ins for what only a real node shows: an image whose tag starts
 with `broken` is one whose binary cannot start (the process exits at once,
 as a bad release would), and `paused` pods get no process (a container
@@ -30,12 +42,13 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 # What the image sets (deploy/Dockerfile) and the operator does not.
 IMAGE_DATA_DIR = "/var/lib/raftkv"
 PORTS = {"RAFTKV_LISTEN_CLIENT": 2379, "RAFTKV_LISTEN_PEER": 2380, "RAFTKV_LISTEN_HTTP": 8080}
-POD_SELECTOR = "app.kubernetes.io/name=raftkv"
+POD_SELECTOR = urllib.parse.quote("app.kubernetes.io/name in (raftkv,raftkv-backup)")
 BROKEN_TAG = "broken"
 
 
@@ -81,14 +94,24 @@ class ContainerConfigError(Exception):
     ConfigMap the container needs is not there (yet, or any more)."""
 
 
+class InitFailed(Exception):
+    """An init container exited non-zero: the pod's container does not start."""
+
+
 class Proc:
-    def __init__(self, pod_key, uid, popen, log):
+    def __init__(self, pod_key, uid, popen, log, labels=None, run_once=False, exit_report=None):
         self.pod_key = pod_key
         self.uid = uid
         self.popen = popen
         self.log = log
+        self.labels = labels or {}
         self.restarts = 0
         self.exited_at = None
+        # restartPolicy Never: report the exit instead of restarting.
+        self.run_once = run_once
+        self.reported = False
+        # (container name, image, termination message file, policy, log path)
+        self.exit_report = exit_report
 
 
 class ProcessKubelet:
@@ -107,6 +130,10 @@ class ProcessKubelet:
         self.ignored_instances = set()
         # (namespace, pod name) whose process is stopped and not restarted.
         self.paused = set()
+        # Pod uid -> (failures, monotonic time of the last) of init containers.
+        self.init_failures = {}
+        # Service FQDNs already written to the hosts file.
+        self.service_hosts = set()
         self.lock = threading.Lock()
         os.makedirs(os.path.join(work, "volumes"), exist_ok=True)
         os.makedirs(os.path.join(work, "pods"), exist_ok=True)
@@ -239,7 +266,14 @@ class ProcessKubelet:
                 proc = self.procs.get(uid)
                 try:
                     if proc is None:
+                        failed = self.init_failures.get(uid)
+                        if failed and time.monotonic() - failed[1] < min(2 ** failed[0], 10):
+                            continue
                         self.procs[uid] = self._start(pod)
+                    elif proc.popen.poll() is not None and proc.run_once:
+                        if not proc.reported:
+                            self._report_exit(pod, proc)
+                            proc.reported = True
                     elif proc.popen.poll() is not None:
                         # Exited: start again after a back-off, as a kubelet would.
                         if proc.exited_at is None:
@@ -252,6 +286,11 @@ class ProcessKubelet:
                     # A kubelet reports CreateContainerConfigError and tries
                     # again later; a Secret deleted with its cluster (the
                     # pod goes next) is no fault of the process kubelet.
+                    continue
+                except InitFailed:
+                    # As a kubelet: Init:Error, then again after a back-off.
+                    count = self.init_failures.get(uid, (0, 0))[0]
+                    self.init_failures[uid] = (count + 1, time.monotonic())
                     continue
 
     # --- one pod ------------------------------------------------------------
@@ -273,7 +312,9 @@ class ProcessKubelet:
         hostname = spec.get("hostname", name)
         fqdn = f"{hostname}.{spec['subdomain']}.{ns}.svc" if spec.get("subdomain") else None
         ip = self._ip_for(ns, name, fqdn or f"{name}.{ns}.pod")
-        container = spec["containers"][0]
+        labels = meta.get("labels", {})
+        if labels.get("app.kubernetes.io/name") != "raftkv":
+            self._map_services(ns)
 
         volumes = {}
         for vol in spec.get("volumes", []):
@@ -283,17 +324,64 @@ class ProcessKubelet:
                     f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim['claimName']}"
                 )
                 volumes[vol["name"]] = os.path.join(self.work, "volumes", pvc["metadata"]["uid"])
+
+        log_path = os.path.join(self.work, "pods", f"{ns}_{name}_{meta['uid']}.log")
+        for init in spec.get("initContainers", []):
+            argv, env, _ = self._command(pod, init, ip, hostname, volumes)
+            with open(log_path, "ab") as log:
+                log.write(f"--- init container {init['name']}: {argv}\n".encode())
+                log.flush()
+                res = subprocess.run(
+                    argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, timeout=120,
+                )
+            if res.returncode != 0:
+                raise InitFailed(f"pod {ns}/{name}: init container {init['name']} exited {res.returncode}")
+        self.init_failures.pop(meta["uid"], None)
+
+        container = spec["containers"][0]
+        argv, env, message_file = self._command(pod, container, ip, hostname, volumes)
+        if container.get("image", "").rsplit(":", 1)[-1].startswith(BROKEN_TAG):
+            # A release that cannot start: clap refuses the flag and exits.
+            argv.append("--flag-of-a-broken-release")
+
+        log = open(log_path, "ab")
+        popen = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        run_once = spec.get("restartPolicy", "Always") != "Always"
+        report = (
+            container["name"], container.get("image", ""), message_file,
+            container.get("terminationMessagePolicy", "File"), log_path,
+        )
+        return Proc((ns, name), meta["uid"], popen, log, labels, run_once, report)
+
+    def _command(self, pod, container, ip, hostname, volumes):
+        """argv, environment and termination message file of a container."""
+        meta, spec = pod["metadata"], pod["spec"]
+        ns, name = meta["namespace"], meta["name"]
         mounts = {
             m["mountPath"]: volumes[m["name"]]
             for m in container.get("volumeMounts", [])
             if m["name"] in volumes
         }
+        message_file = os.path.join(
+            self.work, "pods", f"{ns}_{name}_{meta['uid']}_{container['name']}.termination"
+        )
+        if os.path.exists(message_file):
+            os.remove(message_file)
+        mounts[container.get("terminationMessagePath", "/dev/termination-log")] = message_file
+
+        def local(value):
+            # A path inside a mounted volume is that volume's folder here.
+            for mount_path, folder in mounts.items():
+                if value == mount_path or value.startswith(mount_path + "/"):
+                    return folder + value[len(mount_path) :]
+            return value
 
         # A container runtime sets HOSTNAME to the pod's host name.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.work, "HOSTNAME": hostname}
         env["RAFTKV_DATA_DIR"] = mounts.get(IMAGE_DATA_DIR, IMAGE_DATA_DIR)
-        for var, port in PORTS.items():
-            env[var] = f"{ip}:{port}"
         fields = {
             "metadata.name": name,
             "metadata.namespace": ns,
@@ -330,31 +418,71 @@ class ProcessKubelet:
             else:
                 raise RuntimeError(f"pod {ns}/{name}: unsupported env source {var}")
             defined[var["name"]] = value
-            # A path inside a mounted volume is that volume's folder here.
-            for mount_path, folder in mounts.items():
-                if value == mount_path or value.startswith(mount_path + "/"):
-                    value = folder + value[len(mount_path) :]
-            env[var["name"]] = value
-        for var in PORTS:  # listen on the pod's own address, whatever was set
-            env[var] = f"{ip}:{PORTS[var]}"
+            env[var["name"]] = local(value)
+        for var, port in PORTS.items():  # listen on the pod's own address, whatever was set
+            env[var] = f"{ip}:{port}"
 
         command = container.get("command") or ["raftkv"]
         args = container.get("args") or (["serve"] if not container.get("command") else [])
-        argv = [expand(a, defined) for a in command + args]
+        argv = [local(expand(a, defined)) for a in command + args]
         if os.path.basename(argv[0]) == "raftkv":
             argv[0] = self.raftkv_bin
         else:
             raise RuntimeError(f"pod {ns}/{name}: unexpected command {argv}")
-        if container.get("image", "").rsplit(":", 1)[-1].startswith(BROKEN_TAG):
-            # A release that cannot start: clap refuses the flag and exits.
-            argv.append("--flag-of-a-broken-release")
+        return argv, env, message_file
 
-        log_path = os.path.join(self.work, "pods", f"{ns}_{name}_{meta['uid']}.log")
-        log = open(log_path, "ab")
-        popen = subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    def _map_services(self, ns):
+        """`<svc>.<ns>.svc` -> the address of a live pod the Service selects."""
+        for svc in self.api.get(f"/api/v1/namespaces/{ns}/services")["items"]:
+            selector = svc["spec"].get("selector")
+            fqdn = f"{svc['metadata']['name']}.{ns}.svc"
+            if not selector or svc["spec"].get("clusterIP") == "None" or fqdn in self.service_hosts:
+                continue
+            for proc in self.procs.values():
+                if (
+                    proc.pod_key[0] == ns
+                    and proc.popen.poll() is None
+                    and all(proc.labels.get(k) == v for k, v in selector.items())
+                ):
+                    with open(self.hosts_file, "a") as f:
+                        f.write(f"{self.ips[proc.pod_key]} {fqdn} {fqdn}.cluster.local\n")
+                    self.service_hosts.add(fqdn)
+                    break
+
+    def _report_exit(self, pod, proc):
+        """Mark a run-once pod Succeeded or Failed, as a kubelet would."""
+        name, image, message_file, policy, log_path = proc.exit_report
+        code = proc.popen.returncode
+        message = ""
+        if os.path.exists(message_file):
+            with open(message_file, errors="replace") as f:
+                message = f.read(4096)
+        if not message and code != 0 and policy == "FallbackToLogsOnError":
+            proc.log.flush()
+            with open(log_path, "rb") as f:
+                message = f.read()[-2048:].decode(errors="replace")
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        started = pod["status"].get("startTime", now)
+        status = {
+            "phase": "Succeeded" if code == 0 else "Failed",
+            "conditions": [
+                {"type": t, "status": "False", "lastTransitionTime": now, "reason": "PodCompleted"}
+                for t in ("Ready", "ContainersReady")
+            ],
+            "containerStatuses": [{
+                "name": name, "image": image, "imageID": "", "ready": False,
+                "restartCount": 0, "started": False,
+                "state": {"terminated": {
+                    "exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                    "message": message, "startedAt": started, "finishedAt": now,
+                }},
+            }],
+        }
+        ns, pod_name = proc.pod_key
+        self.api.request(
+            "PATCH", f"/api/v1/namespaces/{ns}/pods/{pod_name}/status", {"status": status},
+            content_type="application/merge-patch+json",
         )
-        return Proc((ns, name), meta["uid"], popen, log)
 
     @staticmethod
     def _kill(proc):

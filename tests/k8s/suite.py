@@ -11,7 +11,9 @@ one membership change at a time, a deleted pod rejoining, a rolling update
 of the pod template under writes (one pod at a time, the leader's last), a
 release that cannot start halting the rollout, a member whose volume is
 lost removed and added back, a member down reported, the helm test hook's
-check, pvcRetention Retain and Delete, and helm uninstall.
+check, scheduled backups (CronJob, a job started by hand, status,
+failure, retention) and a new cluster restored from one, pvcRetention
+Retain and Delete, and helm uninstall.
 """
 
 import base64
@@ -288,6 +290,7 @@ class Suite:
                 env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
         port = env["RAFTKV_OPERATOR_LISTEN"].rsplit(":", 1)[1]
         env["RAFTKV_OPERATOR_LISTEN"] = f"{OPERATOR_IP}:{port}"
+        self.operator_metrics = f"http://{OPERATOR_IP}:{port}/metrics"
         env["RAFTKV_OPERATOR_LOG_JSON"] = "false"
         with open(HOSTS, "a") as f:
             f.write(f"{OPERATOR_IP} {RELEASE}.{OP_NS}.svc\n")
@@ -763,6 +766,167 @@ class Suite:
         refused = [line for line in before_uninstall if "forbidden" in line.lower() or " 403" in line]
         assert not refused, f"the operator was refused: {refused[:3]}"
 
+    # --- backups and restore --------------------------------------------------
+
+    def backup_status(self, name="demo"):
+        return (self.raftc(name).get("status") or {}).get("backup") or {}
+
+    def backup_files(self, claim="demo-backup"):
+        uid = kjson("get", "pvc", claim)["metadata"]["uid"]
+        folder = os.path.join(WORK, "volumes", uid)
+        return sorted(f for f in os.listdir(folder) if f.endswith(".db"))
+
+    def run_backup_job(self, job):
+        """`kubectl create job --from=cronjob/demo-backup JOB`, as the docs
+        say, then waits for the status to report it."""
+        # Files are named by the second: never two runs in one.
+        second = int(time.time())
+        eventually("the next second", lambda: int(time.time()) > second, 3, interval=0.05)
+        kubectl("create", "job", "--from=cronjob/demo-backup", job)
+
+        def reported():
+            st = self.backup_status()
+            if st.get("lastSuccessfulJob") != job:
+                raise AssertionError(f"status.backup {st}; BackupFailed {self.condition('BackupFailed')}")
+            return st
+
+        return eventually(f"status.backup reports {job}", reported, 40)
+
+    def step_scheduled_backup(self):
+        # Keys written and acknowledged before any backup: every one must
+        # come back in the restored cluster.
+        leader = eventually("a leader", lambda: self.leader_status(), 60)
+        url = self.kubelet.http_url("default", leader["name"])
+        self.backup_keys = {}
+        for i in range(40):
+            key, value = f"backup-{i:03d}", f"value-{i}"
+            status, _ = http("PUT", f"{url}/v1/kv/{key}", value.encode())
+            assert status == 200, status
+            self.backup_keys[key] = value
+        # The CEL rule: exactly one of claimName and size.
+        res = kubectl(
+            "patch", "raftc", "demo", "--type", "merge", "-p",
+            json.dumps({"spec": {"backup": {"schedule": "@daily", "pvc": {"claimName": "x", "size": "1Gi"}}}}),
+            check=False,
+        )
+        assert res.returncode != 0 and "exactly one" in res.stderr, res.stderr
+        # A schedule the cron parser refuses: reported, no CronJob.
+        kubectl(
+            "patch", "raftc", "demo", "--type", "merge", "-p",
+            json.dumps({"spec": {"backup": {"schedule": "every night", "keep": 2, "pvc": {"size": "1Gi"}}}}),
+        )
+        eventually(
+            "InvalidSchedule reported",
+            lambda: self.condition("BackupFailed").get("reason") == "InvalidSchedule",
+            30,
+        )
+        assert kubectl("get", "cronjob", "demo-backup", check=False).returncode != 0
+        kubectl(
+            "patch", "raftc", "demo", "--type", "merge", "-p",
+            json.dumps({"spec": {"backup": {"schedule": "0 3 * * *"}}}),
+        )
+        cronjob = eventually("CronJob demo-backup", lambda: kjson("get", "cronjob", "demo-backup"), 30)
+        owners = [(o["kind"], o["name"]) for o in cronjob["metadata"]["ownerReferences"]]
+        assert owners == [("RaftCluster", "demo")], owners
+        assert cronjob["spec"]["schedule"] == "0 3 * * *", cronjob["spec"]
+        eventually(
+            "BackupFailed cleared",
+            lambda: self.condition("BackupFailed").get("reason") == "NoBackupYet",
+            30,
+        )
+        # The claim the operator created outlives the cluster: no owner.
+        claim = kjson("get", "pvc", "demo-backup")
+        assert not claim["metadata"].get("ownerReferences"), claim["metadata"]
+
+        first = self.run_backup_job("demo-backup-now-1")
+        log(f"  {first['file']}: revision {first['revision']}, {first['sizeBytes']} bytes")
+        assert first["claimName"] == "demo-backup" and first["sizeBytes"] > 0, first
+        assert 0 < first["revision"], first
+        assert self.backup_files() == [first["file"]], self.backup_files()
+        cond = self.condition("BackupFailed")
+        assert cond.get("status") == "False" and cond.get("reason") == "BackupSucceeded", cond
+        # The operator's metrics: the last success and the schedule's gap.
+        metrics = http("GET", self.operator_metrics)[1].decode()
+        last = [
+            line for line in metrics.splitlines()
+            if line.startswith("raftkv_operator_backup_last_success_timestamp_seconds{")
+            and 'cluster="demo"' in line
+        ]
+        assert last and abs(float(last[0].split()[-1]) - time.time()) < 120, last
+        assert 'raftkv_operator_backup_schedule_interval_seconds{cluster="demo",namespace="default"} 86400' in metrics
+
+        # A failing run (nothing listens where it saves from) is reported.
+        job = yaml.safe_load(kubectl("create", "job", "--from=cronjob/demo-backup", "demo-backup-broken",
+                                     "--dry-run=client", "-o", "yaml").stdout)
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        args[args.index("--endpoints") + 1] = "127.0.0.1:9"
+        job["spec"]["backoffLimit"] = 0
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(job))
+
+        def failed():
+            cond = self.condition("BackupFailed")
+            if cond.get("status") != "True" or "demo-backup-broken" not in cond.get("message", ""):
+                raise AssertionError(f"BackupFailed: {cond}")
+            return cond
+
+        cond = eventually("the failed backup reported", failed, 40)
+        log(f"  {cond['reason']}: {cond['message'][:150]}")
+        assert "no endpoint answered" in cond["message"], cond
+        assert self.backup_status()["lastSuccessfulJob"] == "demo-backup-now-1"
+
+        # Two more: keep 2 leaves the newest two, and a success clears the
+        # condition.
+        second = self.run_backup_job("demo-backup-now-2")
+        third = self.run_backup_job("demo-backup-now-3")
+        files = self.backup_files()
+        assert files == sorted([second["file"], third["file"]]), (files, second, third)
+        assert first["file"] not in files
+        assert third["revision"] >= first["revision"]
+        eventually(
+            "BackupFailed cleared by the next success",
+            lambda: self.condition("BackupFailed").get("status") == "False",
+            30,
+        )
+        self.restore_file = third["file"]
+
+    def step_restore_from_backup(self):
+        restored = yaml.safe_load(open(EXAMPLE))
+        restored["metadata"]["name"] = "restored"
+        restored["spec"]["restore"] = {"claimName": "demo-backup", "file": self.restore_file}
+        restored["spec"].pop("backup", None)
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(restored))
+        eventually("restored healthy with 3 voters", lambda: self.healthy("restored", 3), 120)
+        leader = self.leader_status("default", "restored")
+        url = self.kubelet.http_url("default", leader["name"])
+        missing = []
+        for key, value in self.backup_keys.items():
+            status, body = http("GET", f"{url}/v1/kv/{key}")
+            if status != 200 or body.decode() != value:
+                missing.append(key)
+        assert not missing, f"{len(missing)} keys of the backup missing, e.g. {missing[:5]}"
+        # Only the bootstrapping member restored; the others joined.
+        logs = os.path.join(WORK, "pods")
+        said = {}
+        for f in os.listdir(logs):
+            for pod in ("restored-0", "restored-1", "restored-2"):
+                if f.startswith(f"default_{pod}_"):
+                    with open(os.path.join(logs, f), errors="replace") as fh:
+                        said[pod] = said.get(pod, "") + fh.read()
+        assert "keys at revision" in said.get("restored-0", ""), said.get("restored-0", "")[-500:]
+        assert "keys at revision" not in said.get("restored-1", ""), said.get("restored-1", "")[-500:]
+        assert "joins an existing cluster" in said.get("restored-1", ""), said.get("restored-1", "")[-500:]
+        log(f"  {len(self.backup_keys)} keys served by the restored cluster (leader {leader['name']})")
+        kubectl("delete", "raftc", "restored", "--wait=true", "--timeout=60s")
+        kubectl("delete", "pvc", "-l", "app.kubernetes.io/instance=restored", "--wait=false")
+        # The backups' claim has no owner; later steps count demo's claims.
+        kubectl("patch", "raftc", "demo", "--type", "json", "-p", '[{"op":"remove","path":"/spec/backup"}]')
+        eventually(
+            "CronJob removed with spec.backup",
+            lambda: kubectl("get", "cronjob", "demo-backup", check=False).returncode != 0,
+            30,
+        )
+        kubectl("delete", "pvc", "demo-backup", "--wait=false")
+
     # --- driver ---------------------------------------------------------------
 
     def main(self):
@@ -781,11 +945,20 @@ class Suite:
             ("a member whose volume is lost is removed and added back", self.step_volume_lost_self_heals),
             ("a member whose data directory is emptied is removed and added back", self.step_data_dir_emptied_self_heals),
             ("a member down longer than the threshold is reported", self.step_member_down_reported),
+            ("scheduled backups: CronJob, kubectl create job --from, status, retention", self.step_scheduled_backup),
+            ("a new RaftCluster restored from a backup serves its keys", self.step_restore_from_backup),
             ("the helm test hook's check holds", self.step_helm_test_check),
             ("delete + re-apply with pvcRetention Retain adopts the data", self.step_delete_retain_adopts),
             ("delete with pvcRetention Delete removes the claims", self.step_delete_with_pvc_delete),
             ("helm uninstall with cluster.enabled leaves nothing behind", self.step_helm_uninstall_with_cluster),
         ]
+        if os.environ.get("RAFTKV_K8S_ONLY") == "backup":
+            # Only what the backup steps need (see tests/k8s/run).
+            wanted = (
+                self.step_helm_install, self.step_operator_as_chart_sa, self.step_apply_example,
+                self.step_scheduled_backup, self.step_restore_from_backup,
+            )
+            steps = [(n, fn) for n, fn in steps if fn in wanted]
         self.kubelet.start()
         t0 = time.monotonic()
         try:

@@ -2,7 +2,9 @@
 //! writing restores into a new three-member cluster that serves every
 //! acknowledged write up to the backup's revision, at the same revisions,
 //! with history down to the compaction point; `etcdctl snapshot save`
-//! works against raftkv; damaged files are refused by name.
+//! works against raftkv; damaged files are refused by name; scheduled
+//! backups (`raftkv snapshot backup`) keep the newest N and report what
+//! they saved.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -321,4 +323,97 @@ async fn a_corrupted_or_truncated_backup_is_refused_by_status_and_restore() {
         assert!(msg.contains(says) && msg.contains(name), "{msg}");
         assert!(!data_dir.join("kv.redb").exists() && !data_dir.join("raft-log.redb").exists());
     }
+}
+
+/// Runs `raftkv snapshot backup` into `dir` keeping `keep`; returns the
+/// exit status and the JSON report.
+async fn scheduled_backup(endpoint: &str, dir: &Path, keep: &str) -> (bool, Value) {
+    let report = dir.join("report.json");
+    let _ = std::fs::remove_file(&report);
+    // Backups are named by the second: never two runs in one.
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    Cluster::eventually(Duration::from_secs(3), "the next second", || async {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        (now > second).then_some(())
+    })
+    .await
+    .unwrap();
+    let backups = dir.join("backups");
+    let o = raftkv(&[
+        "snapshot",
+        "backup",
+        "--dir",
+        backups.to_str().unwrap(),
+        "--prefix",
+        "kv",
+        "--keep",
+        keep,
+        "--endpoints",
+        endpoint,
+        "--report",
+        report.to_str().unwrap(),
+    ])
+    .await;
+    let json = std::fs::read_to_string(&report)
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", text(&o)));
+    (o.status.success(), serde_json::from_str(&json).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_backups_keep_the_newest_and_report_what_they_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(1, Options::default()).unwrap();
+    let leader = c.wait_leader(LEADER_WAIT).await.unwrap();
+    let endpoint = c.client_endpoint(leader);
+    let mut reports = Vec::new();
+    for i in 0..3 {
+        let revision = put(&c, leader, &format!("k{i}"), "v").await;
+        let (ok, report) = scheduled_backup(&endpoint, dir.path(), "2").await;
+        assert!(ok, "{report}");
+        assert_eq!(report["revision"].as_i64(), Some(revision), "{report}");
+        let file = dir
+            .path()
+            .join("backups")
+            .join(report["file"].as_str().unwrap());
+        let status = status_of(&file).await;
+        assert_eq!(status["total_size"], report["size_bytes"], "{status}");
+        assert_eq!(status["sha256"], report["sha256"]);
+        assert!(report["time"].as_str().unwrap().ends_with('Z'), "{report}");
+        reports.push(report);
+    }
+    // Keep 2: the first one went, pruned by the third run.
+    assert_eq!(
+        reports[2]["pruned"],
+        serde_json::json!([reports[0]["file"]])
+    );
+    assert_eq!(reports[2]["kept"], 2);
+    let mut left: Vec<String> = std::fs::read_dir(dir.path().join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    let expected: Vec<String> = reports[1..]
+        .iter()
+        .map(|r| r["file"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, expected);
+
+    // A run that cannot reach the cluster fails, says why in the report,
+    // and deletes nothing.
+    let (ok, report) = scheduled_backup("127.0.0.1:9", dir.path(), "1").await;
+    assert!(!ok);
+    let error = report["error"].as_str().unwrap();
+    assert!(error.contains("no endpoint answered"), "{error}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("backups"))
+            .unwrap()
+            .count(),
+        2
+    );
 }

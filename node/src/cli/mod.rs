@@ -7,7 +7,8 @@
 //!   them);
 //! - `bench`: a load generator over etcd's v3 gRPC API;
 //! - `recover`: offline tools for a cluster that lost its quorum for good;
-//! - `snapshot`: backups: save one from a member, check one, restore one.
+//! - `snapshot`: backups: save one from a member, check one, restore one;
+//!   `snapshot_rotation` keeps a directory of scheduled backups.
 //!
 //! Every flag has a `RAFTKV_*` environment variable equivalent.
 
@@ -19,6 +20,7 @@ mod kv;
 mod recover;
 mod serve;
 mod snapshot;
+mod snapshot_rotation;
 
 use clap::{Parser, Subcommand};
 

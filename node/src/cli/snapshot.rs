@@ -20,11 +20,13 @@ use clap::{Args, Subcommand, ValueEnum};
 use tonic::transport::Endpoint;
 
 use crate::cli::client::TlsClientArgs;
-use crate::cli::serve::parse_initial_cluster;
+use crate::cli::serve::{ServeArgs, parse_initial_cluster};
+use crate::cli::snapshot_rotation;
 use crate::grpc::proto::etcdserverpb::{SnapshotRequest, maintenance_client::MaintenanceClient};
 use crate::raft::{Membership, NodeId};
+use crate::server::Bootstrap;
 use crate::server::{cluster_id_of, cluster_id_of_token};
-use crate::storage::{BackupSummary, Identity, read_backup, restore_backup};
+use crate::storage::{BackupSummary, Identity, KV_FILE, LOG_FILE, read_backup, restore_backup};
 
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
@@ -66,6 +68,19 @@ pub enum SnapshotOp {
         #[arg(long, short = 'w', value_enum, default_value_t = StatusFormat::Simple)]
         write_out: StatusFormat,
     },
+    /// Save a backup into a directory of backups and keep only the newest
+    /// (what the operator's scheduled backup job runs).
+    Backup(snapshot_rotation::BackupArgs),
+    /// Prepare this member's empty data directory from a backup if, and
+    /// only if, it is about to bootstrap a new cluster: reads the same
+    /// flags and `RAFTKV_*` variables as `raftkv serve` (an init container
+    /// of the operator's pods runs it). A member that joins, or whose data
+    /// directory already holds a store, is left alone.
+    RestoreIfBootstrapping {
+        file: PathBuf,
+        #[command(flatten)]
+        serve: Box<ServeArgs>,
+    },
     /// Prepare one member's data directory of a new cluster from a backup.
     Restore {
         file: PathBuf,
@@ -98,13 +113,26 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
             connect_timeout_ms,
             tls,
         } => {
-            save(
+            let s = save(
                 &file,
                 &endpoints,
                 Duration::from_millis(connect_timeout_ms),
                 &tls,
             )
-            .await
+            .await?;
+            println!(
+                "Snapshot saved at {} (revision {}, {} keys, {} bytes, sha256 {})",
+                file.display(),
+                s.revision,
+                s.total_keys,
+                s.total_size,
+                s.sha256
+            );
+            Ok(())
+        }
+        SnapshotOp::Backup(args) => snapshot_rotation::run(args).await,
+        SnapshotOp::RestoreIfBootstrapping { file, serve } => {
+            restore_if_bootstrapping(&file, &serve)
         }
         SnapshotOp::Status { file, write_out } => {
             let summary = read_backup(&file, |_| Ok(()))?;
@@ -159,12 +187,14 @@ fn part_file(file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-async fn save(
+/// Saves a backup from the first of `endpoints` that answers into `file`;
+/// returns what the (checked) file holds.
+pub(super) async fn save(
     file: &Path,
     endpoints: &[String],
     connect_timeout: Duration,
     tls: &TlsClientArgs,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<BackupSummary> {
     let client_tls = tls.client_tls();
     let connector = crate::tls::connect::Connector::new(match client_tls.trusted_ca {
         Some(_) => Some(
@@ -200,7 +230,7 @@ async fn save_from(
     mut client: MaintenanceClient<tonic::transport::Channel>,
     endpoint: &str,
     file: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<BackupSummary> {
     let part = part_file(file);
     let result = async {
         let mut out = std::fs::File::create(&part)
@@ -234,20 +264,70 @@ async fn save_from(
     }
     .await;
     match result {
-        Ok(s) => {
-            println!(
-                "Snapshot saved at {} (revision {}, {} keys, {} bytes, sha256 {})",
-                file.display(),
-                s.revision,
-                s.total_keys,
-                s.total_size,
-                s.sha256
-            );
-            Ok(())
-        }
+        Ok(s) => Ok(s),
         Err(e) => {
             let _ = std::fs::remove_file(&part);
             Err(e)
+        }
+    }
+}
+
+/// What `restore-if-bootstrapping` decided for this member.
+#[derive(Debug, PartialEq, Eq)]
+enum BootstrapRestore {
+    /// A brand-new member of a new cluster: seed it from the backup.
+    Restore,
+    /// The data directory already holds a store; it is never overwritten.
+    HasData(PathBuf),
+    /// The member joins an existing cluster, which sends it the data.
+    Joins,
+}
+
+fn bootstrap_restore_decision(data_dir: &Path, bootstrap: &Bootstrap) -> BootstrapRestore {
+    if let Some(f) = [KV_FILE, LOG_FILE]
+        .iter()
+        .map(|name| data_dir.join(name))
+        .find(|f| f.exists())
+    {
+        return BootstrapRestore::HasData(f);
+    }
+    match bootstrap {
+        Bootstrap::Initial(_) => BootstrapRestore::Restore,
+        Bootstrap::Join => BootstrapRestore::Joins,
+    }
+}
+
+/// The init container's half of `spec.restore`: exactly the node
+/// `raftkv serve` will open with the same flags, restored from `file` when
+/// it is about to bootstrap, left alone otherwise.
+fn restore_if_bootstrapping(file: &Path, serve: &ServeArgs) -> anyhow::Result<()> {
+    let cfg = serve.node_config()?;
+    match bootstrap_restore_decision(&cfg.data_dir, &cfg.bootstrap) {
+        BootstrapRestore::HasData(f) => {
+            println!(
+                "{} already holds a store ({}); nothing restored",
+                cfg.data_dir.display(),
+                f.display()
+            );
+            Ok(())
+        }
+        BootstrapRestore::Joins => {
+            println!(
+                "member {} joins an existing cluster and gets its data from the leader; nothing restored",
+                cfg.id
+            );
+            Ok(())
+        }
+        BootstrapRestore::Restore => {
+            let Bootstrap::Initial(members) = &cfg.bootstrap else {
+                bail!("a bootstrapping member without an initial configuration");
+            };
+            let initial = members
+                .iter()
+                .map(|(id, m)| format!("{id}={}", m.peer_url))
+                .collect::<Vec<_>>()
+                .join(",");
+            restore(file, &cfg.data_dir, &initial, cfg.id.get(), cfg.cluster_id)
         }
     }
 }
@@ -290,4 +370,52 @@ fn restore(
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::MemberInfo;
+
+    fn initial() -> Bootstrap {
+        Bootstrap::Initial(vec![(
+            NodeId(1),
+            MemberInfo {
+                name: "node-1".into(),
+                peer_url: "http://kv-0.kv-peers.prod.svc:2380".into(),
+                client_url: String::new(),
+            },
+        )])
+    }
+
+    #[test]
+    fn only_an_empty_bootstrapping_member_is_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            bootstrap_restore_decision(dir.path(), &initial()),
+            BootstrapRestore::Restore
+        );
+        assert_eq!(
+            bootstrap_restore_decision(dir.path(), &Bootstrap::Join),
+            BootstrapRestore::Joins
+        );
+        // A file system's own entries do not make a data directory.
+        std::fs::create_dir(dir.path().join("lost+found")).unwrap();
+        assert_eq!(
+            bootstrap_restore_decision(dir.path(), &initial()),
+            BootstrapRestore::Restore
+        );
+    }
+
+    #[test]
+    fn a_data_directory_that_holds_a_store_is_never_overwritten() {
+        for name in [KV_FILE, LOG_FILE] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(name), b"").unwrap();
+            assert_eq!(
+                bootstrap_restore_decision(dir.path(), &initial()),
+                BootstrapRestore::HasData(dir.path().join(name))
+            );
+        }
+    }
 }

@@ -105,8 +105,13 @@ pub fn build(cluster: &RaftCluster, replicas: i32) -> StatefulSet {
 fn pod_spec(cluster: &RaftCluster, id: &ClusterIdentity) -> PodSpec {
     let spec = &cluster.spec;
     let grace = MIN_GRACE_SECONDS.max(10 * i64::from(spec.raft.election_timeout_ms) / 1000);
+    let main = container(cluster, id);
+    // With spec.restore: the init container that seeds the bootstrapping
+    // member from a backup, and the backup's claim.
+    let restore = crate::backup::restore::init_container(cluster, &main).map(|c| vec![c]);
     PodSpec {
-        containers: vec![container(cluster, id)],
+        containers: vec![main],
+        init_containers: restore,
         termination_grace_period_seconds: Some(grace),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
@@ -126,11 +131,15 @@ fn pod_spec(cluster: &RaftCluster, id: &ClusterIdentity) -> PodSpec {
             .then(|| spec.pod.topology_spread_constraints.clone()),
         priority_class_name: spec.pod.priority_class_name.clone(),
         // A read-only root filesystem still needs somewhere for scratch files.
-        volumes: Some(vec![Volume {
-            name: "tmp".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        }]),
+        volumes: Some(
+            std::iter::once(Volume {
+                name: "tmp".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            })
+            .chain(crate::backup::restore::volume(cluster))
+            .collect(),
+        ),
         ..PodSpec::default()
     }
 }
