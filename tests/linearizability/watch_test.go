@@ -3,14 +3,17 @@ package main
 // etcd's own Go client (clientv3) watching a raftkv cluster while keys are
 // written and leadership moves: every acknowledged write must arrive as an
 // event, in revision order, none twice. It needs a running cluster, so it
-// is run by the end-to-end test tests/tests/watch.rs, which starts one and
-// passes its client endpoints in RAFTKV_WATCH_ENDPOINTS; on its own it is
-// skipped.
+// is run by the end-to-end tests in tests/tests/watch.rs, which start one
+// and pass its client endpoints in RAFTKV_WATCH_ENDPOINTS; on its own it is
+// skipped. With RAFTKV_WATCH_PACE_MS the writes are spaced out (and no
+// leadership is moved) while the caller kills and restarts members: the
+// watch then has to survive its member's crash.
 
 import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -48,13 +51,19 @@ func TestAWatchSeesEveryWriteInOrderThroughALeaderChange(t *testing.T) {
 	from := first.Header.Revision + 1
 	events := watcher.Watch(ctx, "/go/k", clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithPrevKV())
 
-	// Writes, with a leadership transfer half way.
+	// Writes, with a leadership transfer half way, or paced while the
+	// caller crashes members.
+	pace := time.Duration(0)
+	if ms, err := strconv.Atoi(os.Getenv("RAFTKV_WATCH_PACE_MS")); err == nil {
+		pace = time.Duration(ms) * time.Millisecond
+	}
 	acked := make(map[int64]string)
 	var last int64
 	for i := 0; i < watchWrites; i++ {
-		if i == watchWrites/2 {
+		if i == watchWrites/2 && pace == 0 {
 			moveLeader(ctx, t, writer, eps, connect)
 		}
+		time.Sleep(pace)
 		key := fmt.Sprintf("/go/k%03d", i%17)
 		value := fmt.Sprint(i)
 		var resp *clientv3.PutResponse
@@ -63,7 +72,7 @@ func TestAWatchSeesEveryWriteInOrderThroughALeaderChange(t *testing.T) {
 			if err == nil {
 				break
 			}
-			if attempt > 50 {
+			if attempt > 100 {
 				t.Fatalf("put %s: %v", key, err)
 			}
 			time.Sleep(100 * time.Millisecond)
