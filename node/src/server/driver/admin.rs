@@ -4,8 +4,9 @@
 use tokio::sync::oneshot;
 use tracing::info;
 
-use super::Driver;
+use super::applier::ApplyTask;
 use super::status::member_status;
+use super::{Driver, DriverError};
 use crate::raft::{ConfChange, NodeId, RoleState};
 use crate::server::ClientError;
 use crate::server::driver::pending::{PendingChange, PendingTransfer};
@@ -17,10 +18,15 @@ impl Driver {
         &mut self,
         change: MemberChange,
         reply: oneshot::Sender<DriverReply<MemberStatus>>,
-    ) {
-        if self.pending.change.is_some() {
+    ) -> Result<(), DriverError> {
+        // One change at a time, until the last one applied (the applier
+        // answers it then).
+        if self
+            .change_index
+            .is_some_and(|i| self.kv.applied_index() < i)
+        {
             let _ = reply.send(Err(ClientError::MembershipChangeInProgress.into()));
-            return;
+            return Ok(());
         }
         let membership = self.node.membership().clone();
         let (conf, member) = match change {
@@ -30,7 +36,7 @@ impl Driver {
                         "a new member needs a peer_url".into(),
                     )
                     .into()));
-                    return;
+                    return Ok(());
                 }
                 if let Some((other, _)) = membership.members().find(|(_, existing)| {
                     MemberInfo::from_context(&existing.context).peer_url == m.peer_url
@@ -40,7 +46,7 @@ impl Driver {
                         m.peer_url
                     ))
                     .into()));
-                    return;
+                    return Ok(());
                 }
                 let id = m.id.unwrap_or_else(|| {
                     NodeId(membership.ids().map(|i| i.get()).max().unwrap_or(0) + 1)
@@ -69,7 +75,7 @@ impl Driver {
                         "member {id} does not exist"
                     ))
                     .into()));
-                    return;
+                    return Ok(());
                 };
                 let info = MemberInfo::from_context(&m.context);
                 if matches!(change, MemberChange::Promote(_)) {
@@ -92,17 +98,19 @@ impl Driver {
         };
         match self.node.change_membership(conf) {
             Ok(p) => {
-                self.pending.change = Some(PendingChange {
+                self.change_index = Some(p.index);
+                self.to_applier(ApplyTask::AwaitChange(PendingChange {
                     index: p.index,
                     term: p.term,
                     member,
                     reply,
-                })
+                }))?;
             }
             Err(e) => {
                 let _ = reply.send(Err(self.rejection(e)));
             }
         }
+        Ok(())
     }
 
     pub(super) fn transfer_leader(&mut self, to: NodeId, reply: oneshot::Sender<DriverReply<()>>) {

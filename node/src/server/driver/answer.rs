@@ -1,45 +1,18 @@
-//! Answering clients from the state machine: linearizable reads once the
-//! state machine reached their read index, local reads, off-loop hashes and
-//! backups, and what a client sees when the core refuses a request.
+//! Answering clients from the state machine: local reads (the applier
+//! serves linearizable ones with them once their read index applied),
+//! off-loop hashes and backups, and what a client sees when the core
+//! refuses a request.
 
 use tokio::sync::oneshot;
 
 use super::{Driver, kv_error};
-use crate::raft::{ConfChangeError, ProposeError};
+use crate::raft::{ConfChangeError, ProposeError, Term};
 use crate::server::ClientError;
 use crate::server::handle::{DriverReply, HashKvResult, LeaderHint, ReadResult, Rejection};
 use crate::server::member_info::MemberInfo;
-use crate::storage::{RangeRequest, StoreError};
+use crate::storage::{KvStore, RangeRequest, StoreError};
 
 impl Driver {
-    pub(super) fn serve_applied_reads(&mut self) {
-        if self.pending.reads_awaiting_apply.is_empty() {
-            return;
-        }
-        let applied = self.kv.applied_index();
-        let waiting = std::mem::take(&mut self.pending.reads_awaiting_apply);
-        for (index, r) in waiting {
-            if index <= applied {
-                let result = self.read_local(&r.req);
-                let _ = r.reply.send(result.map_err(Rejection::Failed));
-            } else {
-                self.pending.reads_awaiting_apply.push((index, r));
-            }
-        }
-    }
-
-    pub(super) fn read_local(&self, req: &RangeRequest) -> Result<ReadResult, ClientError> {
-        self.kv.limits().check_range(req).map_err(kv_error)?;
-        let range = self.kv.range(req).map_err(|e| match e {
-            StoreError::InvalidRequest(e) => kv_error(e),
-            e => ClientError::Internal(e.to_string()),
-        })?;
-        Ok(ReadResult {
-            range,
-            raft_term: self.node.status().term,
-        })
-    }
-
     /// Maps a refusal of the core to what the client sees.
     pub(super) fn rejection(&self, e: ProposeError) -> Rejection {
         match e {
@@ -103,4 +76,18 @@ impl Driver {
             let _ = reply.send(result);
         });
     }
+}
+
+/// Reads from the local state machine, answering with `raft_term`.
+pub(super) fn read_local(
+    kv: &KvStore,
+    req: &RangeRequest,
+    raft_term: Term,
+) -> Result<ReadResult, ClientError> {
+    kv.limits().check_range(req).map_err(kv_error)?;
+    let range = kv.range(req).map_err(|e| match e {
+        StoreError::InvalidRequest(e) => kv_error(e),
+        e => ClientError::Internal(e.to_string()),
+    })?;
+    Ok(ReadResult { range, raft_term })
 }

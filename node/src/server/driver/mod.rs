@@ -1,14 +1,17 @@
 //! The driver: the one task that owns the consensus core and the state
 //! machine, and runs the loop
 //!
-//! receive (ticks, peer messages, client requests) → step → `ready()` →
-//! persist (one durable write per Ready: group commit) → send → apply →
-//! answer clients → `advance()`.
+//! receive (ticks, peer messages, client requests, stage reports) → step →
+//! `ready()` → hand the write to the log writer and the committed entries
+//! to the applier → `advance_handed()`; later, "persisted" → send what
+//! waited for it → `on_persisted()`.
 //!
 //! Nothing else touches the core; other tasks talk to the driver over
 //! bounded channels, so a flood of requests slows clients down instead of
-//! growing memory. Disk work runs in `block_in_place`: the loop stays
-//! strictly sequential (the core's contract) while other tasks keep running.
+//! growing memory. The loop itself never waits for a disk: the log writer
+//! and the applier run on threads of their own (inline in the whole-node
+//! simulation, which keeps it deterministic), fed in order over channels
+//! and reporting back "persisted up to (index, term)" and what applied.
 //!
 //! One file per stage of that loop:
 //! - `step.rs`: the step loop — inbound messages, client requests, carrying
@@ -17,7 +20,8 @@
 //! - `applier.rs`: applying committed entries to the state machine;
 //! - `answer.rs`: answering clients (reads once applied, refusals);
 //!   `pending.rs` holds the requests that wait for an answer;
-//! - `admin.rs`: membership changes, leadership transfer, shutdown.
+//! - `admin.rs`: membership changes, leadership transfer, shutdown;
+//! - `stage.rs`: running a stage on a thread of its own.
 //!
 //! `status.rs` holds what the driver publishes about itself: metrics, the
 //! health view and `/v1/status`; `lessor.rs` the leader's lease deadlines
@@ -30,6 +34,7 @@ mod lessor;
 mod log_writer;
 pub(crate) mod pending;
 mod quota;
+mod stage;
 mod status;
 mod step;
 
@@ -49,11 +54,17 @@ use crate::server::handle::{DriverReply, Request, WriteResult};
 use crate::server::inbound::Inbound;
 use crate::server::outbox::Outbox;
 use crate::storage::{KvError, KvStore, LogStore, SnapshotPolicy};
+use applier::{Applied, Applier, ApplierStage};
+use log_writer::{LogWriter, LogWriterStage, Persisted};
 use pending::{Pending, PendingRead};
 
 /// How many requests or messages the driver takes per wake-up before it
 /// runs a Ready: large enough to batch, small enough to keep latency low.
 const MAX_BATCH: usize = 512;
+
+/// How many `Ready`s one turn carries out at most (with inline stages, each
+/// acknowledgement readies the next step: commit, then apply).
+const MAX_READY_ROUNDS: usize = 8;
 
 /// Tunables of the driver.
 #[derive(Clone, Debug)]
@@ -134,6 +145,15 @@ pub(crate) struct Driver {
     kv_file_bytes: u64,
     /// Lease deadlines, kept while leading.
     lessor: lessor::Lessor,
+    /// Where the log is made durable (a thread of its own once running).
+    log_writer: LogWriterStage,
+    /// Writes handed to the log writer and not yet reported durable.
+    writes_in_flight: usize,
+    /// Where committed entries are applied and clients answered.
+    applier: ApplierStage,
+    /// The index of the last membership change proposed here: another
+    /// waits until it applied.
+    change_index: Option<LogIndex>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -157,6 +177,9 @@ impl Driver {
         inbound: mpsc::Receiver<Inbound>,
         health: watch::Sender<Health>,
     ) -> Self {
+        let log_writer =
+            LogWriterStage::Inline(LogWriter::new(node.storage().clone(), metrics.clone()));
+        let applier = ApplierStage::Inline(Applier::new(kv.clone(), metrics.clone()));
         Driver {
             cfg,
             node,
@@ -179,6 +202,10 @@ impl Driver {
             client_urls: HashMap::new(),
             kv_file_bytes: 0,
             lessor: lessor::Lessor::default(),
+            log_writer,
+            writes_in_flight: 0,
+            applier,
+            change_index: None,
         }
     }
 
@@ -186,9 +213,30 @@ impl Driver {
     pub(crate) async fn run(mut self) -> Result<(), DriverError> {
         let mut tick = tokio::time::interval(self.cfg.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The log writer and the applier leave the loop for threads of
+        // their own; their reports come back on these.
+        let (persisted_tx, mut persisted) = mpsc::unbounded_channel();
+        let (applied_tx, mut applied) = mpsc::unbounded_channel();
+        let spawn_failed =
+            |e: std::io::Error| DriverError::Core(format!("cannot start a thread: {e}"));
+        let log_writer = std::mem::replace(
+            &mut self.log_writer,
+            LogWriterStage::Inline(LogWriter::new(
+                self.node.storage().clone(),
+                self.metrics.clone(),
+            )),
+        );
+        self.log_writer = log_writer.spawn(persisted_tx).map_err(spawn_failed)?;
+        let applier = std::mem::replace(
+            &mut self.applier,
+            ApplierStage::Inline(Applier::new(self.kv.clone(), self.metrics.clone())),
+        );
+        self.applier = applier.spawn(applied_tx).map_err(spawn_failed)?;
         self.begin();
         loop {
             let event = tokio::select! {
+                Some(p) = persisted.recv() => Event::Persisted(p),
+                Some(a) = applied.recv() => Event::Applied(a),
                 _ = tick.tick() => Event::Tick,
                 Some(m) = self.inbound.recv() => Event::Inbound(m),
                 Some(r) = self.requests.recv() => Event::Request(r),
@@ -224,9 +272,11 @@ impl Driver {
     pub(crate) fn turn(&mut self, first: Event) -> Result<Flow, DriverError> {
         let mut batch = Batch::default();
         match first {
-            Event::Tick => self.on_tick(),
+            Event::Tick => self.on_tick()?,
             Event::Inbound(m) => self.on_inbound(m)?,
-            Event::Request(r) => self.on_request(r, &mut batch),
+            Event::Request(r) => self.on_request(r, &mut batch)?,
+            Event::Persisted(p) => self.on_persisted(p?),
+            Event::Applied(a) => self.on_applied(a?),
         }
         // Take whatever else is already waiting on either side, so that
         // one Ready (one fsync, one apply transaction) covers it all:
@@ -239,12 +289,20 @@ impl Driver {
         }
         for _ in 0..MAX_BATCH {
             match self.requests.try_recv() {
-                Ok(r) => self.on_request(r, &mut batch),
+                Ok(r) => self.on_request(r, &mut batch)?,
                 Err(_) => break,
             }
         }
-        self.flush_batch(batch);
-        self.handle_ready()?;
+        self.flush_batch(batch)?;
+        // Inline stages acknowledge at once, which readies more (the
+        // entries just made durable commit and apply); threads report
+        // later, and the loop comes round again then.
+        for _ in 0..MAX_READY_ROUNDS {
+            if !self.handle_ready()? {
+                break;
+            }
+        }
+        self.report_unreachable();
         self.after_loop();
         Ok(if self.shutdown_done() {
             Flow::Stop
@@ -260,6 +318,10 @@ pub(crate) enum Event {
     Tick,
     Inbound(Inbound),
     Request(Request),
+    /// The log writer made writes durable (or failed).
+    Persisted(Result<Persisted, DriverError>),
+    /// The applier has something for the lessor (or failed).
+    Applied(Result<Applied, DriverError>),
 }
 
 /// Whether the loop goes on after a turn.

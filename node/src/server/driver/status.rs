@@ -19,8 +19,6 @@ impl Driver {
         m.raft_last_log_index.set(s.last_log_index.get() as i64);
         m.raft_is_leader.set(i64::from(s.role == RoleState::Leader));
         m.raft_has_leader.set(i64::from(s.leader.is_some()));
-        m.raft_proposals_pending
-            .set(self.pending.writes.len() as i64);
         if s.role == RoleState::Leader {
             for (id, p) in self.node.progress() {
                 m.raft_peer_match_index

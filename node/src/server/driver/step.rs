@@ -1,15 +1,22 @@
 //! The step loop: the only code that touches the consensus core. It takes
-//! ticks, peer messages and client requests, steps the core, and carries
-//! out each `Ready` in the order the core's contract asks — send what may
-//! go early, persist (`log_writer.rs`), send the rest, apply
-//! (`applier.rs`), serve reads (`answer.rs`), `advance()` — then publishes
-//! what changed.
+//! ticks, peer messages, client requests and the other stages' reports,
+//! steps the core, and hands out each `Ready` without waiting for a disk:
+//! what may go early is sent, the write goes to the log writer with the
+//! messages that must wait for it (`log_writer.rs`), committed entries and
+//! confirmed reads go to the applier (`applier.rs`), and the core hears
+//! "persisted up to (index, term)" whenever the writer says so. Only a
+//! snapshot received from a leader is installed here, synchronously, once
+//! both other stages are idle: it is rare, and the state machine must take
+//! it before the log does.
 
 use std::time::Instant;
 
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
+use super::answer::read_local;
+use super::applier::{Applied, ApplyTask};
+use super::log_writer::{LogWrite, Persisted};
 use super::{Batch, Driver, DriverError, kv_error};
 use crate::raft::{Message, MessageBody, NodeId, ProposeError, RaftError, Ready, RoleState};
 use crate::server::driver::pending::{PendingRead, PendingWrite};
@@ -20,18 +27,15 @@ use crate::server::{ClientError, Consistency};
 use crate::storage::Command;
 
 impl Driver {
-    pub(super) fn on_tick(&mut self) {
+    pub(super) fn on_tick(&mut self) -> Result<(), DriverError> {
         self.node.tick();
         self.loops += 1;
         if self.loops % 100 == 0 {
-            let dropped = self.pending.prune_abandoned();
-            if dropped > 0 {
-                self.metrics
-                    .raft_proposals_failed_total
-                    .inc_by(dropped as u64);
-            }
+            self.pending.prune_abandoned();
+            self.to_applier(ApplyTask::Prune)?;
             self.publish_sizes();
         }
+        Ok(())
     }
 
     pub(super) fn on_inbound(&mut self, inbound: Inbound) -> Result<(), DriverError> {
@@ -93,7 +97,11 @@ impl Driver {
         }
     }
 
-    pub(super) fn on_request(&mut self, req: Request, batch: &mut Batch) {
+    pub(super) fn on_request(
+        &mut self,
+        req: Request,
+        batch: &mut Batch,
+    ) -> Result<(), DriverError> {
         match req {
             Request::Write { mut cmd, reply } => {
                 if let Err(e) = self
@@ -102,7 +110,7 @@ impl Driver {
                     .and_then(|()| self.check_quota(&cmd, batch))
                 {
                     let _ = reply.send(Err(e.into()));
-                    return;
+                    return Ok(());
                 }
                 batch.writes.push((cmd.encode(), reply));
             }
@@ -111,7 +119,7 @@ impl Driver {
                 consistency: Consistency::Serializable,
                 reply,
             } => {
-                let result = self.read_local(&req);
+                let result = read_local(&self.kv, &req, self.node.status().term);
                 let _ = reply.send(result.map_err(Rejection::Failed));
             }
             Request::Read {
@@ -127,13 +135,14 @@ impl Driver {
             Request::Status { reply } => {
                 let _ = reply.send(Ok(self.status()));
             }
-            Request::ChangeMembership { change, reply } => self.change_membership(change, reply),
+            Request::ChangeMembership { change, reply } => self.change_membership(change, reply)?,
             Request::TransferLeader { to, reply } => self.transfer_leader(to, reply),
             Request::HashKv { revision, reply } => self.hash_kv(revision, reply),
             Request::Snapshot { reply } => self.backup_image(reply),
             Request::Lease { query, reply } => self.answer_lease(query, reply),
             Request::Shutdown { reply } => self.start_shutdown(reply),
         }
+        Ok(())
     }
 
     pub(super) fn check_command(&self, cmd: &Command) -> Result<(), ClientError> {
@@ -142,19 +151,21 @@ impl Driver {
 
     /// Proposes every write of the batch in one append, and starts one
     /// ReadIndex round for every linearizable read of the batch.
-    pub(super) fn flush_batch(&mut self, batch: Batch) {
+    pub(super) fn flush_batch(&mut self, batch: Batch) -> Result<(), DriverError> {
         if !batch.writes.is_empty() {
             let (data, replies): (Vec<Bytes>, Vec<_>) = batch.writes.into_iter().unzip();
             match self.node.propose_batch(data) {
                 Ok(proposals) => {
+                    // Handed to the applier before the entries can commit,
+                    // so it knows whom to answer when they apply.
                     for (p, reply) in proposals.into_iter().zip(replies) {
-                        self.pending.writes.insert(
-                            p.index,
-                            PendingWrite {
+                        self.to_applier(ApplyTask::AwaitWrite {
+                            index: p.index,
+                            write: PendingWrite {
                                 term: p.term,
                                 reply,
                             },
-                        );
+                        })?;
                     }
                 }
                 Err(e) => {
@@ -187,18 +198,20 @@ impl Driver {
                 }
             }
         }
+        Ok(())
     }
 
-    pub(super) fn handle_ready(&mut self) -> Result<(), DriverError> {
+    /// Hands out one `Ready`; returns whether there was one.
+    pub(super) fn handle_ready(&mut self) -> Result<bool, DriverError> {
         if !self.node.has_ready() {
-            return Ok(());
+            return Ok(false);
         }
         let mut rd: Ready = self.node.ready();
 
-        // 0. A leader's appends go out before its own write: followers then
-        //    write in parallel with us, and a round costs one fsync, not two.
-        //    (The core counts the leader toward commit only for what it has
-        //    persisted, so this cannot commit anything early.)
+        // A leader's appends go out before its own write: followers then
+        // write in parallel with us, and a round costs one fsync, not two.
+        // (The core counts the leader toward commit only for what it has
+        // persisted, so this cannot commit anything early.)
         let (early, later): (Vec<Message>, Vec<Message>) = std::mem::take(&mut rd.messages)
             .into_iter()
             .partition(Message::can_send_before_persist);
@@ -206,35 +219,106 @@ impl Driver {
             self.send(m);
         }
 
-        // 1. Persist: the snapshot image first (the state machine must never
-        //    be behind a compacted log), then log + hard state in one write.
-        self.persist_ready(&rd)?;
-
-        // 2. Send the rest, now that everything they promise is durable.
-        for m in later {
-            self.send(m);
-        }
-
-        // 3. Apply.
-        self.apply(&rd.committed_entries)?;
-
-        // 4. Reads whose index is known, then any that are now applied.
-        for rs in rd.read_states {
-            if let Some(reads) = self.pending.reads_awaiting_index.remove(&rs.ctx) {
-                for r in reads {
-                    self.pending.reads_awaiting_apply.push((rs.index, r));
+        let mut acks = Vec::new();
+        if let Some(snapshot) = rd.snapshot.take() {
+            // Rare: the state machine takes the image first, then the log
+            // records it, with nothing else in flight on either.
+            acks.extend(self.log_writer.wait_idle()?);
+            if let Some(report) = self.applier.wait_idle()? {
+                self.on_applied(report);
+            }
+            self.install_snapshot(&snapshot.meta)?;
+            let store = self.node.storage();
+            tokio::task::block_in_place(|| {
+                store.persist(Some(&snapshot.meta), &rd.entries, rd.hard_state.as_ref())
+            })
+            .map_err(|e| DriverError::Log(e.to_string()))?;
+            self.to_applier(ApplyTask::FailWritesThrough(snapshot.meta.index))?;
+            acks.push(Persisted {
+                writes: 0,
+                last: Some(
+                    rd.entries
+                        .last()
+                        .map_or((snapshot.meta.index, snapshot.meta.term), |e| {
+                            (e.index, e.term)
+                        }),
+                ),
+                then_send: later,
+            });
+        } else {
+            let write = LogWrite {
+                entries: std::mem::take(&mut rd.entries),
+                hard_state: rd.hard_state.take(),
+                then_send: later,
+                barrier: None,
+            };
+            if !write.writes_anything() && self.writes_in_flight == 0 {
+                // Nothing to wait for: what they promise is durable.
+                for m in write.then_send {
+                    self.send(m);
                 }
+            } else {
+                self.writes_in_flight += 1;
+                acks.extend(self.log_writer.submit(write)?);
             }
         }
-        self.serve_applied_reads();
 
-        // 5. Done. Only now may the core hear about dropped messages.
-        self.node.advance();
+        if !rd.committed_entries.is_empty() {
+            self.to_applier(ApplyTask::Apply(rd.committed_entries))?;
+        }
+        let term = self.node.status().term;
+        for rs in rd.read_states {
+            if let Some(reads) = self.pending.reads_awaiting_index.remove(&rs.ctx) {
+                self.to_applier(ApplyTask::ServeReads {
+                    index: rs.index,
+                    term,
+                    reads,
+                })?;
+            }
+        }
+        self.node.advance_handed();
+
+        // Only now may the core hear about dropped messages and durable
+        // writes (an inline writer's come back at once).
+        for p in acks {
+            self.on_persisted(p);
+        }
+        self.report_unreachable();
+        self.maybe_compact()?;
+        Ok(true)
+    }
+
+    /// The log writer made a group of writes durable: the messages they
+    /// held back may go, and the core may count them.
+    pub(super) fn on_persisted(&mut self, p: Persisted) {
+        self.writes_in_flight = self.writes_in_flight.saturating_sub(p.writes);
+        for m in p.then_send {
+            self.send(m);
+        }
+        if let Some((index, term)) = p.last {
+            self.node.on_persisted(index, term);
+        }
+    }
+
+    /// What the applier reports: lease grants and revokes for the lessor.
+    pub(super) fn on_applied(&mut self, report: Applied) {
+        for outcome in &report.lease_outcomes {
+            self.lessor_applied(outcome);
+        }
+    }
+
+    /// Hands the applier a task (inline, it is done at once).
+    pub(super) fn to_applier(&mut self, task: ApplyTask) -> Result<(), DriverError> {
+        if let Some(report) = self.applier.submit(task)? {
+            self.on_applied(report);
+        }
+        Ok(())
+    }
+
+    pub(super) fn report_unreachable(&mut self) {
         for to in std::mem::take(&mut self.unreachable) {
             self.node.report_unreachable(to);
         }
-        self.maybe_compact()?;
-        Ok(())
     }
 
     pub(super) fn send(&mut self, m: Message) {
