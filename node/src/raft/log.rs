@@ -64,7 +64,11 @@ impl<S: Storage> RaftLog<S> {
         let floor = first.prev();
         // Committed entries never go below the snapshot, and never past the
         // end of what is stored.
-        let committed = commit.max(floor).min(last);
+        // A state machine that applied an entry proves it committed: with
+        // asynchronous persistence the hard state recording the commit may
+        // have been lost in a crash while the applied entries (durable
+        // here before they were applied) were not.
+        let committed = commit.max(floor).max(applied).min(last);
         let applied = applied.max(floor).min(committed);
         Ok(RaftLog {
             storage,

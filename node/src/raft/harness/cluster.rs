@@ -763,10 +763,21 @@ impl Cluster {
                 }
             }
 
-            // 3. Apply.
+            // 3. Apply. A node persisting asynchronously hands out an entry
+            //    to apply before the hard state that records its commit is
+            //    durable: the node says it is committed, so it is checked
+            //    as such here.
             let Some(n) = self.nodes.get_mut(&id) else {
                 return;
             };
+            if self.opts.async_persistence {
+                let term = n.raft.as_ref().map(|r| r.status().term).unwrap_or_default();
+                for e in &rd.committed_entries {
+                    if let Err(v) = self.inv.saw_commit(id, e, term) {
+                        failed.get_or_insert(v);
+                    }
+                }
+            }
             for e in &rd.committed_entries {
                 let prev = n.sm.applied;
                 n.sm.apply(e);
