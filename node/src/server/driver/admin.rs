@@ -99,7 +99,7 @@ impl Driver {
         match self.node.change_membership(conf) {
             Ok(p) => {
                 self.change_index = Some(p.index);
-                self.to_applier(ApplyTask::AwaitChange(PendingChange {
+                self.hand_applier(ApplyTask::AwaitChange(PendingChange {
                     index: p.index,
                     term: p.term,
                     member,

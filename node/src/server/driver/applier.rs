@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::answer::read_local;
 use super::pending::{Pending, PendingChange, PendingRead, PendingWrite};
@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::raft::{Entry, LogIndex, Term};
 use crate::server::ClientError;
 use crate::server::handle::{Rejection, WriteResult};
-use crate::storage::{ApplyOutcome, CHUNK_BYTES, KvStore};
+use crate::storage::{ApplyOutcome, CHUNK_BYTES, KvStore, LogStore, SnapshotPolicy};
 
 /// What the step loop hands the applier, in the order it must be done.
 pub(crate) enum ApplyTask {
@@ -51,7 +51,7 @@ pub(crate) enum ApplyTask {
     /// Writes proposed at or before this index lost their entries to a
     /// snapshot from a new leader.
     FailWritesThrough(LogIndex),
-    /// Forget requests whose client gave up.
+    /// Forget requests whose client gave up (and go on compacting).
     Prune,
     /// Told once everything handed over before it is done.
     Barrier(std_mpsc::Sender<()>),
@@ -67,17 +67,64 @@ pub(crate) struct Applied {
 /// Applies and answers; see the module docs.
 pub(crate) struct Applier {
     kv: KvStore,
+    /// The log, to compact behind the state machine.
+    log: LogStore,
+    policy: SnapshotPolicy,
+    /// How far the log is being compacted, a chunk per applied batch.
+    compacting: Option<LogIndex>,
     metrics: Arc<Metrics>,
     pending: Pending,
 }
 
+/// How many entries one compaction step removes: one short transaction,
+/// so that neither the applier nor the log writer (which shares the log's
+/// write lock) waits long.
+const COMPACT_CHUNK: u64 = 512;
+
 impl Applier {
-    pub fn new(kv: KvStore, metrics: Arc<Metrics>) -> Self {
+    pub fn new(kv: KvStore, log: LogStore, policy: SnapshotPolicy, metrics: Arc<Metrics>) -> Self {
         Applier {
             kv,
+            log,
+            policy,
+            compacting: None,
             metrics,
             pending: Pending::default(),
         }
+    }
+
+    /// Compacts the log behind the state machine when the policy says so,
+    /// one chunk at a time. The state machine is made durable first: the
+    /// log must never be compacted past what a restart can recover
+    /// without it.
+    fn compact_step(&mut self) -> Result<(), DriverError> {
+        let log_snapshot = self.log.snapshot_meta().index;
+        if self.compacting.is_none_or(|to| to <= log_snapshot) {
+            // A crash between installing a snapshot into the state machine
+            // and recording it in the log leaves the state machine ahead
+            // of the log: only what the log holds and knows committed can
+            // go.
+            let applied = self.kv.applied_index().min(self.log.stored_commit());
+            self.compacting = self.policy.compact_to(applied, log_snapshot);
+            if self.compacting.is_none() {
+                return Ok(());
+            }
+            self.kv
+                .sync()
+                .map_err(|e| DriverError::StateMachine(e.to_string()))?;
+        }
+        let Some(to) = self.compacting else {
+            return Ok(());
+        };
+        let step = to.min(LogIndex(log_snapshot.get() + COMPACT_CHUNK));
+        self.log
+            .compact_to(step)
+            .map_err(|e| DriverError::Log(e.to_string()))?;
+        debug!(index = %step, "compacted the log");
+        if step >= to {
+            self.compacting = None;
+        }
+        Ok(())
     }
 
     /// Carries out one task; returns what the step loop must hear, if
@@ -94,6 +141,7 @@ impl Applier {
             ApplyTask::Apply(entries) => {
                 let applied = self.apply(&entries)?;
                 self.serve_applied_reads();
+                self.compact_step()?;
                 self.metrics
                     .raft_proposals_pending
                     .set(self.pending.writes.len() as i64);
@@ -112,6 +160,8 @@ impl Applier {
                     .inc_by(failed as u64);
             }
             ApplyTask::Prune => {
+                // Also lets a compaction go on when nothing applies.
+                self.compact_step()?;
                 let dropped = self.pending.prune_abandoned();
                 if dropped > 0 {
                     self.metrics
@@ -209,8 +259,10 @@ impl Applier {
 /// The applier as the step loop holds it: inline (the simulation) or a
 /// thread of its own.
 pub(crate) enum ApplierStage {
-    Inline(Applier),
+    Inline(Box<Applier>),
     Thread(StageThread<ApplyTask>),
+    /// Between the two, while the loop starts.
+    Stopped,
 }
 
 impl ApplierStage {
@@ -222,7 +274,7 @@ impl ApplierStage {
     ) -> std::io::Result<Self> {
         let mut applier = match self {
             ApplierStage::Inline(a) => a,
-            thread => return Ok(thread),
+            other => return Ok(other),
         };
         let thread = StageThread::spawn("raft-applier", move |incoming| {
             while let Ok(first) = incoming.recv() {
@@ -267,6 +319,7 @@ impl ApplierStage {
                     Err(DriverError::StateMachine("the applier stopped".into()))
                 }
             }
+            ApplierStage::Stopped => Err(DriverError::StateMachine("the applier stopped".into())),
         }
     }
 
@@ -340,5 +393,72 @@ impl Driver {
         }
         info!(index = %meta.index, term = %meta.term, "installed snapshot");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{EntryPayload, HardState, Membership, NodeId, Storage};
+    use crate::storage::{Identity, Limits};
+
+    fn noops(from: u64, to: u64) -> Vec<Entry> {
+        (from..=to)
+            .map(|i| Entry {
+                term: Term(1),
+                index: LogIndex(i),
+                payload: EntryPayload::Noop,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_log_is_compacted_behind_the_state_machine_a_chunk_per_step() {
+        let tmp = tempfile::tempdir().unwrap();
+        let identity = Identity {
+            cluster_id: 1,
+            node_id: NodeId(1),
+        };
+        let log = LogStore::open(tmp.path(), identity).unwrap();
+        log.bootstrap(&Membership::with_voters([(NodeId(1), bytes::Bytes::new())]))
+            .unwrap();
+        let kv = KvStore::open(tmp.path(), Limits::default()).unwrap();
+        let policy = SnapshotPolicy {
+            every_entries: 1000,
+            keep_trailing: 100,
+        };
+        let mut applier = Applier::new(
+            kv.clone(),
+            log.clone(),
+            policy,
+            Arc::new(Metrics::new().unwrap()),
+        );
+        let last = 3 * COMPACT_CHUNK + 1100;
+        log.persist(
+            None,
+            &noops(1, last),
+            Some(&HardState {
+                term: Term(1),
+                vote: Some(NodeId(1)),
+                commit: LogIndex(last),
+            }),
+        )
+        .unwrap();
+        applier.handle(ApplyTask::Apply(noops(1, last))).unwrap();
+        // One step: the state machine made durable, one chunk compacted.
+        let target = last - policy.keep_trailing;
+        assert_eq!(log.snapshot_meta().index, LogIndex(COMPACT_CHUNK));
+        let mut steps = 1;
+        while log.snapshot_meta().index < LogIndex(target) {
+            let before = log.snapshot_meta().index;
+            applier.handle(ApplyTask::Prune).unwrap();
+            let after = log.snapshot_meta().index;
+            assert!(after > before && after.get() - before.get() <= COMPACT_CHUNK);
+            steps += 1;
+            assert!(steps < 100, "compaction makes progress");
+        }
+        assert_eq!(log.snapshot_meta().index, LogIndex(target));
+        assert_eq!(log.first_index().unwrap(), LogIndex(target + 1));
+        assert!(steps > 1, "in several short steps");
     }
 }

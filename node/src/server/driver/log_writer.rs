@@ -14,18 +14,17 @@
 //! runs stay deterministic. A received snapshot is not written here: the
 //! step loop installs it while the writer and the applier are idle (see
 //! `step.rs`), since the state machine must take it before the log does.
-//! Compaction of the log behind the state machine is also the step loop's
-//! (`maybe_compact` below).
+//! Compaction of the log behind the state machine is the applier's, which
+//! knows when the state machine is durable far enough.
 
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use tracing::debug;
 
+use super::DriverError;
 use super::stage::StageThread;
-use super::{Driver, DriverError};
 use crate::metrics::Metrics;
 use crate::raft::{Entry, HardState, LogIndex, Message, Term};
 use crate::storage::LogStore;
@@ -123,6 +122,8 @@ impl LogWriter {
 pub(crate) enum LogWriterStage {
     Inline(LogWriter),
     Thread(StageThread<LogWrite>),
+    /// Between the two, while the loop starts.
+    Stopped,
 }
 
 impl LogWriterStage {
@@ -134,7 +135,7 @@ impl LogWriterStage {
     ) -> std::io::Result<Self> {
         let writer = match self {
             LogWriterStage::Inline(w) => w,
-            thread => return Ok(thread),
+            other => return Ok(other),
         };
         let thread = StageThread::spawn("raft-log-writer", move |incoming| {
             // Take one write, then everything queued behind it: one
@@ -165,6 +166,7 @@ impl LogWriterStage {
                     Err(DriverError::Log("the log writer stopped".into()))
                 }
             }
+            LogWriterStage::Stopped => Err(DriverError::Log("the log writer stopped".into())),
         }
     }
 
@@ -180,34 +182,5 @@ impl LogWriterStage {
                 .map_err(|_| DriverError::Log("the log writer stopped".into()))?;
         }
         Ok(ack)
-    }
-}
-
-impl Driver {
-    /// Compacts the log behind the state machine when the policy says so.
-    /// The state machine is made durable first: the log must never be
-    /// compacted past what a restart can recover without it.
-    pub(super) fn maybe_compact(&mut self) -> Result<(), DriverError> {
-        // A crash between installing a snapshot into the state machine and
-        // recording it in the log leaves the state machine ahead of the
-        // log: only what the log holds and knows committed can go.
-        let applied = self
-            .kv
-            .applied_index()
-            .min(self.node.storage().stored_commit());
-        let log_snapshot = self.node.storage().snapshot_meta().index;
-        let Some(to) = self.cfg.snapshot_policy.compact_to(applied, log_snapshot) else {
-            return Ok(());
-        };
-        let kv = &self.kv;
-        let log = self.node.storage();
-        tokio::task::block_in_place(|| {
-            kv.sync()
-                .map_err(|e| DriverError::StateMachine(e.to_string()))?;
-            log.compact_to(to)
-                .map_err(|e| DriverError::Log(e.to_string()))
-        })?;
-        debug!(index = %to, "compacted the log");
-        Ok(())
     }
 }

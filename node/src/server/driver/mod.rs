@@ -179,7 +179,12 @@ impl Driver {
     ) -> Self {
         let log_writer =
             LogWriterStage::Inline(LogWriter::new(node.storage().clone(), metrics.clone()));
-        let applier = ApplierStage::Inline(Applier::new(kv.clone(), metrics.clone()));
+        let applier = ApplierStage::Inline(Box::new(Applier::new(
+            kv.clone(),
+            node.storage().clone(),
+            cfg.snapshot_policy,
+            metrics.clone(),
+        )));
         Driver {
             cfg,
             node,
@@ -219,18 +224,9 @@ impl Driver {
         let (applied_tx, mut applied) = mpsc::unbounded_channel();
         let spawn_failed =
             |e: std::io::Error| DriverError::Core(format!("cannot start a thread: {e}"));
-        let log_writer = std::mem::replace(
-            &mut self.log_writer,
-            LogWriterStage::Inline(LogWriter::new(
-                self.node.storage().clone(),
-                self.metrics.clone(),
-            )),
-        );
+        let log_writer = std::mem::replace(&mut self.log_writer, LogWriterStage::Stopped);
         self.log_writer = log_writer.spawn(persisted_tx).map_err(spawn_failed)?;
-        let applier = std::mem::replace(
-            &mut self.applier,
-            ApplierStage::Inline(Applier::new(self.kv.clone(), self.metrics.clone())),
-        );
+        let applier = std::mem::replace(&mut self.applier, ApplierStage::Stopped);
         self.applier = applier.spawn(applied_tx).map_err(spawn_failed)?;
         self.begin();
         loop {

@@ -32,7 +32,7 @@ impl Driver {
         self.loops += 1;
         if self.loops % 100 == 0 {
             self.pending.prune_abandoned();
-            self.to_applier(ApplyTask::Prune)?;
+            self.hand_applier(ApplyTask::Prune)?;
             self.publish_sizes();
         }
         Ok(())
@@ -159,7 +159,7 @@ impl Driver {
                     // Handed to the applier before the entries can commit,
                     // so it knows whom to answer when they apply.
                     for (p, reply) in proposals.into_iter().zip(replies) {
-                        self.to_applier(ApplyTask::AwaitWrite {
+                        self.hand_applier(ApplyTask::AwaitWrite {
                             index: p.index,
                             write: PendingWrite {
                                 term: p.term,
@@ -233,7 +233,7 @@ impl Driver {
                 store.persist(Some(&snapshot.meta), &rd.entries, rd.hard_state.as_ref())
             })
             .map_err(|e| DriverError::Log(e.to_string()))?;
-            self.to_applier(ApplyTask::FailWritesThrough(snapshot.meta.index))?;
+            self.hand_applier(ApplyTask::FailWritesThrough(snapshot.meta.index))?;
             acks.push(Persisted {
                 writes: 0,
                 last: Some(
@@ -264,12 +264,12 @@ impl Driver {
         }
 
         if !rd.committed_entries.is_empty() {
-            self.to_applier(ApplyTask::Apply(rd.committed_entries))?;
+            self.hand_applier(ApplyTask::Apply(rd.committed_entries))?;
         }
         let term = self.node.status().term;
         for rs in rd.read_states {
             if let Some(reads) = self.pending.reads_awaiting_index.remove(&rs.ctx) {
-                self.to_applier(ApplyTask::ServeReads {
+                self.hand_applier(ApplyTask::ServeReads {
                     index: rs.index,
                     term,
                     reads,
@@ -284,7 +284,6 @@ impl Driver {
             self.on_persisted(p);
         }
         self.report_unreachable();
-        self.maybe_compact()?;
         Ok(true)
     }
 
@@ -308,7 +307,7 @@ impl Driver {
     }
 
     /// Hands the applier a task (inline, it is done at once).
-    pub(super) fn to_applier(&mut self, task: ApplyTask) -> Result<(), DriverError> {
+    pub(super) fn hand_applier(&mut self, task: ApplyTask) -> Result<(), DriverError> {
         if let Some(report) = self.applier.submit(task)? {
             self.on_applied(report);
         }
