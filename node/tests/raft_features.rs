@@ -988,3 +988,84 @@ fn a_follower_whose_configuration_lags_keeps_hearing_a_leader_it_does_not_know_y
         "a stranger is still refused"
     );
 }
+
+// ------------------------------------------------- asynchronous persistence
+
+fn async_node(voters: u64, id: u64) -> RaftNode<MemStorage> {
+    let m = Membership::with_voters((1..=voters).map(|i| (NodeId(i), Bytes::new())));
+    let mut config = Config::new(NodeId(id));
+    config.election_ticks = 10;
+    config.heartbeat_ticks = 2;
+    config.async_persistence = true;
+    RaftNode::new(config, MemStorage::new(m)).unwrap()
+}
+
+#[test]
+fn a_leader_counts_itself_only_for_entries_acknowledged_durable() {
+    let mut n = async_node(1, 1);
+    for _ in 0..100 {
+        if n.status().role == RoleState::Leader {
+            break;
+        }
+        n.tick();
+    }
+    assert_eq!(n.status().role, RoleState::Leader);
+    let p = n.propose(Bytes::from_static(b"x")).unwrap();
+    let rd = n.ready();
+    n.advance_handed();
+    assert!(rd.entries.iter().any(|e| e.index == p.index));
+    assert_eq!(
+        n.status().commit_index,
+        LogIndex::ZERO,
+        "nothing is durable"
+    );
+    // Durable now, but the core has not heard so: still nothing committed.
+    n.storage_mut().append(&rd.entries).unwrap();
+    assert_eq!(n.status().commit_index, LogIndex::ZERO);
+    let last = rd.entries.last().unwrap();
+    n.on_persisted(last.index, last.term);
+    assert_eq!(n.status().commit_index, p.index);
+    assert!(
+        n.ready()
+            .committed_entries
+            .iter()
+            .any(|e| e.index == p.index)
+    );
+}
+
+#[test]
+fn a_follower_applies_a_committed_entry_only_once_it_is_durable_here() {
+    let mut n = async_node(3, 1);
+    let entry = raftkv::raft::Entry {
+        term: Term(1),
+        index: LogIndex(1),
+        payload: EntryPayload::Noop,
+    };
+    n.step(Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: Term(1),
+        body: MessageBody::Append(AppendRequest {
+            prev_log_index: LogIndex::ZERO,
+            prev_log_term: Term::ZERO,
+            entries: vec![entry.clone()],
+            leader_commit: LogIndex(1),
+        }),
+    })
+    .unwrap();
+    let rd = n.ready();
+    assert_eq!(rd.entries, vec![entry.clone()]);
+    assert!(rd.committed_entries.is_empty(), "not durable here yet");
+    // The acceptance is for the driver to send once the write is durable.
+    assert!(rd.messages.iter().any(|m| !m.can_send_before_persist()
+        && matches!(
+            m.body,
+            MessageBody::AppendResponse(AppendResponse::Accepted { .. })
+        )));
+    n.advance_handed();
+    assert!(!n.has_ready() || n.ready().committed_entries.is_empty());
+    n.advance_handed();
+    n.storage_mut().append(&rd.entries).unwrap();
+    n.on_persisted(LogIndex(1), Term(1));
+    assert_eq!(n.ready().committed_entries, vec![entry]);
+}

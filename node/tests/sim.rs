@@ -2,6 +2,10 @@
 //! driven through a faulty network with crashes, restarts, partitions,
 //! proposals, reads, membership changes, leadership transfers and log
 //! compaction, with Raft's safety properties checked after every step.
+//! Half the seeds persist the way the pipelined driver does: writes
+//! complete late and out of step with messages, are acknowledged to the
+//! core afterwards, and a node may crash between a write and its
+//! acknowledgement (or lose every write still queued).
 //!
 //! `RAFTKV_SIM_SEEDS=N` runs seeds `1..=N`; `RAFTKV_SIM_SEED=S` replays one
 //! seed exactly. Every run ends with one summary line:
@@ -80,6 +84,11 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
     // sent, which the paper's Figure 8 interleaving needs.
     opts.max_message_bytes = [1, 64, 512, 4096][rng.random_range(0..4)];
     opts.max_inflight = rng.random_range(1..8);
+    if (seed / 3) % 2 == 1 {
+        opts.async_persistence = true;
+        opts.max_persist_delay = rng.random_range(0..5);
+        opts.crash_before_ack = 0.002;
+    }
     // Some seeds are calm, some churn: crashes and restarts per tick.
     let churn = [0.005, 0.015, 0.04][rng.random_range(0..3)];
     let mut c = Cluster::new(opts);
@@ -179,6 +188,7 @@ fn run_seed(seed: u64) -> Result<Outcome, String> {
     c.heal();
     c.set_faults(Faults::none());
     c.set_crash_mid_ready(0.0);
+    c.set_crash_before_ack(0.0);
     for id in c.ids() {
         c.restart(id);
     }

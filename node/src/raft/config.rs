@@ -28,6 +28,12 @@ pub struct Config {
     /// Seed of the random generator that jitters election timeouts. Give
     /// every node a different seed.
     pub seed: u64,
+    /// The driver persists on another thread and acknowledges writes late
+    /// with [`RaftNode::on_persisted`](super::RaftNode::on_persisted)
+    /// (after [`RaftNode::advance_handed`](super::RaftNode::advance_handed)).
+    /// Committed entries are then handed out to apply only once they are
+    /// durable locally as well.
+    pub async_persistence: bool,
 }
 
 impl Config {
@@ -44,6 +50,7 @@ impl Config {
             max_message_bytes: 1 << 20,
             max_apply_bytes: 4 << 20,
             seed: id.0,
+            async_persistence: false,
         }
     }
 

@@ -3,18 +3,36 @@
 //!
 //! Entries enter the unstable tail when a leader appends a proposal or a
 //! follower accepts entries from its leader. [`Ready`](super::Ready) hands
-//! the tail to the driver to persist; `advance` then drops it, and storage
-//! serves those entries from then on. A conflicting suffix is "truncated" by
-//! starting the tail below storage's last index: storage replaces everything
-//! from the tail's first index when it persists it.
+//! each entry of the tail to the driver once (`handed` marks how far); the
+//! tail keeps it until the driver says it is durable — at `advance` for a
+//! driver that persists before it returns, or by a late acknowledgement
+//! "persisted up to (index, term)" for one that persists on another
+//! thread — and storage serves it from then on. A conflicting suffix is
+//! "truncated" by starting the tail below storage's last index: storage
+//! replaces everything from the tail's first index when it persists it,
+//! and an acknowledgement for a write the truncation overtook no longer
+//! matches the log's (index, term) and is ignored.
+
+use std::collections::VecDeque;
 
 use super::snapshot::Snapshot;
 use super::storage::{Storage, StorageError};
 use super::types::{Entry, LogIndex, Term};
 
+/// How much of the durable, unapplied log [`RaftLog`] keeps in memory.
+const MAX_RECENT_BYTES: usize = 64 << 20;
+
 #[derive(Debug)]
 pub struct RaftLog<S> {
     storage: S,
+    /// Durable entries kept in memory after they left the unstable tail,
+    /// until they are applied: terms of recent entries, appends to
+    /// followers that are slightly behind and the entries to apply are then
+    /// served without reading storage. Contiguous, and it ends right before
+    /// `unstable_offset` (or is empty).
+    recent: VecDeque<Entry>,
+    /// Approximate size of `recent`, bounded by [`MAX_RECENT_BYTES`].
+    recent_bytes: usize,
     /// Not yet persisted; `unstable[0].index == unstable_offset`.
     unstable: Vec<Entry>,
     unstable_offset: LogIndex,
@@ -28,6 +46,15 @@ pub struct RaftLog<S> {
     /// quorum only up to here, which is what lets it send appends while
     /// its own write is still in flight (thesis §10.2.1).
     pub persisted: LogIndex,
+    /// The last entry handed to the driver to persist; the tail after it
+    /// has not been handed out yet.
+    handed: LogIndex,
+    /// Whether the pending snapshot was handed to the driver.
+    snapshot_handed: bool,
+    /// Hand out only committed entries that are durable here too (for a
+    /// driver that persists asynchronously: the state machine then never
+    /// holds an entry the local log could lose in a crash).
+    pub apply_only_persisted: bool,
 }
 
 impl<S: Storage> RaftLog<S> {
@@ -37,16 +64,25 @@ impl<S: Storage> RaftLog<S> {
         let floor = first.prev();
         // Committed entries never go below the snapshot, and never past the
         // end of what is stored.
-        let committed = commit.max(floor).min(last);
+        // A state machine that applied an entry proves it committed: with
+        // asynchronous persistence the hard state recording the commit may
+        // have been lost in a crash while the applied entries (durable
+        // here before they were applied) were not.
+        let committed = commit.max(floor).max(applied).min(last);
         let applied = applied.max(floor).min(committed);
         Ok(RaftLog {
             storage,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
             unstable: Vec::new(),
             unstable_offset: last.next(),
             pending_snapshot: None,
             committed,
             applied,
             persisted: last,
+            handed: last,
+            snapshot_handed: false,
+            apply_only_persisted: false,
         })
     }
 
@@ -76,6 +112,9 @@ impl<S: Storage> RaftLog<S> {
         }
         if index >= self.unstable_offset {
             return Ok(self.unstable[(index.0 - self.unstable_offset.0) as usize].term);
+        }
+        if let Some(e) = self.recent_entry(index) {
+            return Ok(e.term);
         }
         if let Some(s) = &self.pending_snapshot {
             return if index == s.meta.index {
@@ -133,8 +172,21 @@ impl<S: Storage> RaftLog<S> {
         let mut size = 0usize;
         if lo < self.unstable_offset {
             let stored_hi = hi.min(self.unstable_offset);
-            out = self.storage.entries(lo, stored_hi, Some(max_bytes))?;
-            size = out.iter().map(Entry::approximate_size).sum();
+            if self.recent_entry(lo).is_some() {
+                for i in lo.0..stored_hi.0 {
+                    let Some(e) = self.recent_entry(LogIndex(i)) else {
+                        break;
+                    };
+                    size += e.approximate_size();
+                    if !out.is_empty() && size > max_bytes {
+                        return Ok(out);
+                    }
+                    out.push(e.clone());
+                }
+            } else {
+                out = self.storage.entries(lo, stored_hi, Some(max_bytes))?;
+                size = out.iter().map(Entry::approximate_size).sum();
+            }
             if (out.len() as u64) < stored_hi.0 - lo.0 {
                 return Ok(out);
             }
@@ -198,6 +250,9 @@ impl<S: Storage> RaftLog<S> {
             return;
         };
         let after = first.index;
+        // Whatever was handed from `after` on is superseded; it is handed
+        // again (storage replaces it) with the new entries.
+        self.handed = self.handed.min(after.prev());
         if after == self.unstable_offset.plus(self.unstable.len() as u64) {
             self.unstable.extend(entries);
         } else if after <= self.unstable_offset {
@@ -207,6 +262,11 @@ impl<S: Storage> RaftLog<S> {
             self.unstable_offset = after;
             self.unstable = entries;
             self.persisted = self.persisted.min(after.prev());
+            while self.recent.back().is_some_and(|e| e.index >= after) {
+                if let Some(e) = self.recent.pop_back() {
+                    self.recent_bytes -= e.approximate_size();
+                }
+            }
         } else {
             self.unstable
                 .truncate((after.0 - self.unstable_offset.0) as usize);
@@ -243,19 +303,103 @@ impl<S: Storage> RaftLog<S> {
         self.unstable.clear();
         self.unstable_offset = index.next();
         self.persisted = self.persisted.min(index);
+        self.handed = self.handed.min(index);
+        self.snapshot_handed = false;
+        self.recent.clear();
+        self.recent_bytes = 0;
         self.pending_snapshot = Some(snapshot);
     }
 
-    pub fn has_unstable(&self) -> bool {
-        !self.unstable.is_empty() || self.pending_snapshot.is_some()
+    /// Whether there is a snapshot or are entries not yet handed out.
+    pub fn has_unhanded(&self) -> bool {
+        (self.pending_snapshot.is_some() && !self.snapshot_handed)
+            || self.last_index() > self.handed
     }
 
+    #[cfg(test)]
     pub fn unstable_entries(&self) -> &[Entry] {
         &self.unstable
     }
 
-    pub fn pending_snapshot(&self) -> Option<&Snapshot> {
-        self.pending_snapshot.as_ref()
+    /// Hands out what is not yet handed: the pending snapshot (once) and the
+    /// entries after `handed`.
+    pub fn take_unhanded(&mut self) -> (Option<Snapshot>, Vec<Entry>) {
+        let snapshot = match &self.pending_snapshot {
+            Some(s) if !self.snapshot_handed => Some(s.clone()),
+            _ => None,
+        };
+        let from = self.handed.next().max(self.unstable_offset);
+        let start = (from.0 - self.unstable_offset.0) as usize;
+        let entries = self.unstable.get(start..).unwrap_or_default().to_vec();
+        self.handed = self.last_index();
+        self.snapshot_handed = self.pending_snapshot.is_some();
+        (snapshot, entries)
+    }
+
+    /// The driver reports that everything it was handed up to the entry
+    /// `(index, term)` (or the snapshot at it) is durable. An acknowledgement
+    /// that no longer matches the log (a truncation overtook the write it
+    /// stands for) says nothing about the current log and is ignored; the
+    /// write that replaced the suffix will be acknowledged in its turn.
+    pub fn stable_to(&mut self, index: LogIndex, term: Term) {
+        if index > self.handed || !self.matches(index, term) {
+            return;
+        }
+        if let Some(s) = &self.pending_snapshot {
+            if !self.snapshot_handed || index < s.meta.index {
+                return;
+            }
+            // Writes are durable in the order they were handed, so the
+            // snapshot's write (handed before anything after it) is done.
+            let index = s.meta.index;
+            self.pending_snapshot = None;
+            self.snapshot_handed = false;
+            self.applied = self.applied.max(index);
+        }
+        if index >= self.unstable_offset {
+            let n = (index.0 - self.unstable_offset.0 + 1) as usize;
+            let durable: Vec<Entry> = self.unstable.drain(..n.min(self.unstable.len())).collect();
+            self.keep_recent(durable);
+            self.unstable_offset = index.next();
+        }
+        self.persisted = self.persisted.max(index);
+    }
+
+    /// The entry at `index` if it is among the recent durable ones.
+    fn recent_entry(&self, index: LogIndex) -> Option<&Entry> {
+        let first = self.recent.front()?.index;
+        if index < first {
+            return None;
+        }
+        self.recent.get((index.0 - first.0) as usize)
+    }
+
+    /// Keeps entries that just became durable (they directly follow
+    /// `recent`) in memory until they are applied.
+    fn keep_recent(&mut self, durable: Vec<Entry>) {
+        if let (Some(last), Some(first)) = (self.recent.back(), durable.first())
+            && last.index.next() != first.index
+        {
+            self.recent.clear();
+            self.recent_bytes = 0;
+        }
+        for e in durable {
+            self.recent_bytes += e.approximate_size();
+            self.recent.push_back(e);
+        }
+        self.trim_recent();
+    }
+
+    /// Forgets recent entries that are applied, and the oldest ones beyond
+    /// the memory bound (storage still has them).
+    pub fn trim_recent(&mut self) {
+        while let Some(e) = self.recent.front() {
+            if e.index > self.applied && self.recent_bytes <= MAX_RECENT_BYTES {
+                break;
+            }
+            self.recent_bytes -= e.approximate_size();
+            self.recent.pop_front();
+        }
     }
 
     /// The driver persisted the unstable tail and snapshot.
@@ -266,12 +410,24 @@ impl<S: Storage> RaftLog<S> {
             }
         }
         self.unstable_offset = self.unstable_offset.plus(self.unstable.len() as u64);
-        self.unstable.clear();
+        let durable = std::mem::take(&mut self.unstable);
+        self.keep_recent(durable);
         self.persisted = self.last_index();
+        self.handed = self.persisted;
+        self.snapshot_handed = false;
+    }
+
+    /// The last index that may be handed out to apply.
+    fn apply_limit(&self) -> LogIndex {
+        if self.apply_only_persisted {
+            self.committed.min(self.persisted)
+        } else {
+            self.committed
+        }
     }
 
     pub fn has_committed_to_apply(&self) -> bool {
-        self.committed > self.applied && self.pending_snapshot.is_none()
+        self.apply_limit() > self.applied && self.pending_snapshot.is_none()
     }
 
     /// Committed entries not yet applied, up to `max_bytes`.
@@ -279,7 +435,7 @@ impl<S: Storage> RaftLog<S> {
         if !self.has_committed_to_apply() {
             return Ok(Vec::new());
         }
-        self.slice(self.applied.next(), self.committed.next(), max_bytes)
+        self.slice(self.applied.next(), self.apply_limit().next(), max_bytes)
     }
 }
 
@@ -370,5 +526,63 @@ mod tests {
         assert!(log.is_up_to_date(LogIndex(3), Term(2)));
         assert!(!log.is_up_to_date(LogIndex(2), Term(2)));
         assert!(!log.is_up_to_date(LogIndex(9), Term(1)));
+    }
+
+    #[test]
+    fn entries_are_handed_out_once_and_served_from_memory_until_acknowledged() {
+        let mut log = log_with(&[1, 1]);
+        log.append(vec![e(3, 2), e(4, 2)]);
+        let (_, handed) = log.take_unhanded();
+        assert_eq!(handed.len(), 2);
+        assert!(!log.has_unhanded(), "nothing is handed twice");
+        log.append(vec![e(5, 2)]);
+        let (_, handed) = log.take_unhanded();
+        assert_eq!(handed.iter().map(|e| e.index.0).collect::<Vec<_>>(), [5]);
+        // Not acknowledged yet: still in memory, not counted as durable.
+        assert_eq!(log.persisted, LogIndex(2));
+        assert_eq!(log.term(LogIndex(4)).unwrap(), Term(2));
+        log.storage_mut().append(&[e(3, 2), e(4, 2)]).unwrap();
+        log.stable_to(LogIndex(4), Term(2));
+        assert_eq!(log.persisted, LogIndex(4));
+        assert_eq!(log.unstable_entries()[0].index, LogIndex(5));
+    }
+
+    #[test]
+    fn an_acknowledgement_overtaken_by_a_truncation_is_ignored() {
+        let mut log = log_with(&[1, 1]);
+        log.append(vec![e(3, 1), e(4, 1)]);
+        let _ = log.take_unhanded();
+        // A new leader replaces entry 4 before the first write is durable.
+        assert_eq!(
+            log.maybe_append(LogIndex(3), Term(1), LogIndex(0), vec![e(4, 3)]),
+            Some(LogIndex(4))
+        );
+        let (_, handed) = log.take_unhanded();
+        assert_eq!(handed, vec![e(4, 3)], "the replacement is handed out");
+        // The first write completes: it says nothing about entry (4, 3).
+        log.storage_mut().append(&[e(3, 1), e(4, 1)]).unwrap();
+        log.stable_to(LogIndex(4), Term(1));
+        assert_eq!(log.persisted, LogIndex(2));
+        assert_eq!(log.term(LogIndex(4)).unwrap(), Term(3));
+        log.storage_mut().append(&[e(4, 3)]).unwrap();
+        log.stable_to(LogIndex(4), Term(3));
+        assert_eq!(log.persisted, LogIndex(4));
+        assert!(log.unstable_entries().is_empty());
+    }
+
+    #[test]
+    fn only_durable_entries_are_applied_when_persistence_is_asynchronous() {
+        let mut log = log_with(&[1]);
+        log.apply_only_persisted = true;
+        log.append(vec![e(2, 1)]);
+        let _ = log.take_unhanded();
+        log.commit_to(LogIndex(2));
+        let to_apply = log.committed_to_apply(usize::MAX).unwrap();
+        assert_eq!(to_apply.iter().map(|e| e.index.0).collect::<Vec<_>>(), [1]);
+        log.applied = LogIndex(1);
+        assert!(!log.has_committed_to_apply());
+        log.storage_mut().append(&[e(2, 1)]).unwrap();
+        log.stable_to(LogIndex(2), Term(1));
+        assert!(log.has_committed_to_apply());
     }
 }

@@ -155,7 +155,8 @@ impl<S: Storage> RaftNode<S> {
         config.validate()?;
         let initial = storage.initial_state()?;
         let hs = initial.hard_state;
-        let log = RaftLog::new(storage, hs.commit, applied)?;
+        let mut log = RaftLog::new(storage, hs.commit, applied)?;
+        log.apply_only_persisted = config.async_persistence;
         let mut membership_log = Vec::new();
         let first = log.first_index()?;
         let last = log.last_index();
@@ -517,7 +518,7 @@ impl<S: Storage> RaftNode<S> {
     pub fn has_ready(&self) -> bool {
         !self.msgs.is_empty()
             || !self.read_states.is_empty()
-            || self.log.has_unstable()
+            || self.log.has_unhanded()
             || self.log.has_committed_to_apply()
             || self.hard_state() != self.persisted_hard_state
     }
@@ -533,24 +534,49 @@ impl<S: Storage> RaftNode<S> {
             .committed_to_apply(self.config.max_apply_bytes)
             .unwrap_or_default();
         self.handed_to_apply = committed_entries.last().map(|e| e.index);
+        let (snapshot, entries) = self.log.take_unhanded();
         Ready {
             hard_state: (hs != self.persisted_hard_state).then_some(hs),
-            snapshot: self.log.pending_snapshot().cloned(),
-            entries: self.log.unstable_entries().to_vec(),
+            snapshot,
+            entries,
             messages: std::mem::take(&mut self.msgs),
             committed_entries,
             read_states: std::mem::take(&mut self.read_states),
         }
     }
 
-    /// The driver has done everything the last [`Ready`] asked.
+    /// The driver has done everything the last [`Ready`] asked, its write
+    /// included.
     pub fn advance(&mut self) {
-        self.persisted_hard_state = self.hard_state();
+        self.advance_handed();
         self.log.stable();
+        // The leader's own entries now count toward a quorum.
+        if self.role == RoleState::Leader && self.maybe_commit() {
+            self.broadcast_append();
+        }
+    }
+
+    /// The driver has taken the last [`Ready`] in hand: sent what may go at
+    /// once, queued the write (snapshot, entries, hard state, and the
+    /// messages that must wait for it) and the entries to apply, but the
+    /// write may not be durable yet. It reports that later, in order, with
+    /// [`RaftNode::on_persisted`]; until then the entries stay in memory
+    /// and the leader does not count itself for them.
+    pub fn advance_handed(&mut self) {
+        self.persisted_hard_state = self.hard_state();
         if let Some(last) = self.handed_to_apply.take() {
             self.log.applied = self.log.applied.max(last);
         }
-        // The leader's own entries now count toward a quorum.
+        self.log.trim_recent();
+    }
+
+    /// Everything handed out for persistence up to the entry `(index,
+    /// term)` — or the snapshot at `index` — is durable. Acknowledgements
+    /// arrive in the order the writes were handed out, possibly long after
+    /// later `Ready`s; one a truncation overtook is ignored. May be called
+    /// at any time outside a `ready()`/`advance_handed()` pair.
+    pub fn on_persisted(&mut self, index: LogIndex, term: Term) {
+        self.log.stable_to(index, term);
         if self.role == RoleState::Leader && self.maybe_commit() {
             self.broadcast_append();
         }

@@ -17,6 +17,14 @@ use super::types::{Entry, HardState, LogIndex, NodeId, Term};
 /// 5. call [`RaftNode::advance`](super::RaftNode::advance).
 ///
 /// No other call may be made on the core between `ready()` and `advance()`.
+///
+/// A driver that persists on another thread (`Config::async_persistence`)
+/// instead queues step 1 together with the messages that must wait for it,
+/// does steps 3 and 4 (only durable entries are handed out to apply), and
+/// calls [`RaftNode::advance_handed`](super::RaftNode::advance_handed) at
+/// once; when a queued write is durable it sends that write's messages and
+/// reports it with [`RaftNode::on_persisted`](super::RaftNode::on_persisted).
+/// Writes must become durable in the order they were handed out.
 #[derive(Debug, Default)]
 pub struct Ready {
     /// Set when the hard state changed since the last `Ready`.

@@ -2,8 +2,9 @@
 //! state machine, the peer transport, and [`NodeHandle`], through which the
 //! client APIs talk to the driver.
 //!
-//! - `driver.rs`: the loop (step → ready → persist → send → apply → answer);
-//! - `pending.rs`: client requests waiting for their answer;
+//! - `driver/`: the loop (step → ready → persist → send → apply → answer),
+//!   one file per stage;
+//! - `inbound.rs`: what the network hands the driver;
 //! - `outbox.rs`: what the driver needs of the network;
 //! - `transport.rs` / `peer_service.rs`: the peer protocol, out and in;
 //! - `peer_auth.rs`: who may speak on the peer port (certificates, a shared
@@ -19,12 +20,12 @@ mod driver;
 pub(crate) use driver::kv_error;
 mod forward;
 mod handle;
+mod inbound;
 mod member_info;
 mod outbox;
 pub mod peer_auth;
 pub mod peer_proto;
 mod peer_service;
-mod pending;
 pub mod sim;
 mod start;
 mod transport;

@@ -15,8 +15,8 @@ use tracing::warn;
 
 use crate::metrics::Metrics;
 use crate::raft::{Message, MessageBody, NodeId, Snapshot, SnapshotMeta, Term};
-use crate::server::driver::Inbound;
 use crate::server::forward;
+use crate::server::inbound::Inbound;
 use crate::server::peer_auth::{MemberDirectory, PeerAuth, Refused};
 use crate::server::peer_proto as pb;
 use crate::server::transport::{

@@ -355,6 +355,9 @@ pub(crate) fn open_node(cfg: &NodeConfig, seed: u64) -> anyhow::Result<OpenedNod
     raft_cfg.election_ticks = cfg.election_ticks;
     raft_cfg.heartbeat_ticks = cfg.heartbeat_ticks;
     raft_cfg.seed = seed;
+    // The driver's log writer persists on its own thread and acknowledges
+    // late (see `driver/log_writer.rs`).
+    raft_cfg.async_persistence = true;
     let withhold_votes = log.withholds_votes();
     let mut node = RaftNode::with_applied(raft_cfg, log, applied)
         .map_err(|e| anyhow::anyhow!("cannot start the consensus core: {e}"))?;

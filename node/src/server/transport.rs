@@ -15,7 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, warn};
 
 use crate::raft::{Message, MessageBody, NodeId};
-use crate::server::driver::Inbound;
+use crate::server::inbound::Inbound;
 use crate::server::outbox::Outbox;
 use crate::server::peer_auth::PeerAuth;
 use crate::server::peer_proto as pb;

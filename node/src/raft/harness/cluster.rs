@@ -4,8 +4,16 @@
 //! `Ready` says so) and a durable state machine (a running digest of every
 //! entry applied). A crash drops the core and with it everything that was
 //! not yet persisted; a restart builds a new core from what is durable.
+//!
+//! Persistence is either synchronous (each `Ready` is written before its
+//! messages go and `advance()` returns) or, with
+//! [`ClusterOptions::async_persistence`], a per-node queue of writes that
+//! complete after a random delay, in order, each followed by the messages
+//! that waited for it and a late `on_persisted` acknowledgement. A crash
+//! then loses every queued write, and a node may crash right after a write
+//! is durable but before anyone heard of it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -14,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use super::invariants::{Invariants, Violation, chain_digest};
 use super::network::{Faults, Filter, Network};
 use crate::raft::{
-    ConfChange, Config, Entry, EntryPayload, HardState, LogIndex, MemStorage, Membership,
+    ConfChange, Config, Entry, EntryPayload, HardState, LogIndex, MemStorage, Membership, Message,
     MessageBody, NodeId, Proposal, ProposeError, RaftError, RaftNode, ReadState, RoleState,
     Snapshot, Storage, Term,
 };
@@ -35,6 +43,17 @@ pub struct ClusterOptions {
     /// Probability that a node crashes in the middle of handling a `Ready`:
     /// before persisting, or after persisting but before sending.
     pub crash_mid_ready: f64,
+    /// Nodes persist on a simulated writer thread: writes complete late
+    /// (see the [module docs](self)) and are acknowledged with
+    /// `on_persisted`.
+    pub async_persistence: bool,
+    /// With `async_persistence`: a write completes after `0..=this` ticks
+    /// (but never before the writes queued ahead of it).
+    pub max_persist_delay: u64,
+    /// With `async_persistence`: probability that a node crashes right
+    /// after a write became durable, before its messages or its
+    /// acknowledgement.
+    pub crash_before_ack: f64,
 }
 
 impl ClusterOptions {
@@ -50,6 +69,9 @@ impl ClusterOptions {
             max_message_bytes: 4096,
             faults: Faults::none(),
             crash_mid_ready: 0.0,
+            async_persistence: false,
+            max_persist_delay: 0,
+            crash_before_ack: 0.0,
         }
     }
 }
@@ -97,8 +119,21 @@ impl StateMachine {
     }
 }
 
+/// One `Ready`'s write, queued on a node's simulated writer thread.
+struct QueuedWrite {
+    /// The tick from which it may complete.
+    due: u64,
+    snapshot: Option<Snapshot>,
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+    /// Messages that promise this write is durable.
+    then_send: Vec<Message>,
+}
+
 struct SimNode {
     raft: Option<RaftNode<MemStorage>>,
+    /// Writes handed out and not yet durable (async persistence only).
+    writes: VecDeque<QueuedWrite>,
     /// What survives a crash; only meaningful while `raft` is `None`.
     durable: MemStorage,
     sm: StateMachine,
@@ -213,6 +248,7 @@ impl Cluster {
         c.check_quorum = self.opts.check_quorum;
         c.max_inflight = self.opts.max_inflight;
         c.max_message_bytes = self.opts.max_message_bytes;
+        c.async_persistence = self.opts.async_persistence;
         c.seed = self
             .opts
             .seed
@@ -234,6 +270,7 @@ impl Cluster {
             id,
             SimNode {
                 raft,
+                writes: VecDeque::new(),
                 durable: storage,
                 sm,
                 incarnation: 0,
@@ -365,7 +402,16 @@ impl Cluster {
         for id in self.up_ids() {
             self.tick_node(id);
         }
+        // Writes complete in no fixed order relative to the messages of the
+        // same tick: sometimes before, sometimes after they are delivered.
+        let early = self.opts.async_persistence && self.rng.random_bool(0.5);
+        if early {
+            self.complete_due_writes();
+        }
         self.deliver_due();
+        if !early {
+            self.complete_due_writes();
+        }
     }
 
     /// One tick of one node's clock, with its `Ready` carried out.
@@ -520,6 +566,8 @@ impl Cluster {
             if let Some(r) = n.raft.take() {
                 n.durable = r.storage().clone();
             }
+            // What was queued and not yet written is lost.
+            n.writes.clear();
             n.reads.clear();
         }
     }
@@ -615,6 +663,10 @@ impl Cluster {
         self.opts.crash_mid_ready = p;
     }
 
+    pub fn set_crash_before_ack(&mut self, p: f64) {
+        self.opts.crash_before_ack = p;
+    }
+
     /// Takes a snapshot of `id`'s state machine and compacts its log up to
     /// the applied index, keeping `keep` trailing entries.
     pub fn compact(&mut self, id: NodeId, keep: u64) {
@@ -670,7 +722,6 @@ impl Cluster {
             let (early, late): (Vec<_>, Vec<_>) = std::mem::take(&mut rd.messages)
                 .into_iter()
                 .partition(|m| m.can_send_before_persist());
-            rd.messages = late;
             let mut snapshot_failures = Vec::new();
             for m in early {
                 let to = m.to;
@@ -680,12 +731,6 @@ impl Cluster {
                     snapshot_failures.push(to);
                 }
             }
-            let Some(n) = self.nodes.get_mut(&id) else {
-                return;
-            };
-            let Some(r) = n.raft.as_mut() else {
-                return;
-            };
             if crash_roll < p / 2.0 {
                 // Crash before anything of this Ready is durable.
                 self.crash(id);
@@ -693,93 +738,62 @@ impl Cluster {
             }
             let mut failed: Option<Violation> = None;
 
-            // 1. Persist: snapshot, entries, hard state.
-            let old_hs = r.storage().hard_state();
-            if let Some(s) = &rd.snapshot {
-                r.storage_mut().apply_snapshot(s.clone());
-                n.sm.restore(s);
-                if let Err(v) = self.inv.saw_state(id, s.meta.index, n.sm.digest) {
+            if self.opts.async_persistence {
+                // 1–2. Queue the write with the messages that wait for it;
+                //      with nothing to write and nothing queued, they go now.
+                let nothing_to_write =
+                    rd.snapshot.is_none() && rd.entries.is_empty() && rd.hard_state.is_none();
+                let queue_empty = self.nodes.get(&id).is_none_or(|n| n.writes.is_empty());
+                if nothing_to_write && queue_empty {
+                    for m in late {
+                        self.send_promise(id, m);
+                    }
+                } else {
+                    let due = now + self.rng.random_range(0..=self.opts.max_persist_delay);
+                    if let Some(n) = self.nodes.get_mut(&id) {
+                        n.writes.push_back(QueuedWrite {
+                            due,
+                            snapshot: rd.snapshot.take(),
+                            entries: std::mem::take(&mut rd.entries),
+                            hard_state: rd.hard_state.take(),
+                            then_send: late,
+                        });
+                    }
+                }
+            } else {
+                // 1. Persist: snapshot, entries, hard state.
+                if let Some(v) = self.persist(id, rd.snapshot.take(), &rd.entries, rd.hard_state) {
                     failed.get_or_insert(v);
                 }
-            }
-            if !rd.entries.is_empty() {
-                let durable_commit = r.storage().hard_state().commit;
-                for (k, e) in rd.entries.iter().enumerate() {
-                    let prev_term = if k > 0 {
-                        Some(rd.entries[k - 1].term)
-                    } else {
-                        r.storage().term(e.index.prev()).ok()
-                    };
-                    if let Err(v) = self.inv.saw_write(id, e, prev_term, durable_commit) {
-                        failed.get_or_insert(v);
+                if crash_roll < p {
+                    // Crash after persisting, before any message is sent.
+                    if let Some(v) = failed {
+                        self.violation.get_or_insert(v);
                     }
+                    self.crash(id);
+                    return;
                 }
-                if let Err(e) = r.storage_mut().append(&rd.entries) {
-                    failed.get_or_insert(Violation {
-                        property: "storage contract",
-                        detail: format!("node {id} could not append: {e}"),
-                    });
+                // 2. Send what had to wait for the write.
+                for m in late {
+                    self.send_promise(id, m);
                 }
-            }
-            if let Some(hs) = rd.hard_state {
-                if hs.term < old_hs.term {
-                    failed.get_or_insert(Violation {
-                        property: "terms never decrease",
-                        detail: format!("node {id} went from term {} to {}", old_hs.term, hs.term),
-                    });
-                }
-                if hs.term == old_hs.term && old_hs.vote.is_some() && hs.vote != old_hs.vote {
-                    failed.get_or_insert(Violation {
-                        property: "one vote per term",
-                        detail: format!(
-                            "node {id} changed its vote in term {} from {:?} to {:?}",
-                            hs.term, old_hs.vote, hs.vote
-                        ),
-                    });
-                }
-                let storage = r.storage();
-                let floor = storage.first_index().map(|i| i.prev()).unwrap_or_default();
-                let from = old_hs.commit.max(floor).next();
-                if hs.commit >= from {
-                    match storage.entries(from, hs.commit.next(), None) {
-                        Ok(entries) => {
-                            for e in &entries {
-                                if let Err(v) = self.inv.saw_commit(id, e, hs.term) {
-                                    failed.get_or_insert(v);
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            failed.get_or_insert(Violation {
-                                property: "commit within the log",
-                                detail: format!(
-                                    "node {id} committed up to {} but its log cannot serve it: {e}",
-                                    hs.commit
-                                ),
-                            });
-                        }
-                    }
-                }
-                r.storage_mut().set_hard_state(hs);
-            }
-            if crash_roll < p {
-                // Crash after persisting, before any message is sent.
-                if let Some(v) = failed {
-                    self.violation.get_or_insert(v);
-                }
-                self.crash(id);
-                return;
             }
 
-            // 2. Send what had to wait for the write.
-            for m in rd.messages {
-                self.net.send(m, now, &mut self.rng);
-            }
-
-            // 3. Apply.
+            // 3. Apply. A node persisting asynchronously hands out an entry
+            //    to apply before the hard state that records its commit is
+            //    durable: the node says it is committed, so it is checked
+            //    as such here.
             let Some(n) = self.nodes.get_mut(&id) else {
                 return;
             };
+            if self.opts.async_persistence {
+                let term = n.raft.as_ref().map(|r| r.status().term).unwrap_or_default();
+                for e in &rd.committed_entries {
+                    if let Err(v) = self.inv.saw_commit(id, e, term) {
+                        failed.get_or_insert(v);
+                    }
+                }
+            }
             for e in &rd.committed_entries {
                 let prev = n.sm.applied;
                 n.sm.apply(e);
@@ -790,7 +804,11 @@ impl Cluster {
             // 4. Reads.
             n.reads.extend(rd.read_states);
             if let Some(r) = n.raft.as_mut() {
-                r.advance();
+                if self.opts.async_persistence {
+                    r.advance_handed();
+                } else {
+                    r.advance();
+                }
                 for to in snapshot_failures {
                     r.report_snapshot(to, false);
                 }
@@ -800,6 +818,168 @@ impl Cluster {
                 return;
             }
         }
+    }
+
+    /// Completes, in order, every queued write of every live node that is
+    /// due.
+    fn complete_due_writes(&mut self) {
+        for id in self.up_ids() {
+            while self.violation.is_none()
+                && self
+                    .nodes
+                    .get(&id)
+                    .and_then(|n| n.writes.front())
+                    .is_some_and(|w| w.due <= self.now)
+            {
+                self.complete_write(id);
+            }
+        }
+    }
+
+    /// The simulated writer thread of `id` finishes its oldest write: it is
+    /// durable; then (unless the node crashes right there) the messages
+    /// that waited for it go out and the core hears of it.
+    fn complete_write(&mut self, id: NodeId) {
+        let Some(w) = self.nodes.get_mut(&id).and_then(|n| n.writes.pop_front()) else {
+            return;
+        };
+        let ack = w
+            .entries
+            .last()
+            .map(|e| (e.index, e.term))
+            .or_else(|| w.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term)));
+        if let Some(v) = self.persist(id, w.snapshot, &w.entries, w.hard_state) {
+            self.violation.get_or_insert(v);
+            return;
+        }
+        if self.opts.crash_before_ack > 0.0
+            && self.rng.random_range(0.0..1.0) < self.opts.crash_before_ack
+        {
+            self.crash(id);
+            return;
+        }
+        for m in w.then_send {
+            self.send_promise(id, m);
+        }
+        if let (Some((index, term)), Some(r)) = (ack, self.raft_mut(id)) {
+            r.on_persisted(index, term);
+        }
+        self.steps += 1;
+        self.process_ready(id);
+        self.check_leaders();
+    }
+
+    /// Sends a message that had to wait for a write, checking first that
+    /// what it promises is durable on its sender: an accepted append only
+    /// entries the sender's storage holds, a granted vote only a vote its
+    /// storage recorded.
+    fn send_promise(&mut self, id: NodeId, m: Message) {
+        if let Some(storage) = self.storage(id) {
+            let broken = match &m.body {
+                MessageBody::AppendResponse(crate::raft::AppendResponse::Accepted {
+                    match_index,
+                }) => storage
+                    .last_index()
+                    .map_or(true, |last| last < *match_index),
+                MessageBody::VoteResponse(v) if v.granted && !v.pre_vote => {
+                    let hs = storage.hard_state();
+                    hs.term != m.term || hs.vote != Some(m.to)
+                }
+                _ => false,
+            };
+            if broken {
+                self.fail(
+                    "acknowledged only when durable",
+                    format!("node {id} sent {m:?} before it was durable"),
+                );
+                return;
+            }
+        }
+        let now = self.now;
+        self.net.send(m, now, &mut self.rng);
+    }
+
+    /// Makes one write durable on `id`'s storage (snapshot, entries, hard
+    /// state), checking it against the invariants.
+    fn persist(
+        &mut self,
+        id: NodeId,
+        snapshot: Option<Snapshot>,
+        entries: &[Entry],
+        hard_state: Option<HardState>,
+    ) -> Option<Violation> {
+        let n = self.nodes.get_mut(&id)?;
+        let r = n.raft.as_mut()?;
+        let mut failed: Option<Violation> = None;
+        let old_hs = r.storage().hard_state();
+        if let Some(s) = &snapshot {
+            r.storage_mut().apply_snapshot(s.clone());
+            n.sm.restore(s);
+            if let Err(v) = self.inv.saw_state(id, s.meta.index, n.sm.digest) {
+                failed.get_or_insert(v);
+            }
+        }
+        if !entries.is_empty() {
+            let durable_commit = r.storage().hard_state().commit;
+            for (k, e) in entries.iter().enumerate() {
+                let prev_term = if k > 0 {
+                    Some(entries[k - 1].term)
+                } else {
+                    r.storage().term(e.index.prev()).ok()
+                };
+                if let Err(v) = self.inv.saw_write(id, e, prev_term, durable_commit) {
+                    failed.get_or_insert(v);
+                }
+            }
+            if let Err(e) = r.storage_mut().append(entries) {
+                failed.get_or_insert(Violation {
+                    property: "storage contract",
+                    detail: format!("node {id} could not append: {e}"),
+                });
+            }
+        }
+        if let Some(hs) = hard_state {
+            if hs.term < old_hs.term {
+                failed.get_or_insert(Violation {
+                    property: "terms never decrease",
+                    detail: format!("node {id} went from term {} to {}", old_hs.term, hs.term),
+                });
+            }
+            if hs.term == old_hs.term && old_hs.vote.is_some() && hs.vote != old_hs.vote {
+                failed.get_or_insert(Violation {
+                    property: "one vote per term",
+                    detail: format!(
+                        "node {id} changed its vote in term {} from {:?} to {:?}",
+                        hs.term, old_hs.vote, hs.vote
+                    ),
+                });
+            }
+            let storage = r.storage();
+            let floor = storage.first_index().map(|i| i.prev()).unwrap_or_default();
+            let from = old_hs.commit.max(floor).next();
+            if hs.commit >= from {
+                match storage.entries(from, hs.commit.next(), None) {
+                    Ok(entries) => {
+                        for e in &entries {
+                            if let Err(v) = self.inv.saw_commit(id, e, hs.term) {
+                                failed.get_or_insert(v);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(Violation {
+                            property: "commit within the log",
+                            detail: format!(
+                                "node {id} committed up to {} but its log cannot serve it: {e}",
+                                hs.commit
+                            ),
+                        });
+                    }
+                }
+            }
+            r.storage_mut().set_hard_state(hs);
+        }
+        failed
     }
 
     /// Election Safety after every step, and Leader Completeness for every

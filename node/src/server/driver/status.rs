@@ -32,12 +32,11 @@ impl Driver {
         let m = &self.metrics;
         m.raft_term.set(s.term.get() as i64);
         m.raft_commit_index.set(s.commit_index.get() as i64);
-        m.raft_applied_index.set(s.applied_index.get() as i64);
+        m.raft_applied_index
+            .set(self.kv.applied_index().get() as i64);
         m.raft_last_log_index.set(s.last_log_index.get() as i64);
         m.raft_is_leader.set(i64::from(s.role == RoleState::Leader));
         m.raft_has_leader.set(i64::from(s.leader.is_some()));
-        m.raft_proposals_pending
-            .set(self.pending.writes.len() as i64);
         if s.role == RoleState::Leader {
             for (id, p) in self.node.progress() {
                 m.raft_peer_match_index
@@ -122,7 +121,7 @@ impl Driver {
             term: s.term.get(),
             leader_id: s.leader.map(|l| l.get()),
             commit_index: s.commit_index.get(),
-            applied_index: s.applied_index.get(),
+            applied_index: self.kv.applied_index().get(),
             last_log_index: s.last_log_index.get(),
             first_log_index: s.first_log_index.get(),
             revision: self.kv.revision().max(0) as u64,

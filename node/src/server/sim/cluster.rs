@@ -16,8 +16,9 @@ use crate::http::probes::{READY_APPLY_GAP, readiness};
 use crate::metrics::Metrics;
 use crate::raft::harness::{Faults, Network};
 use crate::raft::{LogIndex, Message, MessageBody, NodeId, RoleState, Term};
-use crate::server::driver::{Driver, Event, Health, Inbound};
+use crate::server::driver::{Driver, Event, Health};
 use crate::server::handle::{DriverReply, MemberChange, NewMember, Request, WriteResult};
+use crate::server::inbound::Inbound;
 use crate::server::member_info::MemberInfo;
 use crate::server::start::{Bootstrap, NodeConfig, driver_config, open_node};
 use crate::storage::{

@@ -1,7 +1,9 @@
 //! Client requests the driver has accepted and not yet answered: writes
 //! waiting for their log entry to apply, linearizable reads waiting for
 //! leadership confirmation and then for the state machine to catch up, a
-//! membership change waiting to commit, and leadership transfers.
+//! membership change waiting to commit, and leadership transfers. The step
+//! loop keeps those that wait on the core (reads awaiting their index,
+//! transfers); the applier those that wait on the state machine.
 //!
 //! A request is answered exactly once; a client that gave up (its timeout
 //! fired, dropping the receiver) is forgotten at the next prune.
@@ -43,8 +45,9 @@ pub(crate) struct Pending {
     pub writes: BTreeMap<LogIndex, PendingWrite>,
     /// Linearizable reads waiting for their ReadIndex round, by context.
     pub reads_awaiting_index: HashMap<u64, Vec<PendingRead>>,
-    /// Reads whose read index is known, waiting for `applied >= index`.
-    pub reads_awaiting_apply: Vec<(LogIndex, PendingRead)>,
+    /// Reads whose read index is known, waiting for `applied >= index`,
+    /// with the term their leadership was confirmed in.
+    pub reads_awaiting_apply: Vec<(LogIndex, Term, PendingRead)>,
     pub change: Option<PendingChange>,
     pub transfers: Vec<PendingTransfer>,
 }
@@ -101,7 +104,7 @@ impl Pending {
             !reads.is_empty()
         });
         self.reads_awaiting_apply
-            .retain(|(_, r)| !r.reply.is_closed());
+            .retain(|(_, _, r)| !r.reply.is_closed());
         if self.change.as_ref().is_some_and(|c| c.reply.is_closed()) {
             self.change = None;
         }
