@@ -12,9 +12,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    Container, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PodSpec, PodTemplateSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -23,7 +22,7 @@ use super::spec::BackupSpec;
 use super::{backup_name, labels};
 use crate::crd::RaftCluster;
 use crate::identity::{CLIENT_PORT, ClusterIdentity, owned_meta};
-use crate::resources::statefulset::RUN_AS_USER;
+use crate::resources::statefulset::{container_security_context, pod_security_context};
 
 /// Where the backup claim is mounted in the job's pod.
 pub const BACKUP_DIR: &str = "/backups";
@@ -107,16 +106,7 @@ pub fn build(cluster: &RaftCluster, backup: &BackupSpec) -> CronJob {
         // The report when there is one; the log's tail if the process died
         // before writing it.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security_context()),
         volume_mounts: Some(vec![VolumeMount {
             name: "backups".into(),
             mount_path: BACKUP_DIR.into(),
@@ -127,18 +117,7 @@ pub fn build(cluster: &RaftCluster, backup: &BackupSpec) -> CronJob {
     let pod = PodSpec {
         containers: vec![container],
         restart_policy: Some("Never".into()),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS_USER),
-            run_as_group: Some(RUN_AS_USER),
-            // Makes a fresh volume writable by the unprivileged user.
-            fs_group: Some(RUN_AS_USER),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(pod_security_context()),
         volumes: Some(vec![Volume {
             name: "backups".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {

@@ -102,6 +102,38 @@ pub fn build(cluster: &RaftCluster, replicas: i32) -> StatefulSet {
     }
 }
 
+/// Every pod the operator makes runs as the image's unprivileged user,
+/// under the runtime's default seccomp profile; `fs_group` makes a fresh
+/// volume writable by that user.
+pub(crate) fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// Every container the operator makes: a read-only root filesystem, no
+/// privilege escalation, no capabilities.
+pub(crate) fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
 fn pod_spec(cluster: &RaftCluster, id: &ClusterIdentity) -> PodSpec {
     let spec = &cluster.spec;
     let grace = MIN_GRACE_SECONDS.max(10 * i64::from(spec.raft.election_timeout_ms) / 1000);
@@ -113,17 +145,7 @@ fn pod_spec(cluster: &RaftCluster, id: &ClusterIdentity) -> PodSpec {
         containers: vec![main],
         init_containers: restore,
         termination_grace_period_seconds: Some(grace),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS_USER),
-            run_as_group: Some(RUN_AS_USER),
-            fs_group: Some(RUN_AS_USER),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(pod_security_context()),
         node_selector: (!spec.pod.node_selector.is_empty()).then(|| spec.pod.node_selector.clone()),
         tolerations: (!spec.pod.tolerations.is_empty()).then(|| spec.pod.tolerations.clone()),
         affinity: spec.pod.affinity.clone(),
@@ -168,16 +190,7 @@ fn container(cluster: &RaftCluster, id: &ClusterIdentity) -> Container {
         // says why on stderr; this puts the tail of that log into the pod
         // status, where the operator reads it and reports it.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security_context()),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: DATA_VOLUME.into(),
