@@ -156,6 +156,10 @@ pub(crate) struct Driver {
     /// The index of the last membership change proposed here: another
     /// waits until it applied.
     change_index: Option<LogIndex>,
+    /// Whether the log store still records that this node withholds its
+    /// votes: until it no longer does, each loop checks whether the core
+    /// lifted it (see `persist_vote_withholding`).
+    withholding_recorded: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -187,6 +191,7 @@ impl Driver {
             cfg.snapshot_policy,
             metrics.clone(),
         )));
+        let withholding_recorded = node.storage().withholds_votes();
         Driver {
             cfg,
             node,
@@ -213,6 +218,7 @@ impl Driver {
             writes_in_flight: 0,
             applier,
             change_index: None,
+            withholding_recorded,
         }
     }
 

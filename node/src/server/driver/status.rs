@@ -18,12 +18,14 @@ impl Driver {
     /// write succeeds a restart withholds them again, which is safe; it is
     /// retried on the next loop.
     pub(super) fn persist_vote_withholding(&mut self) {
-        let store = self.node.storage();
-        if !store.withholds_votes() || self.node.withholding_votes() {
+        if !self.withholding_recorded || self.node.withholding_votes() {
             return;
         }
-        match store.set_withhold_votes(false) {
-            Ok(()) => info!("added as a learner: this member votes from now on"),
+        match self.node.storage().set_withhold_votes(false) {
+            Ok(()) => {
+                self.withholding_recorded = false;
+                info!("added as a learner: this member votes from now on");
+            }
             Err(e) => warn!(error = %e, "cannot record that this member votes again"),
         }
     }
