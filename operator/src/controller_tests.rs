@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::crd::{Phase, RaftClusterStatus};
 use crate::fixtures::{Expect, FakeNodes, context, serve};
-use crate::node_api::NodeRole;
+use crate::node_api::{NodeRole, NodeStatus};
 use crate::observation::tests::status as node_status;
 
 const NS: &str = "prod";
@@ -164,18 +164,21 @@ fn status_write(check: impl FnOnce(&Value) + Send + 'static) -> Expect {
 
 /// `n` healthy nodes with the leader at `leader`; `members` is (id, voter, match).
 fn nodes(n: u64, leader: u64, members: &[(u64, bool, Option<u64>)]) -> FakeNodes {
-    FakeNodes::with(
-        (1..=n)
-            .map(|i| {
-                let role = if i == leader {
-                    NodeRole::Leader
-                } else {
-                    NodeRole::Follower
-                };
-                node_status(i, role, 5, Some(leader), members)
-            })
-            .collect(),
-    )
+    FakeNodes::with(statuses(n, leader, members))
+}
+
+/// What nodes `1..=n` report, `leader` leading in term 5.
+fn statuses(n: u64, leader: u64, members: &[(u64, bool, Option<u64>)]) -> Vec<NodeStatus> {
+    (1..=n)
+        .map(|i| {
+            let role = if i == leader {
+                NodeRole::Leader
+            } else {
+                NodeRole::Follower
+            };
+            node_status(i, role, 5, Some(leader), members)
+        })
+        .collect()
 }
 
 async fn run_scenario(
@@ -847,21 +850,11 @@ async fn a_member_whose_pvc_was_replaced_is_removed() {
 #[tokio::test]
 async fn a_member_whose_data_directory_was_emptied_is_removed() {
     let members = [(1, true, None), (2, true, Some(100)), (3, true, Some(100))];
-    let fake = FakeNodes::with(
-        (1..=3)
-            .map(|i| {
-                let role = if i == 1 {
-                    NodeRole::Leader
-                } else {
-                    NodeRole::Follower
-                };
-                let mut s = node_status(i, role, 5, Some(1), &members);
-                let storage = if i == 2 { "s1-new" } else { "s" };
-                s.storage_id = Some(format!("{storage}{}", i - 1));
-                s
-            })
-            .collect(),
-    );
+    let mut reported = statuses(3, 1, &members);
+    for (s, id) in reported.iter_mut().zip(["s0", "s1-new", "s2"]) {
+        s.storage_id = Some(id.into());
+    }
+    let fake = FakeNodes::with(reported);
     let mut c = cluster(3, PvcRetention::Retain);
     if let Some(s) = c.status.as_mut() {
         s.member_storage = [("kv-0", "s0"), ("kv-1", "s1"), ("kv-2", "s2")]
