@@ -24,7 +24,7 @@ use crate::cli::serve::{ServeArgs, parse_initial_cluster};
 use crate::cli::snapshot_rotation;
 use crate::grpc::proto::etcdserverpb::{SnapshotRequest, maintenance_client::MaintenanceClient};
 use crate::raft::{Membership, NodeId};
-use crate::server::Bootstrap;
+use crate::server::{Bootstrap, MemberInfo};
 use crate::server::{cluster_id_of, cluster_id_of_token};
 use crate::storage::{BackupSummary, Identity, KV_FILE, LOG_FILE, read_backup, restore_backup};
 
@@ -148,7 +148,7 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
         } => restore(
             &file,
             &data_dir,
-            &initial_cluster,
+            &parse_initial_cluster(&initial_cluster)?,
             id,
             cluster_id.or_else(|| cluster_token.as_deref().map(cluster_id_of_token)),
         ),
@@ -322,12 +322,7 @@ fn restore_if_bootstrapping(file: &Path, serve: &ServeArgs) -> anyhow::Result<()
             let Bootstrap::Initial(members) = &cfg.bootstrap else {
                 bail!("a bootstrapping member without an initial configuration");
             };
-            let initial = members
-                .iter()
-                .map(|(id, m)| format!("{id}={}", m.peer_url))
-                .collect::<Vec<_>>()
-                .join(",");
-            restore(file, &cfg.data_dir, &initial, cfg.id.get(), cfg.cluster_id)
+            restore(file, &cfg.data_dir, members, cfg.id.get(), cfg.cluster_id)
         }
     }
 }
@@ -335,17 +330,16 @@ fn restore_if_bootstrapping(file: &Path, serve: &ServeArgs) -> anyhow::Result<()
 fn restore(
     file: &Path,
     data_dir: &Path,
-    initial_cluster: &str,
+    members: &[(NodeId, MemberInfo)],
     id: u64,
     cluster_id: Option<u64>,
 ) -> anyhow::Result<()> {
-    let members = parse_initial_cluster(initial_cluster)?;
     if !members.iter().any(|(m, _)| m.get() == id) {
         bail!("--initial-cluster does not list --id {id}");
     }
     // Exactly what `raftkv serve` derives from the same flags, so that the
     // restored member opens as the node it is started as.
-    let cluster_id = cluster_id.unwrap_or_else(|| cluster_id_of(&members));
+    let cluster_id = cluster_id.unwrap_or_else(|| cluster_id_of(members));
     let membership = Membership::with_voters(members.iter().map(|(id, m)| (*id, m.to_context())));
     let identity = Identity {
         cluster_id,
@@ -375,7 +369,6 @@ fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::MemberInfo;
 
     fn initial() -> Bootstrap {
         Bootstrap::Initial(vec![(
