@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::RootCertStore;
-use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::reload::{ClientCertResolver, KeyPairFiles, ReloadingKeyPair, ServerCertResolver};
+use super::trust::{TrustedClients, TrustedServers};
 use super::{TlsError, provider};
 
 /// The TLS side of one listener.
@@ -112,23 +112,11 @@ impl ServerTls {
             }
             (None, false) => builder.with_no_client_auth(),
             (Some(ca), require) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(load_roots(ca)?),
-                    provider,
-                );
                 // Without `client_cert_auth` a certificate is checked when
                 // one is presented, and its absence is not held against the
                 // client (as etcd does with a CA but no --client-cert-auth).
-                let verifier = if require {
-                    verifier
-                } else {
-                    verifier.allow_unauthenticated()
-                };
-                let verifier = verifier.build().map_err(|e| TlsError::Ca {
-                    path: ca.clone(),
-                    detail: e.to_string(),
-                })?;
-                builder.with_client_cert_verifier(verifier)
+                let verifier = TrustedClients::load(ca.clone(), require, provider)?;
+                builder.with_client_cert_verifier(Arc::new(verifier))
             }
         };
         let mut config = builder.with_cert_resolver(Arc::new(ServerCertResolver(key_pair.clone())));
@@ -145,10 +133,12 @@ impl ClientTls {
             TlsError::Config("connecting with TLS needs a trusted CA file".into())
         })?;
         let provider = provider();
+        let verifier = TrustedServers::load(ca.clone(), provider.clone())?;
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(load_roots(ca)?);
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier));
         let mut config = match &self.key_pair {
             Some(files) => {
                 let key_pair = Arc::new(ReloadingKeyPair::load(files.clone(), provider)?);

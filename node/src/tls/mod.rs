@@ -8,6 +8,8 @@
 //!   configurations;
 //! - [`reload`]: a certificate and key that are re-read from disk when they
 //!   change, so rotation (cert-manager, a cron job) needs no restart;
+//! - [`trust`]: the same for trusted CA bundles, on both sides of a
+//!   handshake, so a cluster can move to a new CA without a restart;
 //! - [`accept`]: TLS handshakes on an accepted TCP stream, off the accept
 //!   loop and bounded in time, for the gRPC ports;
 //! - [`connect`]: a connector that dials `https://` URLs for tonic channels
@@ -22,6 +24,7 @@ pub mod connect;
 pub mod local_ca;
 pub mod peer_identity;
 pub mod reload;
+pub mod trust;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! A certificate and key that follow their files on disk.
+//! A certificate and key that follow their files on disk, and the
+//! [`Followed`] value underneath that the trusted CAs (`trust.rs`) use too.
 //!
 //! Certificates are short-lived where it matters (cert-manager renews them
 //! before expiry and rewrites the mounted Secret), so a node must pick up
@@ -32,31 +33,97 @@ pub struct KeyPairFiles {
     pub key: PathBuf,
 }
 
-/// The raw contents of the two files (`None`: unreadable).
-type Stamp = [Option<Vec<u8>>; 2];
+/// The raw contents of the files (`None`: unreadable).
+type Stamp = Vec<Option<Vec<u8>>>;
 
-/// A key pair re-read from its files when they change.
-#[derive(Debug)]
-pub struct ReloadingKeyPair {
-    files: KeyPairFiles,
-    provider: Arc<CryptoProvider>,
-    check_every: Duration,
-    state: Mutex<Loaded>,
+fn stamp(files: &[PathBuf]) -> Stamp {
+    files.iter().map(|f| std::fs::read(f).ok()).collect()
 }
 
-#[derive(Debug)]
-struct Loaded {
-    key: Arc<CertifiedKey>,
+type Build<T> = Box<dyn Fn() -> Result<T, TlsError> + Send + Sync>;
+
+/// Something built from files (a key pair, a CA's verifier), built again
+/// when their contents change; see the module docs.
+pub struct Followed<T> {
+    files: Vec<PathBuf>,
+    /// What the files hold, for the log.
+    what: &'static str,
+    check_every: Duration,
+    build: Build<T>,
+    state: Mutex<Loaded<T>>,
+}
+
+struct Loaded<T> {
+    value: T,
     stamp: Stamp,
     checked: Instant,
 }
 
-fn stamp(files: &KeyPairFiles) -> Stamp {
-    [
-        std::fs::read(&files.cert).ok(),
-        std::fs::read(&files.key).ok(),
-    ]
+impl<T> std::fmt::Debug for Followed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Followed")
+            .field("files", &self.files)
+            .field("what", &self.what)
+            .finish_non_exhaustive()
+    }
 }
+
+impl<T: Clone> Followed<T> {
+    /// Builds the value now; fails if it does not build.
+    pub fn load(
+        files: Vec<PathBuf>,
+        check_every: Duration,
+        what: &'static str,
+        build: impl Fn() -> Result<T, TlsError> + Send + Sync + 'static,
+    ) -> Result<Self, TlsError> {
+        let before = stamp(&files);
+        let value = build()?;
+        Ok(Followed {
+            files,
+            what,
+            check_every,
+            build: Box::new(build),
+            state: Mutex::new(Loaded {
+                value,
+                stamp: before,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// The value to use now, built again first if its files changed.
+    pub fn current(&self) -> T {
+        // A panic while holding the lock cannot leave a half-made value
+        // (it is swapped in whole), so a poisoned lock still holds a good
+        // one.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.checked.elapsed() < self.check_every {
+            return state.value.clone();
+        }
+        state.checked = Instant::now();
+        let now = stamp(&self.files);
+        if now != state.stamp {
+            let file = self.files.first().map(|f| f.display().to_string());
+            match (self.build)() {
+                Ok(value) => {
+                    info!(file, "reloaded a changed {}", self.what);
+                    state.value = value;
+                    state.stamp = now;
+                }
+                Err(e) => warn!(
+                    error = %e,
+                    "a changed {} does not load; still using the previous one",
+                    self.what
+                ),
+            }
+        }
+        state.value.clone()
+    }
+}
+
+/// A key pair re-read from its files when they change.
+#[derive(Debug)]
+pub struct ReloadingKeyPair(Followed<Arc<CertifiedKey>>);
 
 fn load_pair(files: &KeyPairFiles, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
     let certs = load_certs(&files.cert)?;
@@ -81,44 +148,16 @@ impl ReloadingKeyPair {
         provider: Arc<CryptoProvider>,
         check_every: Duration,
     ) -> Result<Self, TlsError> {
-        let before = stamp(&files);
-        let key = Arc::new(load_pair(&files, &provider)?);
-        Ok(ReloadingKeyPair {
-            files,
-            provider,
-            check_every,
-            state: Mutex::new(Loaded {
-                key,
-                stamp: before,
-                checked: Instant::now(),
-            }),
+        let paths = vec![files.cert.clone(), files.key.clone()];
+        Followed::load(paths, check_every, "TLS certificate", move || {
+            load_pair(&files, &provider).map(Arc::new)
         })
+        .map(ReloadingKeyPair)
     }
 
     /// The pair to present now, re-read first if its files changed.
     pub fn current(&self) -> Arc<CertifiedKey> {
-        // A panic while holding the lock cannot leave a half-made pair (it
-        // is swapped in whole), so a poisoned lock still holds a good one.
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.checked.elapsed() < self.check_every {
-            return state.key.clone();
-        }
-        state.checked = Instant::now();
-        let now = stamp(&self.files);
-        if now != state.stamp {
-            match load_pair(&self.files, &self.provider) {
-                Ok(key) => {
-                    info!(cert = %self.files.cert.display(), "reloaded a changed TLS certificate");
-                    state.key = Arc::new(key);
-                    state.stamp = now;
-                }
-                Err(e) => warn!(
-                    error = %e,
-                    "a changed TLS certificate does not load; still serving the previous one"
-                ),
-            }
-        }
-        state.key.clone()
+        self.0.current()
     }
 }
 

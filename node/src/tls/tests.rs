@@ -10,7 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::config::load_certs;
 use super::local_ca::LocalCa;
-use super::reload::{KeyPairFiles, ReloadingKeyPair, ServerCertResolver};
+use super::reload::{ClientCertResolver, KeyPairFiles, ReloadingKeyPair, ServerCertResolver};
+use super::trust::{TrustedClients, TrustedServers};
 use super::{ClientTls, ServerTls, peer_identity, provider};
 
 /// One handshake: the server writes "ok" once its side completed. Returns
@@ -164,6 +165,91 @@ async fn client_cert_auth_refuses_clients_without_a_certificate_from_the_trusted
     exchange(server, client(&other_ca_path, None))
         .await
         .expect_err("a server from another CA");
+}
+
+/// A client configuration trusting the bundle at `ca`, looked at on
+/// every handshake, presenting `key_pair`.
+fn client_following(ca: &std::path::Path, key_pair: KeyPairFiles) -> Arc<rustls::ClientConfig> {
+    let trusted =
+        TrustedServers::load_checking_every(ca.to_path_buf(), provider(), Duration::ZERO).unwrap();
+    let key_pair = Arc::new(ReloadingKeyPair::load(key_pair, provider()).unwrap());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(trusted))
+        .with_client_cert_resolver(Arc::new(ClientCertResolver(key_pair)));
+    // Every exchange a full handshake: a resumed session checks no
+    // certificate at all.
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+#[tokio::test]
+async fn a_changed_trusted_ca_is_taken_on_both_sides_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_ca = LocalCa::new("old CA").unwrap();
+    let new_ca = LocalCa::new("new CA").unwrap();
+    let server_ca = dir.path().join("server-trusts.pem");
+    let client_ca = dir.path().join("client-trusts.pem");
+    std::fs::write(&server_ca, old_ca.pem()).unwrap();
+    std::fs::write(&client_ca, old_ca.pem()).unwrap();
+    let server_files = old_ca
+        .issue("server", &["127.0.0.1"])
+        .unwrap()
+        .write(dir.path(), "server")
+        .unwrap();
+    // The client already holds a certificate from the new CA.
+    let client_files = new_ca
+        .issue("client", &[])
+        .unwrap()
+        .write(dir.path(), "client")
+        .unwrap();
+    let trusted =
+        TrustedClients::load_checking_every(server_ca.clone(), true, provider(), Duration::ZERO)
+            .unwrap();
+    let key_pair = Arc::new(
+        ReloadingKeyPair::load_checking_every(server_files, provider(), Duration::ZERO).unwrap(),
+    );
+    let server = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(Arc::new(trusted))
+            .with_cert_resolver(Arc::new(ServerCertResolver(key_pair.clone()))),
+    );
+    let client = client_following(&client_ca, client_files);
+
+    exchange(server.clone(), client.clone())
+        .await
+        .expect_err("the server does not trust the new CA yet");
+    // The server's bundle gains the new CA next to the old one.
+    std::fs::write(&server_ca, format!("{}{}", old_ca.pem(), new_ca.pem())).unwrap();
+    exchange(server.clone(), client.clone())
+        .await
+        .expect("the server trusts the new CA once its bundle says so");
+
+    // A bundle half written keeps the last good roots in force.
+    std::fs::write(&server_ca, b"-----BEGIN CERTIFICATE-----\ngarbage").unwrap();
+    exchange(server.clone(), client.clone())
+        .await
+        .expect("a broken bundle does not replace a good one");
+
+    // The client side: the server moves to a certificate from the new CA,
+    // which the client refuses until its own bundle names that CA.
+    new_ca
+        .issue("server", &["127.0.0.1"])
+        .unwrap()
+        .write(dir.path(), "server")
+        .unwrap();
+    let err = exchange(server.clone(), client.clone())
+        .await
+        .expect_err("the client does not trust the new CA yet");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    std::fs::write(&client_ca, new_ca.pem()).unwrap();
+    exchange(server, client)
+        .await
+        .expect("the client trusts the new CA once its bundle says so");
 }
 
 #[test]
