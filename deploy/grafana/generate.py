@@ -198,15 +198,18 @@ def panels():
     p.panel("Resident memory", "Resident set size of each raftkv process.",
             [(per_node("process_resident_memory_bytes"), "{{name}}")], unit="bytes", width=24)
 
-    # From the operator's /metrics, labelled by the RaftCluster's name (not
-    # the node's numeric cluster id): not filtered by the variables above.
+    # From the operator's /metrics, labelled by the RaftCluster's namespace
+    # and name (the operator's ServiceMonitor honours its labels), which are
+    # what the ServiceMonitor of the members puts into `namespace` and
+    # `cluster` too: the variables filter these as well.
     p.row("Backups")
+    op = '{namespace=~"$namespace", cluster=~"$cluster"}'
     p.panel("Backup age", "Time since each RaftCluster's last successful scheduled backup "
             "(spec.backup), and the age at which the RaftkvBackupTooOld alert starts "
             "(twice the longest gap of the schedule). Needs the operator to be scraped.",
-            [("time() - raftkv_operator_backup_last_success_timestamp_seconds",
+            [(f"time() - raftkv_operator_backup_last_success_timestamp_seconds{op}",
               "{{cluster}} backup age"),
-             ("2 * raftkv_operator_backup_schedule_interval_seconds",
+             (f"2 * raftkv_operator_backup_schedule_interval_seconds{op}",
               "{{cluster}} alert threshold")], unit="s", width=24)
     return p.panels
 

@@ -555,6 +555,7 @@ async fn apply<N: NodeClient, R: AddressResolver>(
     );
     status.service_monitor = service_monitor;
     let backup_interval = backup.interval_seconds;
+    let backup_configured = backup.configured_since;
     backup.apply_to(&mut status);
     warn_on_transitions(cluster, ctx, &status).await;
     write_status(cluster, ctx, &status).await?;
@@ -562,12 +563,15 @@ async fn apply<N: NodeClient, R: AddressResolver>(
     ctx.metrics.observe_backup(
         ns,
         &id.name,
-        status
-            .backup
-            .as_ref()
-            .and_then(|b| b.last_successful_time.as_ref())
-            .map(|t| t.0.as_second()),
-        backup_interval,
+        crate::metrics::BackupGauges {
+            last_success: status
+                .backup
+                .as_ref()
+                .and_then(|b| b.last_successful_time.as_ref())
+                .map(|t| t.0.as_second()),
+            interval_seconds: backup_interval,
+            configured_since: backup_configured,
+        },
     );
 
     let stable = step == Step::Stable

@@ -22,6 +22,7 @@ pub struct Metrics {
     ready_replicas: IntGaugeVec,
     backup_last_success: IntGaugeVec,
     backup_interval: IntGaugeVec,
+    backup_configured: IntGaugeVec,
 }
 
 impl Metrics {
@@ -73,6 +74,10 @@ impl Metrics {
             "raftkv_operator_backup_schedule_interval_seconds",
             "Longest gap between two runs of the cluster's backup schedule",
         )?;
+        let backup_configured = gauge(
+            "raftkv_operator_backup_configured_timestamp_seconds",
+            "Unix time the cluster's backup CronJob was created",
+        )?;
         registry.register(Box::new(reconciliations.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -84,6 +89,7 @@ impl Metrics {
             &ready_replicas,
             &backup_last_success,
             &backup_interval,
+            &backup_configured,
         ] {
             registry.register(Box::new(g.clone()))?;
         }
@@ -99,23 +105,21 @@ impl Metrics {
             ready_replicas,
             backup_last_success,
             backup_interval,
+            backup_configured,
         })
     }
 
     /// Update the backup gauges: the last success's time (absent until
-    /// there is one) and the schedule's longest gap (absent without a
-    /// schedule), which together say whether the newest backup is too old.
-    pub fn observe_backup(
-        &self,
-        namespace: &str,
-        cluster: &str,
-        last_success: Option<i64>,
-        interval_seconds: Option<i64>,
-    ) {
+    /// there is one), the schedule's longest gap (absent without a
+    /// schedule) and when the CronJob was created, which together say
+    /// whether the newest backup is too old, or whether there should have
+    /// been one by now.
+    pub fn observe_backup(&self, namespace: &str, cluster: &str, backup: BackupGauges) {
         let l = [namespace, cluster];
         for (gauge, value) in [
-            (&self.backup_last_success, last_success),
-            (&self.backup_interval, interval_seconds),
+            (&self.backup_last_success, backup.last_success),
+            (&self.backup_interval, backup.interval_seconds),
+            (&self.backup_configured, backup.configured_since),
         ] {
             match value {
                 Some(v) => gauge.with_label_values(&l).set(v),
@@ -157,6 +161,7 @@ impl Metrics {
             &self.ready_replicas,
             &self.backup_last_success,
             &self.backup_interval,
+            &self.backup_configured,
         ] {
             // Absent series are fine: the cluster may never have been observed.
             let _ = g.remove_label_values(&l);
@@ -167,6 +172,18 @@ impl Metrics {
     pub fn render(&self) -> Result<String, prometheus::Error> {
         TextEncoder::new().encode_to_string(&self.registry.gather())
     }
+}
+
+/// The values of the backup gauges of one cluster (each absent: no
+/// series).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackupGauges {
+    /// Unix time of the last successful backup.
+    pub last_success: Option<i64>,
+    /// Longest gap between two runs of the schedule, in seconds.
+    pub interval_seconds: Option<i64>,
+    /// Unix time the backup CronJob was created.
+    pub configured_since: Option<i64>,
 }
 
 #[cfg(test)]
@@ -204,19 +221,51 @@ mod tests {
     #[test]
     fn backup_gauges_follow_the_last_success_and_the_schedule() {
         let m = Metrics::new().unwrap();
-        m.observe_backup("prod", "kv", None, Some(3600));
+        m.observe_backup(
+            "prod",
+            "kv",
+            BackupGauges {
+                last_success: None,
+                interval_seconds: Some(3600),
+                configured_since: Some(1),
+            },
+        );
         let text = m.render().unwrap();
         assert!(!text.contains("raftkv_operator_backup_last_success_timestamp_seconds{"));
         assert!(text.contains(
             r#"raftkv_operator_backup_schedule_interval_seconds{cluster="kv",namespace="prod"} 3600"#
         ));
-        m.observe_backup("prod", "kv", Some(1_764_558_000), Some(3600));
+        m.observe_backup(
+            "prod",
+            "kv",
+            BackupGauges {
+                last_success: Some(1_764_558_000),
+                interval_seconds: Some(3600),
+                configured_since: Some(1),
+            },
+        );
         assert!(m.render().unwrap().contains(
             r#"raftkv_operator_backup_last_success_timestamp_seconds{cluster="kv",namespace="prod"} 1764558000"#
         ));
-        m.observe_backup("prod", "kv", None, None);
+        m.observe_backup(
+            "prod",
+            "kv",
+            BackupGauges {
+                last_success: None,
+                interval_seconds: None,
+                configured_since: None,
+            },
+        );
         assert!(!m.render().unwrap().contains("raftkv_operator_backup_"));
-        m.observe_backup("prod", "kv", Some(1), Some(1));
+        m.observe_backup(
+            "prod",
+            "kv",
+            BackupGauges {
+                last_success: Some(1),
+                interval_seconds: Some(1),
+                configured_since: Some(1),
+            },
+        );
         m.forget_cluster("prod", "kv");
         assert!(!m.render().unwrap().contains("raftkv_operator_backup_"));
     }
@@ -246,7 +295,15 @@ mod tests {
         // Labelled families only appear once they have a series.
         m.failures.with_label_values(&["kube"]).inc();
         m.observe_cluster("prod", "kv", &RaftClusterStatus::default());
-        m.observe_backup("prod", "kv", Some(1), Some(86_400));
+        m.observe_backup(
+            "prod",
+            "kv",
+            BackupGauges {
+                last_success: Some(1),
+                interval_seconds: Some(86_400),
+                configured_since: Some(1),
+            },
+        );
         let exported: Vec<String> = m
             .render()
             .unwrap()

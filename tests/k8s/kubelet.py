@@ -324,6 +324,11 @@ class ProcessKubelet:
                     f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim['claimName']}"
                 )
                 volumes[vol["name"]] = os.path.join(self.work, "volumes", pvc["metadata"]["uid"])
+            elif "emptyDir" in vol:
+                # A folder of the pod's own, as a kubelet's emptyDir.
+                folder = os.path.join(self.work, "emptydirs", meta["uid"], vol["name"])
+                os.makedirs(folder, exist_ok=True)
+                volumes[vol["name"]] = folder
 
         log_path = os.path.join(self.work, "pods", f"{ns}_{name}_{meta['uid']}.log")
         for init in spec.get("initContainers", []):
@@ -403,6 +408,10 @@ class ProcessKubelet:
                 secret = self.api.try_get(f"/api/v1/namespaces/{ns}/secrets/{ref['name']}")
                 data = (secret or {}).get("data") or {}
                 if ref["key"] not in data:
+                    # An optional key that is absent leaves the variable
+                    # unset, as for config maps below.
+                    if ref.get("optional"):
+                        continue
                     raise ContainerConfigError(f"pod {ns}/{name}: secret key {ref} missing")
                 value = base64.b64decode(data[ref["key"]]).decode()
             elif "configMapKeyRef" in source:

@@ -12,8 +12,9 @@ of the pod template under writes (one pod at a time, the leader's last), a
 release that cannot start halting the rollout, a member whose volume is
 lost removed and added back, a member down reported, the helm test hook's
 check, scheduled backups (CronJob, a job started by hand, status,
-failure, retention) and a new cluster restored from one, pvcRetention
-Retain and Delete, and helm uninstall.
+failure, retention) and a new cluster restored from one, the same with
+an S3-compatible store (a moto server on loopback), pvcRetention Retain
+and Delete, and helm uninstall.
 """
 
 import base64
@@ -21,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -85,6 +87,12 @@ def eventually(what, fn, timeout, interval=0.3):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout}s; last: {last}")
         time.sleep(interval)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def http(method, url, data=None, timeout=3):
@@ -927,6 +935,81 @@ class Suite:
         )
         kubectl("delete", "pvc", "demo-backup", "--wait=false")
 
+    def step_s3_backup_and_restore(self):
+        # A real S3-compatible server (moto) on loopback, where the pods
+        # (local processes in the same network namespace) reach it.
+        port = free_port()
+        moto = subprocess.Popen(
+            ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        endpoint = f"http://127.0.0.1:{port}"
+        try:
+            eventually("moto_server to answer", lambda: http("GET", endpoint)[0] == 200, 60)
+            http("PUT", f"{endpoint}/raftkv-backups", b"")
+            kubectl("create", "secret", "generic", "demo-s3",
+                    "--from-literal=AWS_ACCESS_KEY_ID=raftkv", "--from-literal=AWS_SECRET_ACCESS_KEY=raftkv-secret")
+            s3 = {"bucket": "raftkv-backups", "prefix": "k8s/demo", "endpoint": endpoint,
+                  "forcePathStyle": True, "credentialsSecret": "demo-s3"}
+            # The CEL rule: a claim or a bucket, not both.
+            res = kubectl(
+                "patch", "raftc", "demo", "--type", "merge", "-p",
+                json.dumps({"spec": {"backup": {"schedule": "@daily", "pvc": {"size": "1Gi"}, "s3": s3}}}),
+                check=False,
+            )
+            assert res.returncode != 0 and "exactly one" in res.stderr, res.stderr
+            kubectl(
+                "patch", "raftc", "demo", "--type", "merge", "-p",
+                json.dumps({"spec": {"backup": {"schedule": "0 3 * * *", "timeZone": "Etc/UTC",
+                                                "keep": 1, "s3": s3}}}),
+            )
+
+            def s3_cronjob():
+                cj = kjson("get", "cronjob", "demo-backup")
+                args = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+                assert "--s3" in args, args
+                return cj
+
+            cronjob = eventually("CronJob demo-backup to S3", s3_cronjob, 30)
+            assert cronjob["spec"].get("timeZone") == "Etc/UTC", cronjob["spec"]
+            first = self.run_backup_job("demo-s3-backup-1")
+            second = self.run_backup_job("demo-s3-backup-2")
+            log(f"  {second['location']}: revision {second['revision']}, {second['sizeBytes']} bytes")
+            assert second["location"] == f"s3://raftkv-backups/k8s/demo/{second['file']}", second
+            assert "claimName" not in second, second
+            # keep 1: the first went when the second was uploaded.
+            listing = http("GET", f"{endpoint}/raftkv-backups?list-type=2&prefix=k8s/demo/")[1].decode()
+            assert f"k8s/demo/{second['file']}" in listing, listing
+            assert first["file"] not in listing, listing
+
+            restored = yaml.safe_load(open(EXAMPLE))
+            restored["metadata"]["name"] = "restored-s3"
+            restored["spec"].pop("backup", None)
+            store = {k: v for k, v in s3.items() if k != "prefix"}
+            restored["spec"]["restore"] = {"s3": dict(store, key=f"k8s/demo/{second['file']}")}
+            kubectl("apply", "-f", "-", input=yaml.safe_dump(restored))
+            eventually("restored-s3 healthy with 3 voters", lambda: self.healthy("restored-s3", 3), 120)
+            leader = self.leader_status("default", "restored-s3")
+            url = self.kubelet.http_url("default", leader["name"])
+            missing = [
+                key for key, value in self.backup_keys.items()
+                if http("GET", f"{url}/v1/kv/{key}") != (200, value.encode())
+            ]
+            assert not missing, f"{len(missing)} keys of the backup missing, e.g. {missing[:5]}"
+            log(f"  {len(self.backup_keys)} keys served by the cluster restored from S3")
+            kubectl("delete", "raftc", "restored-s3", "--wait=true", "--timeout=60s")
+            kubectl("delete", "pvc", "-l", "app.kubernetes.io/instance=restored-s3", "--wait=false")
+            kubectl("patch", "raftc", "demo", "--type", "json", "-p", '[{"op":"remove","path":"/spec/backup"}]')
+            eventually(
+                "CronJob removed with spec.backup",
+                lambda: kubectl("get", "cronjob", "demo-backup", check=False).returncode != 0,
+                30,
+            )
+            kubectl("delete", "secret", "demo-s3")
+        finally:
+            moto.kill()
+            moto.wait()
+
     # --- driver ---------------------------------------------------------------
 
     def main(self):
@@ -947,6 +1030,7 @@ class Suite:
             ("a member down longer than the threshold is reported", self.step_member_down_reported),
             ("scheduled backups: CronJob, kubectl create job --from, status, retention", self.step_scheduled_backup),
             ("a new RaftCluster restored from a backup serves its keys", self.step_restore_from_backup),
+            ("backups to an S3-compatible store (moto), and a cluster restored from one", self.step_s3_backup_and_restore),
             ("the helm test hook's check holds", self.step_helm_test_check),
             ("delete + re-apply with pvcRetention Retain adopts the data", self.step_delete_retain_adopts),
             ("delete with pvcRetention Delete removes the claims", self.step_delete_with_pvc_delete),
@@ -957,6 +1041,7 @@ class Suite:
             wanted = (
                 self.step_helm_install, self.step_operator_as_chart_sa, self.step_apply_example,
                 self.step_scheduled_backup, self.step_restore_from_backup,
+                self.step_s3_backup_and_restore,
             )
             steps = [(n, fn) for n, fn in steps if fn in wanted]
         self.kubelet.start()

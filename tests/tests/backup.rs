@@ -4,7 +4,9 @@
 //! with history down to the compaction point; `etcdctl snapshot save`
 //! works against raftkv; damaged files are refused by name; scheduled
 //! backups (`raftkv snapshot backup`) keep the newest N and report what
-//! they saved.
+//! they saved, in a directory or in an S3-compatible bucket (a real
+//! `moto_server` on loopback, which `.ci/install` installs), from which a
+//! new cluster is restored.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -416,4 +418,268 @@ async fn scheduled_backups_keep_the_newest_and_report_what_they_saved() {
             .count(),
         2
     );
+}
+
+/// A `moto_server` (an S3-compatible server) on a loopback port, stopped
+/// by its PID when dropped.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Moto {
+    async fn start() -> Moto {
+        let port = raftkv_e2e::free_port().unwrap();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server must be installed (.ci/install installs moto[server])");
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        Cluster::eventually(Duration::from_secs(60), "moto_server to answer", || async {
+            let r = http.get(&moto.endpoint).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await
+        .unwrap();
+        moto
+    }
+
+    /// moto checks no signatures: plain requests create and list.
+    async fn create_bucket(&self, bucket: &str) {
+        let r = reqwest::Client::new()
+            .put(format!("{}/{bucket}", self.endpoint))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{:?}", r.text().await);
+    }
+
+    /// The keys under `prefix` in `bucket`.
+    async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let body = reqwest::Client::new()
+            .get(format!(
+                "{}/{bucket}?list-type=2&prefix={prefix}",
+                self.endpoint
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut keys: Vec<String> = body
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next())
+            .map(str::to_string)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The object's ETag: `"<md5>-<parts>"` for a multipart upload.
+    async fn etag(&self, bucket: &str, key: &str) -> String {
+        let r = reqwest::Client::new()
+            .head(format!("{}/{bucket}/{key}", self.endpoint))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{key}: {}", r.status());
+        r.headers()["etag"].to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `raftkv` with the object store's flags and credentials.
+async fn raftkv_s3(moto: &Moto, staging: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(raftkv_bin().unwrap())
+        .args(args)
+        .args([
+            "--s3-endpoint",
+            &moto.endpoint,
+            "--s3-region",
+            "eu-west-1",
+            "--s3-force-path-style",
+            "--s3-staging-dir",
+            staging.to_str().unwrap(),
+        ])
+        .env("AWS_ACCESS_KEY_ID", "raftkv-test")
+        .env("AWS_SECRET_ACCESS_KEY", "raftkv-test-secret")
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_to_s3_under_writes_are_pruned_and_restore_a_cluster_that_serves_every_key() {
+    let moto = Moto::start().await;
+    moto.create_bucket("raftkv-backups").await;
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    // A run killed while saving left its `.part` file behind.
+    let stale = staging.join("kv-20200101T000000Z.db.part");
+    std::fs::write(&stale, b"half a backup").unwrap();
+
+    let c = Cluster::start(3, Options::default()).unwrap();
+    let leader = c.wait_leader(LEADER_WAIT).await.unwrap();
+    // More than one 5 MiB part: the upload goes in parts.
+    let big = "b".repeat(64 * 1024);
+    for i in 0..100 {
+        put(&c, leader, &format!("big/{i:03}"), &big).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writing = tokio::spawn(writer(c.http(leader).unwrap(), stop.clone(), acked.clone()));
+    let count = || acked.lock().unwrap().len();
+
+    let endpoints = (1..=3)
+        .map(|id| c.client_endpoint(id))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut reports = Vec::new();
+    let mut last_run = 0;
+    for run in 0..3 {
+        let enough = (run + 1) * 20;
+        Cluster::eventually(Duration::from_secs(30), "more writes", || async {
+            (count() >= enough).then_some(())
+        })
+        .await
+        .unwrap();
+        let report_file = dir.path().join(format!("report-{run}.json"));
+        // Backups are named by the second: never two runs in one.
+        Cluster::eventually(Duration::from_secs(3), "the next second", || async {
+            (unix_second() > last_run).then_some(())
+        })
+        .await
+        .unwrap();
+        let o = raftkv_s3(
+            &moto,
+            &staging,
+            &[
+                "snapshot",
+                "backup",
+                "--s3",
+                "s3://raftkv-backups/prod/kv",
+                "--prefix",
+                "kv",
+                "--keep",
+                "2",
+                "--endpoints",
+                &endpoints,
+                "--s3-part-size-mib",
+                "5",
+                "--report",
+                report_file.to_str().unwrap(),
+            ],
+        )
+        .await;
+        assert!(o.status.success(), "{}", text(&o));
+        last_run = unix_second();
+        let report: Value =
+            serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+        let file = report["file"].as_str().unwrap();
+        assert_eq!(
+            report["location"].as_str().unwrap(),
+            format!("s3://raftkv-backups/prod/kv/{file}")
+        );
+        assert!(report["size_bytes"].as_u64().unwrap() > 6 << 20, "{report}");
+        reports.push(report);
+    }
+    stop.store(true, Ordering::Relaxed);
+    writing.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+
+    // The killed run's leftover went with the first run; nothing is staged.
+    assert_eq!(
+        reports[0]["stale_removed"],
+        serde_json::json!(["kv-20200101T000000Z.db.part"])
+    );
+    assert!(!stale.exists());
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    // Keep 2: the third run pruned the first by listing the prefix.
+    assert_eq!(
+        reports[2]["pruned"],
+        serde_json::json!([reports[0]["file"]])
+    );
+    assert_eq!(reports[2]["kept"], 2);
+    let expected: Vec<String> = reports[1..]
+        .iter()
+        .map(|r| format!("prod/kv/{}", r["file"].as_str().unwrap()))
+        .collect();
+    assert_eq!(moto.keys("raftkv-backups", "prod/kv/").await, expected);
+    let newest = &expected[1];
+    let etag = moto.etag("raftkv-backups", newest).await;
+    assert!(
+        etag.trim_matches('"').ends_with("-2"),
+        "not multipart: {etag}"
+    );
+    drop(c);
+
+    // A new cluster from the newest backup, fetched from the bucket.
+    let revision = reports[2]["revision"].as_i64().unwrap();
+    let url = format!("s3://raftkv-backups/{newest}");
+    let mut n = Cluster::prepare(3, Options::default()).unwrap();
+    for node in &n.nodes {
+        let o = raftkv_s3(
+            &moto,
+            &staging,
+            &[
+                "snapshot",
+                "restore",
+                &url,
+                "--data-dir",
+                node.data_dir.to_str().unwrap(),
+                "--initial-cluster",
+                n.initial_cluster(),
+                "--id",
+                &node.id.to_string(),
+                "--cluster-id",
+                &n.cluster_id().to_string(),
+            ],
+        )
+        .await;
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            text(&o).contains(&format!("at revision {revision}")),
+            "{}",
+            text(&o)
+        );
+    }
+    // The downloaded copies are gone.
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    n.start_prepared().unwrap();
+    let leader = n.wait_leader(LEADER_WAIT).await.unwrap();
+    let restored = listed(&n, leader, "w/").await;
+    let before = acked.iter().filter(|(_, r)| *r <= revision).count();
+    assert!(before >= 60, "{before} writes before the last backup");
+    for (key, rev) in &acked {
+        match restored.get(key) {
+            Some((_, _, modified, _)) => assert_eq!(modified, rev, "{key}"),
+            None => assert!(*rev > revision, "{key} acknowledged at {rev} is missing"),
+        }
+    }
+    assert_eq!(restored.len(), before);
+    let bigs = listed(&n, leader, "big/").await;
+    assert_eq!(bigs.len(), 100);
+    assert!(bigs.values().all(|(v, ..)| v == &big));
+}
+
+fn unix_second() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

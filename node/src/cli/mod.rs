@@ -8,7 +8,8 @@
 //! - `bench`: a load generator over etcd's v3 gRPC API;
 //! - `recover`: offline tools for a cluster that lost its quorum for good;
 //! - `snapshot`: backups: save one from a member, check one, restore one;
-//!   `snapshot_rotation` keeps a directory of scheduled backups.
+//!   `snapshot_rotation` keeps a directory (or, through `s3`, an
+//!   S3-compatible bucket) of scheduled backups.
 //!
 //! Every flag has a `RAFTKV_*` environment variable equivalent.
 
@@ -18,6 +19,7 @@ mod client;
 mod dev;
 mod kv;
 mod recover;
+mod s3;
 mod serve;
 mod snapshot;
 mod snapshot_rotation;

@@ -9,6 +9,10 @@
 //!   from a backup file (run it once per member, with the same file and
 //!   `--initial-cluster`, then start each member with `raftkv serve`).
 //!
+//! `restore` and `restore-if-bootstrapping` also take an `s3://BUCKET/KEY`
+//! instead of a file: the object is downloaded into a staging directory,
+//! restored from there, and deleted.
+//!
 //! The file format is described in the storage module (`backup.rs`).
 
 use std::io::Write;
@@ -20,6 +24,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use tonic::transport::Endpoint;
 
 use crate::cli::client::TlsClientArgs;
+use crate::cli::s3::{self, Bucket, S3Args, S3Url};
 use crate::cli::serve::{ServeArgs, parse_initial_cluster};
 use crate::cli::snapshot_rotation;
 use crate::grpc::proto::etcdserverpb::{SnapshotRequest, maintenance_client::MaintenanceClient};
@@ -77,12 +82,16 @@ pub enum SnapshotOp {
     /// of the operator's pods runs it). A member that joins, or whose data
     /// directory already holds a store, is left alone.
     RestoreIfBootstrapping {
+        /// The backup: a file, or an object `s3://BUCKET/KEY`.
         file: PathBuf,
         #[command(flatten)]
         serve: Box<ServeArgs>,
+        #[command(flatten)]
+        s3: S3Args,
     },
     /// Prepare one member's data directory of a new cluster from a backup.
     Restore {
+        /// The backup: a file, or an object `s3://BUCKET/KEY`.
         file: PathBuf,
         /// The new member's data directory (must not hold a store yet).
         #[arg(long)]
@@ -102,6 +111,8 @@ pub enum SnapshotOp {
         /// As `raftkv serve --cluster-token`.
         #[arg(long)]
         cluster_token: Option<String>,
+        #[command(flatten)]
+        s3: S3Args,
     },
 }
 
@@ -131,8 +142,8 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
             Ok(())
         }
         SnapshotOp::Backup(args) => snapshot_rotation::run(args).await,
-        SnapshotOp::RestoreIfBootstrapping { file, serve } => {
-            restore_if_bootstrapping(&file, &serve)
+        SnapshotOp::RestoreIfBootstrapping { file, serve, s3 } => {
+            restore_if_bootstrapping(&file, &serve, &s3).await
         }
         SnapshotOp::Status { file, write_out } => {
             let summary = read_backup(&file, |_| Ok(()))?;
@@ -145,8 +156,9 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
             id,
             cluster_id,
             cluster_token,
+            s3,
         } => restore(
-            &file,
+            &fetch(&file, &s3).await?.path,
             &data_dir,
             &parse_initial_cluster(&initial_cluster)?,
             id,
@@ -181,7 +193,7 @@ fn print_summary(s: &BackupSummary, format: StatusFormat) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn part_file(file: &Path) -> PathBuf {
+pub(crate) fn part_file(file: &Path) -> PathBuf {
     let mut name = file.as_os_str().to_os_string();
     name.push(".part");
     PathBuf::from(name)
@@ -300,7 +312,11 @@ fn bootstrap_restore_decision(data_dir: &Path, bootstrap: &Bootstrap) -> Bootstr
 /// The init container's half of `spec.restore`: exactly the node
 /// `raftkv serve` will open with the same flags, restored from `file` when
 /// it is about to bootstrap, left alone otherwise.
-fn restore_if_bootstrapping(file: &Path, serve: &ServeArgs) -> anyhow::Result<()> {
+async fn restore_if_bootstrapping(
+    file: &Path,
+    serve: &ServeArgs,
+    s3: &S3Args,
+) -> anyhow::Result<()> {
     let cfg = serve.node_config()?;
     match bootstrap_restore_decision(&cfg.data_dir, &cfg.bootstrap) {
         BootstrapRestore::HasData(f) => {
@@ -322,9 +338,58 @@ fn restore_if_bootstrapping(file: &Path, serve: &ServeArgs) -> anyhow::Result<()
             let Bootstrap::Initial(members) = &cfg.bootstrap else {
                 bail!("a bootstrapping member without an initial configuration");
             };
-            restore(file, &cfg.data_dir, members, cfg.id.get(), cfg.cluster_id)
+            let backup = fetch(file, s3).await?;
+            restore(
+                &backup.path,
+                &cfg.data_dir,
+                members,
+                cfg.id.get(),
+                cfg.cluster_id,
+            )
         }
     }
+}
+
+/// A backup file to restore from: the one given, or a downloaded copy of
+/// the object given, deleted when this is dropped.
+#[derive(Debug)]
+struct Fetched {
+    path: PathBuf,
+    downloaded: bool,
+}
+
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        if self.downloaded {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `file` itself, or, for `s3://BUCKET/KEY`, the object downloaded into
+/// the staging directory.
+async fn fetch(file: &Path, s3: &S3Args) -> anyhow::Result<Fetched> {
+    let Some(url) = file.to_str().filter(|f| f.starts_with(s3::SCHEME)) else {
+        return Ok(Fetched {
+            path: file.to_path_buf(),
+            downloaded: false,
+        });
+    };
+    let object = S3Url::parse(url)?;
+    if object.key.is_empty() {
+        bail!("{url}: name an object (s3://BUCKET/KEY), not a bucket");
+    }
+    let bucket = Bucket::open(&object.bucket, s3)?;
+    let staging = s3.staging_dir();
+    std::fs::create_dir_all(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    let path = staging.join(format!("restore-{}", object.file_name()));
+    bucket.download(&object, &path).await?;
+    println!("downloaded {object} from bucket {}", bucket.name());
+    Ok(Fetched {
+        path,
+        downloaded: true,
+    })
 }
 
 fn restore(

@@ -38,6 +38,7 @@ pub struct FinishedJob {
 #[derive(Debug, Default, Deserialize, PartialEq)]
 pub struct Report {
     pub file: Option<String>,
+    pub location: Option<String>,
     pub revision: Option<i64>,
     pub size_bytes: Option<i64>,
     pub time: Option<String>,
@@ -117,8 +118,12 @@ fn termination_message(job: &str, pods: &[Pod]) -> Option<String> {
 }
 
 /// `status.backup` after `jobs`, starting from `previous`; `claim` is
-/// where the backups go now.
-pub fn status(previous: Option<&BackupStatus>, claim: &str, jobs: &[FinishedJob]) -> BackupStatus {
+/// the claim the backups go to now (`None`: a bucket).
+pub fn status(
+    previous: Option<&BackupStatus>,
+    claim: Option<&str>,
+    jobs: &[FinishedJob],
+) -> BackupStatus {
     let mut s = previous.cloned().unwrap_or_default();
     for job in jobs {
         let last_success = s.last_successful_time.as_ref().map(|t| t.0);
@@ -136,8 +141,9 @@ pub fn status(previous: Option<&BackupStatus>, claim: &str, jobs: &[FinishedJob]
                 .unwrap_or(job.finished);
             s.last_successful_time = Some(Time(time));
             s.last_successful_job = Some(job.name.clone());
-            s.claim_name = Some(claim.to_string());
+            s.claim_name = claim.map(str::to_string);
             s.file = report.file;
+            s.location = report.location;
             s.revision = report.revision;
             s.size_bytes = report.size_bytes;
             if s.last_failed_time
@@ -305,7 +311,7 @@ mod tests {
         let jobs = [job("kv-backup-1", "Complete", "2026-12-01T03:00:05Z")];
         let pods = [pod("kv-backup-1", "2026-12-01T03:00:04Z", REPORT)];
         let done = finished(&jobs, &pods);
-        let s = status(None, "kv-backup", &done);
+        let s = status(None, Some("kv-backup"), &done);
         assert_eq!(s.last_successful_job.as_deref(), Some("kv-backup-1"));
         assert_eq!(s.file.as_deref(), Some("kv-20261201T030000Z.db"));
         assert_eq!(s.claim_name.as_deref(), Some("kv-backup"));
@@ -318,7 +324,7 @@ mod tests {
         let c = condition(
             None,
             &done,
-            &status(None, "kv-backup", &done),
+            &status(None, Some("kv-backup"), &done),
             at("2026-12-01T04:00:00Z"),
             Some(1),
         );
@@ -344,7 +350,7 @@ mod tests {
             ),
         ];
         let done = finished(&jobs, &pods);
-        let s = status(None, "kv-backup", &done);
+        let s = status(None, Some("kv-backup"), &done);
         assert_eq!(s.last_successful_job.as_deref(), Some("kv-backup-1"));
         assert_eq!(
             s.last_failed_time.as_ref().unwrap().0,
@@ -382,7 +388,7 @@ mod tests {
             revision: Some(42),
             ..BackupStatus::default()
         };
-        assert_eq!(status(Some(&previous), "kv-backup", &[]), previous);
+        assert_eq!(status(Some(&previous), Some("kv-backup"), &[]), previous);
         let before = make(
             None,
             true,
@@ -411,7 +417,7 @@ mod tests {
             finished: at("2026-12-01T03:00:00Z"),
             message: None,
         }];
-        let s1 = status(None, "kv-backup", &first);
+        let s1 = status(None, Some("kv-backup"), &first);
         let c1 = condition(None, &first, &s1, at("2026-12-01T03:01:00Z"), None);
         assert_eq!(c1.status, "True");
         let c1_again = condition(Some(&c1), &first, &s1, at("2026-12-01T03:05:00Z"), None);
@@ -425,7 +431,7 @@ mod tests {
                 message: Some(REPORT.into()),
             },
         ];
-        let s2 = status(Some(&s1), "kv-backup", &second);
+        let s2 = status(Some(&s1), Some("kv-backup"), &second);
         assert_eq!(s2.last_failed_time, None);
         let c2 = condition(Some(&c1), &second, &s2, at("2026-12-01T04:01:00Z"), None);
         assert_eq!(c2.status, "False");

@@ -26,6 +26,9 @@ pub struct Observed {
     pub condition: Option<Condition>,
     /// Longest gap between two scheduled runs, in seconds.
     pub interval_seconds: Option<i64>,
+    /// When the CronJob was created (Unix time): a cluster that has no
+    /// successful backup a schedule gap after that never had one.
+    pub configured_since: Option<i64>,
 }
 
 impl Observed {
@@ -65,6 +68,7 @@ pub async fn reconcile_or_report(
                     )
                 }),
                 interval_seconds: None,
+                configured_since: None,
             }
         }
     }
@@ -108,6 +112,7 @@ pub async fn reconcile(
                     generation,
                 )),
                 interval_seconds: None,
+                configured_since: None,
             });
         }
     };
@@ -121,13 +126,18 @@ pub async fn reconcile(
             Err(e) => return Err(e),
         }
     }
-    cronjobs
+    let applied = cronjobs
         .patch(
             &backup_name(&id),
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(cronjob::build(cluster, backup)),
         )
         .await?;
+    let configured_since = applied
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second());
     let params = ListParams::default().labels(&selector(&id));
     let job_list = Api::<Job>::namespaced(client.clone(), &id.namespace)
         .list(&params)
@@ -137,7 +147,7 @@ pub async fn reconcile(
         .await?;
     let finished = jobs::finished(&job_list.items, &pod_list.items);
     let claim = cronjob::claim_name(&id, backup);
-    let status = jobs::status(previous_status, &claim, &finished);
+    let status = jobs::status(previous_status, claim.as_deref(), &finished);
     if status.last_successful_job != previous_status.and_then(|s| s.last_successful_job.clone()) {
         info!(
             job = status.last_successful_job.as_deref().unwrap_or_default(),
@@ -149,6 +159,7 @@ pub async fn reconcile(
     let condition = jobs::condition(previous_condition, &finished, &status, now, generation);
     Ok(Observed {
         interval_seconds: schedule::longest_gap_seconds(&cron, now),
+        configured_since,
         status: Some(status),
         condition: Some(condition),
     })
@@ -171,11 +182,13 @@ mod tests {
         c.spec.backup = Some(BackupSpec {
             schedule: "0 3 * * *".into(),
             keep: 2,
-            pvc: BackupPvc {
+            time_zone: None,
+            s3: None,
+            pvc: Some(BackupPvc {
                 claim_name: None,
                 size: Some("1Gi".into()),
                 storage_class_name: None,
-            },
+            }),
             suspend: false,
         });
         c
@@ -338,6 +351,7 @@ mod tests {
             status: Some(BackupStatus::default()),
             condition: Some(backup.clone()),
             interval_seconds: None,
+            configured_since: None,
         }
         .apply_to(&mut status);
         assert_eq!(status.conditions.len(), 2);

@@ -11,10 +11,16 @@
 //! pod 0 before the cluster ever had a leader; every other member, and pod
 //! 0 once it holds data, is left alone and joins or resumes as usual. A
 //! data directory that holds a store is never overwritten.
+//!
+//! A backup in a claim is mounted read-only; one in an S3-compatible
+//! bucket is downloaded into an `emptyDir` by the init container (only
+//! when it restores), with the bucket's credentials from their Secret.
 
 use k8s_openapi::api::core::v1::{
-    Container, PersistentVolumeClaimVolumeSource, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, Volume, VolumeMount,
 };
+
+use super::cronjob::s3_env;
 
 use crate::crd::RaftCluster;
 
@@ -32,9 +38,24 @@ pub fn init_container(cluster: &RaftCluster, main: &Container) -> Option<Contain
     mounts.push(VolumeMount {
         name: NAME.into(),
         mount_path: RESTORE_DIR.into(),
-        read_only: Some(true),
+        // The emptyDir the object is downloaded into is written to.
+        read_only: restore.s3.is_none().then_some(true),
         ..VolumeMount::default()
     });
+    let (file, env) = match &restore.s3 {
+        Some(s3) => {
+            let mut env = main.env.clone().unwrap_or_default();
+            env.extend(s3_env(&s3.store, RESTORE_DIR));
+            (format!("s3://{}/{}", s3.bucket, s3.key), Some(env))
+        }
+        None => (
+            format!(
+                "{RESTORE_DIR}/{}",
+                restore.file.as_deref().unwrap_or_default()
+            ),
+            main.env.clone(),
+        ),
+    };
     Some(Container {
         name: NAME.into(),
         image: main.image.clone(),
@@ -42,9 +63,9 @@ pub fn init_container(cluster: &RaftCluster, main: &Container) -> Option<Contain
         args: Some(vec![
             "snapshot".into(),
             "restore-if-bootstrapping".into(),
-            format!("{RESTORE_DIR}/{}", restore.file),
+            file,
         ]),
-        env: main.env.clone(),
+        env,
         resources: main.resources.clone(),
         security_context: main.security_context.clone(),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -53,16 +74,24 @@ pub fn init_container(cluster: &RaftCluster, main: &Container) -> Option<Contain
     })
 }
 
-/// The volume of the backup's claim, or `None` without `spec.restore`.
+/// The volume of the backup's claim (or the emptyDir an object is
+/// downloaded into), or `None` without `spec.restore`.
 pub fn volume(cluster: &RaftCluster) -> Option<Volume> {
     let restore = cluster.spec.restore.as_ref()?;
-    Some(Volume {
-        name: NAME.into(),
-        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-            claim_name: restore.claim_name.clone(),
-            read_only: Some(true),
-        }),
-        ..Volume::default()
+    Some(match &restore.claim_name {
+        Some(claim_name) if restore.s3.is_none() => Volume {
+            name: NAME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim_name.clone(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        },
+        _ => Volume {
+            name: NAME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
     })
 }
 
@@ -77,8 +106,9 @@ mod tests {
     fn restoring() -> RaftCluster {
         let mut c = cluster();
         c.spec.restore = Some(RestoreSpec {
-            claim_name: "kv-backup".into(),
-            file: "kv-20261201T030000Z.db".into(),
+            claim_name: Some("kv-backup".into()),
+            file: Some("kv-20261201T030000Z.db".into()),
+            s3: None,
         });
         c
     }
@@ -151,6 +181,81 @@ mod tests {
             (claim.claim_name.as_str(), claim.read_only),
             ("kv-backup", Some(true))
         );
+    }
+
+    #[test]
+    fn a_backup_in_s3_is_downloaded_into_an_empty_dir_with_the_secrets_credentials() {
+        let mut c = cluster();
+        c.spec.restore = Some(RestoreSpec {
+            claim_name: None,
+            file: None,
+            s3: Some(crate::backup::spec::RestoreS3 {
+                bucket: "raftkv-backups".into(),
+                key: "prod/kv/kv-20261201T030000Z.db".into(),
+                store: crate::backup::spec::S3Store {
+                    endpoint: Some("http://minio.storage.svc:9000".into()),
+                    region: None,
+                    force_path_style: true,
+                    credentials_secret: Some("kv-s3".into()),
+                },
+            }),
+        });
+        let pod = statefulset::build(&c, 1).spec.template.spec.unwrap();
+        let init = &pod.init_containers.as_ref().unwrap()[0];
+        let main = &pod.containers[0];
+        assert_eq!(
+            init.args.as_ref().unwrap(),
+            &[
+                "snapshot",
+                "restore-if-bootstrapping",
+                "s3://raftkv-backups/prod/kv/kv-20261201T030000Z.db"
+            ]
+        );
+        let env = init.env.as_ref().unwrap();
+        // The member's own configuration, then the store's.
+        assert!(main.env.as_ref().unwrap().iter().all(|v| env.contains(v)));
+        let value = |name: &str| {
+            env.iter()
+                .find(|v| v.name == name)
+                .and_then(|v| v.value.clone())
+        };
+        assert_eq!(value("RAFTKV_S3_STAGING_DIR").as_deref(), Some(RESTORE_DIR));
+        assert_eq!(
+            value("RAFTKV_S3_ENDPOINT").as_deref(),
+            Some("http://minio.storage.svc:9000")
+        );
+        let secret = env
+            .iter()
+            .find(|v| v.name == "AWS_SECRET_ACCESS_KEY")
+            .and_then(|v| v.value_from.as_ref()?.secret_key_ref.clone())
+            .unwrap();
+        assert_eq!(secret.name, "kv-s3");
+        // The member container gets no credentials.
+        assert!(
+            main.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|v| !v.name.starts_with("AWS_"))
+        );
+        let mount = init
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == NAME)
+            .unwrap();
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (RESTORE_DIR, None)
+        );
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == NAME)
+            .unwrap();
+        assert!(volume.empty_dir.is_some() && volume.persistent_volume_claim.is_none());
     }
 
     #[test]
