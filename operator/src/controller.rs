@@ -58,6 +58,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("raftkv node: {0}")]
     Node(#[from] NodeError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::reconcile::TlsReconcileError),
     #[error("serializing {what}: {source}")]
     Serialize {
         what: &'static str,
@@ -71,6 +73,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Node(_) => "node",
+            Error::Tls(_) => "tls",
             Error::Serialize { .. } => "serialize",
         }
     }
@@ -427,6 +430,16 @@ async fn apply<N: NodeClient, R: AddressResolver>(
     let kube_obs = observe_kube(client, cluster, &id).await?;
     let mut ordinals: BTreeSet<u32> = (0..kube_obs.statefulset_replicas).collect();
     ordinals.extend(kube_obs.pods.iter().copied());
+    // Certificates for every pod that exists or may be created on this
+    // pass (the StatefulSet grows towards spec.replicas), before the
+    // StatefulSet asks for the pod; and what the operator itself needs to
+    // call the members, before it calls them.
+    let tls_members = ordinals
+        .last()
+        .map_or(0, |o| o.saturating_add(1))
+        .max(u32::try_from(cluster.spec.replicas).unwrap_or(0));
+    let operator_tls = crate::tls::reconcile::ensure(client, cluster, tls_members).await?;
+    ctx.node.use_tls(&id, operator_tls.as_ref());
     let obs = node_steps::observe(&ctx.node, &id, &ordinals).await;
     let raft = obs.raft();
     let bootstrapped = cluster_status::is_bootstrapped(cluster, &obs);

@@ -878,3 +878,74 @@ async fn a_member_whose_data_directory_was_emptied_is_removed() {
     run_scenario(c, fake.clone(), script).await.unwrap();
     assert_eq!(fake.calls(), ["kv-0: remove 2"]);
 }
+
+/// A stable cluster with `tls.mode: auto`, on the pass after an upgrade of
+/// the operator (or its first): the CA is made and stored, every member,
+/// the operator and the users get a certificate, the operator is handed
+/// its own before it calls the members, and the pods get https URLs.
+#[tokio::test]
+async fn tls_auto_makes_a_ca_and_a_certificate_per_member_before_calling_them() {
+    let members = [(1, true, None), (2, true, Some(100)), (3, true, Some(100))];
+    let fake = nodes(3, 2, &members);
+    let mut c = cluster(3, PvcRetention::Retain);
+    c.spec.tls.mode = crate::crd::TlsMode::Auto;
+    let secrets = "/api/v1/namespaces/prod/secrets";
+    let mut script = observe(Some(statefulset(3, 3)), pods(3), pvcs(&[0, 1, 2]));
+    script.extend([
+        Expect::not_found(Method::GET, &format!("{secrets}/kv-ca")),
+        Expect::new(Method::POST, secrets, |b| {
+            assert_eq!(b["metadata"]["name"], "kv-ca");
+            assert_eq!(b["type"], "kubernetes.io/tls");
+            assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "RaftCluster");
+            (StatusCode::CREATED, b.clone())
+        }),
+        Expect::not_found(Method::GET, &format!("{secrets}/kv-tls")),
+        Expect::not_found(Method::GET, &format!("{secrets}/kv-operator-tls")),
+        Expect::not_found(Method::GET, &format!("{secrets}/kv-client-tls")),
+        Expect::apply(&format!("{secrets}/kv-tls"), |b| {
+            let keys: Vec<&String> = b["data"].as_object().unwrap().keys().collect();
+            assert_eq!(
+                keys,
+                [
+                    "ca.crt", "kv-0.crt", "kv-0.key", "kv-1.crt", "kv-1.key", "kv-2.crt",
+                    "kv-2.key"
+                ]
+            );
+        }),
+        Expect::apply(&format!("{secrets}/kv-operator-tls"), |b| {
+            assert_eq!(b["type"], "kubernetes.io/tls")
+        }),
+        Expect::apply(&format!("{secrets}/kv-client-tls"), |b| {
+            assert_eq!(b["type"], "kubernetes.io/tls")
+        }),
+        start_config("join"),
+        Expect::apply("/apis/apps/v1/namespaces/prod/statefulsets/kv", |b| {
+            let env = &b["spec"]["template"]["spec"]["containers"][0]["env"];
+            let value = |n: &str| {
+                env.as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["name"] == n)
+                    .map(|e| e["value"].clone())
+            };
+            assert_eq!(
+                value("RAFTKV_ADVERTISE_PEER"),
+                Some(json!("https://$(RAFTKV_NAME).kv-peers.prod.svc:2380"))
+            );
+            assert_eq!(value("RAFTKV_CLIENT_CERT_AUTH"), Some(json!("true")));
+        }),
+        Expect::apply(
+            "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/kv",
+            |_| {},
+        ),
+    ]);
+    script.push(status_write(|s| assert_eq!(s["phase"], "Running")));
+    run_scenario(c, fake.clone(), script).await.unwrap();
+    let handed = fake.tls.lock().unwrap().get("prod/kv").cloned().flatten();
+    let handed = handed.expect("the operator's TLS material was handed to the node client");
+    assert!(handed.ca.contains("BEGIN CERTIFICATE"));
+    assert!(
+        handed.identity.is_some(),
+        "the operator presents a client certificate"
+    );
+}

@@ -18,6 +18,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use crate::backup::spec::{BackupPvc, BackupSpec, BackupStatus, RestoreSpec};
+pub use crate::tls::spec::{
+    CertManagerTls, IssuerRef, NetworkPolicySettings, SecretRefTls, TlsMode, TlsSpec,
+};
 
 /// Desired state of a raftkv cluster.
 // Several printer columns share a `type_`, which this lint mistakes for a
@@ -83,6 +86,7 @@ pub use crate::backup::spec::{BackupPvc, BackupSpec, BackupStatus, RestoreSpec};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.tls) && has(self.tls.mode) ? self.tls.mode : 'disabled') == (has(oldSelf.tls) && has(oldSelf.tls.mode) ? oldSelf.tls.mode : 'disabled')").message("tls.mode is immutable: the members registered their URLs with the scheme they started with"))]
 pub struct RaftClusterSpec {
     /// Number of voting members. Odd numbers are recommended: an even number
     /// tolerates no more failures than the odd number below it.
@@ -128,6 +132,14 @@ pub struct RaftClusterSpec {
     /// Start this new cluster from a backup file instead of empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreSpec>,
+
+    /// TLS of the members' listeners and of the operator's calls to them.
+    #[serde(default)]
+    pub tls: TlsSpec,
+
+    /// Who may reach the members (the operator's NetworkPolicy).
+    #[serde(default)]
+    pub network_policy: NetworkPolicySettings,
 }
 
 /// Image pull policy of the raftkv container.
@@ -480,6 +492,10 @@ mod tests {
         assert!(rules.contains("storageClassName is immutable"), "{rules}");
         let raft_rules = spec["properties"]["raft"]["x-kubernetes-validations"].to_string();
         assert!(raft_rules.contains("heartbeatIntervalMs"), "{raft_rules}");
+        let spec_rules = spec["x-kubernetes-validations"].to_string();
+        assert!(spec_rules.contains("tls.mode is immutable"), "{spec_rules}");
+        let tls_rules = spec["properties"]["tls"]["x-kubernetes-validations"].to_string();
+        assert!(tls_rules.contains("has(self.certManager)"), "{tls_rules}");
     }
 
     #[test]
@@ -492,6 +508,8 @@ mod tests {
         assert_eq!(spec.raft, RaftSpec::default());
         assert!(!spec.monitoring.enabled);
         assert_eq!(spec.image_pull_policy, ImagePullPolicy::IfNotPresent);
+        assert_eq!(spec.tls.mode, TlsMode::Disabled);
+        assert_eq!(spec.network_policy.client_from, None);
     }
 
     /// CI and `cargo test` catch a CRD that changed without regenerating the

@@ -149,6 +149,8 @@ pub struct FakeNodes {
     pub calls: Arc<Mutex<Vec<String>>>,
     /// When set, admin calls answer "membership change in progress".
     pub busy: Arc<AtomicBool>,
+    /// The TLS material the reconciler handed over, per `namespace/name`.
+    pub tls: Arc<Mutex<BTreeMap<String, Option<crate::tls::operator_client::OperatorTls>>>>,
 }
 
 impl FakeNodes {
@@ -180,6 +182,16 @@ impl FakeNodes {
 }
 
 impl NodeClient for FakeNodes {
+    fn use_tls(
+        &self,
+        cluster: &ClusterIdentity,
+        tls: Option<&crate::tls::operator_client::OperatorTls>,
+    ) {
+        self.tls.lock().unwrap().insert(
+            format!("{}/{}", cluster.namespace, cluster.name),
+            tls.cloned(),
+        );
+    }
     async fn status(&self, _: &ClusterIdentity, pod: &str) -> Result<NodeStatus, NodeError> {
         self.statuses
             .lock()

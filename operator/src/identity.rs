@@ -16,6 +16,10 @@ pub const CLIENT_PORT: i32 = 2379;
 pub const PEER_PORT: i32 = 2380;
 /// Port of the HTTP API: status, admin, metrics, probes.
 pub const HTTP_PORT: i32 = 8080;
+/// Plain-HTTP port of `/metrics`, `/healthz` and `/readyz` when the HTTP
+/// port speaks TLS (`--listen-metrics`): probes and Prometheus need no
+/// client certificate.
+pub const METRICS_PORT: i32 = 9090;
 /// Field manager used for every server-side apply.
 pub const FIELD_MANAGER: &str = "raftkv-operator";
 /// Name of the volume claim template holding the data directory.
@@ -51,6 +55,8 @@ impl std::fmt::Display for NodeId {
 pub struct ClusterIdentity {
     pub name: String,
     pub namespace: String,
+    /// The members' listeners speak TLS (`spec.tls`): every URL is https.
+    pub tls: bool,
 }
 
 impl ClusterIdentity {
@@ -58,7 +64,15 @@ impl ClusterIdentity {
         Self {
             name: name.into(),
             namespace: namespace.into(),
+            tls: false,
         }
+    }
+
+    /// The same names, with the URLs of a cluster whose listeners do (or
+    /// do not) speak TLS.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Identity of a resource read from the API server (namespaced, so a
@@ -68,6 +82,7 @@ impl ClusterIdentity {
             cluster.name_any(),
             cluster.namespace().unwrap_or_else(|| "default".to_string()),
         )
+        .with_tls(cluster.spec.tls.enabled())
     }
 
     pub fn statefulset(&self) -> String {
@@ -91,6 +106,32 @@ impl ClusterIdentity {
     /// The Secret holding the members' shared peer key.
     pub fn peer_secret(&self) -> String {
         format!("{}-peer", self.name)
+    }
+    /// With `tls.mode: auto`: the cluster's CA (certificate and key).
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca", self.name)
+    }
+    /// With `tls.mode: auto`: every member's certificate and key, keyed
+    /// by pod name, and the CA certificate.
+    pub fn member_tls_secret(&self) -> String {
+        format!("{}-tls", self.name)
+    }
+    /// With `tls.mode: auto`: a client certificate for the users.
+    pub fn client_tls_secret(&self) -> String {
+        format!("{}-client-tls", self.name)
+    }
+    /// The client certificate the operator presents to the members
+    /// (`auto` and `certManager`).
+    pub fn operator_tls_secret(&self) -> String {
+        format!("{}-operator-tls", self.name)
+    }
+    /// With `tls.mode: certManager`: the client and HTTP ports' certificate.
+    pub fn server_tls_secret(&self) -> String {
+        format!("{}-server-tls", self.name)
+    }
+    /// With `tls.mode: certManager`: the peer port's certificate.
+    pub fn peer_tls_secret(&self) -> String {
+        format!("{}-peer-tls", self.name)
     }
     /// The ConfigMap saying how a member with an empty data dir starts.
     pub fn start_config(&self) -> String {
@@ -118,11 +159,18 @@ impl ClusterIdentity {
     pub fn pod_host(&self, pod: &str) -> String {
         format!("{pod}.{}.{}.svc", self.headless_service(), self.namespace)
     }
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
     pub fn peer_url(&self, pod: &str) -> String {
-        format!("http://{}:{PEER_PORT}", self.pod_host(pod))
+        format!("{}://{}:{PEER_PORT}", self.scheme(), self.pod_host(pod))
     }
     pub fn client_url(&self, pod: &str) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.pod_host(pod))
+        format!("{}://{}:{CLIENT_PORT}", self.scheme(), self.pod_host(pod))
+    }
+    /// Base URL of the pod's HTTP API (status, membership).
+    pub fn http_url(&self, pod: &str) -> String {
+        format!("{}://{}:{HTTP_PORT}", self.scheme(), self.pod_host(pod))
     }
 
     /// Labels that select this cluster's pods. Never user-overridable.
@@ -192,6 +240,13 @@ mod tests {
         assert_eq!(id.pvc_ordinal_of("kv-3"), None);
         assert_eq!(id.pvc_ordinal_of("data-other-3"), None);
         assert_eq!(id.peer_url("kv-0"), "http://kv-0.kv-peers.prod.svc:2380");
+        let tls = id.clone().with_tls(true);
+        assert_eq!(tls.peer_url("kv-0"), "https://kv-0.kv-peers.prod.svc:2380");
+        assert_eq!(
+            tls.client_url("kv-1"),
+            "https://kv-1.kv-peers.prod.svc:2379"
+        );
+        assert_eq!(tls.http_url("kv-2"), "https://kv-2.kv-peers.prod.svc:8080");
         assert_eq!(
             id.selector_string(),
             "app.kubernetes.io/instance=kv,app.kubernetes.io/name=raftkv"

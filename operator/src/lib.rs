@@ -20,3 +20,4 @@ pub mod planner;
 pub mod resources;
 pub mod retained_volumes;
 pub mod shutdown;
+pub mod tls;

@@ -8,10 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::identity::{ClusterIdentity, HTTP_PORT, NodeId};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+
+use crate::identity::{ClusterIdentity, NodeId};
 use crate::node_api::{AddMemberRequest, ApiErrorBody, NodeStatus, TransferLeaderRequest};
+use crate::tls::operator_client::OperatorTls;
 
 /// A failed call to a node.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,11 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// Calls to the raftkv admin API of one pod of a cluster.
 pub trait NodeClient: Send + Sync + 'static {
+    /// The CA to trust and the client certificate to present when calling
+    /// `cluster`'s members (`None`: plain HTTP, or none available yet).
+    /// Called by every reconcile pass before the calls, so that renewed
+    /// certificates are picked up.
+    fn use_tls(&self, _cluster: &ClusterIdentity, _tls: Option<&OperatorTls>) {}
     fn status(
         &self,
         cluster: &ClusterIdentity,
@@ -103,7 +113,7 @@ pub struct DnsResolver;
 
 impl AddressResolver for DnsResolver {
     fn http_url(&self, cluster: &ClusterIdentity, pod: &str) -> String {
-        format!("http://{}:{HTTP_PORT}", cluster.pod_host(pod))
+        cluster.http_url(pod)
     }
     fn peer_url(&self, cluster: &ClusterIdentity, pod: &str) -> String {
         cluster.peer_url(pod)
@@ -147,48 +157,156 @@ impl AddressResolver for StaticResolver {
     }
 }
 
-/// [`NodeClient`] over HTTP/JSON.
-#[derive(Debug, Clone)]
+type Transport = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+/// A transport for one kind of cluster: plain, or TLS with the cluster's
+/// CA and the operator's client certificate.
+fn transport(tls: rustls::ClientConfig, timeout: Duration) -> Transport {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_connect_timeout(Some(timeout));
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector)
+}
+
+/// A TLS configuration that trusts nothing, for the plain transport (which
+/// is never asked for https: a TLS cluster has its own transport).
+fn trust_nothing() -> Result<rustls::ClientConfig, rustls::Error> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth(),
+    )
+}
+
+/// [`NodeClient`] over HTTP/JSON, and over HTTPS for clusters with
+/// `spec.tls` (each with its own CA and client certificate, handed over
+/// by the reconciler through [`NodeClient::use_tls`]).
+#[derive(Debug)]
 pub struct HttpNodeClient<R> {
-    http: reqwest::Client,
+    plain: Transport,
+    /// `namespace/name` -> the cluster's TLS material and its transport.
+    tls: Mutex<BTreeMap<String, (OperatorTls, Transport)>>,
+    timeout: Duration,
     resolver: R,
+}
+
+/// A node's answer: status and body.
+struct Answer {
+    status: http::StatusCode,
+    body: Bytes,
+}
+
+fn cluster_key(cluster: &ClusterIdentity) -> String {
+    format!("{}/{}", cluster.namespace, cluster.name)
 }
 
 impl<R: AddressResolver> HttpNodeClient<R> {
     /// `timeout` bounds every call: a node that hangs must not stall a reconcile.
     pub fn new(resolver: R, timeout: Duration) -> Result<Self, NodeError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            .map_err(|e| NodeError::Unreachable {
-                pod: String::new(),
-                reason: format!("building HTTP client: {e}"),
-            })?;
-        Ok(Self { http, resolver })
+        let plain = trust_nothing().map_err(|e| NodeError::Unreachable {
+            pod: String::new(),
+            reason: format!("building the HTTP client: {e}"),
+        })?;
+        Ok(Self {
+            plain: transport(plain, timeout),
+            tls: Mutex::new(BTreeMap::new()),
+            timeout,
+            resolver,
+        })
     }
 
     pub fn resolver(&self) -> &R {
         &self.resolver
     }
 
+    /// The transport for `cluster`'s members.
+    fn transport(&self, cluster: &ClusterIdentity, pod: &str) -> Result<Transport, NodeError> {
+        if !cluster.tls {
+            return Ok(self.plain.clone());
+        }
+        let map = self
+            .tls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&cluster_key(cluster))
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| NodeError::Unreachable {
+                pod: pod.to_string(),
+                reason: "the cluster uses TLS and the operator has no certificate for it yet"
+                    .into(),
+            })
+    }
+
+    async fn call(
+        &self,
+        cluster: &ClusterIdentity,
+        pod: &str,
+        method: http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, NodeError> {
+        let unreachable = |reason: String| NodeError::Unreachable {
+            pod: pod.to_string(),
+            reason,
+        };
+        let transport = self.transport(cluster, pod)?;
+        let url = format!("{}{path}", self.resolver.http_url(cluster, pod));
+        let mut req = http::Request::builder().method(method).uri(&url);
+        if body.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| unreachable(format!("bad URL {url:?}: {e}")))?;
+        let exchange = async {
+            let resp = transport
+                .request(req)
+                .await
+                .map_err(|e| unreachable(error_chain(&e)))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(error_chain(&e)))?
+                .to_bytes();
+            Ok(Answer { status, body })
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))?
+    }
+
     async fn send(
         &self,
+        cluster: &ClusterIdentity,
         pod: &str,
-        req: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, NodeError> {
-        let resp = req.send().await.map_err(|e| NodeError::Unreachable {
-            pod: pod.to_string(),
-            reason: error_chain(&e),
-        })?;
-        let status = resp.status();
+        method: http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, NodeError> {
+        let resp = self.call(cluster, pod, method, path, body).await?;
+        let status = resp.status;
         if status.is_success() {
-            return Ok(resp);
+            return Ok(resp.body);
         }
-        let body: ApiErrorBody = resp.json().await.unwrap_or_else(|_| ApiErrorBody {
-            error: status.to_string(),
-            code: String::new(),
-        });
+        let body: ApiErrorBody =
+            serde_json::from_slice(&resp.body).unwrap_or_else(|_| ApiErrorBody {
+                error: status.to_string(),
+                code: String::new(),
+            });
         let pod = pod.to_string();
         Err(match status.as_u16() {
             409 => NodeError::ChangeInProgress { pod },
@@ -212,20 +330,49 @@ impl<R: AddressResolver> HttpNodeClient<R> {
         path: &str,
         body: Option<&B>,
     ) -> Result<(), NodeError> {
-        let url = format!("{}{path}", self.resolver.http_url(cluster, pod));
-        let mut req = self.http.post(url);
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        self.send(pod, req).await.map(drop)
+        let body =
+            body.map(serde_json::to_vec)
+                .transpose()
+                .map_err(|e| NodeError::BadResponse {
+                    pod: pod.to_string(),
+                    reason: format!("cannot encode the request: {e}"),
+                })?;
+        self.send(cluster, pod, http::Method::POST, path, body)
+            .await
+            .map(drop)
     }
 }
 
 impl<R: AddressResolver> NodeClient for HttpNodeClient<R> {
+    fn use_tls(&self, cluster: &ClusterIdentity, tls: Option<&OperatorTls>) {
+        let key = cluster_key(cluster);
+        let mut map = self
+            .tls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(tls) = tls else {
+            map.remove(&key);
+            return;
+        };
+        if map.get(&key).is_some_and(|(known, _)| known == tls) {
+            return; // keep the pooled connections
+        }
+        match tls.client_config() {
+            Ok(config) => {
+                map.insert(key, (tls.clone(), transport(config, self.timeout)));
+            }
+            Err(error) => {
+                tracing::warn!(cluster = %key, %error, "cannot use the cluster's TLS material");
+                map.remove(&key);
+            }
+        }
+    }
+
     async fn status(&self, cluster: &ClusterIdentity, pod: &str) -> Result<NodeStatus, NodeError> {
-        let url = format!("{}/v1/status", self.resolver.http_url(cluster, pod));
-        let resp = self.send(pod, self.http.get(url)).await?;
-        resp.json().await.map_err(|e| NodeError::BadResponse {
+        let body = self
+            .send(cluster, pod, http::Method::GET, "/v1/status", None)
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| NodeError::BadResponse {
             pod: pod.to_string(),
             reason: e.to_string(),
         })
@@ -257,8 +404,15 @@ impl<R: AddressResolver> NodeClient for HttpNodeClient<R> {
         pod: &str,
         id: NodeId,
     ) -> Result<(), NodeError> {
-        let url = format!("{}/v1/members/{id}", self.resolver.http_url(cluster, pod));
-        self.send(pod, self.http.delete(url)).await.map(drop)
+        self.send(
+            cluster,
+            pod,
+            http::Method::DELETE,
+            &format!("/v1/members/{id}"),
+            None,
+        )
+        .await
+        .map(drop)
     }
 
     async fn transfer_leader(
@@ -280,6 +434,7 @@ impl<R: AddressResolver> NodeClient for HttpNodeClient<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::authority::{Authority, Usage};
     use axum::extract::{Json, Path};
     use axum::http::StatusCode;
     use axum::routing::{delete, get, post};
@@ -402,6 +557,121 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.to_lowercase().contains("refused"), "{err}");
+    }
+
+    /// A member's HTTP port over TLS that requires a client certificate of
+    /// `ca`, answering every request with a status.
+    async fn tls_node(ca: &Authority) -> (u16, tokio::task::JoinHandle<()>) {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let now = time::OffsetDateTime::now_utc();
+        let cert = ca
+            .issue("kv-0", &["localhost".into()], Usage::Member, now)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
+            .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let chain = vec![CertificateDer::from_pem_slice(cert.cert.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(cert.key.as_bytes()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(|_req| async {
+                        let body = r#"{"id":1,"name":"kv-0","role":"leader","term":7,"leader_id":1,
+                            "commit_index":5,"applied_index":5,"last_log_index":5,"members":[]}"#;
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn with_tls_the_operator_presents_its_certificate_and_trusts_only_the_cluster_ca() {
+        let now = time::OffsetDateTime::now_utc();
+        let ca = Authority::new("ns/kv", now).unwrap();
+        let (port, server) = tls_node(&ca).await;
+        let resolver = StaticResolver {
+            nodes: BTreeMap::from([(
+                "kv-0".to_string(),
+                StaticAddresses {
+                    http: format!("https://localhost:{port}"),
+                    ..Default::default()
+                },
+            )]),
+        };
+        let client = HttpNodeClient::new(resolver, Duration::from_secs(5)).unwrap();
+        let id = ClusterIdentity::new("kv", "ns").with_tls(true);
+        // Nothing handed over yet: a clear error, no plain-text attempt.
+        let err = client.status(&id, "kv-0").await.unwrap_err().to_string();
+        assert!(err.contains("no certificate"), "{err}");
+
+        let me = ca
+            .issue("raftkv-operator", &[], Usage::Client, now)
+            .unwrap();
+        let good = OperatorTls {
+            ca: ca.cert_pem().into(),
+            identity: Some(me.clone()),
+        };
+        client.use_tls(&id, Some(&good));
+        assert_eq!(client.status(&id, "kv-0").await.unwrap().term, 7);
+
+        // A client certificate of another CA is refused by the member.
+        let other = Authority::new("ns/other", now).unwrap();
+        let stranger = other
+            .issue("raftkv-operator", &[], Usage::Client, now)
+            .unwrap();
+        client.use_tls(
+            &id,
+            Some(&OperatorTls {
+                ca: ca.cert_pem().into(),
+                identity: Some(stranger),
+            }),
+        );
+        assert!(client.status(&id, "kv-0").await.is_err());
+        // A member whose certificate is not of the CA the operator trusts
+        // is not believed.
+        client.use_tls(
+            &id,
+            Some(&OperatorTls {
+                ca: other.cert_pem().into(),
+                identity: Some(me),
+            }),
+        );
+        let err = client.status(&id, "kv-0").await.unwrap_err().to_string();
+        assert!(err.to_lowercase().contains("certificate"), "{err}");
+        // Back to the right material: it works again.
+        client.use_tls(&id, Some(&good));
+        assert_eq!(client.status(&id, "kv-0").await.unwrap().term, 7);
+        server.abort();
     }
 
     #[test]

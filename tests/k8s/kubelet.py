@@ -20,8 +20,10 @@ Succeeded or Failed with the container's termination message (the file at
 its terminationMessagePath, or the log's tail with FallbackToLogsOnError),
 as a kubelet reports it. Init containers run to completion, in order,
 before a pod's container starts (and again after a failure, after a
-back-off). Paths under a volume's mount path, in arguments and variables,
-are that volume's folder here, and the termination message path is a
+back-off). A Secret volume is a folder of the Secret's keys, written when
+the pod's process starts (a Secret that does not exist yet holds the
+process back, as a kubelet would). Paths under a volume's mount path, in
+arguments and variables, are that volume's folder here, and the termination message path is a
 file of the pod's own. A Service name (`<svc>.<ns>.svc`) resolves to the
 address of one live pod it selects, a stand-in for kube-proxy, written
 when a pod that is not a member starts.
@@ -48,6 +50,8 @@ import urllib.request
 # What the image sets (deploy/Dockerfile) and the operator does not.
 IMAGE_DATA_DIR = "/var/lib/raftkv"
 PORTS = {"RAFTKV_LISTEN_CLIENT": 2379, "RAFTKV_LISTEN_PEER": 2380, "RAFTKV_LISTEN_HTTP": 8080}
+# Listeners a pod has only when its spec asks (the plain metrics port of TLS pods).
+OPTIONAL_PORTS = {"RAFTKV_LISTEN_METRICS": 9090}
 POD_SELECTOR = urllib.parse.quote("app.kubernetes.io/name in (raftkv,raftkv-backup)")
 BROKEN_TAG = "broken"
 
@@ -329,6 +333,9 @@ class ProcessKubelet:
                 folder = os.path.join(self.work, "emptydirs", meta["uid"], vol["name"])
                 os.makedirs(folder, exist_ok=True)
                 volumes[vol["name"]] = folder
+            elif vol.get("secret"):
+                secret_ref = vol["secret"]
+                volumes[vol["name"]] = self._secret_volume(ns, meta["uid"], vol["name"], secret_ref)
 
         log_path = os.path.join(self.work, "pods", f"{ns}_{name}_{meta['uid']}.log")
         for init in spec.get("initContainers", []):
@@ -430,6 +437,9 @@ class ProcessKubelet:
             env[var["name"]] = local(value)
         for var, port in PORTS.items():  # listen on the pod's own address, whatever was set
             env[var] = f"{ip}:{port}"
+        for var, port in OPTIONAL_PORTS.items():
+            if var in env:
+                env[var] = f"{ip}:{port}"
 
         command = container.get("command") or ["raftkv"]
         args = container.get("args") or (["serve"] if not container.get("command") else [])
@@ -439,6 +449,26 @@ class ProcessKubelet:
         else:
             raise RuntimeError(f"pod {ns}/{name}: unexpected command {argv}")
         return argv, env, message_file
+
+    def _secret_volume(self, ns, uid, volume, source):
+        """A folder holding the Secret's keys as files."""
+        secret = self.api.try_get(f"/api/v1/namespaces/{ns}/secrets/{source['secretName']}")
+        if secret is None:
+            if source.get("optional"):
+                secret = {}
+            else:
+                raise ContainerConfigError(f"secret {ns}/{source['secretName']} missing")
+        folder = os.path.join(self.work, "secrets", uid, volume)
+        os.makedirs(folder, exist_ok=True)
+        mode = source.get("defaultMode", 0o644)
+        for key, value in (secret.get("data") or {}).items():
+            path = os.path.join(folder, key)
+            with open(path, "wb") as f:
+                f.write(base64.b64decode(value))
+            # Readable by this (the pod's) user at least: the process runs
+            # as the test's user, not as the pod's fsGroup.
+            os.chmod(path, mode | 0o400)
+        return folder
 
     def _map_services(self, ns):
         """`<svc>.<ns>.svc` -> the address of a live pod the Service selects."""

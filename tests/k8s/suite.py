@@ -18,11 +18,13 @@ and Delete, and helm uninstall.
 """
 
 import base64
+import http.client as http_client
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -416,6 +418,81 @@ class Suite:
         for f in members:
             with open(os.path.join(logs, f), errors="replace") as fh:
                 assert "PEER AUTHENTICATION IS OFF" not in fh.read(), f
+
+    def step_tls_auto(self):
+        """A cluster with `tls.mode: auto`: the operator's CA and
+        certificates, members that talk TLS to each other and to the
+        operator, etcdctl with the users' certificate from the Secret, and
+        plain text refused on the client and HTTP ports."""
+        name = "sec"
+        manifest = yaml.safe_load(open(EXAMPLE))
+        manifest["metadata"]["name"] = name
+        manifest["spec"]["pod"] = {}
+        manifest["spec"]["pvcRetention"] = "Delete"
+        manifest["spec"]["tls"] = {"mode": "auto"}
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+        # Running with 3 ready members: the operator's status calls (https,
+        # its client certificate) and the members' peer streams (TLS, peer
+        # identity from the certificates) all work.
+        eventually(
+            "sec Running with 3 ready members",
+            lambda: (self.raftc(name).get("status") or {}).get("phase") == "Running"
+            and self.raftc(name)["status"].get("readyReplicas") == 3
+            and len(self.raftc(name)["status"].get("members", [])) == 3,
+            120,
+        )
+        ca = kjson("get", "secret", f"{name}-ca")
+        assert ca["type"] == "kubernetes.io/tls", ca["type"]
+        members = kjson("get", "secret", f"{name}-tls")["data"]
+        assert {"ca.crt", "sec-0.crt", "sec-2.key"} <= set(members), sorted(members)
+        # The users' certificate, as a user would take it from the Secret.
+        client = kjson("get", "secret", f"{name}-client-tls")["data"]
+        folder = os.path.join(WORK, "sec-client")
+        os.makedirs(folder, exist_ok=True)
+        files = {}
+        for key in ("ca.crt", "tls.crt", "tls.key"):
+            files[key] = os.path.join(folder, key)
+            with open(files[key], "wb") as f:
+                f.write(base64.b64decode(client[key]))
+        host = f"{name}-1.{name}-peers.default.svc"
+        tls_flags = [f"--cacert={files['ca.crt']}", f"--cert={files['tls.crt']}", f"--key={files['tls.key']}"]
+        etcdctl = lambda *args, flags=tls_flags, endpoint=f"https://{host}:2379": run(  # noqa: E731
+            "etcdctl", f"--endpoints={endpoint}", "--command-timeout=5s", "--dial-timeout=3s",
+            *flags, *args, check=False, env={**os.environ, "ETCDCTL_API": "3"},
+        )
+        put = etcdctl("put", "tls-key", "over-tls")
+        assert put.returncode == 0 and "OK" in put.stdout, put.stdout + put.stderr
+        got = etcdctl("get", "tls-key", "--print-value-only")
+        assert got.returncode == 0 and got.stdout.strip() == "over-tls", got.stdout + got.stderr
+        # Plain text to the client port, and TLS without a client
+        # certificate, are refused.
+        plain = etcdctl("get", "tls-key", flags=[], endpoint=f"http://{host}:2379")
+        assert plain.returncode != 0, plain.stdout
+        anonymous = etcdctl("get", "tls-key", flags=[tls_flags[0]])
+        assert anonymous.returncode != 0, anonymous.stdout
+        # The HTTP API: plain refused, TLS with the certificate answers.
+        # (The TLS port answers plain text with a TLS alert, which is no
+        # HTTP status line, or closes the connection.)
+        try:
+            http("GET", f"http://{host}:8080/v1/status")
+            raise AssertionError("plain HTTP to a TLS HTTP port answered")
+        except (urllib.error.URLError, http_client.HTTPException, OSError) as e:
+            log(f"  plain HTTP refused: {e!r}")
+        context = ssl.create_default_context(cafile=files["ca.crt"])
+        context.load_cert_chain(files["tls.crt"], files["tls.key"])
+        with urllib.request.urlopen(f"https://{host}:8080/v1/status", context=context, timeout=3) as r:
+            status = json.loads(r.read())
+        assert len(status["members"]) == 3, status
+        assert all(m["peer_url"].startswith("https://") for m in status["members"]), status
+        # Probes and Prometheus: the plain metrics port, and only metrics.
+        code, body = http("GET", f"http://{host}:9090/metrics")
+        assert code == 200 and b"raftkv_raft_term" in body, code
+        kubectl("delete", "raftc", name, "--wait=false")
+        eventually(
+            "sec's pods gone",
+            lambda: not [p for p in self.kubelet.running("default") if p.startswith(f"{name}-")],
+            60,
+        )
 
     def step_unreachable_members_explained(self):
         # Pods that never run (no process behind them, their names unknown to
@@ -1020,6 +1097,7 @@ class Suite:
             ("no leader: the status says why", self.step_unreachable_members_explained),
             ("kubectl apply the example: leader, term, commit in columns", self.step_apply_example),
             ("members authenticate each other with the cluster's secret", self.step_peers_authenticated),
+            ("tls.mode auto: certificates, etcdctl over TLS, plain text refused", self.step_tls_auto),
             ("kubectl scale raftc/demo 3 -> 5 under writes", self.step_scale_up_under_writes),
             ("kubectl scale raftc/demo 5 -> 3, nothing acknowledged lost", self.step_scale_down_under_writes),
             ("a pod deleted by hand comes back and catches up", self.step_pod_deleted_rejoins),
@@ -1036,6 +1114,9 @@ class Suite:
             ("delete with pvcRetention Delete removes the claims", self.step_delete_with_pvc_delete),
             ("helm uninstall with cluster.enabled leaves nothing behind", self.step_helm_uninstall_with_cluster),
         ]
+        if os.environ.get("RAFTKV_K8S_ONLY") == "tls":
+            wanted = (self.step_helm_install, self.step_operator_as_chart_sa, self.step_tls_auto)
+            steps = [(n, fn) for n, fn in steps if fn in wanted]
         if os.environ.get("RAFTKV_K8S_ONLY") == "backup":
             # Only what the backup steps need (see tests/k8s/run).
             wanted = (

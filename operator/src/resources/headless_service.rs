@@ -8,7 +8,9 @@
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 
 use crate::crd::RaftCluster;
-use crate::identity::{CLIENT_PORT, ClusterIdentity, HTTP_PORT, PEER_PORT, owned_meta};
+use crate::identity::{
+    CLIENT_PORT, ClusterIdentity, HTTP_PORT, METRICS_PORT, PEER_PORT, owned_meta,
+};
 
 pub fn build(cluster: &RaftCluster) -> Service {
     let id = ClusterIdentity::of(cluster);
@@ -22,11 +24,17 @@ pub fn build(cluster: &RaftCluster) -> Service {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(id.selector_labels()),
-            ports: Some(vec![
-                port("client", CLIENT_PORT),
-                port("peer", PEER_PORT),
-                port("http", HTTP_PORT),
-            ]),
+            ports: Some(
+                [
+                    port("client", CLIENT_PORT),
+                    port("peer", PEER_PORT),
+                    port("http", HTTP_PORT),
+                ]
+                .into_iter()
+                // With TLS, the plain metrics port the ServiceMonitor scrapes.
+                .chain(id.tls.then(|| port("metrics", METRICS_PORT)))
+                .collect(),
+            ),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -61,6 +69,21 @@ mod tests {
         assert_eq!(spec.selector.unwrap()["app.kubernetes.io/instance"], "kv");
         let ports: Vec<i32> = spec.ports.unwrap().iter().map(|p| p.port).collect();
         assert_eq!(ports, [2379, 2380, 8080]);
+    }
+
+    #[test]
+    fn with_tls_the_plain_metrics_port_is_published_too() {
+        let mut c = cluster();
+        c.spec.tls.mode = crate::crd::TlsMode::Auto;
+        let ports: Vec<i32> = build(&c)
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .iter()
+            .map(|p| p.port)
+            .collect();
+        assert_eq!(ports, [2379, 2380, 8080, 9090]);
     }
 
     #[test]

@@ -75,7 +75,9 @@ pub fn build(cluster: &RaftCluster) -> ServiceMonitor {
                 ..LabelSelector::default()
             },
             endpoints: vec![Endpoint {
-                port: "http".into(),
+                // With TLS the HTTP port wants a client certificate; the
+                // members serve /metrics in plain HTTP on the metrics port.
+                port: if id.tls { "metrics" } else { "http" }.into(),
                 path: "/metrics".into(),
                 interval: cluster.spec.monitoring.interval.clone(),
                 // `cluster` and `pod` labels let one dashboard panel show
@@ -123,5 +125,12 @@ mod tests {
         assert_eq!(json["spec"]["jobLabel"], "app.kubernetes.io/name");
         assert_eq!(json["apiVersion"], "monitoring.coreos.com/v1");
         assert_eq!(json["kind"], "ServiceMonitor");
+    }
+
+    #[test]
+    fn with_tls_prometheus_scrapes_the_plain_metrics_port() {
+        let mut c = cluster();
+        c.spec.tls.mode = crate::crd::TlsMode::Auto;
+        assert_eq!(build(&c).spec.endpoints[0].port, "metrics");
     }
 }

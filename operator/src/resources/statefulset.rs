@@ -32,7 +32,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::peer_secret;
 use crate::crd::{PvcRetention, RaftCluster};
 use crate::identity::{
-    CLIENT_PORT, ClusterIdentity, DATA_VOLUME, HTTP_PORT, PEER_PORT, owned_meta,
+    CLIENT_PORT, ClusterIdentity, DATA_VOLUME, HTTP_PORT, METRICS_PORT, PEER_PORT, owned_meta,
 };
 use crate::resources::start_config::{INITIAL_CLUSTER_KEY, JOIN_KEY};
 
@@ -160,6 +160,11 @@ fn pod_spec(cluster: &RaftCluster, id: &ClusterIdentity) -> PodSpec {
                 ..Volume::default()
             })
             .chain(crate::backup::restore::volume(cluster))
+            .chain(
+                crate::tls::pod::build(cluster, id)
+                    .into_iter()
+                    .flat_map(|t| t.volumes),
+            )
             .collect(),
         ),
         ..PodSpec::default()
@@ -168,22 +173,32 @@ fn pod_spec(cluster: &RaftCluster, id: &ClusterIdentity) -> PodSpec {
 
 fn container(cluster: &RaftCluster, id: &ClusterIdentity) -> Container {
     let spec = &cluster.spec;
+    let tls = crate::tls::pod::build(cluster, id);
+    let mut ports = vec![
+        container_port("client", CLIENT_PORT),
+        container_port("peer", PEER_PORT),
+        container_port("http", HTTP_PORT),
+    ];
+    // With TLS the HTTP port wants a client certificate, which a kubelet's
+    // probe does not have: probes go to the plain metrics port.
+    let probe_port = if tls.is_some() {
+        ports.push(container_port("metrics", METRICS_PORT));
+        "metrics"
+    } else {
+        "http"
+    };
     Container {
         name: "raftkv".into(),
         image: Some(spec.image.clone()),
         image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
         args: Some(vec!["serve".into()]),
         env: Some(env(cluster, id)),
-        ports: Some(vec![
-            container_port("client", CLIENT_PORT),
-            container_port("peer", PEER_PORT),
-            container_port("http", HTTP_PORT),
-        ]),
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        ports: Some(ports),
+        readiness_probe: Some(http_probe("/readyz", probe_port, 5, 3)),
         liveness_probe: Some(Probe {
             // Generous: a node replaying its log after restart is alive.
             initial_delay_seconds: Some(10),
-            ..http_probe("/healthz", 10, 6)
+            ..http_probe("/healthz", probe_port, 10, 6)
         }),
         resources: spec.resources.clone(),
         // A node that refuses to start (e.g. a volume of another cluster)
@@ -191,18 +206,23 @@ fn container(cluster: &RaftCluster, id: &ClusterIdentity) -> Container {
         // status, where the operator reads it and reports it.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(container_security_context()),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: DATA_VOLUME.into(),
-                mount_path: DATA_DIR.into(),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(
+            vec![
+                VolumeMount {
+                    name: DATA_VOLUME.into(),
+                    mount_path: DATA_DIR.into(),
+                    ..VolumeMount::default()
+                },
+                VolumeMount {
+                    name: "tmp".into(),
+                    mount_path: "/tmp".into(),
+                    ..VolumeMount::default()
+                },
+            ]
+            .into_iter()
+            .chain(tls.into_iter().flat_map(|t| t.mounts))
+            .collect(),
+        ),
         ..Container::default()
     }
 }
@@ -276,6 +296,14 @@ pub(crate) fn env(cluster: &RaftCluster, id: &ClusterIdentity) -> Vec<EnvVar> {
         // with an unauthenticated peer port.
         secret_env("RAFTKV_PEER_SECRET", &id.peer_secret(), peer_secret::KEY),
     ]
+    .into_iter()
+    // With spec.tls: the certificate files and the plain metrics port.
+    .chain(
+        crate::tls::pod::build(cluster, id)
+            .into_iter()
+            .flat_map(|t| t.env),
+    )
+    .collect()
 }
 
 fn plain(name: &str, value: &str) -> EnvVar {
@@ -340,11 +368,11 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
     }
 }
 
-fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
+fn http_probe(path: &str, port: &str, period: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            port: IntOrString::String(port.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -668,8 +696,11 @@ mod tests {
             .filter_map(|rest| rest.split('"').next())
             .collect();
         assert!(read.contains("RAFTKV_DATA_DIR"), "parsed {read:?}");
-        let c = cluster();
+        let mut c = cluster();
+        // With TLS on, so that the TLS variables are checked too.
+        c.spec.tls.mode = crate::crd::TlsMode::Auto;
         let set = env(&c, &ClusterIdentity::of(&c));
+        assert!(set.iter().any(|v| v.name == "RAFTKV_PEER_CERT_FILE"));
         let unknown: Vec<&str> = set
             .iter()
             .map(|v| v.name.as_str())
@@ -678,6 +709,74 @@ mod tests {
         assert!(
             unknown.is_empty(),
             "the StatefulSet sets {unknown:?}, which `raftkv serve` does not read"
+        );
+    }
+
+    #[test]
+    fn with_tls_urls_are_https_and_probes_use_the_plain_metrics_port() {
+        let mut c = cluster();
+        c.spec.tls.mode = crate::crd::TlsMode::Auto;
+        let sts = build(&c, 3);
+        let env = env_of(&sts);
+        assert_eq!(
+            env["RAFTKV_ADVERTISE_PEER"],
+            "https://$(RAFTKV_NAME).kv-peers.prod.svc:2380"
+        );
+        assert_eq!(
+            env["RAFTKV_ADVERTISE_CLIENT"],
+            "https://$(RAFTKV_NAME).kv-peers.prod.svc:2379"
+        );
+        // The file variables use RAFTKV_NAME, which must come first.
+        let pod = sts.spec.template.spec.unwrap();
+        let c0 = &pod.containers[0];
+        let names: Vec<&str> = c0
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
+        assert!(pos("RAFTKV_NAME") < pos("RAFTKV_CERT_FILE"));
+        let probe = |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().port.clone();
+        assert_eq!(
+            probe(&c0.readiness_probe),
+            IntOrString::String("metrics".into())
+        );
+        assert_eq!(
+            probe(&c0.liveness_probe),
+            IntOrString::String("metrics".into())
+        );
+        assert!(
+            c0.ports
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|p| p.container_port == 9090)
+        );
+        assert!(
+            c0.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.mount_path == "/etc/raftkv/tls")
+        );
+        assert!(
+            pod.volumes.unwrap().iter().any(|v| v
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref())
+                == Some("kv-tls"))
+        );
+        // TLS off: as before, no metrics port.
+        let plain = build(&cluster(), 3).spec.template.spec.unwrap();
+        assert!(
+            !plain.containers[0]
+                .ports
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|p| p.container_port == 9090)
         );
     }
 
