@@ -50,6 +50,19 @@ async fn etcdctl_manages_users_and_roles_and_auth_is_enforced_on_every_member() 
         &["role", "grant-permission", "app", "read", "/shared"],
         "",
     )?;
+    // For the HTTP API, whose keys are URL paths.
+    etcdctl(
+        &el,
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "--prefix=true",
+            "readwrite",
+            "h/",
+        ],
+        "",
+    )?;
     etcdctl(&el, &["user", "add", "alice:alicepw"], "")?;
     etcdctl(&el, &["user", "grant-role", "alice", "app"], "")?;
     assert_eq!(etcdctl(&el, &["user", "list"], "")?, "alice\nroot\n");
@@ -169,6 +182,57 @@ async fn etcdctl_manages_users_and_roles_and_auth_is_enforced_on_every_member() 
             "etcdserver: invalid auth token".into()
         ))
     );
+
+    // The HTTP API: the same users, a token from the login call or Basic.
+    let http = reqwest::Client::new();
+    let (hl, hf) = (c.http(leader)?, c.http(follower)?);
+    let anon = http.put(format!("{hf}/v1/kv/h/x")).body("v").send().await?;
+    assert_eq!(anon.status(), 401);
+    let body: serde_json::Value = anon.json().await?;
+    assert_eq!(body["error"], "etcdserver: user name is empty", "{body}");
+    let login: serde_json::Value = http
+        .post(format!("{hl}/v1/auth/login"))
+        .body(r#"{"name":"alice","password":"alicepw"}"#)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let bearer = format!("Bearer {}", login["token"].as_str().unwrap_or_default());
+    let put = http
+        .put(format!("{hf}/v1/kv/h/x"))
+        .header("authorization", &bearer)
+        .body("v")
+        .send()
+        .await?;
+    assert_eq!(put.status(), 200, "{}", put.text().await?);
+    let got = http
+        .get(format!("{hl}/v1/kv/h/x"))
+        .basic_auth("alice", Some("alicepw"))
+        .send()
+        .await?;
+    assert_eq!(
+        (got.status().as_u16(), got.text().await?),
+        (200, "v".into())
+    );
+    let denied = http
+        .get(format!("{hf}/v1/kv/other"))
+        .header("authorization", &bearer)
+        .send()
+        .await?;
+    assert_eq!(denied.status(), 403);
+    let denied = http
+        .post(format!("{hl}/v1/leader/transfer"))
+        .header("authorization", &bearer)
+        .body(format!(r#"{{"to":{follower}}}"#))
+        .send()
+        .await?;
+    assert_eq!(denied.status(), 403);
+    let wrong = http
+        .get(format!("{hl}/v1/kv/h/x"))
+        .basic_auth("alice", Some("nope"))
+        .send()
+        .await?;
+    assert_eq!(wrong.status(), 401);
 
     // A password change: the old password stops working.
     etcdctl(
