@@ -176,3 +176,32 @@ fn an_installed_image_brings_the_auth_store_and_an_image_without_one_clears_it()
     check.feed(&image(&src)).unwrap();
     check.finish().unwrap();
 }
+
+#[test]
+fn a_backup_of_a_store_with_auth_reads_back_and_restores_its_auth_store() {
+    use raftkv::storage::{BackupOrigin, BackupStream, read_backup};
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = KvStore::open(src_dir.path(), Limits::default()).unwrap();
+    src.apply(&auth_entries()).unwrap();
+    let mut stream = BackupStream::new(
+        src.snapshot().unwrap(),
+        BackupOrigin {
+            cluster_id: 7,
+            member_id: 1,
+        },
+    );
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next_chunk() {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    let file = src_dir.path().join("backup");
+    std::fs::write(&file, bytes).unwrap();
+
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = KvStore::open(dst_dir.path(), Limits::default()).unwrap();
+    let mut installer = dst.begin_install().unwrap();
+    let summary = read_backup(&file, |chunk| installer.write_chunk(chunk)).unwrap();
+    installer.finish().unwrap();
+    assert_eq!(summary.applied_index, src.applied_index().get());
+    assert_eq!(dst.auth(), src.auth());
+}
