@@ -521,6 +521,35 @@ async fn auth_is_off_until_root_enables_it_and_then_tokens_and_permissions_decid
         auth.user_list(list).await.unwrap_err().code(),
         Code::PermissionDenied
     );
+    // A watch needs read on its range: refused watches are canceled with
+    // etcd's reason, on a stream that stays open.
+    {
+        use super::proto::etcdserverpb::{watch_client::WatchClient, watch_request::RequestUnion};
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut open = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        open.metadata_mut().insert("token", token.parse().unwrap());
+        let mut events = WatchClient::new(r.channel().await)
+            .watch(open)
+            .await
+            .unwrap()
+            .into_inner();
+        for (key, end) in [("/other", ""), ("/app/", "/app0")] {
+            tx.send(pb::WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(pb::WatchCreateRequest {
+                    key: b(key),
+                    range_end: b(end),
+                    ..Default::default()
+                })),
+            })
+            .await
+            .unwrap();
+        }
+        let denied = events.message().await.unwrap().unwrap();
+        assert!(denied.created && denied.canceled, "{denied:?}");
+        assert_eq!(denied.cancel_reason, "etcdserver: permission denied");
+        let allowed = events.message().await.unwrap().unwrap();
+        assert!(allowed.created && !allowed.canceled, "{allowed:?}");
+    }
     let mut bad = Request::new(get("/app/k"));
     bad.metadata_mut()
         .insert("token", "raftkv1.x.y".parse().unwrap());
