@@ -256,6 +256,7 @@ impl Model {
             }
             // Alarms do not touch the keyspace; the generator makes none.
             Op::Alarm { .. } => panic!("the model does not generate alarm commands"),
+            Op::Auth(_) => panic!("the model does not generate auth commands"),
             // Leases have their own tests (storage/lease.rs).
             Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } | Op::LeaseCheckpoint { .. } => {
                 panic!("the model does not generate lease commands")

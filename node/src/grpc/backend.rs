@@ -3,6 +3,7 @@
 //! check the wire translation without a cluster.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::raft::NodeId;
@@ -14,6 +15,7 @@ use crate::storage::SnapshotReader;
 
 use super::store::{Command, RangeRequest};
 use crate::storage::KvStore;
+use crate::storage::auth::AuthState;
 
 /// The node calls the etcd services are translated into.
 pub trait Backend: Clone + Send + Sync + 'static {
@@ -61,6 +63,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// How often an idle watch that asked for it gets a progress
     /// notification.
     fn watch_progress_interval(&self) -> Duration;
+    /// The auth store as this member applied it (users, roles, the auth
+    /// flag); a backend without a state machine has auth disabled.
+    fn auth_state(&self) -> Arc<AuthState> {
+        self.watch_store().map(|s| s.auth()).unwrap_or_default()
+    }
 }
 
 impl Backend for NodeHandle {

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::backend::Backend;
 use super::convert::{header, member, status_from, to_i64};
+use super::gate;
 use super::observe::Observer;
 use super::proto::etcdserverpb::{self as pb, cluster_server::Cluster};
 use crate::raft::NodeId;
@@ -49,6 +50,8 @@ impl<B: Backend> Cluster for ClusterService<B> {
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         let started = Instant::now();
         let result: Result<Response<pb::MemberAddResponse>, Status> = async {
+            // Membership is an administrator's (etcd: root when auth is on).
+            gate::caller(&self.backend, &request)?.root()?;
             let req = request.into_inner();
             if !req.is_learner {
                 return Err(Status::failed_precondition(
@@ -94,6 +97,7 @@ impl<B: Backend> Cluster for ClusterService<B> {
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         let started = Instant::now();
         let result: Result<Response<pb::MemberRemoveResponse>, Status> = async {
+            gate::caller(&self.backend, &request)?.root()?;
             let id = NodeId(request.into_inner().id);
             self.backend.remove(id).await.map_err(status_from)?;
             let (header, members) = self.members().await?;
@@ -139,6 +143,7 @@ impl<B: Backend> Cluster for ClusterService<B> {
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         let started = Instant::now();
         let result: Result<Response<pb::MemberPromoteResponse>, Status> = async {
+            gate::caller(&self.backend, &request)?.root()?;
             let id = NodeId(request.into_inner().id);
             self.backend.promote(id).await.map_err(status_from)?;
             let (header, members) = self.members().await?;

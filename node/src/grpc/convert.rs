@@ -9,6 +9,7 @@ use super::proto::etcdserverpb::{self as pb, range_request::SortOrder, range_req
 use super::proto::mvccpb;
 use super::store::{self, Command, Op};
 use crate::server::{ClientError, MemberStatus, NodeStatus};
+use crate::storage::auth::AuthError;
 
 /// etcd's status for a node error. Messages keep etcd's `etcdserver:` prefix
 /// where etcd clients recognise the error by it (no leader, timeouts).
@@ -356,6 +357,17 @@ pub fn rejected(err: &store::KvError) -> Status {
         E::LeaseExists => Status::failed_precondition(err.to_string()),
         E::LeaseTtlTooLarge => Status::out_of_range(err.to_string()),
         E::LeaseProvided => Status::invalid_argument(err.to_string()),
+        E::Auth(e) => auth_status(e),
+    }
+}
+
+/// An auth refusal with etcd's code and message.
+pub fn auth_status(err: &AuthError) -> Status {
+    match err {
+        AuthError::PermissionDenied => Status::permission_denied(err.to_string()),
+        AuthError::InvalidAuthToken => Status::unauthenticated(err.to_string()),
+        e if e.is_invalid_argument() => Status::invalid_argument(err.to_string()),
+        e => Status::failed_precondition(e.to_string()),
     }
 }
 

@@ -10,10 +10,12 @@ use super::convert::{
     compact_command, delete_command, header, key_value, put_command, range_request, range_response,
     rejected, status_from, to_i64, txn_command, txn_responses,
 };
+use super::gate;
 use super::observe::Observer;
 use super::proto::etcdserverpb::{self as pb, kv_server::Kv};
 use super::store::ApplyOutcome;
 use crate::server::Consistency;
+use crate::storage::auth::Need;
 
 /// The KV service over a node.
 #[derive(Debug, Clone)]
@@ -45,7 +47,9 @@ impl<B: Backend> Kv for KvService<B> {
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let started = Instant::now();
         let result: Result<Response<pb::RangeResponse>, Status> = async {
+            let checked = gate::caller(&self.backend, &request)?;
             let req = request.into_inner();
+            checked.may(Need::Read, &req.key, &req.range_end)?;
             let read = range_request(&req)?;
             let consistency = if req.serializable {
                 Consistency::Serializable
@@ -75,6 +79,8 @@ impl<B: Backend> Kv for KvService<B> {
     ) -> Result<Response<pb::PutResponse>, Status> {
         let started = Instant::now();
         let result: Result<Response<pb::PutResponse>, Status> = async {
+            let checked = gate::caller(&self.backend, &request)?;
+            checked.put(request.get_ref())?;
             let cmd = put_command(request.into_inner())?;
             let written = self.backend.write(cmd).await.map_err(status_from)?;
             match written.outcome {
@@ -96,6 +102,8 @@ impl<B: Backend> Kv for KvService<B> {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let started = Instant::now();
         let result: Result<Response<pb::DeleteRangeResponse>, Status> = async {
+            let checked = gate::caller(&self.backend, &request)?;
+            checked.delete(request.get_ref())?;
             let cmd = delete_command(request.into_inner())?;
             let written = self.backend.write(cmd).await.map_err(status_from)?;
             match written.outcome {
@@ -124,6 +132,8 @@ impl<B: Backend> Kv for KvService<B> {
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let started = Instant::now();
         let result: Result<Response<pb::TxnResponse>, Status> = async {
+            let checked = gate::caller(&self.backend, &request)?;
+            checked.txn(request.get_ref())?;
             let cmd = txn_command(request.into_inner())?;
             let written = self.backend.write(cmd).await.map_err(status_from)?;
             match written.outcome {
@@ -163,6 +173,8 @@ impl<B: Backend> Kv for KvService<B> {
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let started = Instant::now();
         let result: Result<Response<pb::CompactionResponse>, Status> = async {
+            // etcd: compaction is an administrator's call.
+            gate::caller(&self.backend, &request)?.root()?;
             let req = request.into_inner();
             let written = self
                 .backend

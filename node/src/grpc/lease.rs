@@ -14,10 +14,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::backend::Backend;
 use super::convert::{header, rejected, status_from};
+use super::gate;
 use super::observe::Observer;
 use super::proto::etcdserverpb::{self as pb, lease_server::Lease};
 use super::store::{ApplyOutcome, Command, Op};
 use crate::server::{LeaseAnswer, LeaseQuery, LeaseReply};
+use crate::storage::auth::Need;
 
 /// Keep-alive answers queued per stream before the stream stops reading
 /// requests (a client that does not read its answers slows down).
@@ -75,6 +77,10 @@ impl<B: Backend> Lease for LeaseService<B> {
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let started = Instant::now();
         let result = async {
+            // Any authenticated caller may hold leases; what it attaches
+            // to them is checked by its puts.
+            gate::caller(&self.backend, &request)?;
+            gate::caller(&self.backend, &request)?;
             let req = request.into_inner();
             let (outcome, term) = self
                 .write(Op::LeaseGrant {
@@ -107,7 +113,20 @@ impl<B: Backend> Lease for LeaseService<B> {
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let started = Instant::now();
         let result = async {
+            let checked = gate::caller(&self.backend, &request)?;
             let id = request.into_inner().id;
+            // Revoking deletes the lease's keys: etcd asks for write
+            // permission on every one of them.
+            if let (Some(user), Some(kv)) = (checked.caller.user(), self.backend.watch_store()) {
+                if !checked.state.is_root(user) {
+                    let keys = kv
+                        .lease_keys(id)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    for key in keys {
+                        checked.may(Need::Write, &key, &[])?;
+                    }
+                }
+            }
             let (outcome, term) = self.write(Op::LeaseRevoke { id }).await?;
             match outcome {
                 ApplyOutcome::LeaseRevoked { revision, .. } => {
@@ -135,6 +154,7 @@ impl<B: Backend> Lease for LeaseService<B> {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        gate::caller(&self.backend, &request)?;
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE);
         let service = self.clone();
@@ -194,10 +214,11 @@ impl<B: Backend> Lease for LeaseService<B> {
 
     async fn lease_leases(
         &self,
-        _: Request<pb::LeaseLeasesRequest>,
+        request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let started = Instant::now();
         let result = async {
+            gate::caller(&self.backend, &request)?;
             let reply = self.ask(LeaseQuery::Leases).await?;
             match reply.answer {
                 LeaseAnswer::Leases(ids) => Ok(Response::new(pb::LeaseLeasesResponse {

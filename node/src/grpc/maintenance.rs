@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::backend::Backend;
 use super::convert::{header, rejected, status_from, status_response, to_i64};
+use super::gate;
 use super::observe::Observer;
 use super::proto::etcdserverpb::{
     self as pb, alarm_request::AlarmAction as PbAction, maintenance_server::Maintenance,
@@ -153,10 +154,12 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
     /// from one consistent view while writes continue.
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let started = Instant::now();
         let result: Result<Response<Self::SnapshotStream>, Status> = async {
+            // A backup holds every key (and the auth store): root only.
+            gate::caller(&self.backend, &request)?.root()?;
             let reader = self.backend.snapshot().await.map_err(status_from)?;
             let origin = BackupOrigin {
                 cluster_id: self.backend.cluster_id(),
@@ -186,11 +189,13 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
     /// break them for no gain. etcd's answer has no header.
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         let started = Instant::now();
         let result: Result<Response<pb::DefragmentResponse>, Status> =
-            Ok(Response::new(pb::DefragmentResponse { header: None }));
+            gate::caller(&self.backend, &request)
+                .and_then(|c| c.root())
+                .map(|()| Response::new(pb::DefragmentResponse { header: None }));
         self.observer.record("Defragment", started, &result);
         result
     }
@@ -200,10 +205,17 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         let started = Instant::now();
-        let result = self
-            .alarm_call(request.into_inner())
-            .await
-            .map(Response::new);
+        let result = async {
+            // Listing is open (as etcd's); raising or disarming is root's.
+            let checked = gate::caller(&self.backend, &request)?;
+            if request.get_ref().action != PbAction::Get as i32 {
+                checked.root()?;
+            }
+            self.alarm_call(request.into_inner())
+                .await
+                .map(Response::new)
+        }
+        .await;
         self.observer.record("Alarm", started, &result);
         result
     }
@@ -232,6 +244,11 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         let started = Instant::now();
+        if let Err(denied) = gate::caller(&self.backend, &request).and_then(|c| c.root()) {
+            let result = Err(denied);
+            self.observer.record("HashKV", started, &result);
+            return result;
+        }
         let revision = request.into_inner().revision;
         let result: Result<Response<pb::HashKvResponse>, Status> = async {
             if revision < 0 {
@@ -264,6 +281,11 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         let started = Instant::now();
+        if let Err(denied) = gate::caller(&self.backend, &request).and_then(|c| c.root()) {
+            let result = Err(denied);
+            self.observer.record("MoveLeader", started, &result);
+            return result;
+        }
         let target = request.into_inner().target_id;
         let result: Result<Response<pb::MoveLeaderResponse>, Status> = async {
             let me = self.backend.member_id();

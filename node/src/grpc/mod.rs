@@ -6,16 +6,18 @@
 //!   gRPC codes;
 //! - [`kv`], [`watch`], [`lease`], [`maintenance`], [`cluster`], [`auth`]:
 //!   the tonic services;
-//! - [`backend`]: what the services need from a node ([`NodeHandle`]).
+//! - [`backend`]: what the services need from a node ([`NodeHandle`]);
+//! - [`gate`]: who a call comes from and whether it may do what it asks
+//!   (etcd's auth, enforced by every service).
 //!
-//! Auth is served for a store without users (never enabled); the rest of
-//! Maintenance is not served: its calls are answered UNIMPLEMENTED, never
+//! The rest of Maintenance is not served: its calls are answered UNIMPLEMENTED, never
 //! with a made-up success.
 
 pub mod auth;
 pub mod backend;
 pub mod cluster;
 pub mod convert;
+pub mod gate;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::http::HttpState;
+use crate::http::auth::HttpCaller;
 use crate::http::error::ApiError;
 use crate::http::kv::read_body;
 use crate::raft::NodeId;
@@ -69,8 +70,10 @@ pub struct AddMember {
 
 pub async fn add_member(
     State(st): State<HttpState>,
+    caller: HttpCaller,
     body: Body,
 ) -> Result<(StatusCode, Json<MemberStatus>), ApiError> {
+    caller.root()?;
     let req: AddMember = json_body(&st, body).await?;
     if req.learner == Some(false) {
         return Err(ApiError::bad_request(
@@ -103,15 +106,19 @@ pub async fn add_member(
 
 pub async fn promote(
     State(st): State<HttpState>,
+    caller: HttpCaller,
     Path(id): Path<String>,
 ) -> Result<Json<MemberStatus>, ApiError> {
+    caller.root()?;
     Ok(Json(st.handle.promote(member_id(&id)?).await?))
 }
 
 pub async fn remove(
     State(st): State<HttpState>,
+    caller: HttpCaller,
     Path(id): Path<String>,
 ) -> Result<Json<MemberStatus>, ApiError> {
+    caller.root()?;
     Ok(Json(st.handle.remove(member_id(&id)?).await?))
 }
 
@@ -123,8 +130,10 @@ pub struct Transfer {
 
 pub async fn transfer_leader(
     State(st): State<HttpState>,
+    caller: HttpCaller,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.root()?;
     let req: Transfer = json_body(&st, body).await?;
     let to = member_id(&req.to.to_string())?;
     st.handle.transfer_leader(to).await?;

@@ -15,8 +15,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::http::HttpState;
+use crate::http::auth::HttpCaller;
 use crate::http::error::ApiError;
 use crate::server::Consistency;
+use crate::storage::auth::Need;
 use crate::storage::{ApplyOutcome, Command, KeyValue, Op, RangeRequest, RequestId};
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,11 +123,13 @@ fn request_id(headers: &HeaderMap) -> Result<Option<RequestId>, ApiError> {
 
 pub async fn put(
     State(st): State<HttpState>,
+    caller: HttpCaller,
     key: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = key_of(key)?;
+    caller.may(Need::Write, key.as_bytes(), &[])?;
     let request_id = request_id(&headers)?;
     let value = read_body(body, st.max_body_bytes, st.body_timeout).await?;
     let res = st
@@ -148,10 +152,12 @@ pub async fn put(
 
 pub async fn get(
     State(st): State<HttpState>,
+    caller: HttpCaller,
     key: Result<Path<String>, PathRejection>,
     params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let key = key_of(key)?;
+    caller.may(Need::Read, key.as_bytes(), &[])?;
     let params = params_of(params)?;
     let consistency = consistency(&params)?;
     let res = st
@@ -175,10 +181,12 @@ pub async fn get(
 
 pub async fn delete(
     State(st): State<HttpState>,
+    caller: HttpCaller,
     key: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = key_of(key)?;
+    caller.may(Need::Write, key.as_bytes(), &[])?;
     let request_id = request_id(&headers)?;
     let res = st
         .handle
@@ -232,6 +240,7 @@ pub struct ListAnswer {
 
 pub async fn list(
     State(st): State<HttpState>,
+    caller: HttpCaller,
     params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Json<ListAnswer>, ApiError> {
     let params = params_of(params)?;
@@ -247,6 +256,7 @@ pub async fn list(
             end => (prefix, end),
         }
     };
+    caller.may(Need::Read, &key, &range_end)?;
     let res = st
         .handle
         .range(
@@ -279,7 +289,8 @@ pub fn revision_and_deleted(outcome: &ApplyOutcome) -> (i64, u64) {
         | ApplyOutcome::Alarms { revision, .. }
         | ApplyOutcome::LeaseGranted { revision, .. }
         | ApplyOutcome::LeaseRevoked { revision, .. }
-        | ApplyOutcome::LeasesCheckpointed { revision } => (*revision, 0),
+        | ApplyOutcome::LeasesCheckpointed { revision }
+        | ApplyOutcome::AuthChanged { revision, .. } => (*revision, 0),
         ApplyOutcome::Rejected(_) => (0, 0),
     }
 }

@@ -4,6 +4,7 @@
 //! `raftkv_http_requests_total` / `raftkv_http_request_duration_seconds`.
 
 mod admin;
+pub mod auth;
 pub mod error;
 pub mod kv;
 pub(crate) mod probes;
@@ -49,6 +50,8 @@ pub fn router(state: HttpState) -> Router {
             "/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),
         )
+        .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/status", get(auth::status))
         .route("/v1/status", get(admin::status))
         .route("/v1/members", get(admin::members).post(admin::add_member))
         .route("/v1/members/{id}/promote", post(admin::promote))

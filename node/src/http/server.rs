@@ -371,7 +371,9 @@ pub async fn serve(
                 let stop = stop_rx.clone();
                 match acceptor.clone() {
                     None => {
-                        tokio::spawn(serve_connection(tcp, router, limits, registered, stop));
+                        tokio::spawn(serve_connection(
+                            tcp, None, router, limits, registered, stop,
+                        ));
                     }
                     Some(acceptor) => {
                         let failures = failures.clone();
@@ -380,7 +382,19 @@ pub async fn serve(
                                 tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp));
                             match handshake.await {
                                 Ok(Ok(tls)) => {
-                                    serve_connection(tls, router, limits, registered, stop).await
+                                    // The verified client certificate's
+                                    // name: the user when auth is on.
+                                    let cert_user = tls
+                                        .get_ref()
+                                        .1
+                                        .peer_certificates()
+                                        .and_then(|c| c.first())
+                                        .and_then(crate::tls::client_identity::common_name)
+                                        .map(ClientCertUser);
+                                    serve_connection(
+                                        tls, cert_user, router, limits, registered, stop,
+                                    )
+                                    .await
                                 }
                                 Ok(Err(e)) => failures.record(Some(from), Some(e)),
                                 Err(_) => failures.record(Some(from), None),
@@ -420,8 +434,14 @@ async fn refuse(mut tcp: TcpStream) {
     .await;
 }
 
+/// The common name of the client certificate a connection's TLS handshake
+/// verified, in every request's extensions (see `auth.rs`).
+#[derive(Clone, Debug)]
+pub struct ClientCertUser(pub String);
+
 async fn serve_connection<S>(
     tcp: S,
+    cert_user: Option<ClientCertUser>,
     router: Router,
     limits: HttpLimits,
     registered: Registered,
@@ -436,9 +456,12 @@ async fn serve_connection<S>(
     });
     let service = {
         let activity = activity.clone();
-        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let busy = activity.begin();
             let router = router.clone();
+            if let Some(u) = &cert_user {
+                req.extensions_mut().insert(u.clone());
+            }
             async move {
                 let resp = router.oneshot(req.map(Body::new)).await;
                 // Busy until the answer's body has been written out.

@@ -40,7 +40,8 @@ struct WireWrite {
     #[prost(int64, tag = "2")]
     revision: i64,
     /// 1 = put, 2 = delete, 3 = txn, 4 = compact, 5 = alarm, 6 = lease
-    /// granted, 7 = lease revoked.
+    /// granted, 7 = lease revoked, 8 = leases checkpointed, 9 = auth
+    /// store changed.
     #[prost(uint32, tag = "3")]
     kind: u32,
     #[prost(message, optional, tag = "4")]
@@ -61,6 +62,9 @@ struct WireWrite {
     lease_id: i64,
     #[prost(int64, tag = "11")]
     lease_ttl: i64,
+    /// The auth store's revision after an auth change.
+    #[prost(uint64, tag = "12")]
+    auth_revision: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -280,6 +284,14 @@ fn write_to_wire(w: WriteResult) -> Result<WireWrite, ClientError> {
             out.kind = 8;
             out.revision = revision;
         }
+        ApplyOutcome::AuthChanged {
+            revision,
+            auth_revision,
+        } => {
+            out.kind = 9;
+            out.revision = revision;
+            out.auth_revision = auth_revision;
+        }
         ApplyOutcome::Rejected(e) => return Err(crate::server::kv_error(e)),
     }
     Ok(out)
@@ -382,6 +394,10 @@ fn write_from_wire(w: WireWrite) -> Result<WriteResult, ClientError> {
         },
         8 => ApplyOutcome::LeasesCheckpointed {
             revision: w.revision,
+        },
+        9 => ApplyOutcome::AuthChanged {
+            revision: w.revision,
+            auth_revision: w.auth_revision,
         },
         k => return Err(bad("write result", format!("unknown kind {k}"))),
     };
@@ -504,7 +520,8 @@ pub(crate) fn encode_reply(r: Result<ForwardedReply, ClientError>) -> pb::Forwar
         Ok(r) => r,
         Err(e) => R::Error(pb::ForwardError {
             code: e.code().to_string(),
-            message: e.to_string(),
+            // The bare message: the variant is rebuilt around it.
+            message: e.detail(),
         }),
     };
     pb::ForwardResponse {
@@ -956,6 +973,10 @@ mod tests {
                 id: 11,
             },
             ApplyOutcome::LeasesCheckpointed { revision: 5 },
+            ApplyOutcome::AuthChanged {
+                revision: 5,
+                auth_revision: 3,
+            },
         ] {
             let back = decode_reply(encode_reply(Ok(ForwardedReply::Write(WriteResult {
                 outcome: outcome.clone(),
@@ -975,6 +996,20 @@ mod tests {
         ] {
             let back = decode_reply(encode_reply(Err(e.clone()))).unwrap_err();
             assert_eq!(back.code(), e.code());
+        }
+    }
+
+    /// etcd's clients match on the message (an auth refusal, say): the
+    /// leader's error reaches the follower's client exactly as it was.
+    #[test]
+    fn errors_keep_their_message_across_the_wire() {
+        for e in [
+            ClientError::FailedPrecondition("etcdserver: root user does not exist".into()),
+            ClientError::InvalidArgument("etcdserver: user name is empty".into()),
+            ClientError::NoLeader,
+        ] {
+            let back = decode_reply(encode_reply(Err(e.clone()))).unwrap_err();
+            assert_eq!(back, e);
         }
     }
 

@@ -82,6 +82,23 @@ impl ClientError {
         }
     }
 
+    /// The message a variant carries (etcd's own, for errors that came
+    /// from the state machine), without the prefix `Display` adds: what a
+    /// forwarded error must carry so that the variant is rebuilt as it was.
+    pub fn detail(&self) -> String {
+        match self {
+            ClientError::InvalidArgument(m)
+            | ClientError::TooLarge(m)
+            | ClientError::ResponseTooLarge(m)
+            | ClientError::NotFound(m)
+            | ClientError::FailedPrecondition(m)
+            | ClientError::OutOfRange(m)
+            | ClientError::Unavailable(m)
+            | ClientError::Internal(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// A short, stable machine-readable code, used in JSON error bodies.
     pub fn code(&self) -> &'static str {
         match self {

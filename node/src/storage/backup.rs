@@ -451,6 +451,10 @@ impl ImageSummary {
                 KIND_CLIENT => {
                     ClientFrame::decode(payload).map_err(malformed("client"))?;
                 }
+                super::image::KIND_AUTH => {
+                    super::auth::AuthState::decode(payload)
+                        .map_err(super::SnapshotError::BadAuth)?;
+                }
                 KIND_LEASE => {
                     let f = LeaseFrame::decode(payload).map_err(malformed("lease"))?;
                     super::lease::StoredLease::decode(f.lease.as_ref())

@@ -11,6 +11,7 @@
 use bytes::Bytes;
 use prost::Message;
 
+use super::auth::{AuthOp, WireAuthOp};
 use super::error::DecodeError;
 use super::outcome::AlarmKind;
 
@@ -88,6 +89,9 @@ pub enum Op {
     /// again: `(lease id, seconds left)`, 0 seconds clearing a record (the
     /// lease was kept alive: full TTL). Writes no key.
     LeaseCheckpoint { checkpoints: Vec<(i64, i64)> },
+    /// A change to the users, roles, permissions or the auth-enabled flag
+    /// (see `auth.rs`); writes no key.
+    Auth(AuthOp),
 }
 
 /// What an [`Op::Alarm`] does.
@@ -232,7 +236,7 @@ impl RangeRequest {
 struct WireCommand {
     #[prost(message, optional, tag = "1")]
     request_id: Option<RequestId>,
-    #[prost(oneof = "WireOp", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "WireOp", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
     op: Option<WireOp>,
 }
 
@@ -254,6 +258,8 @@ enum WireOp {
     LeaseRevoke(WireLeaseRevoke),
     #[prost(message, tag = "9")]
     LeaseCheckpoint(WireLeaseCheckpoint),
+    #[prost(message, tag = "10")]
+    Auth(WireAuthOp),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -410,7 +416,8 @@ impl Op {
             | Op::Compact { .. }
             | Op::Alarm { .. }
             | Op::LeaseRevoke { .. }
-            | Op::LeaseCheckpoint { .. } => false,
+            | Op::LeaseCheckpoint { .. }
+            | Op::Auth(_) => false,
         }
     }
 
@@ -487,6 +494,7 @@ impl Command {
                     .map(|&(id, remaining_ttl)| WireCheckpoint { id, remaining_ttl })
                     .collect(),
             }),
+            Op::Auth(op) => WireOp::Auth(op.to_wire()),
         };
         Bytes::from(
             WireCommand {
@@ -522,6 +530,7 @@ impl Command {
                     .map(|c| (c.id, c.remaining_ttl))
                     .collect(),
             },
+            Some(WireOp::Auth(a)) => Op::Auth(AuthOp::from_wire(a)?),
             Some(WireOp::Delete(d)) => Op::DeleteRange {
                 key: d.key,
                 range_end: d.range_end,
@@ -865,6 +874,10 @@ mod tests {
                 op: Op::LeaseCheckpoint {
                     checkpoints: vec![(77, 4), (78, 0)],
                 },
+            },
+            Command {
+                request_id: None,
+                op: Op::Auth(AuthOp::RoleAdd { name: "r".into() }),
             },
         ];
         for c in cmds {

@@ -13,7 +13,13 @@
 //!            in key then revision order
 //!   kind 6 = one lease (prost: id, stored lease); the keys attached to it
 //!            are not sent: each key's latest version names its lease
+//!   kind 7 = the auth store (users, roles, permissions, auth flag; see
+//!            `auth.rs`), at most once, right after the state record
 //! ```
+//!
+//! An image of a store that never used auth has no kind 7 frame, so that it
+//! stays readable by builds from before auth existed; an image without one
+//! installs an empty auth store (auth disabled).
 //!
 //! Images of state format 2 carry history (kind 5) instead of the latest
 //! values (kind 2, format 1): the installer rebuilds the latest value of
@@ -41,6 +47,7 @@ pub(super) const KIND_CLIENT: u8 = 3;
 pub(super) const KIND_TRAILER: u8 = 4;
 pub(super) const KIND_VERSION: u8 = 5;
 pub(super) const KIND_LEASE: u8 = 6;
+pub(super) const KIND_AUTH: u8 = 7;
 /// The size a chunk grows to before it is handed out.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// The largest frame an installer accepts (a key + value at the default
@@ -61,6 +68,8 @@ pub enum SnapshotError {
         #[source]
         source: prost::DecodeError,
     },
+    #[error("malformed auth frame: {0}")]
+    BadAuth(#[source] super::error::DecodeError),
     #[error("image does not start with a state record")]
     MissingState,
     #[error("image format version {0} is unknown")]
@@ -305,6 +314,9 @@ impl ImageCheck {
                     let f = LeaseFrame::decode(payload).map_err(malformed("lease"))?;
                     super::lease::StoredLease::decode(f.lease.as_ref())
                         .map_err(malformed("lease"))?;
+                }
+                KIND_AUTH => {
+                    super::auth::AuthState::decode(payload).map_err(SnapshotError::BadAuth)?;
                 }
                 other => return Err(SnapshotError::UnknownKind(other).into()),
             }

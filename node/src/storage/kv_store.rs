@@ -37,6 +37,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
 
+use super::auth::AuthState;
 use super::codec;
 use super::command::{
     AlarmAction, Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, TxnOp,
@@ -70,6 +71,8 @@ pub(crate) const KV: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("k
 pub(crate) const CLIENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("clients");
 pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const KEY_STATE: &str = "state";
+/// The auth store's record in `meta` (absent: auth never used).
+pub(crate) const KEY_AUTH: &str = "auth";
 
 /// Size limits of one node, checked once, when a command is proposed, by
 /// the leader that puts it in the log (and for reads by the node serving
@@ -158,7 +161,8 @@ impl Limits {
             | Op::Alarm { .. }
             | Op::LeaseGrant { .. }
             | Op::LeaseRevoke { .. }
-            | Op::LeaseCheckpoint { .. } => Ok(()),
+            | Op::LeaseCheckpoint { .. }
+            | Op::Auth(_) => Ok(()),
         }
     }
 
@@ -184,7 +188,8 @@ impl Limits {
             | Op::Alarm { .. }
             | Op::LeaseGrant { .. }
             | Op::LeaseRevoke { .. }
-            | Op::LeaseCheckpoint { .. } => Ok(()),
+            | Op::LeaseCheckpoint { .. }
+            | Op::Auth(_) => Ok(()),
         }
     }
 
@@ -489,6 +494,9 @@ pub(crate) struct KvInner {
     /// Replaced as a whole when a snapshot is installed.
     pub db: RwLock<Arc<Database>>,
     pub state: RwLock<KvState>,
+    /// The auth store as of the applied index, decoded: every client
+    /// request reads it. Replaced as a whole by a change or an install.
+    pub auth: RwLock<Arc<AuthState>>,
     /// Serialises writers (apply, sync, install). Holds the applied index
     /// of the last durable commit.
     pub writer: Mutex<LogIndex>,
@@ -555,6 +563,7 @@ impl KvStore {
         };
         upgrade_v1(&db, &path)?;
         let state = load_state(&db, &path)?;
+        let auth = load_auth(&db, &path)?;
         let durable = state.applied_index;
         Ok(KvStore {
             inner: Arc::new(KvInner {
@@ -565,6 +574,7 @@ impl KvStore {
                 disk: disk.clone(),
                 db: RwLock::new(Arc::new(db)),
                 state: RwLock::new(state),
+                auth: RwLock::new(Arc::new(auth)),
                 writer: Mutex::new(durable),
                 failed: Mutex::new(None),
                 feed: Feed::default(),
@@ -610,6 +620,15 @@ impl KvStore {
             .state
             .read()
             .unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The users, roles, permissions and auth flag as of the applied index.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.inner
+            .auth
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn state(&self) -> KvState {
@@ -692,6 +711,7 @@ impl KvStore {
         let mut listed = self.inner.feed.has_subscribers().then(Vec::new);
         let last = entries.last().map_or(state.applied_index, |e| e.index);
         let make_durable = last.get().saturating_sub(durable.get()) >= DURABLE_EVERY_ENTRIES;
+        let mut changed_auth = None;
         let result = (|| {
             let mut txn = db.begin_write().map_err(db_err(path, "begin write"))?;
             if !make_durable {
@@ -701,6 +721,7 @@ impl KvStore {
             let mut outcomes = Vec::new();
             {
                 let mut exec = Exec::open(&txn, path)?;
+                exec.auth_base = self.auth();
                 exec.listed = listed.take();
                 for e in &entries {
                     match &e.payload {
@@ -718,13 +739,26 @@ impl KvStore {
                 exec.meta
                     .insert(KEY_STATE, state.encode().as_slice())
                     .map_err(db_err(path, "write state"))?;
+                if let Some(auth) = &exec.auth {
+                    exec.meta
+                        .insert(KEY_AUTH, auth.encode().as_slice())
+                        .map_err(db_err(path, "write auth"))?;
+                }
                 listed = exec.listed.take();
+                changed_auth = exec.auth.take();
             }
             txn.commit().map_err(db_err(path, "commit"))?;
             Ok(outcomes)
         })();
         match result {
             Ok(outcomes) => {
+                if let Some(auth) = changed_auth {
+                    *self
+                        .inner
+                        .auth
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner) = Arc::new(auth);
+                }
                 if make_durable {
                     *durable = state.applied_index;
                 }
@@ -1029,6 +1063,20 @@ fn init_tables(db: &Database, path: &Path, state: &KvState) -> Result<(), StoreE
     txn.commit().map_err(db_err(path, "commit"))
 }
 
+/// Reads the auth store (the default, empty one if it was never used).
+pub(crate) fn load_auth(db: &Database, path: &Path) -> Result<AuthState, StoreError> {
+    let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(AuthState::default()),
+        Err(e) => return Err(db_err(path, "open meta")(e)),
+    };
+    match meta.get(KEY_AUTH).map_err(db_err(path, "read auth"))? {
+        Some(v) => AuthState::decode(v.value()).map_err(corrupt(path, "auth store")),
+        None => Ok(AuthState::default()),
+    }
+}
+
 pub(crate) fn load_state(db: &Database, path: &Path) -> Result<KvState, StoreError> {
     let not_a_store = || StoreError::NotAStore {
         file: path.to_path_buf(),
@@ -1201,6 +1249,10 @@ struct Exec<'t> {
     sub: u32,
     /// The changes made, when someone subscribed to the feed.
     listed: Option<Vec<Change>>,
+    /// The auth store before this batch.
+    auth_base: Arc<AuthState>,
+    /// The auth store as this batch changed it; `None` while unchanged.
+    auth: Option<AuthState>,
 }
 
 /// One transaction's branches, borrowed.
@@ -1233,6 +1285,8 @@ impl<'t> Exec<'t> {
             path,
             sub: 0,
             listed: None,
+            auth_base: Arc::default(),
+            auth: None,
         })
     }
 
@@ -1499,6 +1553,20 @@ impl<'t> Exec<'t> {
                 }
                 ApplyOutcome::LeasesCheckpointed {
                     revision: state.revision,
+                }
+            }
+            Op::Auth(op) => {
+                let auth = self
+                    .auth
+                    .get_or_insert_with(|| self.auth_base.as_ref().clone());
+                // A refused change leaves the store as it was (`apply`
+                // checks before it changes anything).
+                if let Err(e) = auth.apply(op) {
+                    return Ok(Err(KvError::Auth(e)));
+                }
+                ApplyOutcome::AuthChanged {
+                    revision: state.revision,
+                    auth_revision: auth.revision,
                 }
             }
         }))

@@ -38,6 +38,8 @@
 //! - `outcome.rs`: what applying a command produces;
 //! - `kv_store.rs`: the state machine (apply, reads);
 //! - `lease.rs`: leases as replicated state (which exist, their keys);
+//! - `auth.rs`: users, roles, permissions and the auth flag as replicated
+//!   state, and the permission check;
 //! - `mvcc/`: the history of every key, reads at past revisions, compaction;
 //! - `feed.rs`: the change feed, what each apply did, for watchers;
 //! - `txn_keys.rs`: etcd's "duplicate key" rule for transactions;
@@ -49,6 +51,7 @@
 //! - `policy.rs`: when to snapshot and how far to compact;
 //! - `error.rs`: the errors, each naming its file.
 
+pub mod auth;
 mod backup;
 mod codec;
 mod command;

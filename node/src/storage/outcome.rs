@@ -129,6 +129,9 @@ pub enum KvError {
          use a new sequence number for a new command"
     )]
     IdempotencyConflict { client_id: u64, seq: u64 },
+    /// An auth change the auth store refused (etcd's message).
+    #[error("{0}")]
+    Auth(#[from] super::auth::AuthError),
 }
 
 /// What applying one command did.
@@ -177,6 +180,12 @@ pub enum ApplyOutcome {
     /// write no key).
     LeasesCheckpointed {
         revision: i64,
+    },
+    /// The auth store changed (it writes no key): `revision` is the
+    /// store's, `auth_revision` the auth store's after the change.
+    AuthChanged {
+        revision: i64,
+        auth_revision: u64,
     },
     Rejected(KvError),
 }
@@ -362,6 +371,7 @@ pub(crate) fn encode_client_record(
         | ApplyOutcome::LeaseGranted { .. }
         | ApplyOutcome::LeaseRevoked { .. }
         | ApplyOutcome::LeasesCheckpointed { .. }
+        | ApplyOutcome::AuthChanged { .. }
         | ApplyOutcome::Rejected(_) => return None,
     };
     Some(

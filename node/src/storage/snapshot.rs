@@ -20,12 +20,13 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransac
 
 use super::error::{StoreError, db_err};
 use super::image::{
-    CHUNK_BYTES, ClientFrame, FrameParser, KIND_CLIENT, KIND_LEASE, KIND_STATE, KIND_TRAILER,
-    KIND_VERSION, LeaseFrame, MAGIC, SnapshotError, Trailer, VersionFrame, decode_state,
-    push_frame,
+    CHUNK_BYTES, ClientFrame, FrameParser, KIND_AUTH, KIND_CLIENT, KIND_LEASE, KIND_STATE,
+    KIND_TRAILER, KIND_VERSION, LeaseFrame, MAGIC, SnapshotError, Trailer, VersionFrame,
+    decode_state, push_frame,
 };
 use super::kv_store::{
-    CLIENTS, KEY_STATE, KV, KV_STAGING_FILE, KvState, KvStore, META, StoredValue, load_state,
+    CLIENTS, KEY_AUTH, KEY_STATE, KV, KV_STAGING_FILE, KvState, KvStore, META, StoredValue,
+    load_auth, load_state,
 };
 use super::lease::{LEASE_KEYS, LEASES, StoredLease};
 use super::mvcc::{CHANGES, HISTORY};
@@ -211,8 +212,12 @@ impl KvStore {
                 .begin_read()
                 .map_err(db_err(&path, "begin read"))?
         };
-        let state = {
+        let (state, auth) = {
             let meta = txn.open_table(META).map_err(db_err(&path, "open meta"))?;
+            let auth = meta
+                .get(KEY_AUTH)
+                .map_err(db_err(&path, "read auth"))?
+                .map(|v| v.value().to_vec());
             let v = meta
                 .get(KEY_STATE)
                 .map_err(db_err(&path, "read state"))?
@@ -221,7 +226,7 @@ impl KvStore {
                     kind: "key-value",
                     missing: "state record",
                 })?;
-            v.value().to_vec()
+            (v.value().to_vec(), auth)
         };
         let decoded = match KvState::decode(&state) {
             Ok(Ok(s)) => s,
@@ -258,6 +263,10 @@ impl KvStore {
         reader.pending.extend_from_slice(MAGIC);
         reader.crc.update(MAGIC);
         reader.frame(KIND_STATE, &state);
+        // Only a store that used auth sends it (see `image.rs`).
+        if let Some(auth) = auth {
+            reader.frame(KIND_AUTH, &auth);
+        }
         Ok(reader)
     }
 
@@ -356,6 +365,12 @@ impl SnapshotInstaller {
                 t.insert(f.client_id, f.record.as_ref())
                     .map_err(db_err(&staging, "write"))?;
             }
+            KIND_AUTH => {
+                super::auth::AuthState::decode(payload).map_err(SnapshotError::BadAuth)?;
+                let mut meta = txn.open_table(META).map_err(db_err(&staging, "write"))?;
+                meta.insert(KEY_AUTH, payload)
+                    .map_err(db_err(&staging, "write"))?;
+            }
             KIND_LEASE => {
                 let f = LeaseFrame::decode(payload).map_err(malformed("lease"))?;
                 StoredLease::decode(f.lease.as_ref()).map_err(malformed("lease"))?;
@@ -411,8 +426,10 @@ impl SnapshotInstaller {
             .map_err(db_err(&inner.path, "open"))?;
         // The state is re-read from the installed file: what it says wins.
         let loaded = load_state(&db, &inner.path)?;
+        let auth = load_auth(&db, &inner.path)?;
         *slot = Arc::new(db);
         *inner.state.write().unwrap_or_else(PoisonError::into_inner) = loaded.clone();
+        *inner.auth.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(auth);
         *durable = loaded.applied_index;
         drop(slot);
         // Watchers read what the image brought from its history.

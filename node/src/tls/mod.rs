@@ -15,10 +15,13 @@
 //! - [`connect`]: a connector that dials `https://` URLs for tonic channels
 //!   (peer streams, write forwarding, `raftkv bench`);
 //! - [`local_ca`]: a throwaway CA for `raftkv dev --tls` and tests;
+//! - [`client_identity`]: the user a client certificate stands for (its
+//!   common name);
 //! - [`peer_identity`]: whether a peer's certificate names the host of the
 //!   member it claims to be.
 
 pub mod accept;
+pub mod client_identity;
 pub mod config;
 pub mod connect;
 pub mod local_ca;

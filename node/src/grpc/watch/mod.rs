@@ -66,8 +66,11 @@ impl<B: Backend> Watch for WatchService<B> {
         let Some(kv) = self.backend.watch_store() else {
             return Err(Status::unimplemented("this server does not serve watches"));
         };
+        // The stream's caller; each watch's range is checked on creation.
+        let caller = super::gate::caller(&self.backend, &request)?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let cfg = SessionConfig {
+            caller,
             cluster_id: self.backend.cluster_id(),
             member_id: self.backend.member_id(),
             progress_interval: self.backend.watch_progress_interval(),

@@ -48,6 +48,9 @@ pub(crate) struct SessionConfig {
     pub progress_interval: Duration,
     /// Turns true when the server stops.
     pub stopping: watch::Receiver<bool>,
+    /// Who opened the stream: each watch needs read permission on its
+    /// range (checked when it is created, as etcd does).
+    pub caller: crate::grpc::gate::Checked,
 }
 
 /// What woke the session up.
@@ -209,6 +212,15 @@ impl Session {
         } else {
             self.revision + 1
         };
+        if let Err(denied) =
+            self.cfg
+                .caller
+                .may(crate::storage::auth::Need::Read, &req.key, &req.range_end)
+        {
+            let mut r = refused(denied.message());
+            r.header = Some(self.header(self.revision));
+            return self.send(r).await;
+        }
         // The range is checked before an id is taken, as etcd does.
         let mut watcher = match Watcher::new(req.watch_id, req, start) {
             Ok(w) => w,

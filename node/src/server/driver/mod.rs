@@ -362,5 +362,8 @@ pub(crate) fn kv_error(e: KvError) -> ClientError {
         KvError::LeaseTtlTooLarge => ClientError::OutOfRange(e.to_string()),
         KvError::LeaseProvided => ClientError::InvalidArgument(e.to_string()),
         KvError::IdempotencyConflict { .. } => ClientError::FailedPrecondition(e.to_string()),
+        // etcd's code for each: the message is what clients match on.
+        KvError::Auth(a) if a.is_invalid_argument() => ClientError::InvalidArgument(a.to_string()),
+        KvError::Auth(a) => ClientError::FailedPrecondition(a.to_string()),
     }
 }
