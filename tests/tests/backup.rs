@@ -24,6 +24,35 @@ use serde_json::Value;
 
 const LEADER_WAIT: Duration = Duration::from_secs(20);
 
+/// `raftkv snapshot restore SOURCE` for one member of the new cluster `n`.
+fn restore_args(source: &str, n: &Cluster, node: &raftkv_e2e::Node) -> Vec<String> {
+    [
+        "snapshot",
+        "restore",
+        source,
+        "--data-dir",
+        node.data_dir.to_str().unwrap(),
+        "--initial-cluster",
+        n.initial_cluster(),
+        "--id",
+        &node.id.to_string(),
+        "--cluster-id",
+        &n.cluster_id().to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A restore succeeded and says it restored `revision`.
+fn assert_restored(o: &Output, revision: i64) {
+    assert!(o.status.success(), "{}", text(o));
+    assert!(
+        text(o).contains(&format!("at revision {revision}")),
+        "{}",
+        text(o)
+    );
+}
+
 async fn raftkv(args: &[&str]) -> Output {
     tokio::process::Command::new(raftkv_bin().unwrap())
         .args(args)
@@ -207,26 +236,9 @@ async fn a_backup_taken_under_writes_restores_into_a_new_cluster_at_the_same_rev
     // A new cluster from the backup.
     let mut n = Cluster::prepare(3, Options::default()).unwrap();
     for node in &n.nodes {
-        let o = raftkv(&[
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--data-dir",
-            node.data_dir.to_str().unwrap(),
-            "--initial-cluster",
-            n.initial_cluster(),
-            "--id",
-            &node.id.to_string(),
-            "--cluster-id",
-            &n.cluster_id().to_string(),
-        ])
-        .await;
-        assert!(o.status.success(), "{}", text(&o));
-        assert!(
-            text(&o).contains(&format!("at revision {revision}")),
-            "{}",
-            text(&o)
-        );
+        let args = restore_args(file.to_str().unwrap(), &n, node);
+        let o = raftkv(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        assert_restored(&o, revision);
     }
     n.start_prepared().unwrap();
     let leader = n.wait_leader(LEADER_WAIT).await.unwrap();
@@ -633,30 +645,14 @@ async fn backups_to_s3_under_writes_are_pruned_and_restore_a_cluster_that_serves
     let url = format!("s3://raftkv-backups/{newest}");
     let mut n = Cluster::prepare(3, Options::default()).unwrap();
     for node in &n.nodes {
+        let args = restore_args(&url, &n, node);
         let o = raftkv_s3(
             &moto,
             &staging,
-            &[
-                "snapshot",
-                "restore",
-                &url,
-                "--data-dir",
-                node.data_dir.to_str().unwrap(),
-                "--initial-cluster",
-                n.initial_cluster(),
-                "--id",
-                &node.id.to_string(),
-                "--cluster-id",
-                &n.cluster_id().to_string(),
-            ],
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
         )
         .await;
-        assert!(o.status.success(), "{}", text(&o));
-        assert!(
-            text(&o).contains(&format!("at revision {revision}")),
-            "{}",
-            text(&o)
-        );
+        assert_restored(&o, revision);
     }
     // The downloaded copies are gone.
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
