@@ -524,6 +524,13 @@ pub fn build(cluster: &RaftCluster, input: &StatusInput<'_>) -> RaftClusterStatu
         member_storage: input.member_storage.clone(),
         // The reconciler sets this from the backup Jobs (`backup`).
         backup: cluster.status.as_ref().and_then(|s| s.backup.clone()),
+        // The pass issued (or asked cert-manager for) these before it got
+        // here, and removed the Secrets of users no longer listed.
+        client_users: if cluster.spec.tls.enabled() {
+            crate::tls::auto::client_users(cluster).cloned().collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 

@@ -883,14 +883,15 @@ async fn write_status<N, R>(
     Ok(())
 }
 
-async fn delete_ignoring_absent<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+/// Deletes `name`; an object already gone is no error.
+pub(crate) async fn delete_ignoring_absent<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 

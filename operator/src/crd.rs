@@ -339,6 +339,10 @@ pub struct RaftClusterStatus {
     /// The last successful scheduled backup (with `spec.backup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
+    /// The users of `spec.tls.clientUsers` whose certificates the operator
+    /// issued: a user taken off the spec loses its Secret on the next pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_users: Vec<String>,
 }
 
 /// Lifecycle phase of a cluster.

@@ -120,6 +120,14 @@ impl ClusterIdentity {
     pub fn client_tls_secret(&self) -> String {
         format!("{}-client-tls", self.name)
     }
+    /// The client certificate of one user named in `spec.tls.clientUsers`.
+    pub fn user_tls_secret(&self, user: &str) -> String {
+        format!("{}-client-{user}-tls", self.name)
+    }
+    /// The cert-manager Certificate behind [`Self::user_tls_secret`].
+    pub fn user_certificate(&self, user: &str) -> String {
+        format!("{}-client-{user}", self.name)
+    }
     /// The client certificate the operator presents to the members
     /// (`auto` and `certManager`).
     pub fn operator_tls_secret(&self) -> String {

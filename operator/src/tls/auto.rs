@@ -11,8 +11,18 @@
 //!   name the host of the peer URL it claims) then tells members apart.
 //! - `<name>-operator-tls` (`kubernetes.io/tls`, with `ca.crt`): the client
 //!   certificate the operator presents to the members.
-//! - `<name>-client-tls` (the same layout): a client certificate for the
-//!   users (common name `root`), to give to etcdctl or an application.
+//! - `<name>-client-tls` (the same layout): the administrator's client
+//!   certificate (common name `root`), to give to etcdctl.
+//! - `<name>-client-<user>-tls` (the same layout), for every user named in
+//!   `spec.tls.clientUsers`: a certificate whose common name is that user,
+//!   so that with etcd's auth enabled its holder has that user's
+//!   permissions and no more.
+//!
+//! The operator's own certificate has the common name `root` as well: it
+//! adds and removes members, which etcd's auth reserves for root, and it
+//! must go on doing so after someone enables auth. Whoever can read the
+//! operator's Secret can read the CA's key beside it, so the name gives
+//! nothing away that the namespace did not already.
 
 use std::collections::BTreeMap;
 
@@ -28,10 +38,14 @@ use crate::identity::{ClusterIdentity, owned_meta};
 pub const TLS_CRT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
 pub const CA_CRT: &str = "ca.crt";
-/// Common name of the operator's client certificate.
-pub const OPERATOR_CN: &str = "raftkv-operator";
-/// Common name of the users' client certificate.
+/// Common name of the operator's client certificate: root, whose
+/// permissions membership changes need once auth is enabled.
+pub const OPERATOR_CN: &str = "root";
+/// Common name of the administrator's client certificate.
 pub const CLIENT_CN: &str = "root";
+/// Label on a user's certificate Secret (and cert-manager Certificate):
+/// the user it names.
+pub const CLIENT_USER_LABEL: &str = "raftkv.io/client-user";
 
 /// A member's certificate file in `<name>-tls`.
 pub fn member_cert_key(pod: &str) -> String {
@@ -165,6 +179,69 @@ pub fn desired(
         client,
         operator_identity,
     })
+}
+
+/// The certificate Secret of every user in `spec.tls.clientUsers` that
+/// must be written (missing, of another CA, or due for renewal), given the
+/// existing ones by user.
+pub fn user_secrets(
+    cluster: &RaftCluster,
+    ca: &Authority,
+    existing: &BTreeMap<String, Secret>,
+    now: OffsetDateTime,
+) -> Result<Vec<Secret>, PkiError> {
+    let id = ClusterIdentity::of(cluster);
+    let mut write = Vec::new();
+    for user in client_users(cluster) {
+        let old = existing.get(user);
+        let good_ca = old.filter(|s| data_text(s, CA_CRT).as_deref() == Some(ca.cert_pem()));
+        let (secret, _) = client_secret(
+            cluster,
+            ca,
+            id.user_tls_secret(user),
+            user,
+            good_ca,
+            old,
+            now,
+        )?;
+        if let Some(mut secret) = secret {
+            secret
+                .metadata
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(CLIENT_USER_LABEL.to_string(), user.clone());
+            write.push(secret);
+        }
+    }
+    Ok(write)
+}
+
+/// The users of `spec.tls.clientUsers`, each once, in order.
+pub fn client_users(cluster: &RaftCluster) -> impl Iterator<Item = &String> {
+    let mut seen = std::collections::BTreeSet::new();
+    cluster
+        .spec
+        .tls
+        .client_users
+        .iter()
+        .filter(move |u| seen.insert(u.as_str()))
+}
+
+/// Users whose certificates the operator issued before (the status's
+/// record) and that are no longer in the spec: their Secrets go.
+pub fn dropped_users(cluster: &RaftCluster) -> Vec<String> {
+    let wanted: std::collections::BTreeSet<&String> = client_users(cluster).collect();
+    cluster
+        .status
+        .as_ref()
+        .map(|s| {
+            s.client_users
+                .iter()
+                .filter(|u| !wanted.contains(u))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A client certificate Secret: the existing one if still good, else a
@@ -373,6 +450,71 @@ mod tests {
             .unwrap();
         assert_eq!(data_text(&m2, CA_CRT).unwrap(), new.cert_pem());
         assert_ne!(data_text(&m, "kv-0.crt"), data_text(&m2, "kv-0.crt"));
+    }
+
+    #[test]
+    fn the_operator_is_root_so_that_it_may_change_membership_under_auth() {
+        let ca = Authority::new("prod/kv", now()).unwrap();
+        let d = desired(&tls_cluster(), &ca, 1, None, None, None, now()).unwrap();
+        assert_eq!(pem_common_name(&d.operator_identity.cert), "root");
+    }
+
+    fn pem_common_name(pem: &str) -> String {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let cn = cert.subject().iter_common_name().next().unwrap();
+        cn.as_str().unwrap().to_string()
+    }
+
+    fn common_name(secret: &Secret) -> String {
+        pem_common_name(&data_text(secret, TLS_CRT).unwrap())
+    }
+
+    #[test]
+    fn listed_users_get_their_own_certificates_kept_until_renewal() {
+        let mut c = tls_cluster();
+        c.spec.tls.client_users = vec!["alice".into(), "bob".into(), "alice".into()];
+        let ca = Authority::new("prod/kv", now()).unwrap();
+        let first = user_secrets(&c, &ca, &BTreeMap::new(), now()).unwrap();
+        let names: Vec<_> = first
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["kv-client-alice-tls", "kv-client-bob-tls"]);
+        assert_eq!(common_name(&first[0]), "alice");
+        assert_eq!(common_name(&first[1]), "bob");
+        assert_eq!(keys(&first[0]), ["ca.crt", "tls.crt", "tls.key"]);
+        assert_eq!(
+            first[1].metadata.labels.as_ref().unwrap()[CLIENT_USER_LABEL],
+            "bob"
+        );
+        let existing: BTreeMap<String, Secret> = ["alice", "bob"]
+            .into_iter()
+            .map(String::from)
+            .zip(first.iter().cloned())
+            .collect();
+        let later = now() + Duration::days(30);
+        assert!(user_secrets(&c, &ca, &existing, later).unwrap().is_empty());
+        let much_later = now() + Duration::days(61);
+        assert_eq!(
+            user_secrets(&c, &ca, &existing, much_later).unwrap().len(),
+            2
+        );
+    }
+
+    #[test]
+    fn users_taken_off_the_list_are_the_ones_dropped() {
+        let mut c = tls_cluster();
+        c.spec.tls.client_users = vec!["bob".into()];
+        c.status = Some(crate::crd::RaftClusterStatus {
+            client_users: vec!["alice".into(), "bob".into()],
+            ..Default::default()
+        });
+        assert_eq!(dropped_users(&c), ["alice"]);
+        c.spec.tls.client_users.clear();
+        assert_eq!(dropped_users(&c), ["alice", "bob"]);
+        c.status = None;
+        assert!(dropped_users(&c).is_empty());
     }
 
     #[test]

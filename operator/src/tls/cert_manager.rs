@@ -5,7 +5,9 @@
 //! Three certificates, from the Issuer the user names:
 //! `<name>-server` (client and HTTP ports) into Secret `<name>-server-tls`,
 //! `<name>-peer` (peer port) into `<name>-peer-tls`, and `<name>-operator`
-//! (the operator's client certificate) into `<name>-operator-tls`. One
+//! (the operator's client certificate, common name `root`) into
+//! `<name>-operator-tls`, and one `<name>-client-<user>` into
+//! `<name>-client-<user>-tls` for every user of `spec.tls.clientUsers`. One
 //! certificate serves every member, so it names them all with a wildcard
 //! (`*.<name>-peers.<namespace>.svc`): a member's certificate then also
 //! matches the peer URLs of the other members, which makes the peer
@@ -17,7 +19,7 @@
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::json;
 
-use super::auto::OPERATOR_CN;
+use super::auto::{CLIENT_USER_LABEL, OPERATOR_CN, client_users};
 use crate::crd::{IssuerRef, RaftCluster};
 use crate::identity::{ClusterIdentity, owned_meta};
 
@@ -67,22 +69,38 @@ pub fn certificates(cluster: &RaftCluster, issuer: &IssuerRef) -> Vec<DynamicObj
             }),
         )
     };
-    vec![
-        member(format!("{}-server", id.name), id.server_tls_secret()),
-        member(format!("{}-peer", id.name), id.peer_tls_secret()),
+    let client = |name: String, secret: String, common_name: &str| {
         certificate(
             cluster,
             &id,
-            format!("{}-operator", id.name),
+            name,
             json!({
-                "secretName": id.operator_tls_secret(),
-                "commonName": OPERATOR_CN,
+                "secretName": secret,
+                "commonName": common_name,
                 "usages": ["digital signature", "key encipherment", "client auth"],
                 "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
                 "issuerRef": issuer_ref,
             }),
+        )
+    };
+    let mut certs = vec![
+        member(format!("{}-server", id.name), id.server_tls_secret()),
+        member(format!("{}-peer", id.name), id.peer_tls_secret()),
+        client(
+            format!("{}-operator", id.name),
+            id.operator_tls_secret(),
+            OPERATOR_CN,
         ),
-    ]
+    ];
+    for user in client_users(cluster) {
+        let mut cert = client(id.user_certificate(user), id.user_tls_secret(user), user);
+        cert.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(CLIENT_USER_LABEL.to_string(), user.clone());
+        certs.push(cert);
+    }
+    certs
 }
 
 fn certificate(
@@ -147,5 +165,33 @@ mod tests {
         assert_eq!(op["secretName"], "kv-operator-tls");
         assert_eq!(op["commonName"], OPERATOR_CN);
         assert!(!op["usages"].to_string().contains("server auth"));
+    }
+
+    #[test]
+    fn every_listed_user_gets_a_client_certificate_named_for_it() {
+        let issuer = IssuerRef {
+            name: "corp-ca".into(),
+            kind: "Issuer".into(),
+            group: "cert-manager.io".into(),
+        };
+        let mut c = cluster();
+        c.spec.tls.client_users = vec!["alice".into(), "bob".into(), "alice".into()];
+        let certs = certificates(&c, &issuer);
+        assert_eq!(certs.len(), 5, "one per user, listed twice or not");
+        let alice = certs
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some("kv-client-alice"))
+            .expect("alice's certificate");
+        assert_eq!(alice.data["spec"]["commonName"], "alice");
+        assert_eq!(alice.data["spec"]["secretName"], "kv-client-alice-tls");
+        assert_eq!(
+            alice.metadata.labels.as_ref().unwrap()[CLIENT_USER_LABEL],
+            "alice"
+        );
+        assert!(
+            !alice.data["spec"]["usages"]
+                .to_string()
+                .contains("server auth")
+        );
     }
 }

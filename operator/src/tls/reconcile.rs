@@ -11,6 +11,7 @@ use super::authority::{Authority, IssuedPem, PkiError};
 use super::auto::{self, CA_CRT, TLS_CRT, TLS_KEY, data_text};
 use super::cert_manager;
 use super::operator_client::OperatorTls;
+use crate::controller::delete_ignoring_absent;
 use crate::crd::{RaftCluster, TlsMode};
 use crate::identity::{ClusterIdentity, FIELD_MANAGER};
 
@@ -53,15 +54,27 @@ pub async fn ensure(
                 existing_client.as_ref(),
                 now,
             )?;
+            let mut existing_users = std::collections::BTreeMap::new();
+            for user in auto::client_users(cluster) {
+                if let Some(s) = secrets.get_opt(&id.user_tls_secret(user)).await? {
+                    existing_users.insert(user.clone(), s);
+                }
+            }
+            let users = auto::user_secrets(cluster, &ca, &existing_users, now)?;
             for secret in [desired.members, desired.operator, desired.client]
                 .into_iter()
                 .flatten()
+                .chain(users)
             {
                 let name = secret.metadata.name.clone().unwrap_or_default();
                 secrets
                     .patch(&name, &apply_params(), &Patch::Apply(&secret))
                     .await?;
                 info!(%name, "wrote certificates");
+            }
+            for user in auto::dropped_users(cluster) {
+                delete_ignoring_absent(&secrets, &id.user_tls_secret(&user)).await?;
+                info!(%user, "removed the certificate Secret of a user no longer listed");
             }
             Ok(Some(OperatorTls {
                 ca: ca.cert_pem().to_string(),
@@ -79,6 +92,13 @@ pub async fn ensure(
                     let name = cert.metadata.name.clone().unwrap_or_default();
                     api.patch(&name, &apply_params(), &Patch::Apply(&cert))
                         .await?;
+                }
+                // cert-manager leaves a Certificate's Secret behind when
+                // the Certificate goes: both go.
+                for user in auto::dropped_users(cluster) {
+                    delete_ignoring_absent(&api, &id.user_certificate(&user)).await?;
+                    delete_ignoring_absent(&secrets, &id.user_tls_secret(&user)).await?;
+                    info!(%user, "removed the certificate of a user no longer listed");
                 }
             }
             let operator = secrets.get_opt(&id.operator_tls_secret()).await?;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("self.mode != 'certManager' || has(self.certManager)").message("tls.certManager (its issuerRef) is required with mode certManager"))]
 #[x_kube(validation = Rule::new("self.mode != 'secretRef' || has(self.secretRef)").message("tls.secretRef is required with mode secretRef"))]
 #[x_kube(validation = Rule::new("self.mode != 'secretRef' || !self.clientCertAuth || has(self.secretRef.operatorSecretName)").message("tls.secretRef.operatorSecretName is required with clientCertAuth: the operator must present a client certificate to the members"))]
+#[x_kube(validation = Rule::new("self.mode == 'auto' || self.mode == 'certManager' || !has(self.clientUsers) || size(self.clientUsers) == 0").message("tls.clientUsers needs mode auto or certManager: with secretRef you issue the certificates"))]
 pub struct TlsSpec {
     /// `disabled`: plain text (peers still authenticate with the cluster's
     /// shared secret). `auto`: the operator runs a CA of the cluster and
@@ -38,6 +39,24 @@ pub struct TlsSpec {
     /// `tls.crt`, `tls.key` and `ca.crt`) to use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretRefTls>,
+
+    /// With mode `auto` or `certManager`: users who each get a client
+    /// certificate of their own, whose common name is the user name, in
+    /// Secret `<name>-client-<user>-tls`. With etcd's auth enabled a member
+    /// takes that name as the user (etcd's `--client-cert-auth`), so each
+    /// holder gets only the permissions of its user's roles. A user taken
+    /// off the list loses its Secret; its certificate stays valid until it
+    /// expires, so revoke access with `etcdctl user delete` (or revoke the
+    /// user's roles) as well.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(
+            length(min = 1, max = 40),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    pub client_users: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -51,6 +70,7 @@ impl Default for TlsSpec {
             client_cert_auth: default_true(),
             cert_manager: None,
             secret_ref: None,
+            client_users: Vec::new(),
         }
     }
 }
