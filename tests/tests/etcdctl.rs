@@ -130,12 +130,14 @@ async fn etcdctl_works_unchanged_against_raftkv() -> anyhow::Result<()> {
 }
 
 /// Certificates for the client-TLS test: a cluster CA with a server
-/// certificate for 127.0.0.1 and a client certificate, and a client
-/// certificate from an unrelated CA. Returns their paths.
+/// certificate for 127.0.0.1 and client certificates for `alice` and
+/// `root`, and a client certificate from an unrelated CA. Returns their
+/// paths.
 struct TestCerts {
     ca: String,
     server: (String, String),
     client: (String, String),
+    root: (String, String),
     stranger: (String, String),
 }
 
@@ -177,6 +179,7 @@ fn make_certs(dir: &std::path::Path) -> anyhow::Result<TestCerts> {
         vec!["127.0.0.1".into(), "localhost".into()],
     )?;
     let client = leaf(&issuer, "alice", vec![])?;
+    let root = leaf(&issuer, "root", vec![])?;
     let stranger = leaf(&other, "mallory", vec![])?;
     Ok(TestCerts {
         ca: write("ca.pem", &ca_pem)?,
@@ -188,6 +191,7 @@ fn make_certs(dir: &std::path::Path) -> anyhow::Result<TestCerts> {
             write("client.pem", &client.0)?,
             write("client-key.pem", &client.1)?,
         ),
+        root: (write("root.pem", &root.0)?, write("root-key.pem", &root.1)?),
         stranger: (
             write("stranger.pem", &stranger.0)?,
             write("stranger-key.pem", &stranger.1)?,
@@ -300,6 +304,48 @@ async fn etcdctl_with_client_certificates_and_strangers_refused() -> anyhow::Res
     assert_eq!(
         run(&https(2), &alice, &["get", "--print-value-only", "/tls/c"])?,
         "3\n"
+    );
+
+    // With auth enabled, a certificate's common name is the user (etcd's
+    // --client-cert-auth): no password, no token, and the user's
+    // permissions only, on every member.
+    let root = with_cert(&certs.root);
+    for args in [
+        &["user", "add", "root:root-pw", "--interactive=false"][..],
+        &["role", "add", "tls-app"],
+        &[
+            "role",
+            "grant-permission",
+            "tls-app",
+            "--prefix=true",
+            "readwrite",
+            "/tls/",
+        ],
+        &["user", "add", "alice:alice-pw", "--interactive=false"],
+        &["user", "grant-role", "alice", "tls-app"],
+        &["auth", "enable"],
+    ] {
+        run(&https(1), &root, args)?;
+    }
+    Cluster::eventually(Duration::from_secs(10), "alice's grant on member 3", || {
+        let r = run(&https(3), &alice, &["put", "/tls/d", "4"]);
+        async move { r.ok().filter(|out| out.trim() == "OK") }
+    })
+    .await?;
+    for id in [1, 2, 3] {
+        let denied = run(&https(id), &alice, &["put", "/other", "x"])
+            .expect_err("alice writes outside /tls/");
+        assert!(
+            denied.to_string().contains("permission denied"),
+            "member {id}: {denied}"
+        );
+    }
+    let denied = run(&https(2), &alice, &["get", "/other"]).expect_err("alice reads outside /tls/");
+    assert!(denied.to_string().contains("permission denied"), "{denied}");
+    assert_eq!(run(&https(2), &root, &["put", "/other", "y"])?.trim(), "OK");
+    assert_eq!(
+        run(&https(3), &root, &["get", "--print-value-only", "/other"])?,
+        "y\n"
     );
     Ok(())
 }
