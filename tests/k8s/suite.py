@@ -429,7 +429,7 @@ class Suite:
         manifest["metadata"]["name"] = name
         manifest["spec"]["pod"] = {}
         manifest["spec"]["pvcRetention"] = "Delete"
-        manifest["spec"]["tls"] = {"mode": "auto"}
+        manifest["spec"]["tls"] = {"mode": "auto", "clientUsers": ["alice"]}
         kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
         # Running with 3 ready members: the operator's status calls (https,
         # its client certificate) and the members' peer streams (TLS, peer
@@ -445,15 +445,9 @@ class Suite:
         assert ca["type"] == "kubernetes.io/tls", ca["type"]
         members = kjson("get", "secret", f"{name}-tls")["data"]
         assert {"ca.crt", "sec-0.crt", "sec-2.key"} <= set(members), sorted(members)
-        # The users' certificate, as a user would take it from the Secret.
-        client = kjson("get", "secret", f"{name}-client-tls")["data"]
-        folder = os.path.join(WORK, "sec-client")
-        os.makedirs(folder, exist_ok=True)
-        files = {}
-        for key in ("ca.crt", "tls.crt", "tls.key"):
-            files[key] = os.path.join(folder, key)
-            with open(files[key], "wb") as f:
-                f.write(base64.b64decode(client[key]))
+        # The administrator's certificate, as a user would take it from the
+        # Secret.
+        files = self.client_certificate(f"{name}-client-tls", "sec-client")
         host = f"{name}-1.{name}-peers.default.svc"
         tls_flags = [f"--cacert={files['ca.crt']}", f"--cert={files['tls.crt']}", f"--key={files['tls.key']}"]
         etcdctl = lambda *args, flags=tls_flags, endpoint=f"https://{host}:2379": run(  # noqa: E731
@@ -487,10 +481,75 @@ class Suite:
         # Probes and Prometheus: the plain metrics port, and only metrics.
         code, body = http("GET", f"http://{host}:9090/metrics")
         assert code == 200 and b"raftkv_raft_term" in body, code
+        self.tls_users_under_auth(name, etcdctl, tls_flags)
         kubectl("delete", "raftc", name, "--wait=false")
         eventually(
             "sec's pods gone",
             lambda: not [p for p in self.kubelet.running("default") if p.startswith(f"{name}-")],
+            60,
+        )
+
+    def client_certificate(self, secret, folder):
+        """The ca.crt, tls.crt and tls.key of a client certificate Secret,
+        written to files for etcdctl."""
+        data = kjson("get", "secret", secret)["data"]
+        folder = os.path.join(WORK, folder)
+        os.makedirs(folder, exist_ok=True)
+        files = {}
+        for key in ("ca.crt", "tls.crt", "tls.key"):
+            files[key] = os.path.join(folder, key)
+            with open(files[key], "wb") as f:
+                f.write(base64.b64decode(data[key]))
+        return files
+
+    def tls_users_under_auth(self, name, etcdctl, root_flags):
+        """etcd's auth on a TLS cluster: a user's certificate from
+        `tls.clientUsers` acts as that user (CN), with that user's
+        permissions only; the operator (CN root) still changes membership;
+        a user taken off the list loses its Secret."""
+        alice = self.client_certificate(f"{name}-client-alice-tls", "sec-alice")
+        subject = run("openssl", "x509", "-noout", "-subject", "-in", alice["tls.crt"]).stdout
+        assert "CN = alice" in subject or "CN=alice" in subject, subject
+        alice_flags = [f"--cacert={alice['ca.crt']}", f"--cert={alice['tls.crt']}", f"--key={alice['tls.key']}"]
+        for args in (
+            ("user", "add", "root:k8s-root-pw", "--interactive=false"),
+            ("role", "add", "app"),
+            ("role", "grant-permission", "app", "--prefix=true", "readwrite", "/app/"),
+            ("user", "add", "alice:k8s-alice-pw", "--interactive=false"),
+            ("user", "grant-role", "alice", "app"),
+            ("auth", "enable"),
+        ):
+            done = etcdctl(*args)
+            assert done.returncode == 0, f"etcdctl {' '.join(args)}: {done.stdout}{done.stderr}"
+        # The certificate's common name is the user: alice writes under
+        # /app/ and nowhere else; root (the administrator's certificate)
+        # everywhere.
+        mine = etcdctl("put", "/app/x", "by-alice", flags=alice_flags)
+        assert mine.returncode == 0, mine.stdout + mine.stderr
+        theirs = etcdctl("put", "/other", "by-alice", flags=alice_flags)
+        assert theirs.returncode != 0 and "permission denied" in theirs.stderr, theirs.stdout + theirs.stderr
+        admin = etcdctl("put", "/other", "by-root", flags=root_flags)
+        assert admin.returncode == 0, admin.stdout + admin.stderr
+        # The operator presents CN root: with auth on it still adds a member.
+        kubectl("scale", f"raftc/{name}", "--replicas=4")
+        def four_voters():
+            st = self.raftc(name).get("status") or {}
+            members = st.get("members", [])
+            return (
+                st.get("phase") == "Running"
+                and st.get("readyReplicas") == 4
+                and len(members) == 4
+                and all(m.get("role", "").lower() == "voter" for m in members)
+            )
+
+        eventually(f"{name} Running with 4 voters under auth", four_voters, 120)
+        joined = etcdctl("member", "list", flags=root_flags)
+        assert joined.returncode == 0 and len(joined.stdout.strip().splitlines()) == 4, joined.stdout + joined.stderr
+        assert self.raftc(name)["status"].get("clientUsers") == ["alice"], self.raftc(name)["status"]
+        kubectl("patch", "raftc", name, "--type=merge", "-p", json.dumps({"spec": {"tls": {"clientUsers": []}}}))
+        eventually(
+            f"{name}-client-alice-tls removed",
+            lambda: run("kubectl", "get", "secret", f"{name}-client-alice-tls", check=False).returncode != 0,
             60,
         )
 
