@@ -37,6 +37,9 @@ struct State {
     /// The next lease id to pick for a grant of id 0.
     next_lease_id: i64,
     watch_progress_interval: Duration,
+    /// Committed just before the next write: a concurrent change that
+    /// reached the log between the write's gate and its entry.
+    before_next_write: Option<Command>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +73,7 @@ impl FakeBackend {
                 leader: MEMBER_ID,
                 next_lease_id: FIRST_LEASE_ID,
                 watch_progress_interval: crate::server::DEFAULT_WATCH_PROGRESS_INTERVAL,
+                before_next_write: None,
             })),
         }
     }
@@ -82,6 +86,18 @@ impl FakeBackend {
 
     pub fn set_watch_progress_interval(&self, interval: Duration) {
         self.state.lock().unwrap().watch_progress_interval = interval;
+    }
+
+    /// Has `cmd` commit right before the next write's entry, after that
+    /// write passed its gate.
+    pub fn before_next_write(&self, cmd: Command) {
+        self.state.lock().unwrap().before_next_write = Some(cmd);
+    }
+
+    /// Commits `cmd` now, as another client's request would.
+    pub fn commit(&self, cmd: Command) {
+        let mut s = self.state.lock().unwrap();
+        commit(&mut s, &cmd);
     }
 
     pub fn fail_with(&self, err: Option<ClientError>) {
@@ -98,6 +114,18 @@ impl FakeBackend {
             None => Ok(()),
         }
     }
+}
+
+/// Applies `cmd` as the next entry.
+fn commit(s: &mut State, cmd: &Command) {
+    let index = LogIndex(s.next_index);
+    s.next_index += 1;
+    s.kv.apply(&[Entry {
+        term: Term(TERM),
+        index,
+        payload: EntryPayload::Command(cmd.encode()),
+    }])
+    .unwrap();
 }
 
 impl Backend for FakeBackend {
@@ -123,6 +151,9 @@ impl Backend for FakeBackend {
         s.kv.limits()
             .check_op(&cmd.op)
             .map_err(crate::server::kv_error)?;
+        if let Some(first) = s.before_next_write.take() {
+            commit(&mut s, &first);
+        }
         let index = LogIndex(s.next_index);
         s.next_index += 1;
         let entry = Entry {

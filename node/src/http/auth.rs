@@ -27,6 +27,7 @@ use crate::auth::{Caller, check_password, identify, token};
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 use crate::http::server::ClientCertUser;
+use crate::storage::Command;
 use crate::storage::auth::{AuthError, AuthState, Need};
 
 /// The caller of an HTTP request, with the auth store it was checked
@@ -129,6 +130,14 @@ impl HttpCaller {
     /// 403 unless the caller may do `need` on `[key, range_end)`.
     pub fn may(&self, need: Need, key: &[u8], range_end: &[u8]) -> Result<(), ApiError> {
         Ok(self.caller.may(&self.state, need, key, range_end)?)
+    }
+
+    /// 403 unless the caller may run `cmd` (the rules the gRPC gate uses,
+    /// [`crate::storage::access`]); the command comes back stamped with the
+    /// caller and the auth revision of this check, which the state machine
+    /// checks again if the auth store changes before it applies.
+    pub fn admit(&self, cmd: Command) -> Result<Command, ApiError> {
+        Ok(self.caller.admit(&self.state, cmd)?)
     }
 
     /// 403 unless the caller holds the root role.
