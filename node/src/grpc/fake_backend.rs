@@ -37,6 +37,7 @@ struct State {
     /// The next lease id to pick for a grant of id 0.
     next_lease_id: i64,
     watch_progress_interval: Duration,
+    auth_token_ttl: Duration,
     /// Committed just before the next write: a concurrent change that
     /// reached the log between the write's gate and its entry.
     before_next_write: Option<Command>,
@@ -73,6 +74,7 @@ impl FakeBackend {
                 leader: MEMBER_ID,
                 next_lease_id: FIRST_LEASE_ID,
                 watch_progress_interval: crate::server::DEFAULT_WATCH_PROGRESS_INTERVAL,
+                auth_token_ttl: crate::auth::token::DEFAULT_TTL,
                 before_next_write: None,
             })),
         }
@@ -86,6 +88,10 @@ impl FakeBackend {
 
     pub fn set_watch_progress_interval(&self, interval: Duration) {
         self.state.lock().unwrap().watch_progress_interval = interval;
+    }
+
+    pub fn set_auth_token_ttl(&self, ttl: Duration) {
+        self.state.lock().unwrap().auth_token_ttl = ttl;
     }
 
     /// Has `cmd` commit right before the next write's entry, after that
@@ -337,5 +343,9 @@ impl Backend for FakeBackend {
 
     fn watch_progress_interval(&self) -> Duration {
         self.state.lock().unwrap().watch_progress_interval
+    }
+
+    fn auth_token_ttl(&self) -> Duration {
+        self.state.lock().unwrap().auth_token_ttl
     }
 }

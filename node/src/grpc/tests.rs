@@ -691,6 +691,43 @@ async fn a_write_admitted_before_a_revoke_committed_is_denied_when_it_applies() 
 }
 
 #[tokio::test]
+async fn authenticate_issues_tokens_for_the_backends_ttl() {
+    let r = Running::start().await;
+    // A TTL of zero: the token has expired the moment it is issued, which
+    // shows the TTL used is the backend's and not a constant.
+    r.backend.set_auth_token_ttl(std::time::Duration::ZERO);
+    let token = alice_under_auth(&r).await;
+    let mut kv = r.kv().await;
+    let expired = kv
+        .range(with_token(&token, get("/app/k")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (expired.code(), expired.message()),
+        (Code::Unauthenticated, "etcdserver: invalid auth token")
+    );
+    r.backend
+        .set_auth_token_ttl(crate::auth::token::DEFAULT_TTL);
+    let token = alice_under_auth_token(&r).await;
+    kv.range(with_token(&token, get("/app/k"))).await.unwrap();
+    r.shutdown().await;
+}
+
+/// A fresh token for alice (auth already set up).
+async fn alice_under_auth_token(r: &Running) -> String {
+    use super::proto::etcdserverpb::auth_client::AuthClient;
+    AuthClient::new(r.channel().await)
+        .authenticate(pb::AuthenticateRequest {
+            name: "alice".into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+#[tokio::test]
 async fn what_raftkv_does_not_implement_answers_unimplemented() {
     let r = Running::start().await;
     let mut kv = r.kv().await;

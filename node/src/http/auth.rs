@@ -171,11 +171,12 @@ pub async fn login(
         .map_err(|e| ApiError::bad_request(format!("expected {{\"name\",\"password\"}}: {e}")))?;
     let state = state_of(&st);
     verify_password(state.clone(), login.name.clone(), login.password).await?;
-    let token = token::issue(&state, &login.name, SystemTime::now(), token::DEFAULT_TTL)
-        .ok_or(AuthError::AuthFailed)?;
+    let ttl = st.handle.auth_token_ttl();
+    let token =
+        token::issue(&state, &login.name, SystemTime::now(), ttl).ok_or(AuthError::AuthFailed)?;
     Ok(Json(LoginAnswer {
         token,
-        ttl: token::DEFAULT_TTL.as_secs(),
+        ttl: ttl.as_secs(),
     }))
 }
 

@@ -385,6 +385,8 @@ pub struct NodeHandle {
     /// history): every member serves watches from what it applied itself.
     store: Option<KvStore>,
     watch_progress_interval: Duration,
+    /// How long the auth tokens this member issues stay valid.
+    auth_token_ttl: Duration,
 }
 
 impl NodeHandle {
@@ -404,6 +406,7 @@ impl NodeHandle {
             retry: true,
             store: None,
             watch_progress_interval: DEFAULT_WATCH_PROGRESS_INTERVAL,
+            auth_token_ttl: crate::auth::token::DEFAULT_TTL,
         }
     }
 
@@ -422,6 +425,19 @@ impl NodeHandle {
             watch_progress_interval: interval,
             ..self
         }
+    }
+
+    /// The handle with auth tokens issued for `ttl` (`--auth-token-ttl`).
+    pub fn with_auth_token_ttl(self, ttl: Duration) -> Self {
+        NodeHandle {
+            auth_token_ttl: ttl,
+            ..self
+        }
+    }
+
+    /// How long the auth tokens this member issues stay valid.
+    pub fn auth_token_ttl(&self) -> Duration {
+        self.auth_token_ttl
     }
 
     /// The state machine watches read, if this handle serves watches.
