@@ -188,6 +188,7 @@ impl Cluster {
 fn put(key: &str, value: &str) -> Command {
     Command {
         request_id: None,
+        auth: None,
         op: Op::Put {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::copy_from_slice(value.as_bytes()),

@@ -31,6 +31,7 @@ fn entry(i: u64, value_len: usize) -> Entry {
         payload: EntryPayload::Command(
             Command {
                 request_id: None,
+                auth: None,
                 op: Op::Put {
                     key: Bytes::from(format!("k{}", i % 50)),
                     value: Bytes::from(format!("{i}:{}", "v".repeat(value_len))),

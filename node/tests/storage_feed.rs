@@ -23,6 +23,7 @@ fn entry(index: u64, op: Op) -> Entry {
         payload: EntryPayload::Command(
             Command {
                 request_id: None,
+                auth: None,
                 op,
             }
             .encode(),

@@ -20,6 +20,7 @@ fn command_entry(index: u64, op: Op) -> Entry {
         payload: EntryPayload::Command(
             Command {
                 request_id: None,
+                auth: None,
                 op,
             }
             .encode(),
@@ -164,6 +165,7 @@ fn a_retried_request_gets_its_original_outcome_and_is_not_applied_twice() {
         payload: EntryPayload::Command(
             Command {
                 request_id: Some(RequestId { client_id: 7, seq }),
+                auth: None,
                 op: put("k", v),
             }
             .encode(),
@@ -204,6 +206,7 @@ fn a_reused_sequence_number_with_another_command_is_refused_not_acknowledged() {
                     client_id: 7,
                     seq: 1,
                 }),
+                auth: None,
                 op: put(key, "v"),
             }
             .encode(),

@@ -542,6 +542,7 @@ fn command_entry(index: u64, op: Op) -> Entry {
         payload: EntryPayload::Command(
             Command {
                 request_id: None,
+                auth: None,
                 op,
             }
             .encode(),

@@ -21,6 +21,7 @@ fn put(i: u64, key: &str, value_len: usize) -> Entry {
                     client_id: i % 5,
                     seq: i,
                 }),
+                auth: None,
                 op: Op::Put {
                     key: Bytes::from(key.to_string()),
                     value: Bytes::from(vec![(i % 251) as u8; value_len]),

@@ -1,6 +1,7 @@
 //! etcd's auth over real processes with the real etcdctl: users, roles with
 //! prefix permissions, `auth enable`, allowed and refused requests on the
-//! leader and a follower, a token used on another member, `auth disable`.
+//! leader and a follower, a token used on another member, `auth disable`;
+//! tokens expiring after `--auth-token-ttl`.
 
 use std::time::Duration;
 
@@ -286,5 +287,60 @@ async fn auth_cannot_be_enabled_without_root() -> anyhow::Result<()> {
     );
     // Nothing changed: requests without credentials still work.
     etcdctl(&e, &["put", "k", "v"], "")?;
+    Ok(())
+}
+
+/// `--auth-token-ttl` decides how long the tokens a member issues last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_last_as_long_as_auth_token_ttl_says() -> anyhow::Result<()> {
+    let c = Cluster::start(
+        1,
+        Options {
+            extra_args: vec!["--auth-token-ttl".into(), "1".into()],
+            ..Options::default()
+        },
+    )?;
+    c.wait_leader(Duration::from_secs(20)).await?;
+    let mut auth = AuthClient::connect(format!("http://{}", c.client_endpoint(1))).await?;
+    auth.user_add(pb::AuthUserAddRequest {
+        name: "root".into(),
+        password: "rootpw".into(),
+        ..Default::default()
+    })
+    .await?;
+    auth.user_grant_role(pb::AuthUserGrantRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    })
+    .await?;
+    auth.auth_enable(pb::AuthEnableRequest {}).await?;
+
+    let http = reqwest::Client::new();
+    let h = c.http(1)?;
+    let login: serde_json::Value = http
+        .post(format!("{h}/v1/auth/login"))
+        .body(r#"{"name":"root","password":"rootpw"}"#)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(login["ttl"], 1, "{login}");
+    let bearer = format!("Bearer {}", login["token"].as_str().unwrap_or_default());
+    // The default TTL (300 s) would keep it valid for minutes.
+    Cluster::eventually(Duration::from_secs(10), "the token to expire", || {
+        let (http, h, bearer) = (http.clone(), h.clone(), bearer.clone());
+        async move {
+            let r = http
+                .get(format!("{h}/v1/kv/x"))
+                .header("authorization", bearer)
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 401).then_some(())?;
+            let body: serde_json::Value = r.json().await.ok()?;
+            (body["error"] == "etcdserver: invalid auth token").then_some(())
+        }
+    })
+    .await?;
     Ok(())
 }

@@ -7,9 +7,12 @@
 //! checked on the member that received it, against that member's applied
 //! auth store, before it is proposed or forwarded to the leader: the peer
 //! `Forward` RPC carries requests that were already checked (peer
-//! authentication is the peer port's business, see the TLS docs). A
-//! permission revoked while a request is in flight can therefore still let
-//! that one request through, as on an etcd member whose auth store lags.
+//! authentication is the peer port's business, see the TLS docs). A write
+//! carries the caller and the auth revision it was checked at
+//! ([`Caller::admit`]); if the auth store changed by the time it applies,
+//! the state machine checks it again against the store at that point of the
+//! log ([`crate::storage::access`]), so a permission revoked while the write
+//! was in flight refuses it ("permission denied") on every member.
 //!
 //! - [`password`]: the password hash (made before a command enters the log);
 //! - [`token`]: signed tokens any member verifies.
@@ -19,7 +22,9 @@ pub mod token;
 
 use std::time::SystemTime;
 
+use crate::storage::access;
 use crate::storage::auth::{AuthError, AuthState, Need};
+use crate::storage::{AuthStamp, Command};
 
 /// Who a request comes from, as far as permissions are concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +90,21 @@ impl Caller {
             Caller::User(u) if state.permitted(u, need, key, range_end) => Ok(()),
             Caller::User(_) => Err(AuthError::PermissionDenied),
         }
+    }
+
+    /// Refuses unless the caller may run `cmd` on `state` (what it needs is
+    /// [`access::for_each_need`]'s), and stamps it with the caller and
+    /// `state`'s revision, so that the state machine checks it again should
+    /// the auth store change before it applies.
+    pub fn admit(&self, state: &AuthState, mut cmd: Command) -> Result<Command, AuthError> {
+        access::for_each_need(&cmd.op, &mut |need, key, range_end| {
+            self.may(state, need, key, range_end)
+        })?;
+        cmd.auth = Some(AuthStamp {
+            user: self.user().map(str::to_string),
+            revision: state.revision,
+        });
+        Ok(cmd)
     }
 
     /// Whether the caller may administer the cluster (users, roles,

@@ -23,7 +23,8 @@ use crate::storage::auth::{AuthError, AuthState};
 
 const PREFIX: &str = "raftkv1";
 
-/// How long a token is valid: etcd's default for its tokens (5 minutes).
+/// How long a token is valid unless `--auth-token-ttl` says otherwise:
+/// etcd's default for its tokens (5 minutes).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -158,6 +158,16 @@ pub struct ServeArgs {
     /// closed to make room.
     #[arg(long, env = "RAFTKV_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
     pub http_max_connections: usize,
+    /// How long an auth token (from `Authenticate` or `POST
+    /// /v1/auth/login`) stays valid, in seconds; clients authenticate
+    /// again after it (etcd's --auth-token-ttl).
+    #[arg(
+        long,
+        env = "RAFTKV_AUTH_TOKEN_TTL",
+        default_value_t = crate::auth::token::DEFAULT_TTL.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub auth_token_ttl: u64,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -509,8 +519,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let node = start(cfg.clone(), metrics.clone()).await?;
+    let handle = node
+        .handle
+        .clone()
+        .with_auth_token_ttl(Duration::from_secs(args.auth_token_ttl));
     let state = HttpState {
-        handle: node.handle.clone(),
+        handle: handle.clone(),
         health: node.health.clone(),
         metrics: metrics.clone(),
         max_body_bytes: cfg.limits.max_value_bytes + 1,
@@ -534,11 +548,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(crate::grpc::serve_with_shutdown(
         client,
         client_tls,
-        node.handle
-            .clone()
-            .with_watch_progress_interval(Duration::from_millis(
-                args.watch_progress_notify_interval_ms.max(1),
-            )),
+        handle.with_watch_progress_interval(Duration::from_millis(
+            args.watch_progress_notify_interval_ms.max(1),
+        )),
         Some(metrics.clone()),
         async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
@@ -723,6 +735,14 @@ mod tests {
             .is_err(),
             "none contradicts a secret"
         );
+    }
+
+    #[test]
+    fn the_auth_token_ttl_defaults_to_etcds_and_refuses_zero() {
+        assert_eq!(serve(&[]).auth_token_ttl, 300);
+        assert_eq!(serve(&["--auth-token-ttl", "60"]).auth_token_ttl, 60);
+        let argv = ["raftkv", "serve", "--id", "1", "--auth-token-ttl", "0"];
+        assert!(Cli::try_parse_from(argv).is_err());
     }
 
     #[test]

@@ -67,6 +67,7 @@ impl<B: Backend> AuthService<B> {
             .backend
             .write(Command {
                 request_id: None,
+                auth: None,
                 op: Op::Auth(op),
             })
             .await
@@ -161,7 +162,8 @@ impl<B: Backend> Auth for AuthService<B> {
             .await
             .map_err(|e| Status::internal(format!("password check failed: {e}")))?
             .map_err(|e| auth_status(&e))?;
-            let token = token::issue(&state, &req.name, SystemTime::now(), token::DEFAULT_TTL)
+            let ttl = self.backend.auth_token_ttl();
+            let token = token::issue(&state, &req.name, SystemTime::now(), ttl)
                 .ok_or_else(|| auth_status(&AuthError::AuthFailed))?;
             Ok(pb::AuthenticateResponse {
                 header: self.header().await?,

@@ -63,6 +63,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// How often an idle watch that asked for it gets a progress
     /// notification.
     fn watch_progress_interval(&self) -> Duration;
+    /// How long the auth tokens `Authenticate` hands out stay valid.
+    fn auth_token_ttl(&self) -> Duration {
+        crate::auth::token::DEFAULT_TTL
+    }
     /// The auth store as this member applied it (users, roles, the auth
     /// flag); a backend without a state machine has auth disabled.
     fn auth_state(&self) -> Arc<AuthState> {
@@ -116,5 +120,8 @@ impl Backend for NodeHandle {
     }
     fn watch_progress_interval(&self) -> Duration {
         NodeHandle::watch_progress_interval(self)
+    }
+    fn auth_token_ttl(&self) -> Duration {
+        NodeHandle::auth_token_ttl(self)
     }
 }

@@ -32,6 +32,7 @@ pub fn status_from(err: ClientError) -> Status {
         ),
         ClientError::FailedPrecondition(m) => Status::failed_precondition(m),
         ClientError::NoSpace => Status::resource_exhausted(NO_SPACE),
+        ClientError::PermissionDenied(m) => Status::permission_denied(m),
         ClientError::Internal(m) => Status::internal(m),
     }
 }
@@ -132,6 +133,7 @@ pub fn range_response(result: store::RangeResult) -> pb::RangeResponse {
 fn command(op: Op) -> Command {
     Command {
         request_id: None,
+        auth: None,
         op,
     }
 }

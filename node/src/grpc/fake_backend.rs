@@ -37,6 +37,10 @@ struct State {
     /// The next lease id to pick for a grant of id 0.
     next_lease_id: i64,
     watch_progress_interval: Duration,
+    auth_token_ttl: Duration,
+    /// Committed just before the next write: a concurrent change that
+    /// reached the log between the write's gate and its entry.
+    before_next_write: Option<Command>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +74,8 @@ impl FakeBackend {
                 leader: MEMBER_ID,
                 next_lease_id: FIRST_LEASE_ID,
                 watch_progress_interval: crate::server::DEFAULT_WATCH_PROGRESS_INTERVAL,
+                auth_token_ttl: crate::auth::token::DEFAULT_TTL,
+                before_next_write: None,
             })),
         }
     }
@@ -82,6 +88,22 @@ impl FakeBackend {
 
     pub fn set_watch_progress_interval(&self, interval: Duration) {
         self.state.lock().unwrap().watch_progress_interval = interval;
+    }
+
+    pub fn set_auth_token_ttl(&self, ttl: Duration) {
+        self.state.lock().unwrap().auth_token_ttl = ttl;
+    }
+
+    /// Has `cmd` commit right before the next write's entry, after that
+    /// write passed its gate.
+    pub fn before_next_write(&self, cmd: Command) {
+        self.state.lock().unwrap().before_next_write = Some(cmd);
+    }
+
+    /// Commits `cmd` now, as another client's request would.
+    pub fn commit(&self, cmd: Command) {
+        let mut s = self.state.lock().unwrap();
+        commit(&mut s, &cmd);
     }
 
     pub fn fail_with(&self, err: Option<ClientError>) {
@@ -98,6 +120,18 @@ impl FakeBackend {
             None => Ok(()),
         }
     }
+}
+
+/// Applies `cmd` as the next entry.
+fn commit(s: &mut State, cmd: &Command) {
+    let index = LogIndex(s.next_index);
+    s.next_index += 1;
+    s.kv.apply(&[Entry {
+        term: Term(TERM),
+        index,
+        payload: EntryPayload::Command(cmd.encode()),
+    }])
+    .unwrap();
 }
 
 impl Backend for FakeBackend {
@@ -123,6 +157,9 @@ impl Backend for FakeBackend {
         s.kv.limits()
             .check_op(&cmd.op)
             .map_err(crate::server::kv_error)?;
+        if let Some(first) = s.before_next_write.take() {
+            commit(&mut s, &first);
+        }
         let index = LogIndex(s.next_index);
         s.next_index += 1;
         let entry = Entry {
@@ -306,5 +343,9 @@ impl Backend for FakeBackend {
 
     fn watch_progress_interval(&self) -> Duration {
         self.state.lock().unwrap().watch_progress_interval
+    }
+
+    fn auth_token_ttl(&self) -> Duration {
+        self.state.lock().unwrap().auth_token_ttl
     }
 }

@@ -14,8 +14,8 @@ use tonic::{Request, Status};
 
 use super::backend::Backend;
 use super::convert::auth_status;
-use super::proto::etcdserverpb::{self as pb, request_op::Request as OpRequest};
 use crate::auth::{Caller, identify};
+use crate::storage::Command;
 use crate::storage::auth::{AuthState, Need};
 use crate::tls::accept::TlsPeer;
 use crate::tls::client_identity::common_name;
@@ -70,42 +70,12 @@ impl Checked {
             .map_err(|e| auth_status(&e))
     }
 
-    /// A put: write on its key, and read if it returns the previous pair.
-    pub fn put(&self, r: &pb::PutRequest) -> Result<(), Status> {
-        self.may(Need::Write, &r.key, &[])?;
-        if r.prev_kv {
-            self.may(Need::Read, &r.key, &[])?;
-        }
-        Ok(())
-    }
-
-    /// A delete: write on its range, and read if it returns what it deleted.
-    pub fn delete(&self, r: &pb::DeleteRangeRequest) -> Result<(), Status> {
-        self.may(Need::Write, &r.key, &r.range_end)?;
-        if r.prev_kv {
-            self.may(Need::Read, &r.key, &r.range_end)?;
-        }
-        Ok(())
-    }
-
-    /// A transaction: read on every compare, and every operation of both
-    /// branches (whichever runs), nested transactions included.
-    pub fn txn(&self, r: &pb::TxnRequest) -> Result<(), Status> {
-        if matches!(self.caller, Caller::Anyone) {
-            return Ok(());
-        }
-        for c in &r.compare {
-            self.may(Need::Read, &c.key, &c.range_end)?;
-        }
-        for op in r.success.iter().chain(&r.failure) {
-            match &op.request {
-                Some(OpRequest::RequestRange(r)) => self.may(Need::Read, &r.key, &r.range_end)?,
-                Some(OpRequest::RequestPut(p)) => self.put(p)?,
-                Some(OpRequest::RequestDeleteRange(d)) => self.delete(d)?,
-                Some(OpRequest::RequestTxn(t)) => self.txn(t)?,
-                None => {}
-            }
-        }
-        Ok(())
+    /// Refuses unless the caller may run `cmd` (etcd's rules for puts,
+    /// deletes and transactions, kept in [`crate::storage::access`]), and
+    /// stamps it with the caller and the auth revision of this check.
+    pub fn admit(&self, cmd: Command) -> Result<Command, Status> {
+        self.caller
+            .admit(&self.state, cmd)
+            .map_err(|e| auth_status(&e))
     }
 }

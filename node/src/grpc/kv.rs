@@ -80,8 +80,7 @@ impl<B: Backend> Kv for KvService<B> {
         let started = Instant::now();
         let result: Result<Response<pb::PutResponse>, Status> = async {
             let checked = gate::caller(&self.backend, &request)?;
-            checked.put(request.get_ref())?;
-            let cmd = put_command(request.into_inner())?;
+            let cmd = checked.admit(put_command(request.into_inner())?)?;
             let written = self.backend.write(cmd).await.map_err(status_from)?;
             match written.outcome {
                 ApplyOutcome::Put { revision, prev_kv } => Ok(Response::new(pb::PutResponse {
@@ -103,8 +102,7 @@ impl<B: Backend> Kv for KvService<B> {
         let started = Instant::now();
         let result: Result<Response<pb::DeleteRangeResponse>, Status> = async {
             let checked = gate::caller(&self.backend, &request)?;
-            checked.delete(request.get_ref())?;
-            let cmd = delete_command(request.into_inner())?;
+            let cmd = checked.admit(delete_command(request.into_inner())?)?;
             let written = self.backend.write(cmd).await.map_err(status_from)?;
             match written.outcome {
                 ApplyOutcome::Delete {
@@ -133,8 +131,7 @@ impl<B: Backend> Kv for KvService<B> {
         let started = Instant::now();
         let result: Result<Response<pb::TxnResponse>, Status> = async {
             let checked = gate::caller(&self.backend, &request)?;
-            checked.txn(request.get_ref())?;
-            let cmd = txn_command(request.into_inner())?;
+            let cmd = checked.admit(txn_command(request.into_inner())?)?;
             let written = self.backend.write(cmd).await.map_err(status_from)?;
             match written.outcome {
                 ApplyOutcome::Txn {

@@ -55,6 +55,7 @@ impl<B: Backend> LeaseService<B> {
             .backend
             .write(Command {
                 request_id: None,
+                auth: None,
                 op,
             })
             .await

@@ -73,6 +73,7 @@ impl<B: Backend> MaintenanceService<B> {
             .backend
             .write(Command {
                 request_id: None,
+                auth: None,
                 op: Op::Alarm {
                     action,
                     member_id: r.member_id,

@@ -561,6 +561,172 @@ async fn auth_is_off_until_root_enables_it_and_then_tokens_and_permissions_decid
     r.shutdown().await;
 }
 
+/// Root, and alice with readwrite on `/app/` (role `app`), auth enabled;
+/// alice's token.
+async fn alice_under_auth(r: &Running) -> String {
+    use super::proto::etcdserverpb::auth_client::AuthClient;
+    let mut auth = AuthClient::new(r.channel().await);
+    for (name, password) in [("root", "secret"), ("alice", "pw")] {
+        auth.user_add(pb::AuthUserAddRequest {
+            name: name.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    for (user, role) in [("root", "root"), ("alice", "app")] {
+        if role != "root" {
+            auth.role_add(pb::AuthRoleAddRequest { name: role.into() })
+                .await
+                .unwrap();
+            auth.role_grant_permission(pb::AuthRoleGrantPermissionRequest {
+                name: role.into(),
+                perm: Some(pb::Permission {
+                    perm_type: pb::permission::Type::Readwrite as i32,
+                    key: b("/app/"),
+                    range_end: b("/app0"),
+                }),
+            })
+            .await
+            .unwrap();
+        }
+        auth.user_grant_role(pb::AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        })
+        .await
+        .unwrap();
+    }
+    auth.auth_enable(pb::AuthEnableRequest {}).await.unwrap();
+    auth.authenticate(pb::AuthenticateRequest {
+        name: "alice".into(),
+        password: "pw".into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .token
+}
+
+fn with_token<T>(token: &str, message: T) -> Request<T> {
+    let mut req = Request::new(message);
+    req.metadata_mut().insert("token", token.parse().unwrap());
+    req
+}
+
+/// The race the apply-time check closes: the gate lets a write through,
+/// then a revoke commits before the write's entry does.
+#[tokio::test]
+async fn a_write_admitted_before_a_revoke_committed_is_denied_when_it_applies() {
+    use crate::storage::auth::AuthOp;
+    use crate::storage::{Command, Op};
+    let r = Running::start().await;
+    let token = alice_under_auth(&r).await;
+    let mut kv = r.kv().await;
+    let revoke = || {
+        Command::new(Op::Auth(AuthOp::UserRevokeRole {
+            user: "alice".into(),
+            role: "app".into(),
+        }))
+    };
+    r.backend.before_next_write(revoke());
+    let denied = kv
+        .put(with_token(
+            &token,
+            pb::PutRequest {
+                key: b("/app/k"),
+                value: b("v"),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (denied.code(), denied.message()),
+        (Code::PermissionDenied, "etcdserver: permission denied")
+    );
+    assert_eq!(r.backend.kv().get(b"/app/k").unwrap(), None);
+
+    // A transaction is checked as a whole: the role back, the revoke
+    // racing again, and the txn (a compare and a put) is refused too.
+    r.backend
+        .commit(Command::new(Op::Auth(AuthOp::UserGrantRole {
+            user: "alice".into(),
+            role: "app".into(),
+        })));
+    kv.put(with_token(
+        &token,
+        pb::PutRequest {
+            key: b("/app/k"),
+            value: b("1"),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
+    r.backend.before_next_write(revoke());
+    let txn = pb::TxnRequest {
+        compare: vec![pb::Compare {
+            key: b("/app/k"),
+            target: pb::compare::CompareTarget::Version as i32,
+            result: pb::compare::CompareResult::Greater as i32,
+            target_union: Some(pb::compare::TargetUnion::Version(0)),
+            ..Default::default()
+        }],
+        success: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: b("/app/k"),
+                value: b("2"),
+                ..Default::default()
+            })),
+        }],
+        failure: vec![],
+    };
+    let denied = kv.txn(with_token(&token, txn)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let stored = r.backend.kv().get(b"/app/k").unwrap().unwrap();
+    assert_eq!(&stored.value[..], b"1");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn authenticate_issues_tokens_for_the_backends_ttl() {
+    let r = Running::start().await;
+    // A TTL of zero: the token has expired the moment it is issued, which
+    // shows the TTL used is the backend's and not a constant.
+    r.backend.set_auth_token_ttl(std::time::Duration::ZERO);
+    let token = alice_under_auth(&r).await;
+    let mut kv = r.kv().await;
+    let expired = kv
+        .range(with_token(&token, get("/app/k")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (expired.code(), expired.message()),
+        (Code::Unauthenticated, "etcdserver: invalid auth token")
+    );
+    r.backend
+        .set_auth_token_ttl(crate::auth::token::DEFAULT_TTL);
+    let token = alice_under_auth_token(&r).await;
+    kv.range(with_token(&token, get("/app/k"))).await.unwrap();
+    r.shutdown().await;
+}
+
+/// A fresh token for alice (auth already set up).
+async fn alice_under_auth_token(r: &Running) -> String {
+    use super::proto::etcdserverpb::auth_client::AuthClient;
+    AuthClient::new(r.channel().await)
+        .authenticate(pb::AuthenticateRequest {
+            name: "alice".into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
 #[tokio::test]
 async fn what_raftkv_does_not_implement_answers_unimplemented() {
     let r = Running::start().await;
@@ -627,6 +793,10 @@ async fn node_errors_become_the_codes_etcd_clients_expect() {
             Code::FailedPrecondition,
         ),
         (ClientError::Internal("x".into()), Code::Internal),
+        (
+            ClientError::PermissionDenied("etcdserver: permission denied".into()),
+            Code::PermissionDenied,
+        ),
     ];
     for (err, code) in cases {
         r.backend.fail_with(Some(err.clone()));

@@ -27,6 +27,7 @@ use crate::auth::{Caller, check_password, identify, token};
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 use crate::http::server::ClientCertUser;
+use crate::storage::Command;
 use crate::storage::auth::{AuthError, AuthState, Need};
 
 /// The caller of an HTTP request, with the auth store it was checked
@@ -131,6 +132,14 @@ impl HttpCaller {
         Ok(self.caller.may(&self.state, need, key, range_end)?)
     }
 
+    /// 403 unless the caller may run `cmd` (the rules the gRPC gate uses,
+    /// [`crate::storage::access`]); the command comes back stamped with the
+    /// caller and the auth revision of this check, which the state machine
+    /// checks again if the auth store changes before it applies.
+    pub fn admit(&self, cmd: Command) -> Result<Command, ApiError> {
+        Ok(self.caller.admit(&self.state, cmd)?)
+    }
+
     /// 403 unless the caller holds the root role.
     pub fn root(&self) -> Result<(), ApiError> {
         Ok(self.caller.must_be_root(&self.state)?)
@@ -162,11 +171,12 @@ pub async fn login(
         .map_err(|e| ApiError::bad_request(format!("expected {{\"name\",\"password\"}}: {e}")))?;
     let state = state_of(&st);
     verify_password(state.clone(), login.name.clone(), login.password).await?;
-    let token = token::issue(&state, &login.name, SystemTime::now(), token::DEFAULT_TTL)
-        .ok_or(AuthError::AuthFailed)?;
+    let ttl = st.handle.auth_token_ttl();
+    let token =
+        token::issue(&state, &login.name, SystemTime::now(), ttl).ok_or(AuthError::AuthFailed)?;
     Ok(Json(LoginAnswer {
         token,
-        ttl: token::DEFAULT_TTL.as_secs(),
+        ttl: ttl.as_secs(),
     }))
 }
 

@@ -129,23 +129,24 @@ pub async fn put(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = key_of(key)?;
+    // Refused before its body is read; `admit` below checks the same and
+    // stamps the command.
     caller.may(Need::Write, key.as_bytes(), &[])?;
     let request_id = request_id(&headers)?;
     let value = read_body(body, st.max_body_bytes, st.body_timeout).await?;
-    let res = st
-        .handle
-        .write(Command {
-            request_id,
-            op: Op::Put {
-                key: key.into_bytes().into(),
-                value,
-                prev_kv: false,
-                ignore_value: false,
-                ignore_lease: false,
-                lease: 0,
-            },
-        })
-        .await?;
+    let cmd = caller.admit(Command {
+        request_id,
+        auth: None,
+        op: Op::Put {
+            key: key.into_bytes().into(),
+            value,
+            prev_kv: false,
+            ignore_value: false,
+            ignore_lease: false,
+            lease: 0,
+        },
+    })?;
+    let res = st.handle.write(cmd).await?;
     let (revision, _) = revision_and_deleted(&res.outcome);
     Ok(Json(serde_json::json!(PutAnswer { revision })))
 }
@@ -186,19 +187,17 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = key_of(key)?;
-    caller.may(Need::Write, key.as_bytes(), &[])?;
     let request_id = request_id(&headers)?;
-    let res = st
-        .handle
-        .write(Command {
-            request_id,
-            op: Op::DeleteRange {
-                key: key.into_bytes().into(),
-                range_end: Default::default(),
-                prev_kv: false,
-            },
-        })
-        .await?;
+    let cmd = caller.admit(Command {
+        request_id,
+        auth: None,
+        op: Op::DeleteRange {
+            key: key.into_bytes().into(),
+            range_end: Default::default(),
+            prev_kv: false,
+        },
+    })?;
+    let res = st.handle.write(cmd).await?;
     let (revision, deleted) = revision_and_deleted(&res.outcome);
     Ok(Json(serde_json::json!({
         "revision": revision,

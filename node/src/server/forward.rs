@@ -605,6 +605,7 @@ fn error_from_code(code: &str, message: String) -> ClientError {
         "failed_precondition" => ClientError::FailedPrecondition(message),
         "unavailable" => ClientError::Unavailable(message),
         "no_space" => ClientError::NoSpace,
+        "permission_denied" => ClientError::PermissionDenied(message),
         _ => ClientError::Internal(message),
     }
 }
@@ -879,8 +880,14 @@ mod tests {
 
     #[test]
     fn requests_and_replies_round_trip() {
+        // A forwarded write keeps the stamp its follower's gate gave it:
+        // the leader's state machine re-checks against it.
         let cmd = Command {
             request_id: None,
+            auth: Some(crate::storage::AuthStamp {
+                user: Some("alice".into()),
+                revision: 9,
+            }),
             op: Op::Put {
                 key: bytes::Bytes::from_static(b"k"),
                 value: bytes::Bytes::from_static(b"v"),
@@ -1006,6 +1013,8 @@ mod tests {
         for e in [
             ClientError::FailedPrecondition("etcdserver: root user does not exist".into()),
             ClientError::InvalidArgument("etcdserver: user name is empty".into()),
+            // A write the leader refused at apply (its auth store changed).
+            ClientError::PermissionDenied("etcdserver: permission denied".into()),
             ClientError::NoLeader,
         ] {
             let back = decode_reply(encode_reply(Err(e.clone()))).unwrap_err();

@@ -63,6 +63,11 @@ pub enum ClientError {
     /// exceeded; free space (delete, compact, defragment) and disarm (507).
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// The caller lacks a permission the request needs; raised when a
+    /// write applies after the auth store changed under it (403). The
+    /// message is etcd's, which clients match on.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A bug or a storage failure (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -73,6 +78,7 @@ impl ClientError {
     pub fn http_status(&self) -> u16 {
         match self {
             ClientError::InvalidArgument(_) | ClientError::OutOfRange(_) => 400,
+            ClientError::PermissionDenied(_) => 403,
             ClientError::NotFound(_) => 404,
             ClientError::MembershipChangeInProgress | ClientError::FailedPrecondition(_) => 409,
             ClientError::TooLarge(_) | ClientError::ResponseTooLarge(_) => 413,
@@ -94,6 +100,7 @@ impl ClientError {
             | ClientError::FailedPrecondition(m)
             | ClientError::OutOfRange(m)
             | ClientError::Unavailable(m)
+            | ClientError::PermissionDenied(m)
             | ClientError::Internal(m) => m.clone(),
             other => other.to_string(),
         }
@@ -112,6 +119,7 @@ impl ClientError {
             ClientError::MembershipChangeInProgress => "membership_change_in_progress",
             ClientError::FailedPrecondition(_) => "failed_precondition",
             ClientError::Unavailable(_) => "unavailable",
+            ClientError::PermissionDenied(_) => "permission_denied",
             ClientError::Internal(_) => "internal",
             ClientError::NoSpace => "no_space",
         }
@@ -377,6 +385,8 @@ pub struct NodeHandle {
     /// history): every member serves watches from what it applied itself.
     store: Option<KvStore>,
     watch_progress_interval: Duration,
+    /// How long the auth tokens this member issues stay valid.
+    auth_token_ttl: Duration,
 }
 
 impl NodeHandle {
@@ -396,6 +406,7 @@ impl NodeHandle {
             retry: true,
             store: None,
             watch_progress_interval: DEFAULT_WATCH_PROGRESS_INTERVAL,
+            auth_token_ttl: crate::auth::token::DEFAULT_TTL,
         }
     }
 
@@ -414,6 +425,19 @@ impl NodeHandle {
             watch_progress_interval: interval,
             ..self
         }
+    }
+
+    /// The handle with auth tokens issued for `ttl` (`--auth-token-ttl`).
+    pub fn with_auth_token_ttl(self, ttl: Duration) -> Self {
+        NodeHandle {
+            auth_token_ttl: ttl,
+            ..self
+        }
+    }
+
+    /// How long the auth tokens this member issues stay valid.
+    pub fn auth_token_ttl(&self) -> Duration {
+        self.auth_token_ttl
     }
 
     /// The state machine watches read, if this handle serves watches.
@@ -740,5 +764,12 @@ mod tests {
         assert_eq!(ClientError::TooLarge("x".into()).http_status(), 413);
         assert_eq!(ClientError::NoLeader.http_status(), 503);
         assert_eq!(ClientError::Internal("x".into()).http_status(), 500);
+        let denied = ClientError::PermissionDenied("etcdserver: permission denied".into());
+        assert_eq!(
+            (denied.http_status(), denied.code()),
+            (403, "permission_denied")
+        );
+        // etcd's message alone, as clients match on it.
+        assert_eq!(denied.to_string(), "etcdserver: permission denied");
     }
 }

@@ -495,6 +495,7 @@ mod tests {
             payload: EntryPayload::Command(
                 Command {
                     request_id: None,
+                    auth: None,
                     op: Op::Put {
                         key: Bytes::copy_from_slice(key.as_bytes()),
                         value: Bytes::copy_from_slice(value.as_bytes()),
@@ -516,6 +517,7 @@ mod tests {
             payload: EntryPayload::Command(
                 Command {
                     request_id: None,
+                    auth: None,
                     op: Op::DeleteRange {
                         key: Bytes::copy_from_slice(key.as_bytes()),
                         range_end: Bytes::new(),

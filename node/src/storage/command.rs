@@ -31,6 +31,37 @@ pub struct RequestId {
 pub struct Command {
     pub request_id: Option<RequestId>,
     pub op: Op,
+    /// Who the member that admitted the command checked it for, and against
+    /// which auth store. `None` for commands no client permission covers
+    /// (lease expiry, alarms, administration) and in entries written before
+    /// stamps existed: those apply without a permission check, as they
+    /// always did.
+    pub auth: Option<AuthStamp>,
+}
+
+/// The permission check a command passed at the gate: the caller and the
+/// auth revision it was checked at. When the auth store has moved on by the
+/// time the command applies, the command's permissions are checked again
+/// against the auth store at that point of the log (see
+/// [`super::access`]), so that a revoke committed between gate and apply
+/// is not outrun.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthStamp {
+    /// The user; `None` when auth was disabled at the gate (anyone).
+    pub user: Option<String>,
+    /// The auth store's revision the check used.
+    pub revision: u64,
+}
+
+impl Command {
+    /// A command without idempotency key and without auth stamp.
+    pub fn new(op: Op) -> Command {
+        Command {
+            request_id: None,
+            op,
+            auth: None,
+        }
+    }
 }
 
 /// What a command does.
@@ -238,6 +269,18 @@ struct WireCommand {
     request_id: Option<RequestId>,
     #[prost(oneof = "WireOp", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
     op: Option<WireOp>,
+    /// Absent in entries written before stamps existed.
+    #[prost(message, optional, tag = "11")]
+    auth: Option<WireAuthStamp>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireAuthStamp {
+    /// Absent: anyone (auth was disabled at the gate).
+    #[prost(string, optional, tag = "1")]
+    user: Option<String>,
+    #[prost(uint64, tag = "2")]
+    revision: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -426,11 +469,10 @@ impl Op {
     /// reuses its sequence number. Stable across versions: it covers the
     /// operation's protobuf encoding, which is part of the log format.
     pub fn fingerprint(&self) -> u64 {
-        let bytes = Command {
-            request_id: None,
-            op: self.clone(),
-        }
-        .encode();
+        // Neither the idempotency key nor the auth stamp: a retry that
+        // passed the gate again at a later auth revision is the same
+        // command.
+        let bytes = Command::new(self.clone()).encode();
         // crc32 in the high half, the length in the low half; never 0,
         // which stands for "not recorded".
         ((u64::from(crc32fast::hash(&bytes)) << 32) | (bytes.len() as u64 & 0xffff_ffff)).max(1)
@@ -500,6 +542,10 @@ impl Command {
             WireCommand {
                 request_id: self.request_id,
                 op: Some(op),
+                auth: self.auth.as_ref().map(|a| WireAuthStamp {
+                    user: a.user.clone(),
+                    revision: a.revision,
+                }),
             }
             .encode_to_vec(),
         )
@@ -582,6 +628,10 @@ impl Command {
         Ok(Command {
             request_id: w.request_id,
             op,
+            auth: w.auth.map(|a| AuthStamp {
+                user: a.user,
+                revision: a.revision,
+            }),
         })
     }
 }
@@ -753,6 +803,7 @@ mod tests {
                     client_id: 7,
                     seq: 3,
                 }),
+                auth: None,
                 op: Op::Put {
                     key: b("k"),
                     value: b("v"),
@@ -764,6 +815,7 @@ mod tests {
             },
             Command {
                 request_id: None,
+                auth: None,
                 op: Op::DeleteRange {
                     key: b("a"),
                     range_end: b("\0"),
@@ -772,6 +824,7 @@ mod tests {
             },
             Command {
                 request_id: None,
+                auth: None,
                 op: Op::Txn {
                     compares: vec![
                         Compare {
@@ -843,10 +896,12 @@ mod tests {
             },
             Command {
                 request_id: None,
+                auth: None,
                 op: Op::Compact { revision: 42 },
             },
             Command {
                 request_id: None,
+                auth: None,
                 op: Op::Alarm {
                     action: AlarmAction::Activate,
                     member_id: 7,
@@ -855,6 +910,7 @@ mod tests {
             },
             Command {
                 request_id: None,
+                auth: None,
                 op: Op::Alarm {
                     action: AlarmAction::Deactivate,
                     member_id: 7,
@@ -863,20 +919,24 @@ mod tests {
             },
             Command {
                 request_id: None,
+                auth: None,
                 op: Op::LeaseGrant { id: 77, ttl: 10 },
             },
             Command {
                 request_id: None,
+                auth: None,
                 op: Op::LeaseRevoke { id: 77 },
             },
             Command {
                 request_id: None,
+                auth: None,
                 op: Op::LeaseCheckpoint {
                     checkpoints: vec![(77, 4), (78, 0)],
                 },
             },
             Command {
                 request_id: None,
+                auth: None,
                 op: Op::Auth(AuthOp::RoleAdd { name: "r".into() }),
             },
         ];
@@ -914,6 +974,73 @@ mod tests {
     }
 
     #[test]
+    fn an_auth_stamp_round_trips_with_and_without_a_user() {
+        for user in [Some("alice".to_string()), None] {
+            let c = Command {
+                request_id: Some(RequestId {
+                    client_id: 1,
+                    seq: 2,
+                }),
+                op: Op::DeleteRange {
+                    key: b("k"),
+                    range_end: Bytes::new(),
+                    prev_kv: false,
+                },
+                auth: Some(AuthStamp {
+                    user: user.clone(),
+                    revision: 17,
+                }),
+            };
+            assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn a_command_encoded_before_auth_stamps_existed_decodes_without_one() {
+        // The old wire form: a request id and an op, no field 11.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct OldCommand {
+            #[prost(message, optional, tag = "1")]
+            request_id: Option<RequestId>,
+            #[prost(message, optional, tag = "2")]
+            put: Option<WirePut>,
+        }
+        let old = OldCommand {
+            request_id: Some(RequestId {
+                client_id: 3,
+                seq: 4,
+            }),
+            put: Some(WirePut {
+                key: b("k"),
+                value: b("v"),
+                ..Default::default()
+            }),
+        }
+        .encode_to_vec();
+        let c = Command::decode(&old).unwrap();
+        assert_eq!(c.auth, None);
+        assert_eq!(
+            c.request_id,
+            Some(RequestId {
+                client_id: 3,
+                seq: 4
+            })
+        );
+        assert!(matches!(c.op, Op::Put { .. }), "{c:?}");
+        // And the other way round: a stamped command is the old form plus
+        // one field, which an older decoder skips.
+        let stamped = Command {
+            auth: Some(AuthStamp {
+                user: Some("alice".into()),
+                revision: 5,
+            }),
+            ..c
+        };
+        let read_by_old = OldCommand::decode(stamped.encode().as_ref()).unwrap();
+        assert_eq!(read_by_old.put.map(|p| p.key), Some(b("k")));
+    }
+
+    #[test]
     fn malformed_commands_are_typed_errors() {
         assert!(matches!(
             Command::decode(&[]),
@@ -925,6 +1052,7 @@ mod tests {
         ));
         let bad = WireCommand {
             request_id: None,
+            auth: None,
             op: Some(WireOp::Txn(WireTxn {
                 compares: vec![WireCompare {
                     result: 9,

@@ -26,6 +26,12 @@
 //! `seq` is rejected as stale. The table grows by one small record per
 //! distinct client id and is never pruned (clients are expected to reuse a
 //! stable id; pruning idle clients is future work).
+//!
+//! Permissions at apply: a command stamped by a client gate (caller and
+//! auth revision, see [`AuthStamp`](super::command::AuthStamp)) is checked
+//! again when the auth store changed between the gate and its entry
+//! ([`access`](super::access)); a command that no longer passes applies as
+//! a no-op answered "permission denied", on every member alike.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -37,7 +43,8 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
 
-use super::auth::AuthState;
+use super::access;
+use super::auth::{AuthError, AuthState};
 use super::codec;
 use super::command::{
     AlarmAction, Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, TxnOp,
@@ -1340,6 +1347,19 @@ impl<'t> Exec<'t> {
         }
         if let Err(e) = Limits::check_well_formed(&cmd.op) {
             return Ok(ApplyOutcome::Rejected(e));
+        }
+        if let Some(stamp) = &cmd.auth {
+            // The auth store as of this entry: this batch's changes so far,
+            // else the one applied before the batch.
+            let auth = self.auth.as_ref().unwrap_or(self.auth_base.as_ref());
+            if access::denied_at_apply(auth, stamp, &cmd.op) {
+                // Refused before anything is written: the revision does not
+                // move, and no client record is kept (a retry is checked
+                // again).
+                return Ok(ApplyOutcome::Rejected(KvError::Auth(
+                    AuthError::PermissionDenied,
+                )));
+            }
         }
         let fingerprint = if cmd.request_id.is_some() {
             cmd.op.fingerprint()

@@ -165,6 +165,7 @@ mod tests {
                 payload: EntryPayload::Command(
                     Command {
                         request_id: None,
+                        auth: None,
                         op,
                     }
                     .encode(),

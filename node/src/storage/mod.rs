@@ -40,6 +40,8 @@
 //! - `lease.rs`: leases as replicated state (which exist, their keys);
 //! - `auth.rs`: users, roles, permissions and the auth flag as replicated
 //!   state, and the permission check;
+//! - `access.rs`: what each command needs of the auth store (the rule the
+//!   client gates and the re-check at apply share);
 //! - `mvcc/`: the history of every key, reads at past revisions, compaction;
 //! - `feed.rs`: the change feed, what each apply did, for watchers;
 //! - `txn_keys.rs`: etcd's "duplicate key" rule for transactions;
@@ -51,6 +53,7 @@
 //! - `policy.rs`: when to snapshot and how far to compact;
 //! - `error.rs`: the errors, each naming its file.
 
+pub mod access;
 pub mod auth;
 mod backup;
 mod codec;
@@ -78,8 +81,8 @@ pub use codec::{
     encode_hard_state, encode_membership, encode_snapshot_meta,
 };
 pub use command::{
-    AlarmAction, Command, Compare, CompareResult, CompareTarget, Op, RangeRequest, RequestId,
-    SortOrder, SortTarget, TxnOp,
+    AlarmAction, AuthStamp, Command, Compare, CompareResult, CompareTarget, Op, RangeRequest,
+    RequestId, SortOrder, SortTarget, TxnOp,
 };
 pub use disk::{Disk, DiskMode, DiskStats, FaultyDisk};
 pub use error::{DecodeError, StoreError};

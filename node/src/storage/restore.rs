@@ -102,6 +102,7 @@ mod tests {
             payload: EntryPayload::Command(
                 Command {
                     request_id: None,
+                    auth: None,
                     op: Op::Put {
                         key: Bytes::copy_from_slice(key.as_bytes()),
                         value: Bytes::copy_from_slice(value.as_bytes()),
@@ -182,6 +183,7 @@ mod tests {
             payload: EntryPayload::Command(
                 Command {
                     request_id: None,
+                    auth: None,
                     op,
                 }
                 .encode(),

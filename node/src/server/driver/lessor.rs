@@ -133,6 +133,7 @@ impl Driver {
             .map(|chunk| {
                 Command {
                     request_id: None,
+                    auth: None,
                     op: Op::LeaseCheckpoint {
                         checkpoints: chunk.to_vec(),
                     },
@@ -206,6 +207,7 @@ impl Driver {
             .map(|&id| {
                 Command {
                     request_id: None,
+                    auth: None,
                     op: Op::LeaseRevoke { id },
                 }
                 .encode()
@@ -368,6 +370,7 @@ impl Driver {
     fn clear_checkpoint(&mut self, id: i64) {
         let cmd = Command {
             request_id: None,
+            auth: None,
             op: Op::LeaseCheckpoint {
                 checkpoints: vec![(id, 0)],
             },

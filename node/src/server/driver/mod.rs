@@ -53,6 +53,7 @@ use crate::server::ClientError;
 use crate::server::handle::{DriverReply, Request, WriteResult};
 use crate::server::inbound::Inbound;
 use crate::server::outbox::Outbox;
+use crate::storage::auth::AuthError;
 use crate::storage::{KvError, KvStore, LogStore, SnapshotPolicy};
 use applier::{Applied, Applier, ApplierStage};
 use log_writer::{LogWriter, LogWriterStage, Persisted};
@@ -363,6 +364,9 @@ pub(crate) fn kv_error(e: KvError) -> ClientError {
         KvError::LeaseProvided => ClientError::InvalidArgument(e.to_string()),
         KvError::IdempotencyConflict { .. } => ClientError::FailedPrecondition(e.to_string()),
         // etcd's code for each: the message is what clients match on.
+        KvError::Auth(a @ AuthError::PermissionDenied) => {
+            ClientError::PermissionDenied(a.to_string())
+        }
         KvError::Auth(a) if a.is_invalid_argument() => ClientError::InvalidArgument(a.to_string()),
         KvError::Auth(a) => ClientError::FailedPrecondition(a.to_string()),
     }

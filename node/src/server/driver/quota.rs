@@ -50,6 +50,7 @@ impl Driver {
 fn no_space(member_id: u64) -> Bytes {
     Command {
         request_id: None,
+        auth: None,
         op: Op::Alarm {
             action: AlarmAction::Activate,
             member_id,

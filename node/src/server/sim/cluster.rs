@@ -585,6 +585,7 @@ impl SimCluster {
                     let (reply, _ignored) = oneshot::channel();
                     let cmd = Command {
                         request_id: None,
+                        auth: None,
                         op: Op::Compact {
                             revision: newest - 5,
                         },
@@ -601,6 +602,7 @@ impl SimCluster {
             let (reply, rx) = oneshot::channel();
             let cmd = Command {
                 request_id: None,
+                auth: None,
                 op: Op::Put {
                     key: key.clone(),
                     value: value.clone(),
