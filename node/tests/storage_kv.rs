@@ -419,3 +419,84 @@ fn an_unknown_kv_format_or_a_corrupt_record_is_refused_naming_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn an_open_apply_is_invisible_until_it_commits_and_then_all_of_it_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KvStore::open(dir.path(), Limits::default()).unwrap();
+    store.apply(&[command_entry(1, put("a", "1"))]).unwrap();
+    let mut feed = store.subscribe();
+    store
+        .apply_open(&[command_entry(2, put("a", "2"))])
+        .unwrap();
+    store
+        .apply_open(&[command_entry(3, put("b", "1"))])
+        .unwrap();
+    // Readers, the applied index and watchers stay at the last commit.
+    assert_eq!(store.get(b"a").unwrap().unwrap().value, b("1"));
+    assert!(store.get(b"b").unwrap().is_none());
+    assert_eq!(store.applied_index(), LogIndex(1));
+    assert_eq!(store.revision(), 2);
+    assert!(feed.try_recv().is_err());
+    // The applier's own view counts the open transaction.
+    assert_eq!(store.applied_open_index(), LogIndex(3));
+    assert_eq!(store.open_entries(), 2);
+    // A replay of what the open transaction holds is skipped, a gap refused.
+    assert!(
+        store
+            .apply_open(&[command_entry(3, put("b", "x"))])
+            .unwrap()
+            .is_empty()
+    );
+    store.commit_open().unwrap();
+    assert_eq!(store.get(b"a").unwrap().unwrap().value, b("2"));
+    assert_eq!(store.get(b"b").unwrap().unwrap().value, b("1"));
+    assert_eq!(store.applied_index(), LogIndex(3));
+    assert_eq!(store.revision(), 4);
+    assert_eq!(store.open_entries(), 0);
+    // One announcement covers both revisions.
+    assert!(feed.try_recv().is_ok());
+    assert!(feed.try_recv().is_err());
+}
+
+#[test]
+fn every_other_writer_commits_the_open_apply_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KvStore::open(dir.path(), Limits::default()).unwrap();
+    store
+        .apply_open(&[command_entry(1, put("a", "1"))])
+        .unwrap();
+    store.sync().unwrap();
+    assert_eq!(store.applied_index(), LogIndex(1));
+    store
+        .apply_open(&[command_entry(2, put("a", "2"))])
+        .unwrap();
+    // An image of the state machine holds what applied, open or not (the
+    // log is compacted up to its index).
+    let image = store.snapshot().unwrap();
+    assert_eq!(image.meta().index, LogIndex(2));
+    assert_eq!(store.get(b"a").unwrap().unwrap().value, b("2"));
+    drop(image);
+    // Durable: a restart finds it.
+    drop(store);
+    let store = KvStore::open(dir.path(), Limits::default()).unwrap();
+    assert_eq!(store.applied_index(), LogIndex(2));
+}
+
+#[test]
+fn an_open_apply_that_never_commits_is_gone_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KvStore::open(dir.path(), Limits::default()).unwrap();
+    store.apply(&[command_entry(1, put("a", "1"))]).unwrap();
+    store.sync().unwrap();
+    store
+        .apply_open(&[command_entry(2, put("a", "2"))])
+        .unwrap();
+    drop(store);
+    let store = KvStore::open(dir.path(), Limits::default()).unwrap();
+    assert_eq!(store.applied_index(), LogIndex(1));
+    assert_eq!(store.get(b"a").unwrap().unwrap().value, b("1"));
+    // The log replays it.
+    store.apply(&[command_entry(2, put("a", "2"))]).unwrap();
+    assert_eq!(store.get(b"a").unwrap().unwrap().value, b("2"));
+}
