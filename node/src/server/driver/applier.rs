@@ -575,6 +575,7 @@ mod tests {
                 ignore_lease: false,
                 lease: 0,
             },
+            auth: None,
         };
         Entry {
             term: Term(1),
