@@ -575,7 +575,6 @@ mod tests {
                 ignore_lease: false,
                 lease: 0,
             },
-            auth: None,
         };
         Entry {
             term: Term(1),
