@@ -222,8 +222,6 @@ def race(name, start, tool, opts, workdir):
         print(f"{name}: loaded {fill['requests']} keys in {time.monotonic() - t0:.1f}s "
               f"({fill['errors']} errors)", file=sys.stderr)
         for wname, wargs in WORKLOADS:
-            if wname not in opts.workloads:
-                continue
             for clients in opts.clients:
                 cluster.check_alive()
                 before = cluster.cpu()
@@ -294,8 +292,6 @@ def table(opts, results):
                 f"{r['latency']['p99_ms']:>8.2f} {r['cluster_cpu_s']:>6.1f} {cpu_per_request(r):>6.0f}")
 
     for wname, _ in WORKLOADS:
-        if wname not in opts.workloads:
-            continue
         for clients in opts.clients:
             e = etcd[0].get((wname, clients)) if etcd else None
             k = raftkv[0].get((wname, clients)) if raftkv else None
@@ -327,8 +323,6 @@ def main():
     p.add_argument("--only", choices=["etcd", "raftkv"], help="race one cluster only")
     p.add_argument("--smoke", action="store_true", help="a few seconds per row (CI)")
     p.add_argument("--clients", default="1,100,1000")
-    p.add_argument("--workloads", default=",".join(w for w, _ in WORKLOADS),
-                   help="rows to run, comma-separated (default: all; e.g. put)")
     p.add_argument("--duration", help="per row (default 10s; smoke 2s)")
     p.add_argument("--warmup", help="per row (default 2s; smoke 0.5s)")
     p.add_argument("--keys", type=int, help="key space (default 100000; smoke 1000)")
@@ -336,11 +330,6 @@ def main():
     p.add_argument("--json", help="also write all results to this file")
     opts = p.parse_args()
     opts.clients = [int(c) for c in opts.clients.split(",")]
-    known = {w for w, _ in WORKLOADS}
-    opts.workloads = [w.strip() for w in opts.workloads.split(",") if w.strip()]
-    unknown = [w for w in opts.workloads if w not in known]
-    if unknown or not opts.workloads:
-        p.error(f"--workloads: unknown {unknown}; choose from {sorted(known)}")
     opts.duration = opts.duration or ("2s" if opts.smoke else "10s")
     opts.warmup = opts.warmup or ("500ms" if opts.smoke else "2s")
     opts.keys = opts.keys or (1000 if opts.smoke else 100_000)

@@ -5,32 +5,21 @@
 //! (a put always writes; a delete or a transaction only if it changed a
 //! key). Alongside the keys, the same file holds the applied index and term,
 //! the membership as of the applied index, the revision, the leases
-//! (`lease.rs`) and the last outcome per client (idempotent retries). All
-//! of it changes in ONE write transaction, so the applied index always
+//! (`lease.rs`) and the last outcome per client (idempotent retries). All of it changes in ONE write
+//! transaction per [`KvStore::apply`] batch, so the applied index always
 //! describes exactly the state stored with it.
 //!
-//! Visibility: [`KvStore::apply_open`] applies a batch into an apply
-//! transaction that stays open across batches; nothing of it is visible
-//! (reads, [`KvStore::applied_index`], the auth store, the change feed)
-//! until it commits, by [`KvStore::commit_open`] or by any other writer
-//! (`sync`, `snapshot`, an install, a state record), each of which commits
-//! it first. [`KvStore::apply`] is both at once. A redb commit costs far
-//! more than applying a put, so the applier coalesces batches and commits
-//! when someone needs the result; whoever applies with `apply_open` must not
-//! tell anyone about the outcomes before the commit (read-your-writes).
-//!
-//! Durability choice: apply commits with `Durability::None` (no fsync),
-//! and with `Durability::Immediate` once
-//! [`DURABLE_EVERY_ENTRIES`] entries applied since the last durable
-//! commit, on every [`KvStore::snapshot`] and on [`KvStore::sync`]. After a
-//! crash the file comes back at its last durable commit (an open
-//! transaction is simply gone): a consistent but older state whose
-//! `applied_index` is reliable. The node must then re-apply the committed
-//! log entries `(applied_index, commit]`; applying skips entries it has
-//! already applied, so replaying a little too much is harmless. The log must
-//! never be compacted past the state machine's durable applied index, which
-//! is why `snapshot` (whose meta the node compacts up to) makes the state
-//! durable first.
+//! Durability choice: apply commits with `Durability::None` (no fsync), and
+//! every [`DURABLE_EVERY_ENTRIES`] applied entries, on every
+//! [`KvStore::snapshot`] and on [`KvStore::sync`] with
+//! `Durability::Immediate`. After a crash the file comes back at its last
+//! durable commit: a consistent but older state whose `applied_index` is
+//! reliable. The node must then re-apply the committed log entries
+//! `(applied_index, commit]`; [`KvStore::apply`] skips entries it has already
+//! applied, so replaying a little too much is harmless. The log must never
+//! be compacted past the state machine's durable applied index, which is why
+//! `snapshot` (whose meta the node compacts up to) makes the state durable
+//! first.
 //!
 //! Idempotent retries: per `client_id` the store keeps only the last applied
 //! `(seq, outcome)`. A retry of that `seq` gets the stored outcome; an older
@@ -509,44 +498,18 @@ pub(crate) struct KvInner {
     pub cache_bytes: usize,
     /// Where this database and its replacements live.
     pub disk: Disk,
-    /// Serialises writers (apply, sync, install); see [`Writer`]. Declared
-    /// before the database so that an open apply transaction is dropped
-    /// (aborted) before the database closes.
-    pub writer: Mutex<Writer>,
     /// Replaced as a whole when a snapshot is installed.
     pub db: RwLock<Arc<Database>>,
     pub state: RwLock<KvState>,
     /// The auth store as of the applied index, decoded: every client
     /// request reads it. Replaced as a whole by a change or an install.
     pub auth: RwLock<Arc<AuthState>>,
+    /// Serialises writers (apply, sync, install). Holds the applied index
+    /// of the last durable commit.
+    pub writer: Mutex<LogIndex>,
     pub failed: Mutex<Option<String>>,
     /// Announces what each apply changed (see `feed.rs`).
     pub feed: Feed,
-}
-
-/// What the writer lock guards: the applied index of the last durable
-/// commit, and the apply transaction left open for later batches.
-pub(crate) struct Writer {
-    pub durable: LogIndex,
-    /// Every writer other than apply commits it first, so that it never
-    /// writes under (or, installing, replaces) applied state.
-    pub open: Option<OpenApply>,
-}
-
-/// An apply transaction that has not committed yet, with what it changed
-/// beside the tables: all of it becomes visible together when it commits.
-pub(crate) struct OpenApply {
-    txn: WriteTransaction,
-    /// The state as of its last applied entry.
-    state: KvState,
-    /// The auth store as it changed it; `None` while unchanged.
-    auth: Option<AuthState>,
-    /// The revision before it.
-    before: i64,
-    /// The changes it made, when someone subscribed to the feed.
-    listed: Option<Vec<Change>>,
-    /// How many entries it applied.
-    entries: u64,
 }
 
 impl fmt::Debug for KvInner {
@@ -616,13 +579,10 @@ impl KvStore {
                 limits,
                 cache_bytes,
                 disk: disk.clone(),
-                writer: Mutex::new(Writer {
-                    durable,
-                    open: None,
-                }),
                 db: RwLock::new(Arc::new(db)),
                 state: RwLock::new(state),
                 auth: RwLock::new(Arc::new(auth)),
+                writer: Mutex::new(durable),
                 failed: Mutex::new(None),
                 feed: Feed::default(),
             }),
@@ -694,7 +654,7 @@ impl KvStore {
             .clone()
     }
 
-    pub(crate) fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+    pub(crate) fn lock_writer(&self) -> std::sync::MutexGuard<'_, LogIndex> {
         self.inner
             .writer
             .lock()
@@ -727,233 +687,123 @@ impl KvStore {
         }
     }
 
-    /// Applies a batch of committed entries and commits it (with whatever
-    /// an open apply transaction already held): [`KvStore::apply_open`]
-    /// then [`KvStore::commit_open`]. Returns the outcome of each command
-    /// entry.
+    /// Applies a batch of committed entries in ONE write transaction and
+    /// returns the outcome of each command entry. Entries at or below the
+    /// applied index are skipped (a replay after restart); a gap is an error.
     pub fn apply(&self, entries: &[Entry]) -> Result<Vec<(LogIndex, ApplyOutcome)>, StoreError> {
         self.check_failed()?;
-        let mut writer = self.lock_writer();
-        let outcomes = self.apply_locked(&mut writer, entries)?;
-        self.commit_locked(&mut writer)?;
-        Ok(outcomes)
-    }
-
-    /// Applies a batch of committed entries into the open apply transaction
-    /// (opening one if there is none) WITHOUT committing it, and returns the
-    /// outcome of each command entry. Nothing of it is visible until
-    /// [`KvStore::commit_open`] (or any other write: a sync, a snapshot, an
-    /// install) commits it: reads, [`KvStore::applied_index`], watchers and
-    /// the auth store all stay at the last commit, so a caller must not
-    /// tell anyone about these outcomes before then. Entries at or below the
-    /// applied index (the open transaction's) are skipped, a replay after
-    /// restart; a gap is an error.
-    pub fn apply_open(
-        &self,
-        entries: &[Entry],
-    ) -> Result<Vec<(LogIndex, ApplyOutcome)>, StoreError> {
-        self.check_failed()?;
-        let mut writer = self.lock_writer();
-        self.apply_locked(&mut writer, entries)
-    }
-
-    /// Commits the open apply transaction, if any: what it applied becomes
-    /// what readers see, watchers are told, and the applied index moves.
-    pub fn commit_open(&self) -> Result<(), StoreError> {
-        self.check_failed()?;
-        let mut writer = self.lock_writer();
-        self.commit_locked(&mut writer)
-    }
-
-    /// The index of the last entry applied, counting the open apply
-    /// transaction (which [`KvStore::applied_index`] does not).
-    pub fn applied_open_index(&self) -> LogIndex {
-        let writer = self.lock_writer();
-        match &writer.open {
-            Some(open) => open.state.applied_index,
-            None => self.applied_index(),
-        }
-    }
-
-    /// How many entries the open apply transaction holds (0: none open).
-    pub fn open_entries(&self) -> u64 {
-        self.lock_writer().open.as_ref().map_or(0, |o| o.entries)
-    }
-
-    fn apply_locked(
-        &self,
-        writer: &mut Writer,
-        entries: &[Entry],
-    ) -> Result<Vec<(LogIndex, ApplyOutcome)>, StoreError> {
-        let applied = match &writer.open {
-            Some(open) => open.state.applied_index,
-            None => self.applied_index(),
-        };
-        let entries: Vec<&Entry> = entries.iter().filter(|e| e.index > applied).collect();
+        let mut durable = self.lock_writer();
+        let mut state = self.state();
+        let entries: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.index > state.applied_index)
+            .collect();
         let Some(first) = entries.first() else {
             return Ok(Vec::new());
         };
-        if first.index != applied.next()
+        if first.index != state.applied_index.next()
             || entries.windows(2).any(|w| w[1].index != w[0].index.next())
         {
             return Err(StoreError::ApplyGap {
                 file: self.inner.path.clone(),
-                applied,
+                applied: state.applied_index,
                 got: first.index,
             });
         }
         let path = self.inner.path.as_path();
+        let db = self.db();
+        let before = state.revision;
+        // Changes are listed only for someone who listens; a subscriber
+        // that arrives meanwhile is told to read history instead.
+        let mut listed = self.inner.feed.has_subscribers().then(Vec::new);
+        let last = entries.last().map_or(state.applied_index, |e| e.index);
+        let make_durable = last.get().saturating_sub(durable.get()) >= DURABLE_EVERY_ENTRIES;
+        let mut changed_auth = None;
         let result = (|| {
-            let mut open = match writer.open.take() {
-                Some(open) => open,
-                None => self.begin_open()?,
-            };
+            let mut txn = db.begin_write().map_err(db_err(path, "begin write"))?;
+            if !make_durable {
+                txn.set_durability(Durability::None)
+                    .map_err(|e| db_err(path, "set durability")(redb::Error::from(e)))?;
+            }
             let mut outcomes = Vec::new();
             {
-                let mut exec = Exec::open(&open.txn, path)?;
+                let mut exec = Exec::open(&txn, path)?;
                 exec.auth_base = self.auth();
-                exec.auth = open.auth.take();
-                exec.listed = open.listed.take();
-                let state = &mut open.state;
+                exec.listed = listed.take();
                 for e in &entries {
                     match &e.payload {
                         EntryPayload::Noop => {}
                         EntryPayload::Membership(m) => state.membership = m.clone(),
                         EntryPayload::Command(data) => {
-                            let outcome = exec.apply_command(data, state)?;
+                            let outcome = exec.apply_command(data, &mut state)?;
                             outcomes.push((e.index, outcome));
                         }
                     }
-                    exec.compact_step(state)?;
+                    exec.compact_step(&mut state)?;
                     state.applied_index = e.index;
                     state.applied_term = e.term;
                 }
-                open.listed = exec.listed.take();
-                open.auth = exec.auth.take();
-            }
-            open.entries += entries.len() as u64;
-            writer.open = Some(open);
-            Ok(outcomes)
-        })();
-        if let Err(e) = &result {
-            // Dropping the transaction aborts it; the store is poisoned
-            // anyway, since the state machine can no longer follow the log.
-            writer.open = None;
-            self.poison(e);
-        }
-        result
-    }
-
-    /// Starts an apply transaction on top of the last commit.
-    fn begin_open(&self) -> Result<OpenApply, StoreError> {
-        let path = self.inner.path.as_path();
-        let mut txn = self
-            .db()
-            .begin_write()
-            .map_err(db_err(path, "begin write"))?;
-        // Durability is decided when it commits (see `commit_locked`).
-        txn.set_durability(Durability::None)
-            .map_err(|e| db_err(path, "set durability")(redb::Error::from(e)))?;
-        let state = self.state();
-        Ok(OpenApply {
-            txn,
-            before: state.revision,
-            state,
-            auth: None,
-            // Changes are listed only for someone who listens; a
-            // subscriber that arrives meanwhile is told to read history
-            // instead.
-            listed: self.inner.feed.has_subscribers().then(Vec::new),
-            entries: 0,
-        })
-    }
-
-    /// Commits the open apply transaction (see [`KvStore::commit_open`]);
-    /// durably once [`DURABLE_EVERY_ENTRIES`] entries applied since the
-    /// last durable commit.
-    pub(crate) fn commit_locked(&self, writer: &mut Writer) -> Result<(), StoreError> {
-        let Some(mut open) = writer.open.take() else {
-            return Ok(());
-        };
-        let path = self.inner.path.as_path();
-        let make_durable = open
-            .state
-            .applied_index
-            .get()
-            .saturating_sub(writer.durable.get())
-            >= DURABLE_EVERY_ENTRIES;
-        let result = (|| {
-            if make_durable {
-                open.txn
-                    .set_durability(Durability::Immediate)
-                    .map_err(|e| db_err(path, "set durability")(redb::Error::from(e)))?;
-            }
-            {
-                let mut meta = open
-                    .txn
-                    .open_table(META)
-                    .map_err(db_err(path, "open meta"))?;
-                meta.insert(KEY_STATE, open.state.encode().as_slice())
+                exec.meta
+                    .insert(KEY_STATE, state.encode().as_slice())
                     .map_err(db_err(path, "write state"))?;
-                if let Some(auth) = &open.auth {
-                    meta.insert(KEY_AUTH, auth.encode().as_slice())
+                if let Some(auth) = &exec.auth {
+                    exec.meta
+                        .insert(KEY_AUTH, auth.encode().as_slice())
                         .map_err(db_err(path, "write auth"))?;
                 }
+                listed = exec.listed.take();
+                changed_auth = exec.auth.take();
             }
-            open.txn.commit().map_err(db_err(path, "commit"))
+            txn.commit().map_err(db_err(path, "commit"))?;
+            Ok(outcomes)
         })();
-        if let Err(e) = result {
-            self.poison(&e);
-            return Err(e);
+        match result {
+            Ok(outcomes) => {
+                if let Some(auth) = changed_auth {
+                    *self
+                        .inner
+                        .auth
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner) = Arc::new(auth);
+                }
+                if make_durable {
+                    *durable = state.applied_index;
+                }
+                let revision = state.revision;
+                *self
+                    .inner
+                    .state
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = state;
+                if revision != before {
+                    self.inner.feed.announce(match listed {
+                        Some(changes) => Applied::Changes {
+                            after: before,
+                            revision,
+                            changes,
+                        },
+                        None => Applied::Jumped { revision },
+                    });
+                }
+                Ok(outcomes)
+            }
+            Err(e) => {
+                self.poison(&e);
+                Err(e)
+            }
         }
-        let OpenApply {
-            state,
-            auth,
-            before,
-            listed,
-            ..
-        } = open;
-        if let Some(auth) = auth {
-            *self
-                .inner
-                .auth
-                .write()
-                .unwrap_or_else(PoisonError::into_inner) = Arc::new(auth);
-        }
-        if make_durable {
-            writer.durable = state.applied_index;
-        }
-        let revision = state.revision;
-        *self
-            .inner
-            .state
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = state;
-        if revision != before {
-            self.inner.feed.announce(match listed {
-                Some(changes) => Applied::Changes {
-                    after: before,
-                    revision,
-                    changes,
-                },
-                None => Applied::Jumped { revision },
-            });
-        }
-        Ok(())
     }
 
-    /// Makes everything applied so far durable (one fsync), the open apply
-    /// transaction included.
+    /// Makes everything applied so far durable (one fsync).
     pub fn sync(&self) -> Result<(), StoreError> {
         self.check_failed()?;
-        let mut writer = self.lock_writer();
-        self.sync_locked(&mut writer)
+        let mut durable = self.lock_writer();
+        self.sync_locked(&mut durable)
     }
 
-    pub(crate) fn sync_locked(&self, writer: &mut Writer) -> Result<(), StoreError> {
-        self.commit_locked(writer)?;
+    pub(crate) fn sync_locked(&self, durable: &mut LogIndex) -> Result<(), StoreError> {
         let applied = self.applied_index();
-        if writer.durable == applied {
+        if *durable == applied {
             return Ok(());
         }
         let path = self.inner.path.as_path();
@@ -964,7 +814,7 @@ impl KvStore {
         })();
         match result {
             Ok(()) => {
-                writer.durable = applied;
+                *durable = applied;
                 Ok(())
             }
             Err(e) => {
@@ -983,14 +833,13 @@ impl KvStore {
     /// whether it changed anything.
     pub fn adopt_membership(&self, membership: &Membership) -> Result<bool, StoreError> {
         self.check_failed()?;
-        let mut writer = self.lock_writer();
-        self.commit_locked(&mut writer)?;
+        let mut durable = self.lock_writer();
         let mut state = self.state();
         if !state.membership.is_empty() || membership.is_empty() {
             return Ok(false);
         }
         state.membership = membership.clone();
-        self.store_state(&mut writer, state)?;
+        self.store_state(&mut durable, state)?;
         Ok(true)
     }
 
@@ -1004,18 +853,17 @@ impl KvStore {
         membership: &Membership,
     ) -> Result<SnapshotMeta, StoreError> {
         self.check_failed()?;
-        let mut writer = self.lock_writer();
-        self.commit_locked(&mut writer)?;
+        let mut durable = self.lock_writer();
         let mut state = self.state();
         state.membership = membership.clone();
         state.alarms.clear();
         let meta = state.meta();
-        self.store_state(&mut writer, state)?;
+        self.store_state(&mut durable, state)?;
         Ok(meta)
     }
 
     /// Writes `state` as the state record, durably, and makes it current.
-    fn store_state(&self, writer: &mut Writer, state: KvState) -> Result<(), StoreError> {
+    fn store_state(&self, durable: &mut LogIndex, state: KvState) -> Result<(), StoreError> {
         let path = self.inner.path.as_path();
         let result = (|| {
             let txn = self
@@ -1033,7 +881,7 @@ impl KvStore {
             self.poison(&e);
             return Err(e);
         }
-        writer.durable = state.applied_index;
+        *durable = state.applied_index;
         *self
             .inner
             .state
@@ -1400,6 +1248,7 @@ struct Exec<'t> {
     history: HistoryTable<'t>,
     changes: Table<'t, (i64, u32), &'static [u8]>,
     clients: Table<'t, u64, &'static [u8]>,
+    meta: Table<'t, &'static str, &'static [u8]>,
     leases: Table<'t, i64, &'static [u8]>,
     lease_keys: Table<'t, (i64, &'static [u8]), ()>,
     path: &'t Path,
@@ -1433,6 +1282,7 @@ impl<'t> Exec<'t> {
             clients: txn
                 .open_table(CLIENTS)
                 .map_err(db_err(path, "open clients"))?,
+            meta: txn.open_table(META).map_err(db_err(path, "open meta"))?,
             leases: txn
                 .open_table(LEASES)
                 .map_err(db_err(path, "open leases"))?,

@@ -206,8 +206,8 @@ impl KvStore {
         self.check_failed()?;
         let path = self.inner.path.clone();
         let txn = {
-            let mut writer = self.lock_writer();
-            self.sync_locked(&mut writer)?;
+            let mut durable = self.lock_writer();
+            self.sync_locked(&mut durable)?;
             self.db()
                 .begin_read()
                 .map_err(db_err(&path, "begin read"))?
@@ -410,11 +410,7 @@ impl SnapshotInstaller {
 
         let store = self.store.clone();
         let inner = &store.inner;
-        let mut writer = store.lock_writer();
-        // What an open apply transaction holds is older than the image
-        // and about to be replaced: commit it, so that no transaction on
-        // the old file outlives the swap.
-        store.commit_locked(&mut writer)?;
+        let mut durable = store.lock_writer();
         // Hold the database slot while swapping so that no reader opens the
         // old file after the rename.
         let mut slot = inner.db.write().unwrap_or_else(PoisonError::into_inner);
@@ -434,7 +430,7 @@ impl SnapshotInstaller {
         *slot = Arc::new(db);
         *inner.state.write().unwrap_or_else(PoisonError::into_inner) = loaded.clone();
         *inner.auth.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(auth);
-        writer.durable = loaded.applied_index;
+        *durable = loaded.applied_index;
         drop(slot);
         // Watchers read what the image brought from its history.
         store.announce_jump(loaded.revision);
