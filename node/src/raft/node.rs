@@ -54,7 +54,7 @@ pub enum ProposeError {
     /// cannot vote for anything new: one more failure would cost quorum.
     #[error(
         "can only promote a learner member which is in sync with leader \
-         (member {id} has {match_index} of {needed} entries)"
+         (member {id} holds {match_index} entries, needs {needed})"
     )]
     LearnerNotCaughtUp {
         id: NodeId,

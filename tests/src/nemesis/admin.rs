@@ -111,6 +111,14 @@ impl Nemesis {
             match &r {
                 Ok((s, b)) if *s == want => return Ok(b.clone()),
                 Ok((409, b)) if b["code"] == "membership_change_in_progress" => {}
+                // A learner that caught up to what was committed when it
+                // resumed may still trail a busy leader by more than the
+                // 10 % the promotion allows: etcd's answer too, and its
+                // users retry.
+                Ok((409, b))
+                    if b["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("in sync with leader")) => {}
                 Ok((503, _)) | Err(_) => {}
                 // An earlier attempt may have taken effect ("already a
                 // member", "not a member"): the caller checks the outcome.
