@@ -378,11 +378,13 @@ fn a_new_cluster_starts_its_log_with_its_configuration_committed_at_term_1() {
 }
 
 #[test]
-fn force_new_cluster_drops_the_uncommitted_tail_and_commits_a_configuration_of_one() {
+fn force_new_cluster_keeps_the_whole_log_and_commits_a_configuration_of_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = LogStore::open(dir.path(), ID).unwrap();
     store.bootstrap(&voters(3)).unwrap();
     let entries: Vec<_> = (1..=6).map(|i| entry(i, 2)).collect(); // 3: voters(4)
+    // Committed to 4 as far as this node knows; 5 and 6 may have been
+    // committed by a majority it was part of, their commit index lost.
     let hs = HardState {
         term: Term(5),
         vote: Some(NodeId(2)),
@@ -390,15 +392,17 @@ fn force_new_cluster_drops_the_uncommitted_tail_and_commits_a_configuration_of_o
     };
     store.persist(None, &entries, Some(&hs)).unwrap();
     let at = store.force_new_cluster().unwrap();
-    assert_eq!(at, LogIndex(5), "right after the last committed entry");
+    assert_eq!(at, LogIndex(7), "right after the last entry");
     drop(store);
     let store = LogStore::open(dir.path(), ID).unwrap();
+    assert_eq!(store.last_index().unwrap(), LogIndex(7));
+    let kept = store.entries(LogIndex(5), LogIndex(7), None).unwrap();
     assert_eq!(
-        store.last_index().unwrap(),
-        LogIndex(5),
-        "5 and 6 were dropped"
+        kept,
+        entries[4..6].to_vec(),
+        "5 and 6 are kept as they were"
     );
-    let e = store.entries(LogIndex(5), LogIndex(6), None).unwrap();
+    let e = store.entries(LogIndex(7), LogIndex(8), None).unwrap();
     let EntryPayload::Membership(m) = &e[0].payload else {
         panic!("{e:?}")
     };
@@ -409,9 +413,9 @@ fn force_new_cluster_drops_the_uncommitted_tail_and_commits_a_configuration_of_o
         "this node's member info is kept"
     );
     assert_eq!(e[0].term, Term(5), "the current term: terms never go down");
-    assert_eq!(store.hard_state().commit, LogIndex(5));
+    assert_eq!(store.hard_state().commit, LogIndex(7));
     assert_eq!(store.hard_state().term, Term(5));
-    assert_eq!(store.membership_at(LogIndex(5)).unwrap(), m.clone());
+    assert_eq!(store.membership_at(LogIndex(7)).unwrap(), m.clone());
 }
 
 #[test]

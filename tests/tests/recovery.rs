@@ -105,6 +105,18 @@ async fn two_of_three_data_dirs_lost_force_new_cluster_keeps_the_data_and_grows_
     }
     let survivor = (1..=3).find(|id| *id != leader).unwrap();
     let lost: Vec<u64> = (1..=3).filter(|id| *id != survivor).collect();
+    // The majority that acknowledged the last put may have been the leader
+    // and the other follower: only what the survivor holds can survive.
+    Cluster::eventually(
+        Duration::from_secs(10),
+        "the survivor to hold r099",
+        || async {
+            let a = c.get_serializable(survivor, "r099").await.ok()?;
+            (a.status == 200).then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let dir = |c: &Cluster, id: u64| c.nodes[(id - 1) as usize].data_dir.clone();
 
     // While the other two run, they are a quorum: refused, nothing written.

@@ -32,8 +32,8 @@ pub enum RecoverOp {
         data_dirs: Vec<PathBuf>,
     },
     /// Make this stopped member the only voter of its cluster, keeping its
-    /// data: uncommitted entries are dropped and a configuration naming it
-    /// alone is committed. Refused while a quorum of the old members still
+    /// data: its whole log is kept (as a newly elected leader keeps it) and
+    /// a configuration naming it alone is committed. Refused while a quorum of the old members still
     /// answers on their peer ports. Then start it with `raftkv serve` as
     /// before and add members back with `raftkv member add` and `--join`.
     ForceNewCluster {
@@ -177,43 +177,56 @@ async fn force_new_cluster(dir: &Path, probe_timeout: Duration) -> anyhow::Resul
     let log = open_stopped(dir)?;
     let identity = log.identity();
     let me = identity.node_id;
-    let in_force = log.membership_at(log.stored_commit())?;
-    if !in_force.is_voter(me) {
+    // The configuration in force is the last in the log; the last committed
+    // one may still be what the other members go by, if the newer one never
+    // reached them. A quorum alive in either could go on without this node.
+    let last = log.membership_at(log.last_index()?)?;
+    let committed = log.membership_at(log.stored_commit())?;
+    if !last.is_voter(me) && !committed.is_voter(me) {
         bail!(
             "node {me} is not a voter of the configuration its log holds ({}); \
              force a new cluster from a voter's data directory",
-            describe_members(&in_force)
+            describe_members(&last)
         );
     }
-    let voters: Vec<NodeId> = in_force.voters().collect();
-    let mut alive = Vec::new();
-    for id in voters.iter().copied().filter(|id| *id != me) {
-        let Some(member) = in_force.get(id) else {
-            continue;
-        };
-        let url = MemberInfo::from_context(&member.context).peer_url;
-        if answers(&url, probe_timeout).await {
-            alive.push(format!("{id} ({url})"));
+    let configs = if last == committed {
+        vec![&last]
+    } else {
+        vec![&last, &committed]
+    };
+    for config in configs {
+        let voters: Vec<NodeId> = config.voters().collect();
+        let mut alive = Vec::new();
+        for id in voters.iter().copied().filter(|id| *id != me) {
+            let Some(member) = config.get(id) else {
+                continue;
+            };
+            let url = MemberInfo::from_context(&member.context).peer_url;
+            if answers(&url, probe_timeout).await {
+                alive.push(format!("{id} ({url})"));
+            }
+        }
+        let quorum = voters.len() / 2 + 1;
+        let me_counted = usize::from(config.is_voter(me));
+        if !alive.is_empty() && alive.len() + me_counted >= quorum {
+            bail!(
+                "refusing: a quorum of the cluster's {} voters is still alive (this node and {}); \
+                 forcing a new cluster now would split it in two. Stop those members first if \
+                 their data is really lost, or let the cluster heal",
+                voters.len(),
+                alive.join(", ")
+            );
         }
     }
-    if alive.len() + 1 > voters.len() / 2 {
-        bail!(
-            "refusing: a quorum of the cluster's {} voters is still alive (this node and {}); \
-             forcing a new cluster now would split it in two. Stop those members first if \
-             their data is really lost, or let the cluster heal",
-            voters.len(),
-            alive.join(", ")
-        );
-    }
+    let dropped = last.voters().filter(|id| *id != me).count();
     let index = log
         .force_new_cluster()
         .context("cannot write the new configuration")?;
     println!(
         "node {me} of cluster {} is now its only voter (configuration at index {index}; \
-         {} other voter(s) dropped, uncommitted entries discarded). Start it with `raftkv serve` \
+         {dropped} other voter(s) dropped, its whole log kept). Start it with `raftkv serve` \
          as before; add members back with `raftkv member add` and start them with --join.",
-        identity.cluster_id,
-        voters.len() - 1
+        identity.cluster_id
     );
     Ok(())
 }

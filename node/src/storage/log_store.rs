@@ -544,32 +544,48 @@ impl LogStore {
     }
 
     /// Makes this node the only voter of its cluster, to recover from the
-    /// permanent loss of a quorum (etcd's `--force-new-cluster`): the
-    /// uncommitted tail is dropped, since no quorum can commit it any more,
-    /// and a configuration naming only this node is appended after the
-    /// last committed entry, at the current term, and marked committed.
-    /// The node then elects itself; the others are added back as learners.
+    /// permanent loss of a quorum (etcd's `--force-new-cluster`): a
+    /// configuration naming only this node is appended after its last
+    /// entry, at the current term, and marked committed. The node then
+    /// elects itself; the others are added back as learners.
+    ///
+    /// Unlike etcd, the entries past the stored commit index are kept, as
+    /// any newly elected Raft leader keeps its log: this node may have been
+    /// part of the majority that committed them, with its leader's next
+    /// message (the one carrying the new commit index) lost with the rest
+    /// of the cluster. Dropping them would lose writes a client was told
+    /// are durable; keeping one that was never committed only settles an
+    /// outcome its client was told is unknown.
+    ///
     /// Returns the index of the new configuration.
     pub fn force_new_cluster(&self) -> Result<LogIndex, StoreError> {
         let id = self.inner.identity.node_id;
         let path = self.inner.path.clone();
-        let commit = self.stored_commit();
-        let in_force = self.membership_at(commit)?;
-        let me = in_force.get(id).ok_or_else(|| StoreError::NotAMember {
-            file: path.clone(),
-            id,
-        })?;
-        let membership = Membership::with_voters([(id, me.context.clone())]);
         let _w = self.lock_writes();
         let mut next = self.cached();
-        let last_term = if commit == next.snapshot.index {
+        let last = next.last_index;
+        // This node's entry comes from the newest configuration that lists
+        // it: the last one in the log is in force, but a removal of this
+        // node that no quorum committed does not make it a stranger.
+        let me = [last, next.hard_state.commit.min(last)]
+            .into_iter()
+            .map(|at| self.membership_at(at))
+            .collect::<Result<Vec<_>, _>>()?
+            .iter()
+            .find_map(|m| m.get(id).cloned())
+            .ok_or_else(|| StoreError::NotAMember {
+                file: path.clone(),
+                id,
+            })?;
+        let membership = Membership::with_voters([(id, me.context)]);
+        let last_term = if last == next.snapshot.index {
             next.snapshot.term
         } else {
-            self.read_term(commit)?
+            self.read_term(last)?
         };
         let entry = Entry {
             term: next.hard_state.term.max(last_term),
-            index: commit.next(),
+            index: last.next(),
             payload: EntryPayload::Membership(membership),
         };
         let hard_state = HardState {
@@ -581,17 +597,6 @@ impl LogStore {
             let mut t = txn
                 .open_table(ENTRIES)
                 .map_err(db_err(path, "open entries"))?;
-            loop {
-                let last = t
-                    .last()
-                    .map_err(db_err(path, "read last entry"))?
-                    .map(|(k, _)| k.value());
-                if last.is_none_or(|k| k <= commit.get()) {
-                    break;
-                }
-                t.pop_last()
-                    .map_err(db_err(path, "drop uncommitted entries"))?;
-            }
             t.insert(entry.index.get(), codec::encode_entry(&entry).as_slice())
                 .map_err(db_err(path, "append configuration"))?;
             let mut m = txn.open_table(META).map_err(db_err(path, "open meta"))?;
