@@ -53,6 +53,37 @@ async fn five_nodes_elect_one_leader_and_writes_through_any_node_are_readable_fr
     }
 }
 
+/// As with etcd, a member answers a write or a linearizable read only once
+/// it applied what the answer reflects, also when the leader did the work:
+/// the client may go on reading that member serializably and see it.
+/// (The handle's unit test shows the wait itself; here, the whole path.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_follower_answered_it_then_serves_to_serializable_reads() {
+    let c = Cluster::start(3, Options::default()).unwrap();
+    let leader = c.wait_leader(LEADER_WAIT).await.unwrap();
+    for follower in (1..=3).filter(|id| *id != leader) {
+        for i in 0..40 {
+            let (mine, theirs) = (format!("f{follower}-{i}"), format!("l{follower}-{i}"));
+            let a = c.put(follower, &mine, "w").await.unwrap();
+            assert_eq!(a.status, 200, "{:?}", a.body);
+            let a = c.get_serializable(follower, &mine).await.unwrap();
+            assert_eq!(
+                (a.status, a.raw.as_slice()),
+                (200, b"w".as_slice()),
+                "node {follower} answered the put of {mine} but does not hold it"
+            );
+            assert_eq!(c.put(leader, &theirs, "r").await.unwrap().status, 200);
+            assert_eq!(c.get(follower, &theirs).await.unwrap().status, 200);
+            let a = c.get_serializable(follower, &theirs).await.unwrap();
+            assert_eq!(
+                (a.status, a.raw.as_slice()),
+                (200, b"r".as_slice()),
+                "node {follower} read {theirs} linearizably but does not hold it"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_elects_a_new_one_and_loses_no_acknowledged_write() {
     let mut c = Cluster::start(5, Options::default()).unwrap();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::raft::{NodeId, Term};
@@ -696,13 +697,49 @@ impl NodeHandle {
             Err(Rejection::NotLeader(None)) => Err(ClientError::NoLeader),
             Err(Rejection::NotLeader(Some(hint))) => match (&self.forwarder, forward) {
                 (Some(f), Some(forward)) if hint.id != self.member_id => {
-                    f.forward(hint, forward).await.map(Answer::Forwarded)
+                    let reply = f.forward(hint, forward).await?;
+                    self.catch_up_to(&reply).await;
+                    Ok(Answer::Forwarded(reply))
                 }
                 _ => Err(ClientError::NoLeader),
             },
         }
     }
+
+    /// Waits until this member's own state machine holds the revision the
+    /// leader answered a forwarded read or write at. etcd answers both on
+    /// the member the client asked only once that member applied them, so
+    /// a client may go on with serializable reads, watches or HashKV there
+    /// and see what it wrote or read; answering as soon as the leader did
+    /// would let this member run behind its own answer. The leader sends
+    /// the new commit index as soon as it has it, so this is usually over
+    /// by the time the leader's answer arrives; the request's own timeout
+    /// bounds it otherwise.
+    async fn catch_up_to(&self, reply: &ForwardedReply) {
+        let revision = match reply {
+            ForwardedReply::Read(r) => Some(r.range.revision),
+            ForwardedReply::Write(w) => w.outcome.revision(),
+            _ => None,
+        };
+        let (Some(store), Some(revision)) = (&self.store, revision) else {
+            return;
+        };
+        // Subscribed before looking, so no batch applied in between goes
+        // unnoticed; the re-check on a timer covers what the feed does not
+        // carry (a snapshot installed) and a lagging receiver.
+        let mut feed = store.subscribe();
+        while store.revision() < revision {
+            let told = tokio::time::timeout(CATCH_UP_RECHECK, feed.recv()).await;
+            if let Ok(Err(RecvError::Closed)) = told {
+                tokio::time::sleep(CATCH_UP_RECHECK).await;
+            }
+        }
+    }
 }
+
+/// How often a member waiting to catch up with a forwarded answer looks
+/// at its revision without being told it applied something.
+const CATCH_UP_RECHECK: Duration = Duration::from_millis(20);
 
 /// How long to wait before asking again for a leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
@@ -754,6 +791,99 @@ mod tests {
         drop(rx);
         let h = NodeHandle::new(NodeId(1), 7, Duration::from_secs(5), tx, None);
         assert!(matches!(h.status().await, Err(ClientError::Unavailable(_))));
+    }
+
+    /// The leader, as a forwarder that answers every read at `0`.
+    #[derive(Debug)]
+    struct LeaderAtRevision(i64);
+
+    impl Forwarder for LeaderAtRevision {
+        fn forward(
+            &self,
+            _: LeaderHint,
+            _: Forwarded,
+        ) -> futures::future::BoxFuture<'static, Result<ForwardedReply, ClientError>> {
+            let revision = self.0;
+            Box::pin(async move {
+                Ok(ForwardedReply::Read(ReadResult {
+                    range: crate::storage::RangeResult {
+                        revision,
+                        ..Default::default()
+                    },
+                    raft_term: Term(1),
+                }))
+            })
+        }
+    }
+
+    fn put_entry(index: u64, key: &str) -> crate::raft::Entry {
+        let op = crate::storage::Op::Put {
+            key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+            value: bytes::Bytes::from_static(b"v"),
+            prev_kv: false,
+            ignore_value: false,
+            ignore_lease: false,
+            lease: 0,
+        };
+        crate::raft::Entry {
+            term: Term(1),
+            index: crate::raft::LogIndex(index),
+            payload: crate::raft::EntryPayload::Command(
+                Command {
+                    request_id: None,
+                    auth: None,
+                    op,
+                }
+                .encode(),
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_answer_waits_until_this_member_applied_its_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KvStore::open(dir.path(), crate::storage::Limits::default()).unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(req) = rx.recv().await {
+                if let Request::Read { reply, .. } = req {
+                    let hint = LeaderHint {
+                        id: NodeId(2),
+                        peer_url: "http://127.0.0.1:1".into(),
+                    };
+                    let _ = reply.send(Err(Rejection::NotLeader(Some(hint))));
+                }
+            }
+        });
+        let leader: Arc<dyn Forwarder> = Arc::new(LeaderAtRevision(3));
+        let h = NodeHandle::new(NodeId(1), 7, Duration::from_secs(10), tx, Some(leader))
+            .with_store(store.clone());
+        let read = tokio::spawn(async move {
+            h.range(
+                RangeRequest {
+                    key: bytes::Bytes::from_static(b"a"),
+                    ..Default::default()
+                },
+                Consistency::Linearizable,
+            )
+            .await
+        });
+        // This member is at revision 1, the leader answered at 3.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !read.is_finished(),
+            "answered before this member applied what the leader had"
+        );
+        store
+            .apply(&[put_entry(1, "a"), put_entry(2, "b")])
+            .unwrap();
+        assert_eq!(store.revision(), 3);
+        let answer = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("answered once this member caught up")
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.range.revision, 3);
     }
 
     #[test]

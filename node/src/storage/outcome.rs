@@ -190,6 +190,24 @@ pub enum ApplyOutcome {
     Rejected(KvError),
 }
 
+impl ApplyOutcome {
+    /// The store's revision once the command applied (`None`: refused).
+    pub fn revision(&self) -> Option<i64> {
+        match self {
+            ApplyOutcome::Put { revision, .. }
+            | ApplyOutcome::Delete { revision, .. }
+            | ApplyOutcome::Txn { revision, .. }
+            | ApplyOutcome::Compact { revision }
+            | ApplyOutcome::Alarms { revision, .. }
+            | ApplyOutcome::LeaseGranted { revision, .. }
+            | ApplyOutcome::LeaseRevoked { revision, .. }
+            | ApplyOutcome::LeasesCheckpointed { revision }
+            | ApplyOutcome::AuthChanged { revision, .. } => Some(*revision),
+            ApplyOutcome::Rejected(_) => None,
+        }
+    }
+}
+
 /// What an alarm is about (etcd's `AlarmType`; the numbers are etcd's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AlarmKind {
