@@ -200,7 +200,7 @@ fn disk_full_child(dir: &Path) {
     let mut out = std::io::stdout().lock();
     for i in 1.. {
         match log.persist(None, &[entry(i, 4000)], None) {
-            Ok(()) => writeln!(out, "ack {i}").unwrap(),
+            Ok(_) => writeln!(out, "ack {i}").unwrap(),
             Err(e) => {
                 writeln!(out, "error: {e}").unwrap();
                 let again = log.persist(None, &[entry(i, 10)], None).unwrap_err();

@@ -13,7 +13,7 @@ use raftkv::raft::{
     Entry, EntryPayload, HardState, LogIndex, MemStorage, Membership, NodeId, Snapshot,
     SnapshotMeta, Storage, StorageError, Term,
 };
-use raftkv::storage::{Identity, LOG_FILE, LogStore, StoreError};
+use raftkv::storage::{Disk, FaultyDisk, Identity, LOG_FILE, LogStore, StoreError};
 
 const ID: Identity = Identity {
     cluster_id: 0xc1,
@@ -430,4 +430,52 @@ fn force_new_cluster_is_refused_for_a_node_its_log_does_not_list() {
     let err = store.force_new_cluster().unwrap_err();
     assert!(matches!(err, StoreError::NotAMember { .. }), "{err}");
     assert_eq!(store.last_index().unwrap(), LogIndex(1), "nothing written");
+}
+
+#[test]
+fn only_the_commit_index_is_written_without_waiting_for_the_disk() {
+    let hs = |term: u64, vote: Option<u64>, commit: u64| HardState {
+        term: Term(term),
+        vote: vote.map(NodeId),
+        commit: LogIndex(commit),
+    };
+    for seed in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = FaultyDisk::new(seed);
+        let store = LogStore::open_on(&Disk::faulty(disk.clone()), dir.path(), ID).unwrap();
+        let synced = store
+            .persist(None, &[entry(1, 1), entry(2, 1)], Some(&hs(1, Some(1), 1)))
+            .unwrap();
+        assert!(synced, "entries wait for the disk");
+        assert!(
+            !store.persist(None, &[], Some(&hs(1, Some(1), 2))).unwrap(),
+            "the commit index alone does not"
+        );
+        assert!(
+            store.persist(None, &[], Some(&hs(2, None, 2))).unwrap(),
+            "a new term does"
+        );
+        assert!(
+            store.persist(None, &[], Some(&hs(2, Some(2), 2))).unwrap(),
+            "a vote does"
+        );
+        // The commit index moves alone again, and the power goes off.
+        store
+            .persist(None, &[entry(3, 2)], Some(&hs(2, Some(2), 2)))
+            .unwrap();
+        assert!(!store.persist(None, &[], Some(&hs(2, Some(2), 3))).unwrap());
+        drop(store);
+        disk.power_loss();
+        let store = LogStore::open_on(&Disk::faulty(disk.clone()), dir.path(), ID).unwrap();
+        let state = store.initial_state().unwrap().hard_state;
+        // Everything that waited for the disk is there; the last commit
+        // index may or may not be, but never a torn mix.
+        assert_eq!((state.term, state.vote), (Term(2), Some(NodeId(2))));
+        assert!(
+            [LogIndex(2), LogIndex(3)].contains(&state.commit),
+            "seed {seed}: {state:?}"
+        );
+        assert_eq!(store.last_index().unwrap(), LogIndex(3));
+        assert_eq!(store.term(LogIndex(3)).unwrap(), Term(2));
+    }
 }

@@ -6,7 +6,9 @@
 //! `Durability::Immediate` (fsync before `commit` returns). The driver
 //! persists everything one `Ready` hands it with a single `persist` call, so
 //! a batch of entries costs one fsync (group commit), and nothing the driver
-//! acknowledges afterwards can be lost.
+//! acknowledges afterwards can be lost. The one exception is a `persist`
+//! that moves only the commit index: it commits without an fsync, and the
+//! next durable commit carries it (see `persist`).
 //!
 //! Opening an existing file: redb repairs its allocator state after an
 //! unclean shutdown (walking the file and checking every page checksum).
@@ -27,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     WriteTransaction,
 };
 
@@ -375,18 +377,34 @@ impl LogStore {
     /// Persists what one `Ready` hands the driver, in ONE durable write
     /// transaction: a received snapshot's meta (which discards the whole
     /// log), then `entries` (replacing every stored entry at or after
-    /// `entries[0].index`), then the hard state.
+    /// `entries[0].index`), then the hard state. Returns whether it
+    /// waited for the disk (it does not for the commit index alone).
     pub fn persist(
         &self,
         snapshot: Option<&SnapshotMeta>,
         entries: &[Entry],
         hard_state: Option<&HardState>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         if snapshot.is_none() && entries.is_empty() && hard_state.is_none() {
-            return Ok(());
+            return Ok(false);
         }
         let _w = self.lock_writes();
         let mut next = self.cached();
+        // The commit index alone need not be durable, as in etcd (raft's
+        // MustSync): a member that restarts with an older one learns it
+        // again from the leader, and nothing it holds depends on it being
+        // durable (the core starts from the state machine's applied index
+        // when that is ahead, see `RaftLog::new`). So a write that moves
+        // only the commit index does not wait for the disk; redb makes it
+        // durable with the next durable commit, never out of order. Entries, a term, a vote and
+        // a snapshot meta are durable before this returns.
+        let durability = match hard_state {
+            _ if snapshot.is_some() || !entries.is_empty() => Durability::Immediate,
+            Some(hs) if hs.term != next.hard_state.term || hs.vote != next.hard_state.vote => {
+                Durability::Immediate
+            }
+            _ => Durability::None,
+        };
         if let Some(meta) = snapshot {
             next.snapshot = meta.clone();
             next.last_index = meta.index;
@@ -402,7 +420,7 @@ impl LogStore {
         }
         next.has_state = true;
         let hs_changed = snapshot.is_some() || hard_state.is_some();
-        self.write("persist", |txn, path| {
+        self.write_with("persist", durability, |txn, path| {
             if let Some(meta) = snapshot {
                 // Dropping the table is cheaper than deleting the entries one
                 // by one, and happens in the same transaction.
@@ -444,7 +462,7 @@ impl LogStore {
             Ok(())
         })?;
         self.set_cached(next);
-        Ok(())
+        Ok(matches!(durability, Durability::Immediate))
     }
 
     /// Records a snapshot taken locally at `meta.index` (which must be a
@@ -678,6 +696,15 @@ impl LogStore {
         op: &'static str,
         f: impl FnOnce(&WriteTransaction, &Path) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        self.write_with(op, Durability::Immediate, f)
+    }
+
+    fn write_with(
+        &self,
+        op: &'static str,
+        durability: Durability,
+        f: impl FnOnce(&WriteTransaction, &Path) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let path = &self.inner.path;
         {
             let failed = self
@@ -693,7 +720,9 @@ impl LogStore {
             }
         }
         let result = (|| {
-            let txn = self.inner.db.begin_write().map_err(db_err(path, op))?;
+            let mut txn = self.inner.db.begin_write().map_err(db_err(path, op))?;
+            txn.set_durability(durability)
+                .map_err(|e| db_err(path, op)(redb::Error::from(e)))?;
             f(&txn, path)?;
             txn.commit().map_err(db_err(path, "commit"))
         })();

@@ -99,12 +99,15 @@ impl LogWriter {
         }
         if !entries.is_empty() || hard_state.is_some() {
             let started = Instant::now();
-            self.log
+            let synced = self
+                .log
                 .persist(None, &entries, hard_state.as_ref())
                 .map_err(|e| DriverError::Log(e.to_string()))?;
-            self.metrics
-                .disk_log_fsync_seconds
-                .observe(started.elapsed().as_secs_f64());
+            if synced {
+                self.metrics
+                    .disk_log_fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
         }
         for b in barriers {
             let _ = b.send(());
