@@ -3,7 +3,7 @@
 
 Starts a 3-member etcd cluster on loopback (default settings, fsync on), runs
 the workloads with `raftkv bench`, stops it; then does the same with a 3-node
-raftkv cluster. The clusters never run at the same time, so neither steals
+raftkv cluster (`--members 5` for five of each). The clusters never run at the same time, so neither steals
 CPU from the other's measurement. Prints one table: throughput and p50/p99
 for both, the raftkv/etcd ratios, and the CPU seconds each cluster's
 processes used during each row (from /proc/<pid>/stat).
@@ -116,13 +116,13 @@ class Cluster:
                 p.wait()
 
 
-def start_etcd(etcd, workdir):
+def start_etcd(etcd, workdir, members=3):
     c = Cluster("etcd", workdir)
-    ports = free_ports(6)
-    peers = [f"http://127.0.0.1:{p}" for p in ports[:3]]
-    clients = [f"http://127.0.0.1:{p}" for p in ports[3:]]
-    initial = ",".join(f"m{i}={peers[i]}" for i in range(3))
-    for i in range(3):
+    ports = free_ports(2 * members)
+    peers = [f"http://127.0.0.1:{p}" for p in ports[:members]]
+    clients = [f"http://127.0.0.1:{p}" for p in ports[members:]]
+    initial = ",".join(f"m{i}={peers[i]}" for i in range(members))
+    for i in range(members):
         c.spawn(
             [
                 etcd,
@@ -143,16 +143,16 @@ def start_etcd(etcd, workdir):
     return c
 
 
-def start_raftkv(raftkv, workdir):
+def start_raftkv(raftkv, workdir, members=3):
     c = Cluster("raftkv", workdir)
-    ports = free_ports(9)
-    peer, client, http = ports[:3], ports[3:6], ports[6:]
-    initial = ",".join(f"{i + 1}=127.0.0.1:{peer[i]}" for i in range(3))
+    ports = free_ports(3 * members)
+    peer, client, http = ports[:members], ports[members:2 * members], ports[2 * members:]
+    initial = ",".join(f"{i + 1}=127.0.0.1:{peer[i]}" for i in range(members))
     # raftkv serve refuses an unauthenticated peer port: a secret per run.
     secret = os.path.join(workdir, "peer-secret")
     with open(secret, "w") as f:
         f.write(os.urandom(32).hex())
-    for i in range(3):
+    for i in range(members):
         c.spawn(
             [
                 raftkv, "serve",
@@ -245,15 +245,16 @@ def cpu_per_request(r):
     return 1e6 * r["cluster_cpu_s"] / r["requests"] if r["requests"] else 0.0
 
 
-def each_system(tool, etcd, only, prefix, run):
+def each_system(tool, etcd, only, prefix, run, members=3):
     """Calls `run(name, start, workdir)` for etcd (`etcd`: a path, or a name
     on the PATH), then raftkv (or only the one `only` names), where
-    `start(dir)` starts that system's 3-member cluster; one cluster at a time. `run` returns whether its measurements are
+    `start(dir)` starts that system's cluster of `members`; one cluster at a time. `run` returns whether its measurements are
     complete; an exception it raises is printed and counts as a failure.
     Returns whether anything failed. The work directory (the members' data
     and logs) is removed, unless something failed: then its path is printed."""
     etcd = shutil.which(etcd) or etcd
-    plan = [("etcd", lambda d: start_etcd(etcd, d)), ("raftkv", lambda d: start_raftkv(tool, d))]
+    plan = [("etcd", lambda d: start_etcd(etcd, d, members)),
+            ("raftkv", lambda d: start_raftkv(tool, d, members))]
     failed = False
     workdir = tempfile.mkdtemp(prefix=prefix)
     try:
@@ -302,7 +303,7 @@ def table(opts, results):
                          f"{thr:>6} {p99:>6} {cpu:>6}")
     lines.append("")
     lines.append("thr x: raftkv throughput / etcd's.  p99 /: etcd p99 / raftkv p99 (higher is better "
-                 "for raftkv).  cpu s: CPU seconds the cluster's 3 processes used during the row "
+                 "for raftkv).  cpu s: CPU seconds the cluster's processes used during the row "
                  "(warm-up included).  us/req: those CPU microseconds per measured request.  "
                  "cpu /: etcd us/req / raftkv us/req.")
     for name in ("etcd", "raftkv"):
@@ -327,6 +328,7 @@ def main():
     p.add_argument("--warmup", help="per row (default 2s; smoke 0.5s)")
     p.add_argument("--keys", type=int, help="key space (default 100000; smoke 1000)")
     p.add_argument("--value-size", type=int, default=256)
+    p.add_argument("--members", type=int, default=3, help="members of each cluster (default 3)")
     p.add_argument("--json", help="also write all results to this file")
     opts = p.parse_args()
     opts.clients = [int(c) for c in opts.clients.split(",")]
@@ -344,7 +346,7 @@ def main():
             return False
         return True
 
-    failed = each_system(tool, opts.etcd, opts.only, "raftkv-compare-", one)
+    failed = each_system(tool, opts.etcd, opts.only, "raftkv-compare-", one, opts.members)
     print(table(opts, results))
     if opts.json:
         with open(opts.json, "w") as f:
