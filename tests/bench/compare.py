@@ -3,10 +3,11 @@
 
 Starts a 3-member etcd cluster on loopback (default settings, fsync on), runs
 the workloads with `raftkv bench`, stops it; then does the same with a 3-node
-raftkv cluster (`--members 5` for five of each). The clusters never run at the same time, so neither steals
-CPU from the other's measurement. Prints one table: throughput and p50/p99
-for both, the raftkv/etcd ratios, and the CPU seconds each cluster's
-processes used during each row (from /proc/<pid>/stat).
+raftkv cluster (`--members 5` for five of each). The clusters never run at
+the same time, so neither steals CPU from the other's measurement. Prints
+one table: throughput and p50/p99 for both, the raftkv/etcd ratios, and the
+CPU seconds each cluster's processes used during each row (from
+/proc/<pid>/stat).
 
     tests/bench/compare.py --raftkv target/release/raftkv            # full race
     tests/bench/compare.py --raftkv target/release/raftkv --smoke    # CI smoke
@@ -248,8 +249,9 @@ def cpu_per_request(r):
 def each_system(tool, etcd, only, prefix, run, members=3):
     """Calls `run(name, start, workdir)` for etcd (`etcd`: a path, or a name
     on the PATH), then raftkv (or only the one `only` names), where
-    `start(dir)` starts that system's cluster of `members`; one cluster at a time. `run` returns whether its measurements are
-    complete; an exception it raises is printed and counts as a failure.
+    `start(dir)` starts that system's cluster of `members`; one cluster at a
+    time. `run` returns whether its measurements are complete; an exception
+    it raises is printed and counts as a failure.
     Returns whether anything failed. The work directory (the members' data
     and logs) is removed, unless something failed: then its path is printed."""
     etcd = shutil.which(etcd) or etcd

@@ -374,11 +374,12 @@ impl LogStore {
         Ok(())
     }
 
-    /// Persists what one `Ready` hands the driver, in ONE durable write
+    /// Persists what one `Ready` hands the driver, in ONE write
     /// transaction: a received snapshot's meta (which discards the whole
     /// log), then `entries` (replacing every stored entry at or after
     /// `entries[0].index`), then the hard state. Returns whether it
-    /// waited for the disk (it does not for the commit index alone).
+    /// waited for the disk, which it does unless the write only moves the
+    /// commit index (below).
     pub fn persist(
         &self,
         snapshot: Option<&SnapshotMeta>,
@@ -396,14 +397,18 @@ impl LogStore {
         // durable (the core starts from the state machine's applied index
         // when that is ahead, see `RaftLog::new`). So a write that moves
         // only the commit index does not wait for the disk; redb makes it
-        // durable with the next durable commit, never out of order. Entries, a term, a vote and
-        // a snapshot meta are durable before this returns.
-        let durability = match hard_state {
-            _ if snapshot.is_some() || !entries.is_empty() => Durability::Immediate,
-            Some(hs) if hs.term != next.hard_state.term || hs.vote != next.hard_state.vote => {
-                Durability::Immediate
-            }
-            _ => Durability::None,
+        // durable with the next durable commit, never out of order.
+        // Entries, a term, a vote and a snapshot meta are durable before
+        // this returns.
+        let must_sync = snapshot.is_some()
+            || !entries.is_empty()
+            || hard_state.is_some_and(|hs| {
+                (hs.term, hs.vote) != (next.hard_state.term, next.hard_state.vote)
+            });
+        let durability = if must_sync {
+            Durability::Immediate
+        } else {
+            Durability::None
         };
         if let Some(meta) = snapshot {
             next.snapshot = meta.clone();
@@ -462,7 +467,7 @@ impl LogStore {
             Ok(())
         })?;
         self.set_cached(next);
-        Ok(matches!(durability, Durability::Immediate))
+        Ok(must_sync)
     }
 
     /// Records a snapshot taken locally at `meta.index` (which must be a
