@@ -231,16 +231,26 @@ class Suite:
                 except Exception:  # noqa: BLE001 - unacknowledged: allowed to be lost
                     self.writer_errors += 1
                 i += 1
+                time.sleep(0.02)
+
+        def sample():
+            # On its own thread: a put to a member being removed can hang
+            # for the request timeout, longer than a one-step membership
+            # change lasts, and a sample skipped then looks like a jump.
+            while not self.writer_stop.is_set():
                 self.sample_config(ns, name)
                 time.sleep(0.02)
 
         self.writer_stop.clear()
         self.writer = threading.Thread(target=loop, name="writer", daemon=True)
+        self.sampler = threading.Thread(target=sample, name="config-sampler", daemon=True)
         self.writer.start()
+        self.sampler.start()
 
     def stop_writer(self):
         self.writer_stop.set()
         self.writer.join(timeout=30)
+        self.sampler.join(timeout=30)
 
     def sample_config(self, ns, name):
         try:
