@@ -208,6 +208,14 @@ impl Driver {
         }
         let mut rd: Ready = self.node.ready();
 
+        // Committed entries go to the applier first: they are durable on a
+        // majority already, and applying them is what their clients wait
+        // for, while the sends below (commit notices among them) are not.
+        // (A Ready with a snapshot installs it first, on an idle applier.)
+        if rd.snapshot.is_none() && !rd.committed_entries.is_empty() {
+            self.hand_applier(ApplyTask::Apply(std::mem::take(&mut rd.committed_entries)))?;
+        }
+
         // A leader's appends go out before its own write: followers then
         // write in parallel with us, and a round costs one fsync, not two.
         // (The core counts the leader toward commit only for what it has
