@@ -61,6 +61,68 @@ pub(crate) struct Persisted {
     pub then_send: Vec<Message>,
 }
 
+/// Which hard state goes with each write of the log. One that moved only
+/// the commit index is held back: a commit index needs no fsync (a
+/// restarted member learns it again from the leader, and starts from what
+/// its state machine applied), and writing it alone would cost every member
+/// a transaction, and a turn of the writer, per commit. It rides with the
+/// next write of entries instead, or goes at the next tick, so the stored
+/// commit index trails by at most one write or one tick. A new term or
+/// vote is never held back.
+#[derive(Debug)]
+pub(crate) struct HeldCommit {
+    /// The hard state last handed to the writer or held back here.
+    newest: HardState,
+    held: Option<HardState>,
+}
+
+impl HeldCommit {
+    /// Starts from the hard state the log holds.
+    pub fn new(stored: HardState) -> Self {
+        HeldCommit {
+            newest: stored,
+            held: None,
+        }
+    }
+
+    /// The hard state to write with a `Ready`'s write, given the one the
+    /// core handed out (if it changed) and whether entries go with it.
+    pub fn route(
+        &mut self,
+        hard_state: Option<HardState>,
+        with_entries: bool,
+    ) -> Option<HardState> {
+        let Some(hs) = hard_state else {
+            return if with_entries { self.held.take() } else { None };
+        };
+        let only_commit = hs.term == self.newest.term && hs.vote == self.newest.vote;
+        self.newest = hs;
+        if only_commit && !with_entries {
+            self.held = Some(hs);
+            None
+        } else {
+            // It supersedes anything held back.
+            self.held = None;
+            Some(hs)
+        }
+    }
+
+    /// The hard state held back, to write on its own (at a tick).
+    pub fn take(&mut self) -> Option<HardState> {
+        self.held.take()
+    }
+
+    /// A received snapshot was written, with the core's hard state if it
+    /// changed: a commit index held back from before may lie below the
+    /// snapshot, and is dropped.
+    pub fn written_with_snapshot(&mut self, hard_state: Option<HardState>) {
+        self.held = None;
+        if let Some(hs) = hard_state {
+            self.newest = hs;
+        }
+    }
+}
+
 /// Does the writing; see the module docs.
 pub(crate) struct LogWriter {
     log: LogStore,
@@ -185,5 +247,73 @@ impl LogWriterStage {
                 .map_err(|_| DriverError::Log("the log writer stopped".into()))?;
         }
         Ok(ack)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::NodeId;
+
+    fn hs(term: u64, vote: Option<u64>, commit: u64) -> HardState {
+        HardState {
+            term: Term(term),
+            vote: vote.map(NodeId),
+            commit: LogIndex(commit),
+        }
+    }
+
+    #[test]
+    fn a_commit_index_alone_waits_for_the_next_entries_or_the_next_tick() {
+        let mut held = HeldCommit::new(hs(2, Some(1), 10));
+        // Alone: held back.
+        assert_eq!(held.route(Some(hs(2, Some(1), 11)), false), None);
+        assert_eq!(held.route(Some(hs(2, Some(1), 12)), false), None);
+        // Entries carry the newest one held back.
+        assert_eq!(held.route(None, true), Some(hs(2, Some(1), 12)));
+        assert_eq!(held.route(None, true), None, "handed once");
+        // With entries of its own it goes at once.
+        assert_eq!(
+            held.route(Some(hs(2, Some(1), 13)), true),
+            Some(hs(2, Some(1), 13))
+        );
+        // A tick writes what no write took.
+        assert_eq!(held.route(Some(hs(2, Some(1), 14)), false), None);
+        assert_eq!(held.route(None, false), None, "nothing to ride with");
+        assert_eq!(held.take(), Some(hs(2, Some(1), 14)));
+        assert_eq!(held.take(), None);
+    }
+
+    #[test]
+    fn a_new_term_or_vote_is_never_held_back_and_supersedes_a_held_commit() {
+        let mut held = HeldCommit::new(hs(2, Some(1), 10));
+        assert_eq!(held.route(Some(hs(2, Some(1), 11)), false), None);
+        assert_eq!(
+            held.route(Some(hs(3, None, 11)), false),
+            Some(hs(3, None, 11))
+        );
+        assert_eq!(
+            held.take(),
+            None,
+            "the older commit is not written after it"
+        );
+        assert_eq!(
+            held.route(Some(hs(3, Some(2), 11)), false),
+            Some(hs(3, Some(2), 11))
+        );
+        // Once the term and vote are written, a commit alone waits again.
+        assert_eq!(held.route(Some(hs(3, Some(2), 12)), false), None);
+    }
+
+    #[test]
+    fn a_snapshot_drops_a_held_commit_that_may_lie_below_it() {
+        let mut held = HeldCommit::new(hs(2, Some(1), 10));
+        assert_eq!(held.route(Some(hs(2, Some(1), 11)), false), None);
+        held.written_with_snapshot(None);
+        assert_eq!(held.take(), None);
+        assert_eq!(held.route(None, true), None);
+        held.written_with_snapshot(Some(hs(4, None, 50)));
+        assert_eq!(held.route(Some(hs(4, None, 51)), false), None);
+        assert_eq!(held.take(), Some(hs(4, None, 51)));
     }
 }

@@ -56,7 +56,7 @@ use crate::server::outbox::Outbox;
 use crate::storage::auth::AuthError;
 use crate::storage::{KvError, KvStore, LogStore, SnapshotPolicy};
 use applier::{Applied, Applier, ApplierStage};
-use log_writer::{LogWriter, LogWriterStage, Persisted};
+use log_writer::{HeldCommit, LogWriter, LogWriterStage, Persisted};
 use pending::{Pending, PendingRead};
 
 /// How many requests or messages the driver takes per wake-up before it
@@ -152,6 +152,8 @@ pub(crate) struct Driver {
     log_writer: LogWriterStage,
     /// Writes handed to the log writer and not yet reported durable.
     writes_in_flight: usize,
+    /// A commit index not yet handed to the log writer.
+    held_commit: HeldCommit,
     /// Where committed entries are applied and clients answered.
     applier: ApplierStage,
     /// The index of the last membership change proposed here: another
@@ -193,6 +195,7 @@ impl Driver {
             metrics.clone(),
         )));
         let withholding_recorded = node.storage().withholds_votes();
+        let held_commit = HeldCommit::new(node.storage().hard_state());
         Driver {
             cfg,
             node,
@@ -217,6 +220,7 @@ impl Driver {
             lessor: lessor::Lessor::default(),
             log_writer,
             writes_in_flight: 0,
+            held_commit,
             applier,
             change_index: None,
             withholding_recorded,

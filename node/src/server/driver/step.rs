@@ -30,6 +30,7 @@ impl Driver {
     pub(super) fn on_tick(&mut self) -> Result<(), DriverError> {
         self.node.tick();
         self.loops += 1;
+        self.write_held_back_commit()?;
         if self.loops % 100 == 0 {
             self.pending.prune_abandoned();
             self.hand_applier(ApplyTask::Prune)?;
@@ -236,6 +237,7 @@ impl Driver {
                 self.on_applied(report);
             }
             self.install_snapshot(&snapshot.meta)?;
+            self.held_commit.written_with_snapshot(rd.hard_state);
             let store = self.node.storage();
             tokio::task::block_in_place(|| {
                 store.persist(Some(&snapshot.meta), &rd.entries, rd.hard_state.as_ref())
@@ -254,9 +256,13 @@ impl Driver {
                 then_send: later,
             });
         } else {
+            let entries = std::mem::take(&mut rd.entries);
+            let hard_state = self
+                .held_commit
+                .route(rd.hard_state.take(), !entries.is_empty());
             let write = LogWrite {
-                entries: std::mem::take(&mut rd.entries),
-                hard_state: rd.hard_state.take(),
+                entries,
+                hard_state,
                 then_send: later,
                 barrier: None,
             };
@@ -293,6 +299,24 @@ impl Driver {
         }
         self.report_unreachable();
         Ok(true)
+    }
+
+    /// Writes a commit index that was held back and found no write to go
+    /// with: on a quiet cluster the stored commit index catches up within
+    /// a tick.
+    pub(super) fn write_held_back_commit(&mut self) -> Result<(), DriverError> {
+        let Some(hs) = self.held_commit.take() else {
+            return Ok(());
+        };
+        self.writes_in_flight += 1;
+        let ack = self.log_writer.submit(LogWrite {
+            hard_state: Some(hs),
+            ..LogWrite::default()
+        })?;
+        if let Some(p) = ack {
+            self.on_persisted(p);
+        }
+        Ok(())
     }
 
     /// The log writer made a group of writes durable: the messages they

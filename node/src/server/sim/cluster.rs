@@ -937,6 +937,32 @@ impl SimCluster {
                 }
             }
         }
+        // A commit index alone waits for a tick before it is written: on
+        // a quiet cluster the log soon holds what the member knows
+        // committed (the tick that notices may itself learn a commit, so
+        // a few are allowed).
+        let mut lagging = Vec::new();
+        for _ in 0..3 {
+            self.tick();
+            lagging = self
+                .up_ids()
+                .into_iter()
+                .filter_map(|id| {
+                    let core = self.nodes.get(&id)?.driver.as_ref()?.core();
+                    let (stored, commit) =
+                        (core.storage().stored_commit(), core.status().commit_index);
+                    (stored != commit)
+                        .then(|| format!("member {id} stored {stored}, knows {commit}"))
+                })
+                .collect();
+            if lagging.is_empty() {
+                return;
+            }
+        }
+        self.fail(
+            "a quiet member's log holds its commit index within a few ticks",
+            lagging.join("; "),
+        );
     }
 
     /// One leader, and every member in its configuration applied its whole
