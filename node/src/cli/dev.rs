@@ -152,9 +152,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open the log file in {}", dir.display()))?;
         let mut cmd = Command::new(&exe);
         // The nodes are configured by flags only; the caller's RAFTKV_*
-        // variables (say, RAFTKV_ID) must not leak into them.
+        // variables (say, RAFTKV_ID) must not leak into them. The log
+        // filter is not configuration: it passes.
         for (k, _) in std::env::vars() {
-            if k.starts_with("RAFTKV_") {
+            if k.starts_with("RAFTKV_") && k != "RAFTKV_LOG" {
                 cmd.env_remove(k);
             }
         }

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::raft::{NodeId, Term};
+use crate::raft::{LogIndex, NodeId, Term};
+use crate::server::put_path;
 use crate::storage::{
     ApplyOutcome, Command, HistoryHash, KvStore, RangeRequest, RangeResult, SnapshotReader,
 };
@@ -469,6 +470,7 @@ impl NodeHandle {
 
     /// Commits a write through the leader and returns what applying it did.
     pub async fn write(&self, cmd: Command) -> Result<WriteResult, ClientError> {
+        put_path::stage("write received", LogIndex::ZERO);
         let forward = Forwarded::Write(cmd.clone());
         let reply = self
             .call(
@@ -479,6 +481,7 @@ impl NodeHandle {
                 Some(forward),
             )
             .await?;
+        put_path::stage("write returned", LogIndex::ZERO);
         match reply {
             Answer::Local(r) => Ok(r),
             Answer::Forwarded(ForwardedReply::Write(r)) => Ok(r),

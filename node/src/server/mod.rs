@@ -26,6 +26,7 @@ mod outbox;
 pub mod peer_auth;
 pub mod peer_proto;
 mod peer_service;
+pub(crate) mod put_path;
 pub mod sim;
 mod start;
 mod transport;

@@ -22,7 +22,7 @@ use crate::server::peer_proto as pb;
 use crate::server::transport::{
     CLIENT_URL_HEADER, MAX_PEER_MESSAGE_BYTES, PEER_ID_HEADER, PEER_URL_HEADER,
 };
-use crate::server::{NodeHandle, wire};
+use crate::server::{NodeHandle, put_path, wire};
 use crate::storage::ImageCheck;
 
 #[derive(Debug)]
@@ -115,6 +115,7 @@ impl pb::peer_server::Peer for PeerService {
         while let Some(m) = stream.message().await? {
             let m =
                 wire::message_from_pb(m).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            put_path::message("received", &m);
             received += 1;
             self.check_from(proven, m.from)?;
             if m.to != self.id {

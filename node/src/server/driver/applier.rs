@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::raft::{Entry, LogIndex, Term};
 use crate::server::ClientError;
 use crate::server::handle::{Rejection, WriteResult};
+use crate::server::put_path;
 use crate::storage::{ApplyOutcome, CHUNK_BYTES, KvStore, LogStore, SnapshotPolicy};
 
 /// What the step loop hands the applier, in the order it must be done.
@@ -181,12 +182,15 @@ impl Applier {
         if entries.is_empty() {
             return Ok(applied);
         }
+        let last = put_path::last_index(entries, |e| e.index);
+        put_path::stage("apply started", last);
         let mut outcomes: HashMap<LogIndex, ApplyOutcome> = self
             .kv
             .apply(entries)
             .map_err(|e| DriverError::StateMachine(e.to_string()))?
             .into_iter()
             .collect();
+        put_path::stage("applied", last);
         applied.lease_outcomes = outcomes
             .values()
             .filter(|o| {
@@ -211,6 +215,7 @@ impl Applier {
                             outcome,
                             raft_term: term,
                         }));
+                        put_path::stage("answered", index);
                     }
                     _ => {
                         self.metrics.raft_proposals_failed_total.inc();

@@ -27,6 +27,7 @@ use super::DriverError;
 use super::stage::StageThread;
 use crate::metrics::Metrics;
 use crate::raft::{Entry, HardState, LogIndex, Message, Term};
+use crate::server::put_path;
 use crate::storage::LogStore;
 
 /// What the step loop hands the log writer: one `Ready`'s share of the log.
@@ -160,11 +161,14 @@ impl LogWriter {
             barriers.extend(w.barrier);
         }
         if !entries.is_empty() || hard_state.is_some() {
+            let last = put_path::last_index(&entries, |e| e.index);
+            put_path::stage("log write started", last);
             let started = Instant::now();
             let synced = self
                 .log
                 .persist(None, &entries, hard_state.as_ref())
                 .map_err(|e| DriverError::Log(e.to_string()))?;
+            put_path::stage("log written", last);
             if synced {
                 self.metrics
                     .disk_log_fsync_seconds

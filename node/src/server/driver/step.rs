@@ -23,6 +23,7 @@ use crate::server::driver::pending::{PendingRead, PendingWrite};
 use crate::server::handle::{Rejection, Request};
 use crate::server::inbound::Inbound;
 use crate::server::member_info::MemberInfo;
+use crate::server::put_path;
 use crate::server::{ClientError, Consistency};
 use crate::storage::Command;
 
@@ -42,6 +43,7 @@ impl Driver {
     pub(super) fn on_inbound(&mut self, inbound: Inbound) -> Result<(), DriverError> {
         match inbound {
             Inbound::Message(m) => {
+                put_path::message("stepped", &m);
                 if let MessageBody::HeartbeatResponse(_) = m.body {
                     if let Some(sent) = self.heartbeat_sent.remove(&m.from) {
                         self.metrics
@@ -157,6 +159,7 @@ impl Driver {
             let (data, replies): (Vec<Bytes>, Vec<_>) = batch.writes.into_iter().unzip();
             match self.node.propose_batch(data) {
                 Ok(proposals) => {
+                    put_path::stage("proposed", put_path::last_index(&proposals, |p| p.index));
                     // Handed to the applier before the entries can commit,
                     // so it knows whom to answer when they apply.
                     for (p, reply) in proposals.into_iter().zip(replies) {
@@ -214,6 +217,10 @@ impl Driver {
         // for, while the sends below (commit notices among them) are not.
         // (A Ready with a snapshot installs it first, on an idle applier.)
         if rd.snapshot.is_none() && !rd.committed_entries.is_empty() {
+            put_path::stage(
+                "committed",
+                put_path::last_index(&rd.committed_entries, |e| e.index),
+            );
             self.hand_applier(ApplyTask::Apply(std::mem::take(&mut rd.committed_entries)))?;
         }
 
@@ -327,6 +334,7 @@ impl Driver {
             self.send(m);
         }
         if let Some((index, term)) = p.last {
+            put_path::stage("persisted", index);
             self.node.on_persisted(index, term);
         }
     }
@@ -353,6 +361,7 @@ impl Driver {
     }
 
     pub(super) fn send(&mut self, m: Message) {
+        put_path::message("sent", &m);
         let to = m.to;
         let queued = match &m.body {
             MessageBody::InstallSnapshot(_) => {
