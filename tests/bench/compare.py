@@ -7,7 +7,9 @@ raftkv cluster (`--members 5` for five of each). The clusters never run at
 the same time, so neither steals CPU from the other's measurement. Prints
 one table: throughput and p50/p99 for both, the raftkv/etcd ratios, and the
 CPU seconds each cluster's processes used during each row (from
-/proc/<pid>/stat).
+/proc/<pid>/stat). The client's connections start at the leader's endpoint
+and go round the members from there, so a 1-client row always measures a
+client of the leader, in both systems.
 
     tests/bench/compare.py --raftkv target/release/raftkv            # full race
     tests/bench/compare.py --raftkv target/release/raftkv --smoke    # CI smoke
@@ -28,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import members as member_probes
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -216,9 +220,16 @@ def race(name, start, tool, opts, workdir):
     rows = {}
     try:
         wait_ready(tool, cluster, 60)
+        # The leader's endpoint first: one client (one connection) then
+        # talks to the leader in every run and in both systems, instead of
+        # to whichever member was spawned first; more connections spread
+        # over the members alike.
+        leader = member_probes.leader_index(member_probes.members(cluster), 30)
+        endpoints = [cluster.endpoints[leader]] + [
+            e for i, e in enumerate(cluster.endpoints) if i != leader]
         cpu0 = cluster.cpu()
         t0 = time.monotonic()
-        fill = bench(tool, cluster.endpoints, ["fill"], min(1000, max(opts.clients)), None, None,
+        fill = bench(tool, endpoints, ["fill"], min(1000, max(opts.clients)), None, None,
                      opts.keys, opts.value_size)
         print(f"{name}: loaded {fill['requests']} keys in {time.monotonic() - t0:.1f}s "
               f"({fill['errors']} errors)", file=sys.stderr)
@@ -226,7 +237,7 @@ def race(name, start, tool, opts, workdir):
             for clients in opts.clients:
                 cluster.check_alive()
                 before = cluster.cpu()
-                r = bench(tool, cluster.endpoints, wargs, clients, opts.duration, opts.warmup,
+                r = bench(tool, endpoints, wargs, clients, opts.duration, opts.warmup,
                           opts.keys, opts.value_size)
                 r["cluster_cpu_s"] = cluster.cpu() - before
                 rows[(wname, clients)] = r
