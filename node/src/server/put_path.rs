@@ -34,7 +34,8 @@ pub(crate) fn stage(stage: &'static str, index: LogIndex) {
     trace!(target: TARGET, index = index.get(), "{stage}");
 }
 
-/// The last index of `entries`, if any (zero if none).
+/// The index of the last of `items` (entries, proposals), read with
+/// `index`; zero when there are none.
 pub(crate) fn last_index<T>(items: &[T], index: impl Fn(&T) -> LogIndex) -> LogIndex {
     items.last().map_or(LogIndex::ZERO, index)
 }
