@@ -144,3 +144,13 @@ pub struct HardState {
     pub vote: Option<NodeId>,
     pub commit: LogIndex,
 }
+
+impl HardState {
+    /// Whether going from `prev` to this state must reach the disk before
+    /// anything that relies on it is sent: a new term or vote must (a
+    /// node must never vote twice in a term), the commit index alone need
+    /// not (etcd's MustSync).
+    pub fn must_sync_after(&self, prev: &HardState) -> bool {
+        self.term != prev.term || self.vote != prev.vote
+    }
+}

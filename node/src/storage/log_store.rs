@@ -402,9 +402,7 @@ impl LogStore {
         // this returns.
         let must_sync = snapshot.is_some()
             || !entries.is_empty()
-            || hard_state.is_some_and(|hs| {
-                (hs.term, hs.vote) != (next.hard_state.term, next.hard_state.vote)
-            });
+            || hard_state.is_some_and(|hs| hs.must_sync_after(&next.hard_state));
         let durability = if must_sync {
             Durability::Immediate
         } else {

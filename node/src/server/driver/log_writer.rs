@@ -96,7 +96,7 @@ impl HeldCommit {
         let Some(hs) = hard_state else {
             return if with_entries { self.held.take() } else { None };
         };
-        let only_commit = hs.term == self.newest.term && hs.vote == self.newest.vote;
+        let only_commit = !hs.must_sync_after(&self.newest);
         self.newest = hs;
         if only_commit && !with_entries {
             self.held = Some(hs);
