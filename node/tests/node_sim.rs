@@ -78,16 +78,18 @@ fn whole_nodes_keep_every_invariant_under_faults() {
         total.snapshots_installed,
         failures.len()
     );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // One replayed seed need not cover everything; a schedule of many must.
     assert!(
-        total.snapshots_installed > 0
-            && total.crashes > 0
-            && total.membership_changes > 0
-            && total.power_losses > 0
-            && total.disk_stops > 0
-            && total.pages_lost > 0,
+        seeds.len() == 1
+            || total.snapshots_installed > 0
+                && total.crashes > 0
+                && total.membership_changes > 0
+                && total.power_losses > 0
+                && total.disk_stops > 0
+                && total.pages_lost > 0,
         "the schedule must exercise snapshots, crashes, power losses, disk faults and membership changes"
     );
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

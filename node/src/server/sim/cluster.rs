@@ -890,11 +890,19 @@ impl SimCluster {
             self.tick();
             if self.now % 10 == 0 {
                 // Whoever is not in the final configuration goes away.
+                // A member may still stop on a store its faulty disk broke
+                // before the healing (a write failed, and it notices at its
+                // next write): it is restarted, as a real one would be.
                 if self.leader().is_some() {
                     let members = self.members();
                     for id in self.up_ids() {
                         if !members.contains(&id) {
                             self.crash(id);
+                        }
+                    }
+                    for id in members {
+                        if self.nodes.contains_key(&id) && !self.is_up(id) {
+                            self.start(id);
                         }
                     }
                 }
