@@ -1,4 +1,4 @@
-//! Log append throughput: one durable `persist` (one redb transaction, one
+//! Log append throughput: one durable `persist` (one append to a segment, one
 //! fsync) per batch of 256-byte entries, for several batch sizes, next to a
 //! plain write + fsync loop on the same disk. Entries/s is the criterion
 //! throughput; fsyncs per entry is 1 / batch size by construction (one

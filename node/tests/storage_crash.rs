@@ -1,8 +1,10 @@
-//! Crash and disk-full tests. Each test re-executes its own test binary as a
-//! child writer (selected by an environment variable), which prints every
-//! acknowledged log index; the parent kills it with SIGKILL at a random
-//! point (or lets it hit a file-size limit), reopens the stores and checks
-//! that everything acknowledged is there and nothing else claims to be.
+//! Crash tests. Each test re-executes its own test binary as a child writer
+//! (selected by an environment variable), which prints every acknowledged
+//! log index; the parent kills it with SIGKILL at a random point, reopens
+//! the stores and checks that everything acknowledged is there and nothing
+//! else claims to be. (A full disk is tested on the simulated disk, in
+//! `storage_log.rs`: a full disk fails a log write only when it begins a
+//! segment, which a file-size limit cannot reach.)
 
 // Test helpers outside #[test] fns may unwrap too (clippy.toml only covers
 // the test fns themselves).
@@ -18,7 +20,6 @@ use raftkv::storage::{Command, Identity, KvStore, Limits, LogStore, Op};
 use rand::{Rng, SeedableRng};
 
 const CRASH_CHILD: &str = "RAFTKV_TEST_CRASH_CHILD_DIR";
-const FULL_CHILD: &str = "RAFTKV_TEST_DISK_FULL_CHILD_DIR";
 const ID: Identity = Identity {
     cluster_id: 77,
     node_id: NodeId(1),
@@ -74,29 +75,11 @@ fn crash_child(dir: &Path) {
     }
 }
 
-fn spawn_self(
-    test: &str,
-    env: &str,
-    dir: &Path,
-    shell_prefix: Option<&str>,
-) -> std::process::Child {
+fn spawn_self(test: &str, env: &str, dir: &Path) -> std::process::Child {
     let exe = std::env::current_exe().unwrap();
     let args = ["--exact", test, "--nocapture", "--test-threads=1"];
-    let mut cmd = match shell_prefix {
-        None => {
-            let mut c = Proc::new(&exe);
-            c.args(args);
-            c
-        }
-        Some(prefix) => {
-            let mut c = Proc::new("/bin/sh");
-            c.arg("-c")
-                .arg(format!("{prefix}; exec \"$0\" \"$@\""))
-                .arg(&exe)
-                .args(args);
-            c
-        }
-    };
+    let mut cmd = Proc::new(&exe);
+    cmd.args(args);
     cmd.env(env, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -131,7 +114,6 @@ fn acknowledged_entries_survive_sigkill_and_the_state_machine_catches_up() {
             "acknowledged_entries_survive_sigkill_and_the_state_machine_catches_up",
             CRASH_CHILD,
             dir.path(),
-            None,
         );
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let wait_for = rng.random_range(1..60);
@@ -155,11 +137,10 @@ fn acknowledged_entries_survive_sigkill_and_the_state_machine_catches_up() {
         }
         child.wait().unwrap();
 
+        // A killed process leaves its writes in the page cache, so the log
+        // usually ends whole (a torn record needs a power loss: the
+        // simulated disk's tests cover that).
         let log = LogStore::open(dir.path(), ID).unwrap();
-        assert!(
-            log.recovered_after_crash(),
-            "round {round}: repair not reported"
-        );
         let commit = log.hard_state().commit;
         // Everything acknowledged is there; at most the one batch in flight
         // at the kill is there unacknowledged, and it is whole.
@@ -193,57 +174,4 @@ fn acknowledged_entries_survive_sigkill_and_the_state_machine_catches_up() {
         }
     }
     assert!(max_acked > 6);
-}
-
-fn disk_full_child(dir: &Path) {
-    let log = LogStore::open(dir, ID).unwrap();
-    let mut out = std::io::stdout().lock();
-    for i in 1.. {
-        match log.persist(None, &[entry(i, 4000)], None) {
-            Ok(_) => writeln!(out, "ack {i}").unwrap(),
-            Err(e) => {
-                writeln!(out, "error: {e}").unwrap();
-                let again = log.persist(None, &[entry(i, 10)], None).unwrap_err();
-                writeln!(out, "then: {again}").unwrap();
-                return;
-            }
-        }
-        out.flush().unwrap();
-    }
-}
-
-#[test]
-fn a_failed_write_is_a_typed_error_stops_writes_and_loses_nothing_acknowledged() {
-    if let Some(dir) = std::env::var_os(FULL_CHILD) {
-        disk_full_child(Path::new(&dir));
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    // The file-size limit makes writes fail with EFBIG; the ignored SIGXFSZ
-    // keeps the child alive to report it (the disposition survives exec).
-    let child = spawn_self(
-        "a_failed_write_is_a_typed_error_stops_writes_and_loses_nothing_acknowledged",
-        FULL_CHILD,
-        dir.path(),
-        Some("ulimit -f 8192; trap '' XFSZ"),
-    );
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let max_acked = text.lines().filter_map(acks).max().unwrap_or(0);
-    let error = text
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("child did not report a write error:\n{text}"));
-    assert!(error.contains("raft-log.redb"), "{error}");
-    let then = text.lines().find(|l| l.starts_with("then: ")).unwrap();
-    assert!(then.contains("refusing further writes"), "{then}");
-    assert!(max_acked > 10, "{text}");
-
-    let log = LogStore::open(dir.path(), ID).unwrap();
-    assert!(log.last_index().unwrap().get() >= max_acked);
-    let entries = log
-        .entries(LogIndex(1), LogIndex(max_acked + 1), None)
-        .unwrap();
-    assert_eq!(entries.len() as u64, max_acked);
-    assert_eq!(entries.last().unwrap(), &entry(max_acked, 4000));
 }

@@ -13,7 +13,7 @@ use raftkv::raft::{
     Entry, EntryPayload, HardState, LogIndex, MemStorage, Membership, NodeId, Snapshot,
     SnapshotMeta, Storage, StorageError, Term,
 };
-use raftkv::storage::{Disk, FaultyDisk, Identity, LOG_FILE, LogStore, StoreError};
+use raftkv::storage::{Disk, FaultyDisk, Identity, LEGACY_LOG_FILE, LOG_DIR, LogStore, StoreError};
 
 const ID: Identity = Identity {
     cluster_id: 0xc1,
@@ -259,10 +259,7 @@ fn bootstrapping_twice_is_refused() {
 fn open_err(dir: &Path, id: Identity) -> String {
     let err = LogStore::open(dir, id).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.contains(LOG_FILE),
-        "error does not name the file: {msg}"
-    );
+    assert!(msg.contains(LOG_DIR), "error does not name the file: {msg}");
     msg
 }
 
@@ -301,11 +298,10 @@ fn a_data_dir_of_another_cluster_or_node_is_refused() {
 }
 
 #[test]
-fn an_unknown_format_version_is_refused() {
+fn a_legacy_log_of_an_unknown_format_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    drop(LogStore::open(dir.path(), ID).unwrap());
     {
-        let db = redb::Database::open(dir.path().join(LOG_FILE)).unwrap();
+        let db = redb::Database::create(dir.path().join(LEGACY_LOG_FILE)).unwrap();
         let txn = db.begin_write().unwrap();
         {
             let mut meta = txn
@@ -319,22 +315,42 @@ fn an_unknown_format_version_is_refused() {
     }
     let msg = open_err(dir.path(), ID);
     assert!(msg.contains("unknown format version 99"), "{msg}");
+    assert!(!dir.path().join(LOG_DIR).exists(), "nothing was imported");
 }
 
 #[test]
-fn a_file_that_is_not_a_database_is_refused() {
+fn a_legacy_file_that_is_not_a_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(LOG_FILE), vec![0x5a; 64 * 1024]).unwrap();
+    std::fs::write(dir.path().join(LEGACY_LOG_FILE), vec![0x5a; 64 * 1024]).unwrap();
     open_err(dir.path(), ID);
     // Still there, untouched: nothing is "repaired" away.
     assert_eq!(
-        std::fs::read(dir.path().join(LOG_FILE)).unwrap(),
+        std::fs::read(dir.path().join(LEGACY_LOG_FILE)).unwrap(),
         vec![0x5a; 64 * 1024]
     );
 }
 
 #[test]
-fn a_truncated_file_is_refused() {
+fn an_empty_legacy_redb_file_is_not_a_log_store() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(redb::Database::create(dir.path().join(LEGACY_LOG_FILE)).unwrap());
+    let msg = open_err(dir.path(), ID);
+    assert!(msg.contains("not a raftkv log store"), "{msg}");
+}
+
+/// The segment files of the log in `dir`, oldest first.
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = std::fs::read_dir(dir.join(LOG_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_segment_that_lost_records_it_had_synced_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = LogStore::open(dir.path(), ID).unwrap();
@@ -342,20 +358,80 @@ fn a_truncated_file_is_refused() {
         let entries: Vec<_> = (1..=2000).map(|i| entry(i, 1)).collect();
         store.persist(None, &entries, None).unwrap();
     }
-    let path = dir.path().join(LOG_FILE);
-    let len = std::fs::metadata(&path).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.set_len(len / 3).unwrap();
+    // Reopening begins a second segment; the first is now an older one,
+    // whose end the second's checkpoint records.
+    drop(LogStore::open(dir.path(), ID).unwrap());
+    let first = &segments(dir.path())[0];
+    let f = std::fs::OpenOptions::new().write(true).open(first).unwrap();
+    f.set_len(20_000).unwrap();
     drop(f);
-    open_err(dir.path(), ID);
+    let msg = open_err(dir.path(), ID);
+    assert!(msg.contains("lost records"), "{msg}");
 }
 
 #[test]
-fn an_empty_redb_file_is_not_a_log_store() {
+fn a_torn_record_at_the_end_is_dropped_and_reported() {
     let dir = tempfile::tempdir().unwrap();
-    drop(redb::Database::create(dir.path().join(LOG_FILE)).unwrap());
+    {
+        let store = LogStore::open(dir.path(), ID).unwrap();
+        store.bootstrap(&voters(3)).unwrap();
+        let entries: Vec<_> = (1..=10).map(|i| entry(i, 1)).collect();
+        store.persist(None, &entries, None).unwrap();
+        // A crash in the middle of the next append: half a record.
+        let torn = entry(11, 1);
+        store.persist(None, &[torn], None).unwrap();
+    }
+    let newest = segments(dir.path()).pop().unwrap();
+    let bytes = std::fs::read(&newest).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    // Keep the record's header and first bytes, zero its last one.
+    f.write_all_at(&[0], (end - 1) as u64).unwrap();
+    drop(f);
+    let store = LogStore::open(dir.path(), ID).unwrap();
+    assert!(store.recovered_after_crash());
+    assert_eq!(store.last_index().unwrap(), LogIndex(10));
+    // Writing goes on after the torn record, in a new segment.
+    store.persist(None, &[entry(11, 2)], None).unwrap();
+    drop(store);
+    let store = LogStore::open(dir.path(), ID).unwrap();
+    assert!(!store.recovered_after_crash());
+    assert_eq!(store.term(LogIndex(11)), Ok(Term(2)));
+}
+
+#[test]
+fn a_missing_segment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 1..=3 {
+        let store = LogStore::open(dir.path(), ID).unwrap();
+        if i == 1 {
+            store.bootstrap(&voters(3)).unwrap();
+        }
+        store.persist(None, &[entry(i, 1)], None).unwrap();
+    }
+    let all = segments(dir.path());
+    std::fs::remove_file(&all[1]).unwrap();
     let msg = open_err(dir.path(), ID);
-    assert!(msg.contains("not a raftkv log store"), "{msg}");
+    assert!(msg.contains("the segment before it is missing"), "{msg}");
+    // The oldest segment gone (not by compaction) leaves a gap in the log.
+    let dir = tempfile::tempdir().unwrap();
+    for i in 1..=3 {
+        let store = LogStore::open(dir.path(), ID).unwrap();
+        if i == 1 {
+            store.bootstrap(&voters(3)).unwrap();
+        }
+        store.persist(None, &[entry(i, 1)], None).unwrap();
+    }
+    std::fs::remove_file(&segments(dir.path())[0]).unwrap();
+    let msg = open_err(dir.path(), ID);
+    assert!(
+        msg.contains("invalid value 1 for last index of entries that are missing"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -477,5 +553,128 @@ fn only_the_commit_index_is_written_without_waiting_for_the_disk() {
         );
         assert_eq!(store.last_index().unwrap(), LogIndex(3));
         assert_eq!(store.term(LogIndex(3)).unwrap(), Term(2));
+    }
+}
+
+#[test]
+fn a_full_disk_stops_writes_with_a_typed_error_and_loses_nothing_acknowledged() {
+    use raftkv::storage::DiskMode;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = FaultyDisk::new(3);
+    let store = LogStore::open_on(&Disk::faulty(disk.clone()), dir.path(), ID).unwrap();
+    store.bootstrap(&voters(3)).unwrap();
+    let big = |i: u64| Entry {
+        term: Term(1),
+        index: LogIndex(i),
+        payload: EntryPayload::Command(Bytes::from(vec![b'v'; 4000])),
+    };
+    disk.set_mode(DiskMode::Full);
+    // Appends go on inside the preallocated segment; the next segment
+    // cannot be made.
+    let mut acked = 0;
+    let error = loop {
+        match store.persist(None, &[big(acked + 1)], None) {
+            Ok(_) => acked += 1,
+            Err(e) => break e.to_string(),
+        }
+        assert!(acked < 1000, "the full disk never refused a write");
+    };
+    assert!(acked > 5, "{acked}");
+    assert!(
+        error.contains(LOG_DIR) && error.contains("No space left"),
+        "{error}"
+    );
+    let then = store.persist(None, &[big(acked + 1)], None).unwrap_err();
+    assert!(
+        matches!(then, StoreError::Failed { .. })
+            && then.to_string().contains("refusing further writes"),
+        "{then}"
+    );
+    drop(store);
+    disk.set_mode(DiskMode::Healthy);
+    disk.power_loss();
+    let store = LogStore::open_on(&Disk::faulty(disk.clone()), dir.path(), ID).unwrap();
+    assert_eq!(store.last_index().unwrap(), LogIndex(acked));
+    assert_eq!(
+        store
+            .entries(LogIndex(acked), LogIndex(acked + 1), None)
+            .unwrap(),
+        vec![big(acked)]
+    );
+}
+
+#[test]
+fn segments_are_begun_as_the_log_grows_and_deleted_once_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Disk::faulty(FaultyDisk::new(5));
+    let store = LogStore::open_on(&disk, dir.path(), ID).unwrap();
+    store.bootstrap(&voters(3)).unwrap();
+    let mut model = MemStorage::new(voters(3));
+    // About 400 KiB of entries: several simulated segments of 64 KiB.
+    let fat = |i: u64| match entry(i, 1) {
+        Entry {
+            payload: EntryPayload::Command(_),
+            ..
+        } => Entry {
+            payload: EntryPayload::Command(Bytes::from(vec![b'x'; 200])),
+            ..entry(i, 1)
+        },
+        other => other,
+    };
+    for chunk in (1..=2000u64).collect::<Vec<_>>().chunks(50) {
+        let entries: Vec<_> = chunk.iter().map(|&i| fat(i)).collect();
+        model.append(&entries).unwrap();
+        store.persist(None, &entries, None).unwrap();
+    }
+    let grown = store.segment_count();
+    assert!(grown >= 3, "{grown} segments");
+    let mut hs = model.hard_state();
+    hs.commit = LogIndex(2000);
+    model.set_hard_state(hs);
+    store.persist(None, &[], Some(&hs)).unwrap();
+    assert_same(&store, &model);
+
+    let at = LogIndex(1900);
+    model
+        .compact(at, store.membership_at(at).unwrap(), Bytes::new())
+        .unwrap();
+    store.compact_to(at).unwrap();
+    assert!(
+        store.segment_count() < grown,
+        "compaction deleted no segment"
+    );
+    assert_same(&store, &model);
+    drop(store);
+    let store = LogStore::open_on(&disk, dir.path(), ID).unwrap();
+    assert_same(&store, &model);
+    assert!(store.segment_count() <= 3, "{}", store.segment_count());
+}
+
+#[test]
+fn a_reopen_makes_what_it_read_durable_before_a_power_loss() {
+    // A killed process leaves its unsynced appends in the page cache; the
+    // next open reads them and begins a segment whose checkpoint names
+    // where they end. A power loss after that must not make that untrue.
+    for seed in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = FaultyDisk::new(seed);
+        let open = || LogStore::open_on(&Disk::faulty(disk.clone()), dir.path(), ID).unwrap();
+        let store = open();
+        store.bootstrap(&voters(3)).unwrap();
+        let hs = |commit| HardState {
+            term: Term(1),
+            vote: None,
+            commit: LogIndex(commit),
+        };
+        store
+            .persist(None, &[entry(1, 1), entry(2, 1)], Some(&hs(1)))
+            .unwrap();
+        assert!(!store.persist(None, &[], Some(&hs(2))).unwrap());
+        drop(store);
+        drop(open());
+        disk.power_loss();
+        let store = open();
+        assert_eq!(store.hard_state(), hs(2), "seed {seed}");
+        assert_eq!(store.last_index().unwrap(), LogIndex(2));
     }
 }

@@ -335,7 +335,7 @@ async fn a_corrupted_or_truncated_backup_is_refused_by_status_and_restore() {
         assert!(!restore.status.success());
         let msg = text(&restore);
         assert!(msg.contains(says) && msg.contains(name), "{msg}");
-        assert!(!data_dir.join("kv.redb").exists() && !data_dir.join("raft-log.redb").exists());
+        assert!(!data_dir.join("kv.redb").exists() && !data_dir.join("raft-log").exists());
     }
 }
 

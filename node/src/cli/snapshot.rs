@@ -31,7 +31,9 @@ use crate::grpc::proto::etcdserverpb::{SnapshotRequest, maintenance_client::Main
 use crate::raft::{Membership, NodeId};
 use crate::server::{Bootstrap, MemberInfo};
 use crate::server::{cluster_id_of, cluster_id_of_token};
-use crate::storage::{BackupSummary, Identity, KV_FILE, LOG_FILE, read_backup, restore_backup};
+use crate::storage::{
+    BackupSummary, Identity, KV_FILE, LEGACY_LOG_FILE, LOG_DIR, read_backup, restore_backup,
+};
 
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
@@ -296,7 +298,7 @@ enum BootstrapRestore {
 }
 
 fn bootstrap_restore_decision(data_dir: &Path, bootstrap: &Bootstrap) -> BootstrapRestore {
-    if let Some(f) = [KV_FILE, LOG_FILE]
+    if let Some(f) = [KV_FILE, LOG_DIR, LEGACY_LOG_FILE]
         .iter()
         .map(|name| data_dir.join(name))
         .find(|f| f.exists())
@@ -467,7 +469,7 @@ mod tests {
 
     #[test]
     fn a_data_directory_that_holds_a_store_is_never_overwritten() {
-        for name in [KV_FILE, LOG_FILE] {
+        for name in [KV_FILE, LOG_DIR, LEGACY_LOG_FILE] {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join(name), b"").unwrap();
             assert_eq!(

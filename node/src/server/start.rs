@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::raft::{Config, LogIndex, Membership, NodeId, RaftNode, RoleState, Storage, Term};
@@ -308,6 +308,12 @@ pub(crate) fn open_node(cfg: &NodeConfig, seed: u64) -> anyhow::Result<OpenedNod
             node_id: cfg.id,
         },
     )?;
+    if log.recovered_after_crash() {
+        warn!(
+            log = %log.path().display(),
+            "the log ended in a write torn by a crash; it was never acknowledged and is dropped"
+        );
+    }
     let kv = KvStore::open_on(&cfg.disk, &cfg.data_dir, cfg.limits, cfg.kv_cache_bytes)?;
     if log.is_new() {
         match &cfg.bootstrap {

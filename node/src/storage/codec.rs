@@ -225,6 +225,7 @@ pub fn decode_snapshot_meta(buf: &[u8]) -> Result<SnapshotMeta, DecodeError> {
 }
 
 /// Encodes a store identity record.
+#[cfg(test)]
 pub(crate) fn encode_identity(id: &StoredIdentity) -> Vec<u8> {
     id.encode_to_vec()
 }

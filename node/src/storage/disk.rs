@@ -1,12 +1,13 @@
-//! Where a node's redb databases live: the operating system's files, or
-//! files under a [`FaultyDisk`] that a simulation can fill up, make fail,
-//! or switch off at any write.
+//! Where a node's files live: the operating system's, or files under a
+//! [`FaultyDisk`] that a simulation can fill up, make fail, or switch off at
+//! any write.
 //!
-//! Everything a node keeps on disk is written by redb, and redb reaches the
-//! disk only through its `StorageBackend` (read, write, set_len, sync_data).
-//! Putting the faults there, below redb, tests what a real disk does to the
-//! whole stack: redb's commit protocol, our stores' choice of which commits
-//! to fsync, and the node's recovery on restart, together.
+//! Everything a node keeps on disk reaches it through one interface, redb's
+//! `StorageBackend` (read, write, set_len, sync_data): redb's databases (the
+//! state machine) and the log's segment files alike. Putting the faults
+//! there, below both, tests what a real disk does to the whole stack: redb's
+//! commit protocol, the log's records and checksums, our stores' choice of
+//! which writes to fsync, and the node's recovery on restart, together.
 //!
 //! The model of a disk that loses power: what was written since the last
 //! successful `sync_data` of a file is lost or kept page by page, each page
@@ -56,6 +57,27 @@ impl Disk {
         }
     }
 
+    /// Opens the file at `path` for reading and writing, creating it if
+    /// `create`: how the log reaches its segment files.
+    pub(crate) fn file(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageBackend>> {
+        match &self.faulty {
+            None => Ok(Box::new(OsFile(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(create)
+                    .truncate(false)
+                    .open(path)?,
+            ))),
+            Some(disk) => Ok(Box::new(disk.file(path, create)?)),
+        }
+    }
+
+    /// Whether the files live on a simulated disk.
+    pub(crate) fn is_simulated(&self) -> bool {
+        self.faulty.is_some()
+    }
+
     /// Creates a new database at `path` (or opens it if it exists).
     pub(crate) fn create(
         &self,
@@ -66,6 +88,33 @@ impl Disk {
             None => builder.create(path),
             Some(disk) => builder.create_with_backend(disk.file(path, true)?),
         }
+    }
+}
+
+/// A file of the operating system, behind the same interface as a
+/// [`FaultyDisk`]'s files.
+#[derive(Debug)]
+struct OsFile(File);
+
+impl StorageBackend for OsFile {
+    fn len(&self) -> Result<u64, io::Error> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.0.read_exact_at(out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.0.write_all_at(data, offset)
     }
 }
 

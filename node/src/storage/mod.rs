@@ -1,10 +1,12 @@
-//! Durable storage on redb: the Raft log and the key-value state machine.
+//! Durable storage: the Raft log in segment files of our own, and the
+//! key-value state machine on redb.
 //!
-//! Two files live in a node's data directory:
+//! What lives in a node's data directory:
 //!
-//! - `raft-log.redb` ([`LogStore`]): entries, hard state and the base
-//!   snapshot meta. Every write is durable (fsync) before it returns, and one
-//!   `Ready` is one transaction (group commit).
+//! - `raft-log/` ([`LogStore`]): entries, hard state and the base snapshot
+//!   meta, appended as checksummed records to preallocated segments. Every
+//!   write is durable (fsync) before it returns, and one `Ready` is one
+//!   append (group commit).
 //! - `kv.redb` ([`KvStore`]): the key-value state machine with etcd-style
 //!   revisions, the applied index and the membership as of that index, and
 //!   the last outcome per client for idempotent retries. Applying commits
@@ -31,9 +33,11 @@
 //!
 //! Where to find what:
 //! - `codec.rs`: the stored form of the core's values (prost);
-//! - `disk.rs`: where the databases live: the system's files, or a disk a
+//! - `disk.rs`: where the files live: the system's, or a disk a
 //!   simulation can fill up, make fail or switch off;
-//! - `log_store.rs`: the log ([`raft::Storage`](crate::raft::Storage));
+//! - `log_store/`: the log ([`raft::Storage`](crate::raft::Storage)): its
+//!   segments and records (`wal.rs`), and moving a log of earlier builds
+//!   into them (`legacy.rs`);
 //! - `command.rs`: the commands clients propose and their encoding;
 //! - `outcome.rs`: what applying a command produces;
 //! - `kv_store.rs`: the state machine (apply, reads);
@@ -93,7 +97,9 @@ pub use kv_store::{
     KV_FILE, KV_FORMAT_VERSION, KvStore, Limits,
 };
 pub use lease::{LeaseInfo, MAX_LEASE_TTL};
-pub use log_store::{Identity, LOG_FILE, LOG_FORMAT_VERSION, LogStore};
+pub use log_store::{
+    Identity, LEGACY_LOG_FILE, LOG_DIR, LOG_FORMAT_VERSION, LogStore, SEGMENT_BYTES,
+};
 pub use mvcc::replay::{Replay, ReplayRequest};
 pub use outcome::{Alarm, AlarmKind, ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult};
 pub use policy::SnapshotPolicy;

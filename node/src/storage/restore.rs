@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use super::backup::{BackupError, BackupSummary, read_backup};
 use super::error::StoreError;
 use super::kv_store::{KV_FILE, KvStore, Limits};
-use super::log_store::{Identity, LOG_FILE, LogStore};
+use super::log_store::{Identity, LEGACY_LOG_FILE, LOG_DIR, LogStore};
 use crate::raft::{Membership, SnapshotMeta};
 
 /// Why a data directory could not be prepared.
@@ -53,7 +53,7 @@ pub fn restore_backup(
     if !membership.is_voter(identity.node_id) {
         return Err(RestoreError::NotListed(identity.node_id));
     }
-    for name in [KV_FILE, LOG_FILE] {
+    for name in [KV_FILE, LOG_DIR, LEGACY_LOG_FILE] {
         let f = dir.join(name);
         if f.exists() {
             return Err(RestoreError::NotEmpty { file: f });
@@ -67,7 +67,7 @@ pub fn restore_backup(
     if result.is_err() {
         // Nothing half-made stays behind to be started by mistake.
         let _ = std::fs::remove_file(dir.join(KV_FILE));
-        let _ = std::fs::remove_file(dir.join(LOG_FILE));
+        let _ = std::fs::remove_dir_all(dir.join(LOG_DIR));
     }
     result
 }
@@ -248,7 +248,7 @@ mod tests {
             "{e}"
         );
         assert!(!dir.join(KV_FILE).exists());
-        assert!(!dir.join(LOG_FILE).exists());
+        assert!(!dir.join(LOG_DIR).exists());
     }
 
     #[test]
