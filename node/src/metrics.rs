@@ -183,7 +183,7 @@ impl Metrics {
             )?,
             db_size_bytes: gauge_vec(
                 "raftkv_db_size_bytes",
-                "Size of each database file (db = log | kv)",
+                "Bytes on disk of each store (db = log: its segments as allocated | kv: its file)",
                 &["db"],
             )?,
             raft_members: gauge_vec(

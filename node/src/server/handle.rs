@@ -227,7 +227,7 @@ pub struct NodeStatus {
     /// The state machine's current revision.
     pub revision: u64,
     pub members: Vec<MemberStatus>,
-    /// Size in bytes of the Raft log database.
+    /// Bytes the Raft log's segment files take on disk.
     pub log_db_size_bytes: u64,
     /// Size in bytes of the key-value database.
     pub kv_db_size_bytes: u64,

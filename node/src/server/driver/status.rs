@@ -70,7 +70,7 @@ impl Driver {
         self.metrics
             .db_size_bytes
             .with_label_values(&["log"])
-            .set(file_size(self.node.storage().path()) as i64);
+            .set(self.node.storage().disk_bytes() as i64);
         self.metrics
             .db_size_bytes
             .with_label_values(&["kv"])
@@ -128,7 +128,7 @@ impl Driver {
             first_log_index: s.first_log_index.get(),
             revision: self.kv.revision().max(0) as u64,
             members,
-            log_db_size_bytes: file_size(self.node.storage().path()),
+            log_db_size_bytes: self.node.storage().disk_bytes(),
             kv_db_size_bytes: file_size(self.kv.path()),
             alarms: self.kv.alarms().iter().map(ToString::to_string).collect(),
             storage_id: self.node.storage().storage_id().to_string(),

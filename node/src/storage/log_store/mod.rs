@@ -634,6 +634,24 @@ impl LogStore {
         self.read().segments.len()
     }
 
+    /// The bytes the log's segments take on disk: what the file system
+    /// allocated, so that the unwritten rest of a segment created at its
+    /// full length does not count.
+    pub fn disk_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        let paths: Vec<PathBuf> = self
+            .read()
+            .segments
+            .values()
+            .map(|held| held.file.path.clone())
+            .collect();
+        paths
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.blocks() * 512)
+            .sum()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.inner
             .state
@@ -1052,6 +1070,26 @@ mod tests {
         store.set_withhold_votes(false).unwrap();
         drop(store);
         assert!(!LogStore::open(dir.path(), ID).unwrap().withholds_votes());
+    }
+
+    #[test]
+    fn the_size_on_disk_counts_what_was_written_not_the_preallocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path(), ID).unwrap();
+        let empty = store.disk_bytes();
+        assert!(empty < SEGMENT_BYTES / 4, "{empty}");
+        let big: Vec<Entry> = (1..=200)
+            .map(|i| Entry {
+                payload: EntryPayload::Command(bytes::Bytes::from(vec![7u8; 10_000])),
+                ..entry(i)
+            })
+            .collect();
+        store.persist(None, &big, None).unwrap();
+        let written = store.disk_bytes() - empty;
+        assert!(
+            (2_000_000..SEGMENT_BYTES / 4).contains(&written),
+            "{written}"
+        );
     }
 
     #[test]
