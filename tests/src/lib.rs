@@ -604,14 +604,21 @@ impl Cluster {
         }
     }
 
-    /// The size of the largest file in node `id`'s data directory.
+    /// The size of the largest file in node `id`'s data directory, its
+    /// subdirectories included.
     pub fn largest_data_file(&self, id: u64) -> anyhow::Result<u64> {
-        let dir = &self.node(id)?.data_dir;
+        let mut dirs = vec![self.node(id)?.data_dir.clone()];
         let mut largest = 0;
-        for e in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
-            let meta = e?.metadata()?;
-            if meta.is_file() {
-                largest = largest.max(meta.len());
+        // The log's segments live one level down, in `raft-log/`.
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+                let e = e?;
+                let meta = e.metadata()?;
+                if meta.is_file() {
+                    largest = largest.max(meta.len());
+                } else if meta.is_dir() {
+                    dirs.push(e.path());
+                }
             }
         }
         Ok(largest)
