@@ -73,14 +73,10 @@ pub(super) fn identity_record(disk: &Disk, path: &Path) -> Result<StoredIdentity
     Ok(id)
 }
 
-/// Reads the legacy log at `path`: its state, and each of its entries in
-/// order, handed to `each` (a log can be larger than memory should hold).
-pub(super) fn read(
-    disk: &Disk,
-    path: &Path,
-    mut each: impl FnMut(Entry) -> Result<(), StoreError>,
-) -> Result<LegacyState, StoreError> {
-    identity_record(disk, path)?;
+/// Reads the legacy log at `path`, whose identity record the caller has
+/// checked: its state and its entries, in order. A legacy log holds only
+/// the window of entries its compaction kept, so they are read at once.
+fn read(disk: &Disk, path: &Path) -> Result<(LegacyState, Vec<Entry>), StoreError> {
     let db = open(disk, path)?;
     let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
     let meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
@@ -110,21 +106,22 @@ pub(super) fn read(
         .get(KEY_WITHHOLD_VOTES)
         .map_err(db_err(path, "read vote withholding"))?
         .is_some();
-    let entries = match txn.open_table(ENTRIES) {
+    let mut entries = Vec::new();
+    let table = match txn.open_table(ENTRIES) {
         Ok(t) => Some(t),
         // A received snapshot dropped the table; the next append recreated it.
         Err(redb::TableError::TableDoesNotExist(_)) => None,
         Err(e) => return Err(db_err(path, "open entries")(e)),
     };
-    if let Some(t) = entries {
+    if let Some(t) = table {
         for item in t.iter().map_err(db_err(path, "read entries"))? {
             let (_, v) = item.map_err(db_err(path, "read entries"))?;
             let e = codec::decode_entry(v.value()).map_err(corrupt(path, "log entry"))?;
             state.has_state = true;
-            each(e)?;
+            entries.push(e);
         }
     }
-    Ok(state)
+    Ok((state, entries))
 }
 
 /// Moves a legacy log (`raft-log.redb`) into segments: written into a
@@ -143,11 +140,7 @@ pub(super) fn import(disk: &Disk, dir: &Path, identity: Identity) -> Result<(), 
     let id = identity_record(disk, &legacy_path)?;
     check_owner(&legacy_path, id.cluster_id, id.node_id, identity)?;
     let storage_id = (id.storage_id != 0).then_some(StorageId(id.storage_id));
-    let mut entries = Vec::new();
-    let legacy = read(disk, &legacy_path, |e| {
-        entries.push(e);
-        Ok(())
-    })?;
+    let (legacy, entries) = read(disk, &legacy_path)?;
     {
         let store = LogStore::open_dir(disk, &staging, identity, storage_id)?;
         if legacy.has_state {
