@@ -261,6 +261,26 @@ impl Applier {
     }
 }
 
+/// Adds `task` to the tasks taken off the queue at once, merging runs of
+/// committed entries so that they apply in one state machine transaction.
+///
+/// A write registered behind a run goes in front of it, so that the runs on
+/// either side of it merge (on a busy leader every proposal falls between
+/// two runs). That is safe because a leader proposes after its last entry,
+/// which is at or beyond everything it committed: a run handed before the
+/// registration never holds the write's index. Everything else keeps its
+/// place.
+fn queue(tasks: &mut Vec<ApplyTask>, task: ApplyTask) {
+    match (tasks.last_mut(), task) {
+        (Some(ApplyTask::Apply(run)), ApplyTask::Apply(more)) => run.extend(more),
+        (Some(ApplyTask::Apply(_)), task @ ApplyTask::AwaitWrite { .. }) => {
+            let run = tasks.len() - 1;
+            tasks.insert(run, task);
+        }
+        (_, task) => tasks.push(task),
+    }
+}
+
 /// The applier as the step loop holds it: inline (the simulation) or a
 /// thread of its own.
 pub(crate) enum ApplierStage {
@@ -288,10 +308,7 @@ impl ApplierStage {
                 // transaction for all of them.
                 let mut tasks: Vec<ApplyTask> = Vec::new();
                 for task in std::iter::once(first).chain(incoming.try_iter()) {
-                    match (tasks.last_mut(), task) {
-                        (Some(ApplyTask::Apply(run)), ApplyTask::Apply(more)) => run.extend(more),
-                        (_, task) => tasks.push(task),
-                    }
+                    queue(&mut tasks, task);
                 }
                 for task in tasks {
                     match applier.handle(task) {
@@ -415,6 +432,120 @@ mod tests {
                 payload: EntryPayload::Noop,
             })
             .collect()
+    }
+
+    type WriteReply = crate::server::handle::DriverReply<WriteResult>;
+
+    fn await_write(index: u64) -> (ApplyTask, tokio::sync::oneshot::Receiver<WriteReply>) {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let write = PendingWrite {
+            term: Term(1),
+            reply,
+        };
+        (
+            ApplyTask::AwaitWrite {
+                index: LogIndex(index),
+                write,
+            },
+            rx,
+        )
+    }
+
+    /// The shape of a queue, in order: `A(first..=last)` for a run of
+    /// entries, `W(index)` for a registered write, `B` for a barrier.
+    fn shape(tasks: &[ApplyTask]) -> String {
+        tasks
+            .iter()
+            .map(|t| match t {
+                ApplyTask::Apply(run) => format!(
+                    "A({}..={})",
+                    run.first().map_or(0, |e| e.index.get()),
+                    run.last().map_or(0, |e| e.index.get())
+                ),
+                ApplyTask::AwaitWrite { index, .. } => format!("W({index})"),
+                ApplyTask::Barrier(_) => "B".into(),
+                _ => "?".into(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn runs_split_by_registered_writes_merge_and_the_writes_go_first() {
+        let mut tasks = Vec::new();
+        let (w4, _r4) = await_write(4);
+        let (w5, _r5) = await_write(5);
+        let (w7, _r7) = await_write(7);
+        let (barrier, _done) = std_mpsc::channel();
+        for task in [
+            w4,
+            ApplyTask::Apply(noops(1, 3)),
+            w5,
+            ApplyTask::Apply(noops(4, 4)),
+            ApplyTask::Apply(noops(5, 6)),
+            ApplyTask::Barrier(barrier),
+            w7,
+            ApplyTask::Apply(noops(7, 7)),
+        ] {
+            queue(&mut tasks, task);
+        }
+        assert_eq!(shape(&tasks), "W(4) W(5) A(1..=6) B W(7) A(7..=7)");
+    }
+
+    #[test]
+    fn a_write_registered_between_two_runs_is_answered_by_the_merged_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let identity = Identity {
+            cluster_id: 1,
+            node_id: NodeId(1),
+        };
+        let log = LogStore::open(tmp.path(), identity).unwrap();
+        let kv = KvStore::open(tmp.path(), Limits::default()).unwrap();
+        let mut applier = Applier::new(
+            kv.clone(),
+            log,
+            SnapshotPolicy::default(),
+            Arc::new(Metrics::new().unwrap()),
+        );
+        let put = |i: u64| Entry {
+            term: Term(1),
+            index: LogIndex(i),
+            payload: EntryPayload::Command(
+                crate::storage::Command::new(crate::storage::Op::Put {
+                    key: bytes::Bytes::from(format!("k{i}")),
+                    value: bytes::Bytes::from_static(b"v"),
+                    prev_kv: false,
+                    ignore_value: false,
+                    ignore_lease: false,
+                    lease: 0,
+                })
+                .encode(),
+            ),
+        };
+        let (w2, mut r2) = await_write(2);
+        let mut tasks = Vec::new();
+        for task in [
+            ApplyTask::Apply(vec![put(1)]),
+            w2,
+            ApplyTask::Apply(vec![put(2)]),
+        ] {
+            queue(&mut tasks, task);
+        }
+        for task in tasks {
+            applier.handle(task).unwrap();
+        }
+        let answer = r2.try_recv().expect("answered when its entry applied");
+        assert!(
+            matches!(
+                answer,
+                Ok(WriteResult {
+                    outcome: ApplyOutcome::Put { revision: 3, .. },
+                    ..
+                })
+            ),
+            "{answer:?}"
+        );
+        assert_eq!(kv.applied_index(), LogIndex(2));
     }
 
     #[test]
