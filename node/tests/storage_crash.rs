@@ -160,9 +160,9 @@ fn acknowledged_entries_survive_sigkill_and_the_state_machine_catches_up() {
         let kv = KvStore::open(dir.path(), Limits::default()).unwrap();
         let applied = kv.applied_index();
         assert!(applied <= commit, "round {round}: applied past the log");
-        // The child applies without fsync and never reaches
-        // DURABLE_EVERY_ENTRIES, so the kill always leaves the state machine
-        // behind the log: this is the replay path.
+        // The child applies without fsync and never syncs the state
+        // machine, so the kill always leaves it behind the log: this is the
+        // replay path.
         assert!(applied < commit, "round {round}: expected a replay");
         // Every entry is a put; a fresh store is at revision 1.
         assert_eq!(kv.revision(), applied.get() as i64 + 1, "round {round}");

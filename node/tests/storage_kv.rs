@@ -383,6 +383,24 @@ fn a_restart_behind_the_log_replays_and_a_current_one_skips_replays() {
 }
 
 #[test]
+fn applying_never_syncs_and_sync_due_says_when_to() {
+    use raftkv::storage::DURABLE_EVERY_ENTRIES;
+    let dir = tempfile::tempdir().unwrap();
+    let store = KvStore::open(dir.path(), Limits::default()).unwrap();
+    let log: Vec<_> = (1..=DURABLE_EVERY_ENTRIES)
+        .map(|i| command_entry(i, put("k", &i.to_string())))
+        .collect();
+    store.apply(&log[..log.len() - 1]).unwrap();
+    assert!(!store.sync_due());
+    // The applier answers the batch first, then syncs: apply alone leaves
+    // it due, however many entries it applied.
+    store.apply(&log[log.len() - 1..]).unwrap();
+    assert!(store.sync_due());
+    store.sync().unwrap();
+    assert!(!store.sync_due());
+}
+
+#[test]
 fn a_kv_file_that_is_not_ours_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("kv.redb"), b"not a database at all").unwrap();

@@ -9,9 +9,10 @@
 //! transaction per [`KvStore::apply`] batch, so the applied index always
 //! describes exactly the state stored with it.
 //!
-//! Durability choice: apply commits with `Durability::None` (no fsync), and
-//! every [`DURABLE_EVERY_ENTRIES`] applied entries, on every
-//! [`KvStore::snapshot`] and on [`KvStore::sync`] with
+//! Durability choice: apply commits with `Durability::None` (no fsync);
+//! [`KvStore::sync`] (which the applier calls once [`KvStore::sync_due`]
+//! says [`DURABLE_EVERY_ENTRIES`] entries are held by such commits, after it
+//! answered their clients) and every [`KvStore::snapshot`] commit with
 //! `Durability::Immediate`. After a crash the file comes back at its last
 //! durable commit: a consistent but older state whose `applied_index` is
 //! reliable. The node must then re-apply the committed log entries
@@ -692,7 +693,7 @@ impl KvStore {
     /// applied index are skipped (a replay after restart); a gap is an error.
     pub fn apply(&self, entries: &[Entry]) -> Result<Vec<(LogIndex, ApplyOutcome)>, StoreError> {
         self.check_failed()?;
-        let mut durable = self.lock_writer();
+        let _writer = self.lock_writer();
         let mut state = self.state();
         let entries: Vec<&Entry> = entries
             .iter()
@@ -716,15 +717,11 @@ impl KvStore {
         // Changes are listed only for someone who listens; a subscriber
         // that arrives meanwhile is told to read history instead.
         let mut listed = self.inner.feed.has_subscribers().then(Vec::new);
-        let last = entries.last().map_or(state.applied_index, |e| e.index);
-        let make_durable = last.get().saturating_sub(durable.get()) >= DURABLE_EVERY_ENTRIES;
         let mut changed_auth = None;
         let result = (|| {
             let mut txn = db.begin_write().map_err(db_err(path, "begin write"))?;
-            if !make_durable {
-                txn.set_durability(Durability::None)
-                    .map_err(|e| db_err(path, "set durability")(redb::Error::from(e)))?;
-            }
+            txn.set_durability(Durability::None)
+                .map_err(|e| db_err(path, "set durability")(redb::Error::from(e)))?;
             let mut outcomes = Vec::new();
             {
                 let mut exec = Exec::open(&txn, path)?;
@@ -766,9 +763,6 @@ impl KvStore {
                         .write()
                         .unwrap_or_else(PoisonError::into_inner) = Arc::new(auth);
                 }
-                if make_durable {
-                    *durable = state.applied_index;
-                }
                 let revision = state.revision;
                 *self
                     .inner
@@ -792,6 +786,13 @@ impl KvStore {
                 Err(e)
             }
         }
+    }
+
+    /// Whether [`DURABLE_EVERY_ENTRIES`] or more applied entries are held
+    /// by non-durable commits only: time for [`KvStore::sync`].
+    pub fn sync_due(&self) -> bool {
+        let durable = self.lock_writer();
+        self.applied_index().get().saturating_sub(durable.get()) >= DURABLE_EVERY_ENTRIES
     }
 
     /// Makes everything applied so far durable (one fsync).

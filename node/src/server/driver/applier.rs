@@ -142,6 +142,14 @@ impl Applier {
             ApplyTask::Apply(entries) => {
                 let applied = self.apply(&entries)?;
                 self.serve_applied_reads();
+                // After answering: the durable point writes every page the
+                // commits since the last one changed, and the clients of
+                // this batch need not wait for it.
+                if self.kv.sync_due() {
+                    self.kv
+                        .sync()
+                        .map_err(|e| DriverError::StateMachine(e.to_string()))?;
+                }
                 self.compact_step()?;
                 self.metrics
                     .raft_proposals_pending
@@ -546,6 +554,36 @@ mod tests {
             "{answer:?}"
         );
         assert_eq!(kv.applied_index(), LogIndex(2));
+    }
+
+    #[test]
+    fn the_state_machine_is_made_durable_every_so_many_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let identity = Identity {
+            cluster_id: 1,
+            node_id: NodeId(1),
+        };
+        let log = LogStore::open(tmp.path(), identity).unwrap();
+        let kv = KvStore::open(tmp.path(), Limits::default()).unwrap();
+        let mut applier = Applier::new(
+            kv.clone(),
+            log,
+            SnapshotPolicy::default(),
+            Arc::new(Metrics::new().unwrap()),
+        );
+        let every = crate::storage::DURABLE_EVERY_ENTRIES;
+        applier
+            .handle(ApplyTask::Apply(noops(1, every - 1)))
+            .unwrap();
+        assert!(!kv.sync_due(), "not yet");
+        applier
+            .handle(ApplyTask::Apply(noops(every, every)))
+            .unwrap();
+        assert!(!kv.sync_due(), "the applier made the state machine durable");
+        applier
+            .handle(ApplyTask::Apply(noops(every + 1, 2 * every)))
+            .unwrap();
+        assert!(!kv.sync_due(), "and does again");
     }
 
     #[test]
