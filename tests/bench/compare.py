@@ -23,6 +23,7 @@ every cluster that ran completed requests, 1 otherwise.
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,16 +44,33 @@ WORKLOADS = [
 ]
 
 
+_HANDED_OUT = set()
+
+
 def free_ports(n):
-    """n distinct loopback ports that are free right now."""
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
+    """n distinct loopback ports that are free right now, below the
+    kernel's ephemeral range: a port from that range, once released, may be
+    taken by an outgoing connection (a member dialing its peers) before the
+    member meant to listen on it binds it. Never the same port twice in one
+    run."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    ports = []
+    while len(ports) < n:
+        port = random.randrange(max(1024, low - 16384), low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        ports.append(port)
     return ports
 
 

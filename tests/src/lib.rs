@@ -93,20 +93,39 @@ pub fn etcdctl(endpoints: &str, args: &[&str], stdin: &str) -> anyhow::Result<St
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// A free loopback port (bound once and released; good enough on loopback).
-/// Never the same port twice in one test process: a port handed out but
-/// not yet bound by its process is free again to the kernel, which may
-/// hand it to the next `bind(0)`.
+/// A free loopback port, below the kernel's ephemeral range: a port from
+/// that range, once released, may be taken by an outgoing connection (a
+/// node dialing its peers) before the node meant to listen on it binds it.
+/// Never the same port twice in one test process. Each process starts
+/// from a place of its own in the range (its id and the time), so that
+/// test processes running side by side rarely try the same ports.
 pub fn free_port() -> anyhow::Result<u16> {
-    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if !handed_out.contains(&port) {
-            handed_out.push(port);
+    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(2048, 65536);
+    let span = (low / 2).min(16384);
+    let base = low - span;
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let start = *next.get_or_insert_with(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        std::process::id().wrapping_mul(7919).wrapping_add(nanos) % span
+    });
+    for step in 0..span {
+        let offset = (start + step) % span;
+        let Ok(port) = u16::try_from(base + offset) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some((offset + 1) % span);
             return Ok(port);
         }
     }
+    bail!("no free loopback port in {base}..{low}")
 }
 
 /// Tunables of a test cluster.
