@@ -98,7 +98,10 @@ pub fn etcdctl(endpoints: &str, args: &[&str], stdin: &str) -> anyhow::Result<St
 /// node dialing its peers) before the node meant to listen on it binds it.
 /// Never the same port twice in one test process. Each process starts
 /// from a place of its own in the range (its id and the time), so that
-/// test processes running side by side rarely try the same ports.
+/// test processes running side by side rarely try the same ports, and
+/// walks it in strides of [`PORT_STRIDE`]: a caller that lays out ports
+/// from a base (`raftkv dev` takes `base + node - 1` and
+/// `base + 10 * (node - 1)`) gets bases far enough apart.
 pub fn free_port() -> anyhow::Result<u16> {
     static NEXT: Mutex<Option<u32>> = Mutex::new(None);
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -106,7 +109,8 @@ pub fn free_port() -> anyhow::Result<u16> {
         .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or(32768)
         .clamp(2048, 65536);
-    let span = (low / 2).min(16384);
+    // A power of two (see the walk below), at most half the ports below.
+    let span = 1 << (low / 2).min(16384).ilog2();
     let base = low - span;
     let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
     let start = *next.get_or_insert_with(|| {
@@ -116,17 +120,23 @@ pub fn free_port() -> anyhow::Result<u16> {
         std::process::id().wrapping_mul(7919).wrapping_add(nanos) % span
     });
     for step in 0..span {
-        let offset = (start + step) % span;
+        // The stride is odd and the span a power of two: the walk visits
+        // every port of the span before it repeats one.
+        let offset = (start + step * PORT_STRIDE) % span;
         let Ok(port) = u16::try_from(base + offset) else {
             continue;
         };
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            *next = Some((offset + 1) % span);
+            *next = Some((offset + PORT_STRIDE) % span);
             return Ok(port);
         }
     }
     bail!("no free loopback port in {base}..{low}")
 }
+
+/// How far apart the ports [`free_port`] hands out one after the other
+/// are: more than a `raftkv dev` of five nodes spans from its bases.
+pub const PORT_STRIDE: u32 = 61;
 
 /// Tunables of a test cluster.
 #[derive(Clone, Debug)]

@@ -28,8 +28,8 @@ fn raftkv(args: &[&str]) -> (bool, String) {
 #[test]
 fn dev_starts_a_cluster_the_cli_can_use_and_stops_it_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    // Three consecutive free ports per kind would be luck; use high bases
-    // derived from a free port and let the test fail loudly on a clash.
+    // Bases from the harness, which hands out ports far enough apart for
+    // dev's layout (see `free_port`); a clash would fail loudly below.
     let http = free_port().unwrap();
     let client = free_port().unwrap();
     let peer = free_port().unwrap();
@@ -44,18 +44,33 @@ fn dev_starts_a_cluster_the_cli_can_use_and_stops_it_on_sigterm() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    // Read on a thread of its own, so that the deadline holds even when
+    // dev prints nothing at all (a node that cannot start, say).
     let stdout = dev.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if line.is_err() || lines_tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut printed = String::new();
     loop {
-        let line = lines.next().expect("dev ended early").unwrap();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match lines.recv_timeout(left) {
+            Ok(line) => line,
+            Err(e) => {
+                stop_dev(&mut dev);
+                panic!("no leader line ({e}):\n{printed}");
+            }
+        };
         printed.push_str(&line);
         printed.push('\n');
         if line.starts_with("leader: node") {
             break;
         }
-        assert!(Instant::now() < deadline, "no leader line:\n{printed}");
     }
     assert!(
         printed.contains(&format!("http://127.0.0.1:{http}")),
@@ -91,7 +106,20 @@ fn dev_starts_a_cluster_the_cli_can_use_and_stops_it_on_sigterm() {
         .args(["-TERM", &dev.id().to_string()])
         .status()
         .unwrap();
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    // Everything dev prints until its output closes (it and its nodes
+    // exited), within a deadline.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rest = Vec::new();
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => rest.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                stop_dev(&mut dev);
+                panic!("dev did not stop on SIGTERM: {rest:?}");
+            }
+        }
+    }
     let status = dev.wait().unwrap();
     assert!(status.success(), "dev exit: {status}\n{rest:?}");
     assert!(rest.iter().any(|l| l == "all nodes stopped"), "{rest:?}");
@@ -99,6 +127,23 @@ fn dev_starts_a_cluster_the_cli_can_use_and_stops_it_on_sigterm() {
     for i in 0..3 {
         assert!(std::net::TcpStream::connect(("127.0.0.1", http + i)).is_err());
     }
+}
+
+/// Stops a `raftkv dev` the test gave up on: SIGTERM first, which stops its
+/// nodes too; SIGKILL if it has not exited within 15 s.
+fn stop_dev(dev: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &dev.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = dev.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = dev.kill();
+    let _ = dev.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
