@@ -83,7 +83,7 @@ pub fn layout(args: &DevArgs) -> anyhow::Result<Vec<DevNode>> {
     let port = |base: u16, step: u64, i: u64| -> anyhow::Result<u16> {
         u16::try_from(u64::from(base) + step * (i - 1)).context("port out of range")
     };
-    (1..=args.nodes)
+    let nodes = (1..=args.nodes)
         .map(|i| {
             Ok(DevNode {
                 id: i,
@@ -92,7 +92,26 @@ pub fn layout(args: &DevArgs) -> anyhow::Result<Vec<DevNode>> {
                 http: format!("127.0.0.1:{}", port(args.http_port, 1, i)?),
             })
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Bases close together give two listeners one port: the second node
+    // to start would fail, and the cluster would wait for a leader that
+    // never comes. Say so before starting anything.
+    let mut taken: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
+    for n in &nodes {
+        for (what, addr) in [("client", &n.client), ("peer", &n.peer), ("HTTP", &n.http)] {
+            let who = format!("node {}'s {what} port", n.id);
+            if let Some(first) = taken.insert(addr, who.clone()) {
+                bail!(
+                    "{addr} would be both {first} and {who}: with --nodes {}, HTTP ports \
+                     are --http-port + 0..{}, client and peer ports --client-port and \
+                     --peer-port + 0, 10, 20...; choose bases further apart",
+                    args.nodes,
+                    args.nodes - 1
+                );
+            }
+        }
+    }
+    Ok(nodes)
 }
 
 /// The dev cluster's shared peer secret: made once, at random, and kept in
@@ -451,5 +470,32 @@ mod tests {
         assert_eq!(all.len(), 9);
         assert_eq!(l[2].http, "127.0.0.1:8082");
         assert_eq!(l[1].peer, "127.0.0.1:2390");
+    }
+
+    #[test]
+    fn bases_that_make_two_nodes_share_a_port_are_refused_naming_both() {
+        let args = DevArgs {
+            nodes: 3,
+            data_dir: PathBuf::from("d"),
+            fresh: false,
+            client_port: 28229,
+            peer_port: 28230,
+            http_port: 28228,
+            tls: false,
+        };
+        let err = layout(&args).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "127.0.0.1:28229 would be both node 1's client port and node 2's HTTP port"
+            ),
+            "{err}"
+        );
+        // Apart by more than the nodes span: fine.
+        let apart = DevArgs {
+            peer_port: 28240,
+            http_port: 28300,
+            ..args
+        };
+        assert!(layout(&apart).is_ok());
     }
 }
