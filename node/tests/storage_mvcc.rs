@@ -653,8 +653,8 @@ fn a_fresh_store_is_at_revision_one_and_the_first_write_makes_two() {
 fn versions_stored(dir: &std::path::Path) -> usize {
     let db = redb::Database::open(dir.join("kv.redb")).unwrap();
     let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
-    let history = redb::TableDefinition::<(&[u8], i64), &[u8]>::new("history");
-    let t = txn.open_table(history).unwrap();
+    let versions = redb::TableDefinition::<(i64, u32), (&[u8], &[u8])>::new("versions");
+    let t = txn.open_table(versions).unwrap();
     redb::ReadableTableMetadata::len(&t).unwrap() as usize
 }
 

@@ -94,6 +94,21 @@ fn an_image_streamed_and_installed_on_a_fresh_store_is_identical() {
     assert_eq!(dst.revision(), src.revision());
     assert_eq!(dst.applied_index(), LogIndex(601));
     assert_eq!(dst.membership(), src.membership());
+    // History came along, and the installed store finds it by key at once,
+    // before any reopen: keys 0-199 were rewritten at revisions 402-601.
+    assert_eq!(dst.hash_history(0).unwrap(), src.hash_history(0).unwrap());
+    let past = |store: &KvStore| {
+        store
+            .range(&RangeRequest {
+                key: Bytes::from_static(b"\0"),
+                range_end: Bytes::from_static(b"\0"),
+                revision: 300,
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    assert_eq!(past(&dst), past(&src));
+    assert_eq!(past(&dst).count, 299);
     // The per-client outcomes came along: a retry is answered, not re-applied.
     let retry = dst
         .apply(&[Entry {

@@ -24,7 +24,9 @@
 //! Images of state format 2 carry history (kind 5) instead of the latest
 //! values (kind 2, format 1): the installer rebuilds the latest value of
 //! every key from its last version. A format 1 image is refused, by the
-//! check and the installer alike.
+//! check and the installer alike. File format 3 (history stored by
+//! revision) left images as they were: its images still say format 2, and
+//! it installs images that say 2 or 3.
 //!
 //! [`FrameParser`] splits a stream of chunks (cut anywhere) into frames and
 //! checks the magic, frame sizes, the checksum and the frame count; the
@@ -256,7 +258,7 @@ impl FrameParser {
 
 /// Decodes the state record at the head of an image.
 pub(super) fn decode_state(payload: &[u8]) -> Result<KvState, StoreError> {
-    match KvState::decode(payload) {
+    match KvState::decode_image(payload) {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(v)) => Err(SnapshotError::UnknownFormat(v).into()),
         Err(source) => Err(SnapshotError::BadState(source).into()),

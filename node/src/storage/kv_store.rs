@@ -54,8 +54,9 @@ use super::disk::Disk;
 use super::error::{DecodeError, StoreError, corrupt, db_err};
 use super::feed::{Applied, Change, ChangeKind, Feed, Subscription};
 use super::lease::{self, LEASE_KEYS, LEASES, LeaseInfo, MAX_LEASE_TTL};
+use super::mvcc::key_index::{KeyIndex, Rev};
 use super::mvcc::replay::{Replay, ReplayRequest};
-use super::mvcc::{CHANGES, HISTORY, compaction, range, replay};
+use super::mvcc::{VERSIONS, VersionsTable, compaction, range, replay, upgrade};
 use super::outcome::{
     Alarm, AlarmKind, ApplyOutcome, KeyValue, KvError, RangeResult, TxnOpResult,
     decode_client_record, encode_client_record,
@@ -67,9 +68,13 @@ pub const KV_FILE: &str = "kv.redb";
 /// Where a snapshot being installed is built before it replaces `kv.redb`.
 pub const KV_STAGING_FILE: &str = "kv.redb.staging";
 /// The on-disk format this build writes and reads.
-/// Version 2 added history (`mvcc/`); a version 1 file is upgraded when
-/// opened (see [`upgrade_v1`]).
-pub const KV_FORMAT_VERSION: u64 = 2;
+/// Version 2 added history (`mvcc/`), version 3 stored it by revision; a
+/// file of version 1 or 2 is upgraded when opened (`mvcc/upgrade.rs`).
+pub const KV_FORMAT_VERSION: u64 = 3;
+/// The state format snapshot images carry. Images did not change with file
+/// format 3, so they still say 2, and builds on either format install each
+/// other's images during a rolling upgrade.
+pub(crate) const IMAGE_STATE_FORMAT: u64 = 2;
 /// How many applied entries may be held by non-durable commits at most.
 pub const DURABLE_EVERY_ENTRIES: u64 = 1024;
 /// The backend quota unless configured otherwise: etcd's default, 2 GiB.
@@ -306,7 +311,7 @@ fn txn_keys_present(
 }
 
 /// A version of a key as stored: the latest live one in the `kv` table
-/// (keyed by the key), every one in history (keyed by key and revision).
+/// (keyed by the key), every one in `versions` (keyed by revision).
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct StoredValue {
     #[prost(bytes = "bytes", tag = "1")]
@@ -396,8 +401,13 @@ impl KvState {
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
+        self.encode_as(KV_FORMAT_VERSION)
+    }
+
+    /// The state record, saying format `format_version`.
+    pub(crate) fn encode_as(&self, format_version: u64) -> Vec<u8> {
         StoredState {
-            format_version: KV_FORMAT_VERSION,
+            format_version,
             applied_index: self.applied_index.get(),
             applied_term: self.applied_term.get(),
             revision: self.revision,
@@ -418,13 +428,24 @@ impl KvState {
         .encode_to_vec()
     }
 
-    /// Decodes a state record; `Ok(Err(version))` for an unknown format.
+    /// Decodes a file's state record; `Ok(Err(version))` for a format
+    /// other than this build's.
     pub(crate) fn decode(buf: &[u8]) -> Result<Result<KvState, u64>, DecodeError> {
+        Self::decode_any(buf, &[KV_FORMAT_VERSION])
+    }
+
+    /// Decodes an image's state record, of either format whose images this
+    /// build installs.
+    pub(crate) fn decode_image(buf: &[u8]) -> Result<Result<KvState, u64>, DecodeError> {
+        Self::decode_any(buf, &[IMAGE_STATE_FORMAT, KV_FORMAT_VERSION])
+    }
+
+    fn decode_any(buf: &[u8], formats: &[u64]) -> Result<Result<KvState, u64>, DecodeError> {
         let s = StoredState::decode(buf).map_err(|source| DecodeError::Prost {
             what: "state machine state",
             source,
         })?;
-        if s.format_version != KV_FORMAT_VERSION {
+        if !formats.contains(&s.format_version) {
             return Ok(Err(s.format_version));
         }
         let mut alarms = Vec::with_capacity(s.alarms.len());
@@ -499,8 +520,9 @@ pub(crate) struct KvInner {
     pub cache_bytes: usize,
     /// Where this database and its replacements live.
     pub disk: Disk,
-    /// Replaced as a whole when a snapshot is installed.
-    pub db: RwLock<Arc<Database>>,
+    /// The file and its key index, replaced as a whole when a snapshot is
+    /// installed.
+    pub backend: RwLock<Arc<Backend>>,
     pub state: RwLock<KvState>,
     /// The auth store as of the applied index, decoded: every client
     /// request reads it. Replaced as a whole by a change or an install.
@@ -511,6 +533,31 @@ pub(crate) struct KvInner {
     pub failed: Mutex<Option<String>>,
     /// Announces what each apply changed (see `feed.rs`).
     pub feed: Feed,
+}
+
+/// The state machine's file and the key index built from it, replaced
+/// together when a snapshot is installed: a reader that opened one
+/// database never sees the other's index.
+pub(crate) struct Backend {
+    pub db: Database,
+    pub index: RwLock<KeyIndex>,
+}
+
+impl Backend {
+    /// Builds the key index of `db`.
+    pub(crate) fn load(db: Database, path: &Path, state: &KvState) -> Result<Backend, StoreError> {
+        let index = {
+            let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
+            let versions = txn
+                .open_table(VERSIONS)
+                .map_err(db_err(path, "open versions"))?;
+            KeyIndex::load(&versions, path, state.compaction.compacted)?
+        };
+        Ok(Backend {
+            db,
+            index: RwLock::new(index),
+        })
+    }
 }
 
 impl fmt::Debug for KvInner {
@@ -569,10 +616,11 @@ impl KvStore {
             super::sync_dir(dir)?;
             db
         };
-        upgrade_v1(&db, &path)?;
+        upgrade::upgrade(&db, &path)?;
         let state = load_state(&db, &path)?;
         let auth = load_auth(&db, &path)?;
         let durable = state.applied_index;
+        let backend = Backend::load(db, &path, &state)?;
         Ok(KvStore {
             inner: Arc::new(KvInner {
                 dir: dir.to_path_buf(),
@@ -580,7 +628,7 @@ impl KvStore {
                 limits,
                 cache_bytes,
                 disk: disk.clone(),
-                db: RwLock::new(Arc::new(db)),
+                backend: RwLock::new(Arc::new(backend)),
                 state: RwLock::new(state),
                 auth: RwLock::new(Arc::new(auth)),
                 writer: Mutex::new(durable),
@@ -647,9 +695,9 @@ impl KvStore {
             .clone()
     }
 
-    pub(crate) fn db(&self) -> Arc<Database> {
+    pub(crate) fn backend(&self) -> Arc<Backend> {
         self.inner
-            .db
+            .backend
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -712,19 +760,22 @@ impl KvStore {
             });
         }
         let path = self.inner.path.as_path();
-        let db = self.db();
+        let backend = self.backend();
         let before = state.revision;
         // Changes are listed only for someone who listens; a subscriber
         // that arrives meanwhile is told to read history instead.
         let mut listed = self.inner.feed.has_subscribers().then(Vec::new);
         let mut changed_auth = None;
         let result = (|| {
-            let mut txn = db.begin_write().map_err(db_err(path, "begin write"))?;
+            let mut txn = backend
+                .db
+                .begin_write()
+                .map_err(db_err(path, "begin write"))?;
             txn.set_durability(Durability::None)
                 .map_err(|e| db_err(path, "set durability")(redb::Error::from(e)))?;
             let mut outcomes = Vec::new();
             {
-                let mut exec = Exec::open(&txn, path)?;
+                let mut exec = Exec::open(&txn, &backend.index, path)?;
                 exec.auth_base = self.auth();
                 exec.listed = listed.take();
                 for e in &entries {
@@ -809,8 +860,11 @@ impl KvStore {
         }
         let path = self.inner.path.as_path();
         let result = (|| {
-            let db = self.db();
-            let txn = db.begin_write().map_err(db_err(path, "begin write"))?;
+            let txn = self
+                .backend()
+                .db
+                .begin_write()
+                .map_err(db_err(path, "begin write"))?;
             txn.commit().map_err(db_err(path, "commit"))
         })();
         match result {
@@ -868,7 +922,8 @@ impl KvStore {
         let path = self.inner.path.as_path();
         let result = (|| {
             let txn = self
-                .db()
+                .backend()
+                .db
                 .begin_write()
                 .map_err(db_err(path, "begin write"))?;
             {
@@ -894,7 +949,11 @@ impl KvStore {
     /// The value of one key.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
         let path = self.inner.path.as_path();
-        let txn = self.db().begin_read().map_err(db_err(path, "begin read"))?;
+        let txn = self
+            .backend()
+            .db
+            .begin_read()
+            .map_err(db_err(path, "begin read"))?;
         let t = txn.open_table(KV).map_err(db_err(path, "open kv"))?;
         let v = t.get(key).map_err(db_err(path, "read key"))?;
         v.map(|v| decode_kv(path, key, v.value())).transpose()
@@ -914,17 +973,21 @@ impl KvStore {
     /// larger than a small member's limits).
     pub(crate) fn read(&self, req: &RangeRequest) -> Result<RangeResult, StoreError> {
         let path = self.inner.path.as_path();
-        let db = self.db();
-        let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
+        let backend = self.backend();
+        let txn = backend
+            .db
+            .begin_read()
+            .map_err(db_err(path, "begin read"))?;
         let t = txn.open_table(KV).map_err(db_err(path, "open kv"))?;
-        let history = txn
-            .open_table(HISTORY)
-            .map_err(db_err(path, "open history"))?;
+        let versions = txn
+            .open_table(VERSIONS)
+            .map_err(db_err(path, "open versions"))?;
         // The revision from the same read transaction as the keys.
         let state = state_in(&txn, path)?;
         range::Source {
             kv: &t,
-            history: &history,
+            versions: &versions,
+            index: &backend.index,
             path,
             current: state.revision,
             kv_revision: Some(state.revision),
@@ -946,11 +1009,14 @@ impl KvStore {
     /// are comparable when their compacted revisions agree.
     pub fn hash_at(&self, revision: i64) -> Result<HistoryHash, StoreError> {
         let path = self.inner.path.as_path();
-        let db = self.db();
-        let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
-        let history = txn
-            .open_table(HISTORY)
-            .map_err(db_err(path, "open history"))?;
+        let txn = self
+            .backend()
+            .db
+            .begin_read()
+            .map_err(db_err(path, "begin read"))?;
+        let versions = txn
+            .open_table(VERSIONS)
+            .map_err(db_err(path, "open versions"))?;
         let state = state_in(&txn, path)?;
         range::check_revision(revision, state.revision, state.compaction.compacted)
             .map_err(StoreError::InvalidRequest)?;
@@ -959,7 +1025,8 @@ impl KvStore {
         } else {
             revision
         };
-        let hash = super::mvcc::hash::hash_history(&history, path, at, state.compaction.compacted)?;
+        let hash =
+            super::mvcc::hash::hash_history(&versions, path, at, state.compaction.compacted)?;
         Ok(HistoryHash {
             hash,
             hash_revision: at,
@@ -981,7 +1048,11 @@ impl KvStore {
     /// Lease `id`, if it exists (as last applied).
     pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>, StoreError> {
         let path = self.inner.path.as_path();
-        let txn = self.db().begin_read().map_err(db_err(path, "begin read"))?;
+        let txn = self
+            .backend()
+            .db
+            .begin_read()
+            .map_err(db_err(path, "begin read"))?;
         match txn.open_table(LEASES) {
             Ok(t) => lease::get(&t, path, id),
             // A file written before leases existed has none.
@@ -993,7 +1064,11 @@ impl KvStore {
     /// Every lease, by id.
     pub fn leases(&self) -> Result<Vec<LeaseInfo>, StoreError> {
         let path = self.inner.path.as_path();
-        let txn = self.db().begin_read().map_err(db_err(path, "begin read"))?;
+        let txn = self
+            .backend()
+            .db
+            .begin_read()
+            .map_err(db_err(path, "begin read"))?;
         match txn.open_table(LEASES) {
             Ok(t) => lease::all(&t, path),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
@@ -1004,7 +1079,11 @@ impl KvStore {
     /// The keys attached to lease `id`, in key order.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Bytes>, StoreError> {
         let path = self.inner.path.as_path();
-        let txn = self.db().begin_read().map_err(db_err(path, "begin read"))?;
+        let txn = self
+            .backend()
+            .db
+            .begin_read()
+            .map_err(db_err(path, "begin read"))?;
         match txn.open_table(LEASE_KEYS) {
             Ok(t) => lease::keys(&t, path, id),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
@@ -1022,18 +1101,18 @@ impl KvStore {
     /// transaction (see `mvcc/replay.rs`).
     pub fn replay(&self, req: &ReplayRequest) -> Result<Replay, StoreError> {
         let path = self.inner.path.as_path();
-        let db = self.db();
-        let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
-        let history = txn
-            .open_table(HISTORY)
-            .map_err(db_err(path, "open history"))?;
-        let changes = txn
-            .open_table(CHANGES)
-            .map_err(db_err(path, "open changes"))?;
+        let backend = self.backend();
+        let txn = backend
+            .db
+            .begin_read()
+            .map_err(db_err(path, "begin read"))?;
+        let versions = txn
+            .open_table(VERSIONS)
+            .map_err(db_err(path, "open versions"))?;
         let state = state_in(&txn, path)?;
         replay::replay(
-            &changes,
-            &history,
+            &versions,
+            &backend.index,
             path,
             req,
             state.revision,
@@ -1052,9 +1131,7 @@ fn init_tables(db: &Database, path: &Path, state: &KvState) -> Result<(), StoreE
     let txn = db.begin_write().map_err(db_err(path, "begin write"))?;
     {
         txn.open_table(KV).map_err(db_err(path, "create tables"))?;
-        txn.open_table(HISTORY)
-            .map_err(db_err(path, "create tables"))?;
-        txn.open_table(CHANGES)
+        txn.open_table(VERSIONS)
             .map_err(db_err(path, "create tables"))?;
         txn.open_table(CLIENTS)
             .map_err(db_err(path, "create tables"))?;
@@ -1109,70 +1186,6 @@ pub(crate) fn load_state(db: &Database, path: &Path) -> Result<KvState, StoreErr
             supported: KV_FORMAT_VERSION,
         }),
     }
-}
-
-/// Upgrades a version 1 file (no history) in place, in one durable
-/// transaction: every live key gets its one known version in history, and
-/// the file's revision becomes the compacted revision, since no version
-/// before it was kept. Any other file is left alone.
-fn upgrade_v1(db: &Database, path: &Path) -> Result<(), StoreError> {
-    let old = {
-        let txn = db.begin_read().map_err(db_err(path, "begin read"))?;
-        let meta = match txn.open_table(META) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(db_err(path, "open meta")(e)),
-        };
-        let Some(v) = meta.get(KEY_STATE).map_err(db_err(path, "read state"))? else {
-            return Ok(());
-        };
-        StoredState::decode(v.value())
-            .map_err(|source| DecodeError::Prost {
-                what: "state machine state",
-                source,
-            })
-            .map_err(corrupt(path, "state"))?
-    };
-    if old.format_version != 1 {
-        return Ok(());
-    }
-    let txn = db.begin_write().map_err(db_err(path, "begin write"))?;
-    {
-        let kv = txn.open_table(KV).map_err(db_err(path, "open kv"))?;
-        let mut history = txn
-            .open_table(HISTORY)
-            .map_err(db_err(path, "open history"))?;
-        let mut changes = txn
-            .open_table(CHANGES)
-            .map_err(db_err(path, "open changes"))?;
-        let mut subs: std::collections::HashMap<i64, u32> = std::collections::HashMap::new();
-        for item in kv.iter().map_err(db_err(path, "read kv"))? {
-            let (k, v) = item.map_err(db_err(path, "read kv"))?;
-            let mut stored = super::mvcc::key_index::decode_version(path, v.value())?;
-            let sub = subs.entry(stored.mod_revision).or_default();
-            stored.sub = *sub;
-            *sub = sub.saturating_add(1);
-            history
-                .insert(
-                    (k.value(), stored.mod_revision),
-                    stored.encode_to_vec().as_slice(),
-                )
-                .map_err(db_err(path, "write history"))?;
-            changes
-                .insert((stored.mod_revision, stored.sub), k.value())
-                .map_err(db_err(path, "write history"))?;
-        }
-        let mut meta = txn.open_table(META).map_err(db_err(path, "open meta"))?;
-        let upgraded = StoredState {
-            format_version: KV_FORMAT_VERSION,
-            compacted: old.revision,
-            purge_done: true,
-            ..old
-        };
-        meta.insert(KEY_STATE, upgraded.encode_to_vec().as_slice())
-            .map_err(db_err(path, "write state"))?;
-    }
-    txn.commit().map_err(db_err(path, "commit"))
 }
 
 pub(crate) fn decode_kv(path: &Path, key: &[u8], buf: &[u8]) -> Result<KeyValue, StoreError> {
@@ -1241,13 +1254,13 @@ fn compare_holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
     }
 }
 
-type HistoryTable<'t> = Table<'t, (&'static [u8], i64), &'static [u8]>;
-
 /// The tables of one apply transaction and the operations on them.
 struct Exec<'t> {
     kv: Table<'t, &'static [u8], &'static [u8]>,
-    history: HistoryTable<'t>,
-    changes: Table<'t, (i64, u32), &'static [u8]>,
+    versions: VersionsTable<'t>,
+    /// Changed along with `versions`, write by write, so that reads of
+    /// history later in the batch find them.
+    index: &'t RwLock<KeyIndex>,
     clients: Table<'t, u64, &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
     leases: Table<'t, i64, &'static [u8]>,
@@ -1271,15 +1284,17 @@ struct TxnRef<'a> {
 }
 
 impl<'t> Exec<'t> {
-    fn open(txn: &'t WriteTransaction, path: &'t Path) -> Result<Self, StoreError> {
+    fn open(
+        txn: &'t WriteTransaction,
+        index: &'t RwLock<KeyIndex>,
+        path: &'t Path,
+    ) -> Result<Self, StoreError> {
         Ok(Exec {
             kv: txn.open_table(KV).map_err(db_err(path, "open kv"))?,
-            history: txn
-                .open_table(HISTORY)
-                .map_err(db_err(path, "open history"))?,
-            changes: txn
-                .open_table(CHANGES)
-                .map_err(db_err(path, "open changes"))?,
+            versions: txn
+                .open_table(VERSIONS)
+                .map_err(db_err(path, "open versions"))?,
+            index,
             clients: txn
                 .open_table(CLIENTS)
                 .map_err(db_err(path, "open clients"))?,
@@ -1302,8 +1317,8 @@ impl<'t> Exec<'t> {
     /// per applied entry, so the work is the same on every member.
     fn compact_step(&mut self, state: &mut KvState) -> Result<(), StoreError> {
         compaction::step(
-            &mut self.history,
-            &mut self.changes,
+            &mut self.versions,
+            self.index,
             self.path,
             &mut state.compaction,
             compaction::STEP_BUDGET,
@@ -1483,6 +1498,11 @@ impl<'t> Exec<'t> {
                     return Ok(Err(KvError::FutureRevision));
                 }
                 state.compaction = compaction::Progress::start(revision);
+                // Before any version goes: reads below it fail from now on.
+                self.index
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .raise_floor(revision);
                 ApplyOutcome::Compact {
                     revision: state.revision,
                 }
@@ -1706,7 +1726,8 @@ impl<'t> Exec<'t> {
                 TxnOp::Range(r) => {
                     let source = range::Source {
                         kv: &self.kv,
-                        history: &self.history,
+                        versions: &self.versions,
+                        index: self.index,
                         path: self.path,
                         current: state.revision,
                         kv_revision: (!*wrote).then_some(state.revision),
@@ -1795,12 +1816,20 @@ impl<'t> Exec<'t> {
 
     /// Records a new version of `key` at `rev` in history.
     fn record(&mut self, key: &[u8], rev: i64, stored: &StoredValue) -> Result<(), StoreError> {
-        self.history
-            .insert((key, rev), stored.encode_to_vec().as_slice())
+        self.versions
+            .insert((rev, stored.sub), (key, stored.encode_to_vec().as_slice()))
             .map_err(db_err(self.path, "write history"))?;
-        self.changes
-            .insert((rev, stored.sub), key)
-            .map_err(db_err(self.path, "write history"))?;
+        self.index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(
+                key,
+                Rev {
+                    revision: rev,
+                    sub: stored.sub,
+                },
+                stored.tombstone,
+            );
         self.sub = self.sub.saturating_add(1);
         Ok(())
     }

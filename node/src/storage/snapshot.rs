@@ -16,7 +16,10 @@ use std::sync::{Arc, PoisonError};
 
 use bytes::Bytes;
 use prost::Message;
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    WriteTransaction,
+};
 
 use super::error::{StoreError, db_err};
 use super::image::{
@@ -25,18 +28,25 @@ use super::image::{
     decode_state, push_frame,
 };
 use super::kv_store::{
-    CLIENTS, KEY_AUTH, KEY_STATE, KV, KV_STAGING_FILE, KvState, KvStore, META, StoredValue,
-    load_auth, load_state,
+    Backend, CLIENTS, IMAGE_STATE_FORMAT, KEY_AUTH, KEY_STATE, KV, KV_STAGING_FILE, KvState,
+    KvStore, META, StoredValue, load_auth, load_state,
 };
 use super::lease::{LEASE_KEYS, LEASES, StoredLease};
-use super::mvcc::{CHANGES, HISTORY};
+use super::mvcc::{VERSIONS, VersionAt, VersionRow};
 use crate::raft::SnapshotMeta;
 
 /// How much an installer writes per staging transaction.
 const STAGING_TXN_BYTES: usize = 8 * 1024 * 1024;
 
+type Versions = ReadOnlyTable<VersionAt, VersionRow>;
+
 enum Phase {
-    History(redb::Range<'static, (&'static [u8], i64), &'static [u8]>),
+    /// History goes out in key then revision order, the image's order,
+    /// which is not the table's: the order is listed first, when the
+    /// image is first read.
+    History(Versions),
+    /// The versions left to send, in order, as `(key, revision, sub)`.
+    HistoryInOrder(Versions, std::vec::IntoIter<(Vec<u8>, i64, u32)>),
     Clients(redb::Range<'static, u64, &'static [u8]>),
     Leases(redb::Range<'static, i64, &'static [u8]>),
     Trailer,
@@ -103,14 +113,37 @@ impl SnapshotReader {
         let file = self.file.clone();
         while self.pending.len() < CHUNK_BYTES {
             match &mut self.phase {
-                Phase::History(iter) => match iter.next() {
-                    Some(item) => {
-                        let (k, v) = item.map_err(db_err(&file, "read snapshot"))?;
-                        let (key, revision) = k.value();
+                Phase::History(_) => {
+                    let Phase::History(versions) = std::mem::replace(&mut self.phase, Phase::Done)
+                    else {
+                        continue;
+                    };
+                    let mut order = Vec::new();
+                    for item in versions.iter().map_err(db_err(&file, "read snapshot"))? {
+                        let (at, v) = item.map_err(db_err(&file, "read snapshot"))?;
+                        let (revision, sub) = at.value();
+                        order.push((v.value().0.to_vec(), revision, sub));
+                    }
+                    order.sort_unstable();
+                    self.phase = Phase::HistoryInOrder(versions, order.into_iter());
+                }
+                Phase::HistoryInOrder(versions, order) => match order.next() {
+                    Some((key, revision, sub)) => {
+                        let row = versions
+                            .get((revision, sub))
+                            .map_err(db_err(&file, "read snapshot"))?
+                            .ok_or_else(|| {
+                                super::error::corrupt(&file, "versions")(
+                                    super::error::DecodeError::Missing {
+                                        what: "versions",
+                                        field: "a version listed by the same read",
+                                    },
+                                )
+                            })?;
                         let frame = VersionFrame {
-                            key: Bytes::copy_from_slice(key),
+                            key: Bytes::from(key),
                             revision,
-                            version: Bytes::copy_from_slice(v.value()),
+                            version: Bytes::copy_from_slice(row.value().1),
                         }
                         .encode_to_vec();
                         self.frame(KIND_VERSION, &frame);
@@ -208,7 +241,8 @@ impl KvStore {
         let txn = {
             let mut durable = self.lock_writer();
             self.sync_locked(&mut durable)?;
-            self.db()
+            self.backend()
+                .db
                 .begin_read()
                 .map_err(db_err(&path, "begin read"))?
         };
@@ -245,24 +279,22 @@ impl KvStore {
                 });
             }
         };
-        let history = txn
-            .open_table(HISTORY)
-            .map_err(db_err(&path, "open history"))?
-            .range::<(&[u8], i64)>(..)
-            .map_err(db_err(&path, "read snapshot"))?;
+        let versions = txn
+            .open_table(VERSIONS)
+            .map_err(db_err(&path, "open versions"))?;
         let mut reader = SnapshotReader {
             file: path,
             meta: decoded.meta(),
             revision: decoded.revision,
             _txn: txn,
-            phase: Phase::History(history),
+            phase: Phase::History(versions),
             pending: Vec::with_capacity(CHUNK_BYTES + 4096),
             crc: crc32fast::Hasher::new(),
             frames: 0,
         };
         reader.pending.extend_from_slice(MAGIC);
         reader.crc.update(MAGIC);
-        reader.frame(KIND_STATE, &state);
+        reader.frame(KIND_STATE, &decoded.encode_as(IMAGE_STATE_FORMAT));
         // Only a store that used auth sends it (see `image.rs`).
         if let Some(auth) = auth {
             reader.frame(KIND_AUTH, &auth);
@@ -328,12 +360,13 @@ impl SnapshotInstaller {
             KIND_STATE => {
                 let state = decode_state(payload)?;
                 let mut meta = txn.open_table(META).map_err(db_err(&staging, "write"))?;
-                meta.insert(KEY_STATE, payload)
+                // In this build's file format, whichever the image said.
+                meta.insert(KEY_STATE, state.encode().as_slice())
                     .map_err(db_err(&staging, "write"))?;
                 drop(meta);
                 txn.open_table(KV).map_err(db_err(&staging, "write"))?;
-                txn.open_table(HISTORY).map_err(db_err(&staging, "write"))?;
-                txn.open_table(CHANGES).map_err(db_err(&staging, "write"))?;
+                txn.open_table(VERSIONS)
+                    .map_err(db_err(&staging, "write"))?;
                 txn.open_table(CLIENTS).map_err(db_err(&staging, "write"))?;
                 txn.open_table(LEASES).map_err(db_err(&staging, "write"))?;
                 txn.open_table(LEASE_KEYS)
@@ -345,13 +378,14 @@ impl SnapshotInstaller {
                 let stored =
                     StoredValue::decode(f.version.as_ref()).map_err(malformed("version"))?;
                 {
-                    let mut history = txn.open_table(HISTORY).map_err(db_err(&staging, "write"))?;
-                    history
-                        .insert((f.key.as_ref(), f.revision), f.version.as_ref())
+                    let mut versions = txn
+                        .open_table(VERSIONS)
                         .map_err(db_err(&staging, "write"))?;
-                    let mut changes = txn.open_table(CHANGES).map_err(db_err(&staging, "write"))?;
-                    changes
-                        .insert((f.revision, stored.sub), f.key.as_ref())
+                    versions
+                        .insert(
+                            (f.revision, stored.sub),
+                            (f.key.as_ref(), f.version.as_ref()),
+                        )
                         .map_err(db_err(&staging, "write"))?;
                 }
                 if self.last.as_ref().is_some_and(|(k, _)| *k != f.key) {
@@ -413,7 +447,10 @@ impl SnapshotInstaller {
         let mut durable = store.lock_writer();
         // Hold the database slot while swapping so that no reader opens the
         // old file after the rename.
-        let mut slot = inner.db.write().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = inner
+            .backend
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         std::fs::rename(&staging, &inner.path).map_err(|source| StoreError::Io {
             file: inner.path.clone(),
             op: "replace with installed snapshot",
@@ -427,7 +464,7 @@ impl SnapshotInstaller {
         // The state is re-read from the installed file: what it says wins.
         let loaded = load_state(&db, &inner.path)?;
         let auth = load_auth(&db, &inner.path)?;
-        *slot = Arc::new(db);
+        *slot = Arc::new(Backend::load(db, &inner.path, &loaded)?);
         *inner.state.write().unwrap_or_else(PoisonError::into_inner) = loaded.clone();
         *inner.auth.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(auth);
         *durable = loaded.applied_index;

@@ -9,17 +9,19 @@
 //! compaction, and since the work done depends only on the log, every
 //! member's files hold the same versions at the same applied index.
 //!
-//! The walk follows the `changes` table (history in revision order) from a
-//! cursor kept in the state record, up to `c`; for each key it meets, it
-//! deletes that key's superseded versions. Versions it keeps stay in
-//! `changes` and are walked again by the next compaction.
+//! The walk follows `versions` in revision order from a cursor kept in the
+//! state record, up to `c`; for each key it meets, it deletes that key's
+//! superseded versions. Versions it keeps are walked again by the next
+//! compaction.
 
 use std::path::Path;
+use std::sync::{PoisonError, RwLock};
 
-use redb::{ReadableTable, Table};
+use redb::ReadableTable;
 
 use super::super::error::{StoreError, db_err};
-use super::key_index::last_version;
+use super::VersionsTable;
+use super::key_index::{KeyIndex, Rev};
 
 /// How many versions one applied entry may delete at most.
 pub(crate) const STEP_BUDGET: usize = 256;
@@ -29,7 +31,7 @@ pub(crate) const STEP_BUDGET: usize = 256;
 pub(crate) struct Progress {
     /// The compacted revision: reads below it fail.
     pub compacted: i64,
-    /// The next `(revision, sub)` of `changes` to look at.
+    /// The next `(revision, sub)` of `versions` to look at.
     pub cursor: (i64, u32),
     /// Whether every version below `compacted` that can go is gone.
     pub done: bool,
@@ -48,8 +50,8 @@ impl Progress {
 
 /// Deletes at most `budget` garbage versions, advancing `progress`.
 pub(crate) fn step(
-    history: &mut Table<'_, (&'static [u8], i64), &'static [u8]>,
-    changes: &mut Table<'_, (i64, u32), &'static [u8]>,
+    versions: &mut VersionsTable<'_>,
+    index: &RwLock<KeyIndex>,
     path: &Path,
     progress: &mut Progress,
     mut budget: usize,
@@ -57,13 +59,14 @@ pub(crate) fn step(
     let c = progress.compacted;
     while !progress.done && budget > 0 {
         let next = {
-            let mut iter = changes
+            let mut iter = versions
                 .range::<(i64, u32)>(progress.cursor..=(c, u32::MAX))
-                .map_err(db_err(path, "read changes"))?;
+                .map_err(db_err(path, "read versions"))?;
             match iter.next() {
                 Some(item) => {
-                    let (k, v) = item.map_err(db_err(path, "read changes"))?;
-                    Some((k.value(), v.value().to_vec()))
+                    let (at, v) = item.map_err(db_err(path, "read versions"))?;
+                    let (revision, sub) = at.value();
+                    Some((Rev { revision, sub }, v.value().0.to_vec()))
                 }
                 None => None,
             }
@@ -72,53 +75,32 @@ pub(crate) fn step(
             progress.done = true;
             break;
         };
-        let Some(last) = last_version(&*history, path, &key, c)? else {
-            progress.cursor = after(at);
+        let mut index = index.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(last) = index.last_at(&key, c) else {
+            progress.cursor = at.after();
             continue;
         };
         // The versions before the one a read at `c` sees.
-        let older: Vec<(i64, u32)> = {
-            let iter = history
-                .range::<(&[u8], i64)>((key.as_slice(), i64::MIN)..(key.as_slice(), last.revision))
-                .map_err(db_err(path, "read history"))?;
-            let mut older = Vec::new();
-            for item in iter.take(budget) {
-                let (k, v) = item.map_err(db_err(path, "read history"))?;
-                let stored = super::key_index::decode_version(path, v.value())?;
-                older.push((k.value().1, stored.sub));
-            }
-            older
-        };
-        for &(rev, sub) in &older {
-            history
-                .remove((key.as_slice(), rev))
-                .map_err(db_err(path, "compact history"))?;
-            changes
-                .remove((rev, sub))
+        let older = index.older_than(&key, last.rev.revision, budget);
+        for e in &older {
+            versions
+                .remove(e.rev.at())
                 .map_err(db_err(path, "compact history"))?;
         }
+        index.remove_oldest(&key, older.len());
         budget -= older.len();
         if budget == 0 {
             // More may be left of this key: the next step resumes here.
             break;
         }
-        if last.stored.tombstone {
-            history
-                .remove((key.as_slice(), last.revision))
+        if last.tombstone {
+            versions
+                .remove(last.rev.at())
                 .map_err(db_err(path, "compact history"))?;
-            changes
-                .remove((last.revision, last.stored.sub))
-                .map_err(db_err(path, "compact history"))?;
+            index.remove(&key, last.rev);
             budget -= 1;
         }
-        progress.cursor = after(at);
+        progress.cursor = at.after();
     }
     Ok(())
-}
-
-fn after((rev, sub): (i64, u32)) -> (i64, u32) {
-    match sub.checked_add(1) {
-        Some(sub) => (rev, sub),
-        None => (rev.saturating_add(1), 0),
-    }
 }

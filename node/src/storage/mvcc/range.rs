@@ -10,6 +10,7 @@
 
 use std::cmp::Ordering;
 use std::path::Path;
+use std::sync::{PoisonError, RwLock};
 
 use bytes::Bytes;
 use redb::ReadableTable;
@@ -18,13 +19,17 @@ use super::super::command::{RangeRequest, SortOrder, SortTarget};
 use super::super::error::StoreError;
 use super::super::kv_store::{decode_kv, for_each_in};
 use super::super::outcome::{KeyValue, KvError, RangeResult};
-use super::key_index;
+use super::key_index::{self, KeyIndex};
+use super::{VersionAt, VersionRow};
 
 /// Where the versions of a read come from.
-pub(crate) struct Source<'a, K, H> {
+pub(crate) struct Source<'a, K, V> {
     /// The latest live version of every key.
     pub kv: &'a K,
-    pub history: &'a H,
+    /// Every kept version, by revision.
+    pub versions: &'a V,
+    /// Where the versions of each key are.
+    pub index: &'a RwLock<KeyIndex>,
     pub path: &'a Path,
     /// The store's revision, reported in the result.
     pub current: i64,
@@ -48,10 +53,10 @@ pub(crate) fn check_revision(revision: i64, current: i64, compacted: i64) -> Res
     }
 }
 
-impl<K, H> Source<'_, K, H>
+impl<K, V> Source<'_, K, V>
 where
     K: ReadableTable<&'static [u8], &'static [u8]>,
-    H: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+    V: ReadableTable<VersionAt, VersionRow>,
 {
     /// Reads `req`; a compacted or future revision is
     /// `StoreError::InvalidRequest`.
@@ -90,17 +95,24 @@ where
                 Ok(())
             })?;
         } else {
-            key_index::for_each_at(
-                self.history,
-                self.path,
-                &req.key,
-                &req.range_end,
-                req.revision,
-                |kv| {
-                    take(kv);
-                    Ok(())
-                },
-            )?;
+            // The index is read first and let go of before the versions
+            // are: apply changes it as it writes.
+            let live = {
+                let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+                if req.revision < index.floor() {
+                    return Err(StoreError::InvalidRequest(KvError::Compacted));
+                }
+                index.live_at(&req.key, &req.range_end, req.revision)
+            };
+            for (key, rev) in live {
+                if req.count_only {
+                    // Counted, never kept: no need to read the version.
+                    take(KeyValue::default());
+                    continue;
+                }
+                let stored = key_index::fetch(self.versions, self.path, rev)?;
+                take(key_index::key_value(key, stored));
+            }
         }
         if req.count_only {
             return Ok(out);
