@@ -138,6 +138,17 @@ async fn etcdctl_watch_on_a_follower_prints_history_and_every_live_event() -> an
 
     // A watch from a compacted revision is canceled by the server.
     etcdctl(&on_leader, &["compaction", "5"], "")?;
+    // etcdctl returns once the leader applied the compaction; a watch
+    // started on a follower that has not yet would replay from 2 and stay.
+    // A linearizable read there waits until the follower applied what the
+    // leader had committed, so once it finds 2 compacted, the follower has.
+    let read = etcdctl(&on_follower, &["get", "/w/a", "--rev", "2"], "");
+    assert!(
+        read.as_ref().is_err_and(|e| e
+            .to_string()
+            .contains("required revision has been compacted")),
+        "a read at a compacted revision: {read:?}"
+    );
     let mut compacted = Watch::start(&on_follower, &["--rev", "2", "/w/a"])?;
     Cluster::eventually(Duration::from_secs(20), "etcdctl watch to exit", || {
         let exited = compacted.child.try_wait().ok().flatten().is_some();
